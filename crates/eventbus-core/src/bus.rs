@@ -1,0 +1,382 @@
+//! The bus users hold: one transport, one dispatcher, any number of subscriptions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::dispatch::{Dispatcher, DispatcherConfig, DispatcherStats, Route};
+use crate::envelope::Envelope;
+use crate::error::{BoxError, Error, Result};
+use crate::handler::Delivery;
+use crate::message::Message;
+use crate::retry::RetryPolicy;
+use crate::transport::{Capabilities, SubscribeRequest, Transport};
+use crate::validate::{Limits, validate_group, validate_key, validate_topic};
+
+/// Options of an [`EventBus`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct BusOptions {
+    /// Bounds of the shared dispatcher.
+    pub dispatcher: DispatcherConfig,
+    /// Default retry policy of subscriptions.
+    pub retry: RetryPolicy,
+    /// Size limits checked before publishing.
+    pub limits: Limits,
+    /// How long closing waits for running handlers before dropping them (default 30 s).
+    pub drain_timeout: Duration,
+    /// How long a publish may wait for the transport (default 30 s).
+    pub publish_timeout: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            dispatcher: DispatcherConfig::default(),
+            retry: RetryPolicy::default(),
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds an [`EventBus`].
+#[derive(Debug)]
+#[must_use]
+pub struct EventBusBuilder<T> {
+    transport: T,
+    options: BusOptions,
+}
+
+impl<T: Transport> EventBusBuilder<T> {
+    /// Most handler calls running at once, over all subscriptions.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.options.dispatcher.max_in_flight = n;
+        self
+    }
+    /// Most messages admitted to the dispatcher and not finished.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.options.dispatcher.max_buffered = n;
+        self
+    }
+    /// Admission stops while admitted messages hold this many bytes.
+    pub fn max_buffered_bytes(mut self, n: usize) -> Self {
+        self.options.dispatcher.max_buffered_bytes = n;
+        self
+    }
+    /// Default retry policy of subscriptions.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.options.retry = retry;
+        self
+    }
+    /// Size limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+    /// How long closing waits for running handlers.
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.options.drain_timeout = d;
+        self
+    }
+    /// How long a publish may wait.
+    pub fn publish_timeout(mut self, d: Duration) -> Self {
+        self.options.publish_timeout = d;
+        self
+    }
+    /// All options at once.
+    pub fn options(mut self, options: BusOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Builds the bus. Call inside a tokio runtime: its tasks run there.
+    pub fn build(self) -> EventBus {
+        let closing = CancellationToken::new();
+        EventBus {
+            inner: Arc::new(Inner {
+                dispatcher: Dispatcher::new(self.options.dispatcher),
+                transport: Arc::new(self.transport),
+                options: self.options,
+                tracker: TaskTracker::new(),
+                abort: CancellationToken::new(),
+                closing,
+                close_started: AtomicBool::new(false),
+                closed: CancellationToken::new(),
+            }),
+        }
+    }
+}
+
+/// The event bus: publish messages and envelopes, subscribe handlers, close.
+///
+/// Cheap to clone; clones share everything. Every subscription feeds the bus's one
+/// [`Dispatcher`], so the bounds hold for the bus as a whole.
+///
+/// # Closing
+/// [`close`](Self::close) stops intake everywhere, lets running handlers finish for up to
+/// [`drain_timeout`](BusOptions::drain_timeout), then drops the rest (their messages stay
+/// unacked, for redelivery), closes the transport, and returns once every task the bus
+/// started has ended.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Arc<dyn Transport>,
+    dispatcher: Dispatcher,
+    options: BusOptions,
+    tracker: TaskTracker,
+    closing: CancellationToken,
+    abort: CancellationToken,
+    close_started: AtomicBool,
+    closed: CancellationToken,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("transport", &self.inner.transport.name())
+            .field("options", &self.inner.options)
+            .field("closing", &self.inner.closing.is_cancelled())
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// A bus over `transport` with default options.
+    pub fn new<T: Transport>(transport: T) -> Self {
+        Self::builder(transport).build()
+    }
+
+    /// A builder over `transport`.
+    pub fn builder<T: Transport>(transport: T) -> EventBusBuilder<T> {
+        EventBusBuilder {
+            transport,
+            options: BusOptions::default(),
+        }
+    }
+
+    /// The transport's name.
+    pub fn transport_name(&self) -> &'static str {
+        self.inner.transport.name()
+    }
+    /// What the transport can do.
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.transport.capabilities()
+    }
+    /// The options in force.
+    pub fn options(&self) -> &BusOptions {
+        &self.inner.options
+    }
+    /// The dispatcher's counters.
+    pub fn stats(&self) -> DispatcherStats {
+        self.inner.dispatcher.stats()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closing.is_cancelled() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn validate(&self, message: &Message) -> Result<()> {
+        validate_topic(message.topic())?;
+        if let Some(key) = message.key() {
+            validate_key(key.as_str())?;
+        }
+        self.inner.options.limits.check_size(message.encoded_len())
+    }
+
+    async fn with_publish_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
+        let after = self.inner.options.publish_timeout;
+        tokio::time::timeout(after, publish)
+            .await
+            .map_err(|_| Error::Timeout {
+                operation: "publish",
+                after,
+            })?
+    }
+
+    /// Publishes a message; returns once the transport has it (the broker's ack, where there is
+    /// one). Invalid topics or keys and oversized messages fail before anything is sent.
+    pub async fn publish(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        self.validate(&message)?;
+        self.with_publish_timeout(self.inner.transport.publish(message))
+            .await
+    }
+
+    /// Publishes an envelope on `topic`, keyed by its aggregate id.
+    pub async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<()> {
+        self.publish(envelope.to_message(topic)).await
+    }
+
+    /// Publishes messages in order; returns once the transport has all of them. Every message
+    /// is validated first: if one is invalid, none is sent.
+    pub async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        messages.iter().try_for_each(|m| self.validate(m))?;
+        self.with_publish_timeout(self.inner.transport.publish_batch(messages))
+            .await
+    }
+
+    /// Subscribes `handler` to `topic` as a member of `group`, with the bus's retry policy.
+    ///
+    /// ```
+    /// # use eventbus_core::*;
+    /// # async fn demo(bus: EventBus) -> Result<()> {
+    /// let sub = bus
+    ///     .subscribe("orders", "billing", handler_fn(|d: Delivery| async move {
+    ///         println!("{:?}", d.message().key());
+    ///         Ok::<_, BoxError>(())
+    ///     }))
+    ///     .await?;
+    /// sub.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe<H>(&self, topic: &str, group: &str, handler: H) -> Result<Subscription>
+    where
+        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        self.subscribe_with_retry(topic, group, self.inner.options.retry, handler)
+            .await
+    }
+
+    /// Like [`subscribe`](Self::subscribe), with its own retry policy.
+    pub async fn subscribe_with_retry<H>(
+        &self,
+        topic: &str,
+        group: &str,
+        retry: RetryPolicy,
+        handler: H,
+    ) -> Result<Subscription>
+    where
+        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        self.check_open()?;
+        validate_topic(topic)?;
+        validate_group(group)?;
+        let route = Arc::new(Route::new(
+            topic,
+            group,
+            handler,
+            retry,
+            self.inner.closing.child_token(),
+            self.inner.abort.child_token(),
+        ));
+        let request = SubscribeRequest {
+            route: Arc::clone(&route),
+            dispatcher: self.inner.dispatcher.clone(),
+            tracker: self.inner.tracker.clone(),
+        };
+        let started = self.inner.transport.subscribe(request).await?;
+        Ok(Subscription {
+            route,
+            task: Some(started.0),
+            drain_timeout: self.inner.options.drain_timeout,
+            detached: false,
+        })
+    }
+
+    /// Whether closing has started.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// Closes the bus (see [Closing](Self#closing)). Idempotent: concurrent and later calls
+    /// wait for the first to finish and return `Ok`.
+    pub async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.close_started.swap(true, Ordering::AcqRel) {
+            inner.closed.cancelled().await;
+            return Ok(());
+        }
+        inner.closing.cancel();
+        inner.dispatcher.close();
+        inner.tracker.close();
+        if tokio::time::timeout(inner.options.drain_timeout, inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                after = ?inner.options.drain_timeout,
+                "handlers still running at the drain deadline are dropped; their messages stay unacked"
+            );
+            inner.abort.cancel();
+            inner.tracker.wait().await;
+        }
+        inner.dispatcher.shutdown().await;
+        let result = inner.transport.close().await;
+        inner.closed.cancel();
+        result
+    }
+}
+
+/// A running subscription. Close it with [`close`](Self::close), which drains it; dropping it
+/// also closes it, draining in the background until the bus closes.
+#[must_use = "dropping a Subscription closes it; call .detach() to keep it running until the bus closes"]
+#[derive(Debug)]
+pub struct Subscription {
+    route: Arc<Route>,
+    task: Option<JoinHandle<()>>,
+    drain_timeout: Duration,
+    detached: bool,
+}
+
+impl Subscription {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        self.route.topic()
+    }
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        self.route.group()
+    }
+    /// Whether it has stopped (closed, or its transport stream ended).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops taking messages, lets running handlers finish for up to the bus's drain timeout
+    /// (then drops them: their messages stay unacked), settles everything taken, and returns
+    /// when its consuming task has ended. Queued messages are left for redelivery.
+    pub async fn close(mut self) {
+        self.route.closing().cancel();
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(self.drain_timeout, &mut task)
+                .await
+                .is_err()
+            {
+                self.route.abort().cancel();
+                let _ = task.await;
+            }
+        }
+    }
+
+    /// Keeps the subscription running after this handle is dropped, until the bus closes.
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.route.closing().cancel();
+        }
+    }
+}

@@ -1,0 +1,27 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::sync::oneshot;
+
+use super::Outcome;
+use crate::error::Error;
+
+pin_project_lite::pin_project! {
+    /// Resolves with the message's final [`Outcome`].
+    #[derive(Debug)]
+    pub struct ResponseFuture {
+        #[pin]
+        pub(super) rx: oneshot::Receiver<Outcome>,
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Outcome, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The sender only disappears without answering when the job was dropped unrun (the
+        // runtime shut down under it): the handler did not finish, so the message stays unacked.
+        Poll::Ready(Ok(ready!(self.project().rx.poll(cx)).unwrap_or(Outcome::Cancelled)))
+    }
+}

@@ -1,0 +1,441 @@
+//! Keyed queues, the ready queue and the on-demand workers that drain it.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use backon::ExponentialBackoff;
+use futures::FutureExt;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+use crate::error::BoxError;
+use crate::handler::{Delivery, Panicked, Permanent};
+use crate::message::{Key, Message};
+use crate::retry::RetryPolicy;
+
+/// The final result of dispatching one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The handler succeeded: ack the message.
+    Handled {
+        /// Handler calls it took.
+        attempts: u32,
+    },
+    /// The handler failed for good (last attempt used, or a [`Permanent`] error): nack or
+    /// dead-letter it.
+    Failed {
+        /// Handler calls made.
+        attempts: u32,
+        /// The last error.
+        error: BoxError,
+    },
+    /// Not (fully) handled because its subscription or bus is closing. Not a failure: leave it
+    /// unacked for redelivery; never ack, retry or dead-letter it.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether the message was handled.
+    pub fn is_handled(&self) -> bool {
+        matches!(self, Outcome::Handled { .. })
+    }
+}
+
+static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
+
+type Handler = BoxCloneSyncService<Delivery, (), BoxError>;
+
+/// A subscription as the dispatcher sees it: where its messages go and how they are retried.
+/// Per-key order holds within one route.
+pub struct Route {
+    id: u64,
+    group: Arc<str>,
+    topic: Arc<str>,
+    handler: Handler,
+    retry: RetryPolicy,
+    closing: CancellationToken,
+    abort: CancellationToken,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// A route to `handler`. `closing` fires when intake stops (deliveries see it; queued
+    /// messages are then cancelled, not run); `abort` fires when running handlers must be
+    /// dropped (the drain deadline passed).
+    pub fn new<H>(
+        topic: &str,
+        group: &str,
+        handler: H,
+        retry: RetryPolicy,
+        closing: CancellationToken,
+        abort: CancellationToken,
+    ) -> Self
+    where
+        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
+        Route {
+            id: NEXT_ROUTE.fetch_add(1, Ordering::Relaxed),
+            topic: Arc::from(topic),
+            group: Arc::from(group),
+            handler: BoxCloneSyncService::new(handler.map_err(Into::into)),
+            retry,
+            closing,
+            abort,
+        }
+    }
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+    /// Fires when the route stops taking messages.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+    /// Fires when running handlers of the route are dropped.
+    pub fn abort(&self) -> &CancellationToken {
+        &self.abort
+    }
+}
+
+/// Counters of a dispatcher, read with [`Dispatcher::stats`](super::Dispatcher::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DispatcherStats {
+    /// Handler calls running now.
+    pub in_flight: usize,
+    /// Most handler calls ever running at once.
+    pub peak_in_flight: usize,
+    /// Worker tasks alive now.
+    pub workers: usize,
+    /// Messages admitted and not finished (queued, running or backing off).
+    pub buffered: usize,
+    /// Their encoded bytes.
+    pub buffered_bytes: usize,
+    /// Keys with at least one message in the dispatcher.
+    pub active_keys: usize,
+    /// Messages handled successfully.
+    pub handled: u64,
+    /// Messages that failed for good.
+    pub failed: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Handler panics caught.
+    pub panicked: u64,
+    /// Messages cancelled by a closing subscription or bus.
+    pub cancelled: u64,
+}
+
+pub(super) struct Job {
+    route: Arc<Route>,
+    message: Arc<Message>,
+    attempts: u32,
+    delays: Option<ExponentialBackoff>,
+    tx: oneshot::Sender<Outcome>,
+    _reservation: Reservation,
+}
+
+impl Job {
+    pub(super) fn new(
+        route: Arc<Route>,
+        message: Arc<Message>,
+        tx: oneshot::Sender<Outcome>,
+        reservation: Reservation,
+    ) -> Self {
+        Job {
+            route,
+            message,
+            attempts: 0,
+            delays: None,
+            tx,
+            _reservation: reservation,
+        }
+    }
+    fn key(&self) -> Option<(u64, Key)> {
+        self.message.key().map(|k| (self.route.id, k.clone()))
+    }
+}
+
+/// Room a job holds from admission to completion: one buffer slot and its bytes.
+/// Released on drop, so every path out (done, cancelled, dropped at runtime shutdown) frees it.
+pub(super) struct Reservation {
+    pub(super) _slot: OwnedSemaphorePermit,
+    pub(super) bytes: usize,
+    pub(super) budget: Arc<ByteBudget>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// Soft byte cap: admission needs `used < max`, so the buffer holds at most
+/// `max + one message` bytes.
+pub(super) struct ByteBudget {
+    pub(super) used: AtomicUsize,
+    pub(super) max: usize,
+    pub(super) freed: Arc<Notify>,
+}
+
+impl ByteBudget {
+    pub(super) fn has_room(&self) -> bool {
+        // Acquire pairs with the Release in `release`, so a waiter that sees room also sees the
+        // freed state; a stale read only delays admission until the next notification.
+        self.used.load(Ordering::Acquire) < self.max
+    }
+    pub(super) fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::AcqRel);
+    }
+    fn release(&self, n: usize) {
+        let before = self.used.fetch_sub(n, Ordering::AcqRel);
+        if before >= self.max && before - n < self.max {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Keys with a job in the dispatcher (running, ready or backing off), mapped to the jobs
+    /// waiting behind it. An entry exists exactly while the key is busy.
+    keys: HashMap<(u64, Key), VecDeque<Job>>,
+    /// Jobs that may run now; at most one per key.
+    ready: VecDeque<Job>,
+    workers: usize,
+}
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    max_in_flight: usize,
+    pub(super) tracker: TaskTracker,
+    runtime: Handle,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    handled: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    panicked: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(max_in_flight: usize, runtime: Handle) -> Self {
+        Shared {
+            state: Mutex::default(),
+            max_in_flight: max_in_flight.max(1),
+            tracker: TaskTracker::new(),
+            runtime,
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            handled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No user code runs under this lock, so a poisoned lock still holds consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits a job: it runs now if its key is idle, else it waits behind its key.
+    pub(super) fn submit(self: &Arc<Self>, job: Job) {
+        let mut st = self.lock();
+        if let Some(id) = job.key() {
+            match st.keys.entry(id) {
+                Entry::Occupied(mut waiting) => {
+                    waiting.get_mut().push_back(job);
+                    return;
+                }
+                Entry::Vacant(idle) => {
+                    idle.insert(VecDeque::new());
+                }
+            }
+        }
+        st.ready.push_back(job);
+        self.wake_worker(st);
+    }
+
+    /// Puts a job whose key is already busy (a retry after its backoff) back on the ready queue.
+    fn resume(self: &Arc<Self>, job: Job) {
+        let mut st = self.lock();
+        st.ready.push_back(job);
+        self.wake_worker(st);
+    }
+
+    /// Starts a worker if one is allowed: workers never sit idle (they exit when the ready queue
+    /// is empty), so a new ready job needs a new worker unless all `max_in_flight` are busy.
+    fn wake_worker(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
+        if st.workers < self.max_in_flight {
+            st.workers += 1;
+            drop(st);
+            let shared = Arc::clone(self);
+            self.tracker.spawn_on(shared.work(), &self.runtime);
+        }
+    }
+
+    async fn work(self: Arc<Self>) {
+        let mut done: Option<(Job, Outcome)> = None;
+        loop {
+            // One lock per job: release the finished job's key and take the next ready job.
+            let next = {
+                let mut st = self.lock();
+                if let Some((job, _)) = &done {
+                    if let Some(id) = job.key() {
+                        if let Entry::Occupied(mut e) = st.keys.entry(id) {
+                            match e.get_mut().pop_front() {
+                                Some(next) => st.ready.push_back(next),
+                                None => {
+                                    e.remove();
+                                }
+                            }
+                        }
+                    }
+                }
+                let next = st.ready.pop_front();
+                if next.is_none() {
+                    st.workers -= 1;
+                }
+                next
+            };
+            if let Some((job, outcome)) = done.take() {
+                self.complete(job, outcome);
+            }
+            let Some(job) = next else { return };
+            done = self.run(job).await;
+        }
+    }
+
+    fn complete(&self, job: Job, outcome: Outcome) {
+        let counter = match &outcome {
+            Outcome::Handled { .. } => &self.handled,
+            Outcome::Failed { .. } => &self.failed,
+            Outcome::Cancelled => &self.cancelled,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // The receiver may be gone (the transport stopped caring); the reservation drops here.
+        let _ = job.tx.send(outcome);
+    }
+
+    /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to
+    /// back off before a retry (its key stays busy meanwhile).
+    async fn run(self: &Arc<Self>, mut job: Job) -> Option<(Job, Outcome)> {
+        let route = Arc::clone(&job.route);
+        if route.closing.is_cancelled() {
+            return Some((job, Outcome::Cancelled));
+        }
+        job.attempts += 1;
+        let delivery = Delivery {
+            message: Arc::clone(&job.message),
+            attempt: job.attempts,
+            group: Arc::clone(&route.group),
+            closing: route.closing.clone(),
+        };
+        let mut handler = route.handler.clone();
+        let call = AssertUnwindSafe(async move { handler.ready().await?.call(delivery).await })
+            .catch_unwind();
+
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        let result = tokio::select! {
+            biased;
+            () = route.abort.cancelled() => None,
+            r = call => Some(r),
+        };
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+
+        let error = match result {
+            None => return Some((job, Outcome::Cancelled)),
+            Some(Ok(Ok(()))) => {
+                let attempts = job.attempts;
+                return Some((job, Outcome::Handled { attempts }));
+            }
+            Some(Ok(Err(e))) => e,
+            Some(Err(panic)) => {
+                self.panicked.fetch_add(1, Ordering::Relaxed);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".into());
+                tracing::error!(topic = %route.topic, group = %route.group, message_id = %job.message.id(), panic = %what, "handler panicked");
+                Box::new(Panicked(what))
+            }
+        };
+        // Shutdown is not failure: an error once closing began leaves the message for redelivery.
+        if route.closing.is_cancelled() {
+            return Some((job, Outcome::Cancelled));
+        }
+        let delay = if Permanent::is_permanent(&error) {
+            None
+        } else {
+            job.delays
+                .get_or_insert_with(|| route.retry.delays())
+                .next()
+        };
+        let Some(delay) = delay else {
+            tracing::warn!(topic = %route.topic, group = %route.group, message_id = %job.message.id(), attempts = job.attempts, error = %error, "handler failed for good");
+            let attempts = job.attempts;
+            return Some((job, Outcome::Failed { attempts, error }));
+        };
+        tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
+        self.retried.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::clone(self);
+        self.tracker.spawn_on(
+            async move {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = route.closing.cancelled() => {}
+                }
+                shared.resume(job);
+            },
+            &self.runtime,
+        );
+        None
+    }
+
+    pub(super) fn stats(&self, buffered: usize, buffered_bytes: usize) -> DispatcherStats {
+        let (workers, active_keys) = {
+            let st = self.lock();
+            (st.workers, st.keys.len())
+        };
+        DispatcherStats {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
+            workers,
+            buffered,
+            buffered_bytes,
+            active_keys,
+            handled: self.handled.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            panicked: self.panicked.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+        }
+    }
+}

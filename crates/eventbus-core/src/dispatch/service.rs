@@ -1,0 +1,196 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::task::{Context, Poll, ready};
+
+use tokio::runtime::Handle;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio_util::sync::PollSemaphore;
+use tower::Service;
+
+use super::future::ResponseFuture;
+use super::queue::{ByteBudget, Job, Reservation, Shared};
+use super::{DispatcherStats, Route};
+use crate::error::Error;
+use crate::message::Message;
+
+/// Bounds of a [`Dispatcher`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatcherConfig {
+    /// Most handler calls running at once, over all subscriptions (default 256).
+    pub max_in_flight: usize,
+    /// Most messages admitted and not yet finished (default 4,096). At least `max_in_flight`.
+    pub max_buffered: usize,
+    /// Admission stops while admitted messages hold this many encoded bytes (default 64 MiB).
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            max_in_flight: 256,
+            max_buffered: 4096,
+            max_buffered_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One message to dispatch to a route's handler.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// The subscription it belongs to.
+    pub route: Arc<Route>,
+    /// The message.
+    pub message: Arc<Message>,
+}
+
+/// The unified keyed dispatcher (see the [module docs](super)).
+///
+/// Clones share one dispatcher. Each clone is driven like any tower service: `poll_ready`
+/// reserves room for one message (or returns `Pending` at a bound, or `Err(Closed)` once
+/// closed), `call` admits the message and returns a future of its [`Outcome`](super::Outcome).
+/// Construct it inside a tokio runtime: its workers run there.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    budget: Arc<ByteBudget>,
+    max_buffered: usize,
+    semaphore: Arc<Semaphore>,
+    slots: PollSemaphore,
+    reserved: Option<OwnedSemaphorePermit>,
+    bytes_wait: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl Clone for Dispatcher {
+    fn clone(&self) -> Self {
+        // Room reserved by `poll_ready` belongs to this handle's next `call`; a clone must
+        // reserve its own, as tower's `ConcurrencyLimit` does.
+        Dispatcher {
+            shared: Arc::clone(&self.shared),
+            budget: Arc::clone(&self.budget),
+            max_buffered: self.max_buffered,
+            semaphore: Arc::clone(&self.semaphore),
+            slots: self.slots.clone(),
+            reserved: None,
+            bytes_wait: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("stats", &self.stats())
+            .field("reserved", &self.reserved.is_some())
+            .finish()
+    }
+}
+
+impl Dispatcher {
+    /// A dispatcher whose workers run on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new(config: DispatcherConfig) -> Self {
+        let max_in_flight = config.max_in_flight.max(1);
+        let max_buffered = config.max_buffered.max(max_in_flight);
+        let semaphore = Arc::new(Semaphore::new(max_buffered));
+        Dispatcher {
+            shared: Arc::new(Shared::new(max_in_flight, Handle::current())),
+            budget: Arc::new(ByteBudget {
+                used: AtomicUsize::new(0),
+                max: config.max_buffered_bytes.max(1),
+                freed: Arc::new(Notify::new()),
+            }),
+            max_buffered,
+            slots: PollSemaphore::new(Arc::clone(&semaphore)),
+            semaphore,
+            reserved: None,
+            bytes_wait: None,
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> DispatcherStats {
+        // Every admitted job and every reservation made by `poll_ready` holds one slot.
+        let held = self.max_buffered - self.slots.available_permits().min(self.max_buffered);
+        self.shared.stats(
+            held,
+            self.budget.used.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Stops intake: `poll_ready` returns `Err(Closed)` from now on, for every clone. Messages
+    /// already admitted still run (or are cancelled by their route's tokens).
+    pub fn close(&self) {
+        self.slots.close();
+        self.budget.freed.notify_waiters();
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.semaphore.is_closed()
+    }
+
+    /// Closes intake and waits until every task the dispatcher started (workers, retry
+    /// timers) has ended. Cancel the routes' tokens first, or this waits for their handlers
+    /// and retries to finish.
+    pub async fn shutdown(&self) {
+        self.close();
+        self.shared.tracker.close();
+        self.shared.tracker.wait().await;
+    }
+}
+
+impl Service<Dispatch> for Dispatcher {
+    type Response = super::Outcome;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.reserved.is_none() {
+            match ready!(self.slots.poll_acquire(cx)) {
+                Some(permit) => self.reserved = Some(permit),
+                None => return Poll::Ready(Err(Error::Closed)),
+            }
+        }
+        loop {
+            if self.is_closed() {
+                self.reserved = None;
+                return Poll::Ready(Err(Error::Closed));
+            }
+            if self.budget.has_room() {
+                self.bytes_wait = None;
+                return Poll::Ready(Ok(()));
+            }
+            let budget = &self.budget;
+            let wait = self
+                .bytes_wait
+                .get_or_insert_with(|| Box::pin(Arc::clone(&budget.freed).notified_owned()));
+            // Register before re-checking, so a release between the check and the poll wakes us.
+            if !wait.as_mut().enable() && !budget.has_room() && !self.semaphore.is_closed() {
+                ready!(wait.as_mut().poll(cx));
+            }
+            self.bytes_wait = None;
+        }
+    }
+
+    fn call(&mut self, req: Dispatch) -> ResponseFuture {
+        let slot = self
+            .reserved
+            .take()
+            .expect("poll_ready must be called first");
+        let bytes = req.message.encoded_len();
+        self.budget.take(bytes);
+        let reservation = Reservation {
+            _slot: slot,
+            bytes,
+            budget: Arc::clone(&self.budget),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .submit(Job::new(req.route, req.message, tx, reservation));
+        ResponseFuture { rx }
+    }
+}

@@ -1,0 +1,161 @@
+//! The one error type of eventbus.
+
+use std::time::Duration;
+
+/// A boxed error, as tower and handlers use it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with eventbus's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in eventbus. Each variant says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The topic name cannot be used on every transport: fix the name.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The rejected name.
+        topic: String,
+        /// Why it was rejected.
+        reason: NameError,
+    },
+    /// The consumer group name cannot be used on every transport: fix the name.
+    #[error("invalid consumer group name {group:?}: {reason}")]
+    InvalidGroup {
+        /// The rejected name.
+        group: String,
+        /// Why it was rejected.
+        reason: NameError,
+    },
+    /// The message key (aggregate id) is not valid: fix the id.
+    #[error("invalid message key {key:?}: {reason}")]
+    InvalidKey {
+        /// The rejected key.
+        key: String,
+        /// Why it was rejected.
+        reason: NameError,
+    },
+    /// The message is larger than the configured limit: split it, or raise
+    /// [`Limits::max_message_bytes`](crate::Limits) (and the broker's limit).
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Encoded size of the message (payload, key and headers).
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A message that claims to be an envelope cannot be decoded: fix the producer.
+    #[error("malformed envelope: {0}")]
+    MalformedEnvelope(#[from] EnvelopeError),
+    /// The bus, subscription or dispatcher was closed: nothing more can go through it.
+    #[error("the event bus is closed")]
+    Closed,
+    /// An operation did not finish in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The transport (broker, connection, credentials) failed; the source says how.
+    #[error("{transport} transport error: {source}")]
+    Transport {
+        /// Which transport.
+        transport: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// A handler failed for good (after its last attempt, or with a non-retryable error).
+    #[error("handler failed after {attempts} attempt(s): {source}")]
+    Handler {
+        /// How many times the handler ran.
+        attempts: u32,
+        /// The handler's last error.
+        #[source]
+        source: BoxError,
+    },
+    /// The transport does not offer this capability: use another transport or option.
+    #[error("{transport} does not support {capability}")]
+    Unsupported {
+        /// Which transport.
+        transport: &'static str,
+        /// The missing capability.
+        capability: &'static str,
+    },
+}
+
+impl Error {
+    /// Wraps a transport's own error.
+    pub fn transport(transport: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Transport {
+            transport,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why a topic, group or key was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NameError {
+    /// Empty names are not allowed.
+    #[error("it is empty")]
+    Empty,
+    /// Too long for the strictest transport.
+    #[error("it is {len} characters long, at most {max} are allowed")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// A character outside the allowed set.
+    #[error("character {ch:?} at byte {at} is not allowed (allowed: {allowed})")]
+    InvalidChar {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+        /// The allowed set, for the message.
+        allowed: &'static str,
+    },
+    /// A NATS subject token would be empty (leading, trailing or doubled `.`).
+    #[error("it has an empty token (leading, trailing or doubled '.')")]
+    EmptyToken,
+    /// `.` and `..` are reserved by Kafka.
+    #[error("'.' and '..' are reserved names")]
+    Reserved,
+}
+
+/// Why an envelope could not be decoded from a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// A required header is missing.
+    #[error("header {0:?} is missing")]
+    MissingHeader(&'static str),
+    /// A header is present but its value is not valid.
+    #[error("header {header:?} has invalid value {value:?}: {reason}")]
+    InvalidHeader {
+        /// Header name.
+        header: &'static str,
+        /// The value found (truncated to 64 characters).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The envelope schema version is one this library does not know.
+    #[error("unsupported envelope schema {0:?}")]
+    UnsupportedSchema(String),
+    /// The message has no key, or its key differs from the aggregate id header.
+    #[error("message key {key:?} does not match aggregate id {aggregate_id:?}")]
+    KeyMismatch {
+        /// The message key.
+        key: Option<String>,
+        /// The aggregate id header.
+        aggregate_id: String,
+    },
+}

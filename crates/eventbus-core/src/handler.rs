@@ -1,0 +1,246 @@
+//! What handlers receive and helpers to build them.
+//!
+//! A handler is any [`tower::Service<Delivery>`] with `Response = ()` and an error convertible
+//! into [`BoxError`], so every tower layer (timeout, concurrency limit, rate limit, ...) wraps it
+//! as is. Build one from a closure with [`handler_fn`], or decode JSON with [`json_handler`].
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use crate::envelope::Envelope;
+use crate::error::{BoxError, EnvelopeError};
+use crate::message::Message;
+
+/// One delivery of a message to a handler.
+///
+/// Cheap to clone. The same message is delivered again, with a higher [`attempt`](Self::attempt),
+/// when a previous attempt failed.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub(crate) message: Arc<Message>,
+    pub(crate) attempt: u32,
+    pub(crate) group: Arc<str>,
+    pub(crate) closing: CancellationToken,
+}
+
+impl Delivery {
+    /// A delivery built by hand, to unit-test a handler without a bus.
+    pub fn new(message: Message, group: &str) -> Self {
+        Delivery {
+            message: Arc::new(message),
+            attempt: 1,
+            group: Arc::from(group),
+            closing: CancellationToken::new(),
+        }
+    }
+    /// The message.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+    /// The message, shared.
+    pub fn message_arc(&self) -> &Arc<Message> {
+        &self.message
+    }
+    /// The payload.
+    pub fn payload(&self) -> &bytes::Bytes {
+        self.message.payload()
+    }
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+    /// The consumer group this delivery is for.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+    /// Fires when the subscription or the bus starts closing. A handler may finish its work or
+    /// stop early; an error it returns after this fired is not a failure: the message is left
+    /// unacked for redelivery, never retried or dead-lettered.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.closing
+    }
+    /// Decodes the message as an [`Envelope`].
+    pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
+        Envelope::from_message(&self.message)
+    }
+    /// Decodes the payload as JSON; a failure is a [`Permanent`] [`DecodeError`], so returning it
+    /// with `?` from a handler is never retried.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Permanent> {
+        serde_json::from_slice(self.payload()).map_err(|source| {
+            Permanent::new(DecodeError {
+                type_name: std::any::type_name::<T>(),
+                source,
+            })
+        })
+    }
+}
+
+/// Marks a handler error as not worth retrying (bad input, say): the message fails at once.
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// Wraps an error.
+    pub fn new(error: impl Into<BoxError>) -> Self {
+        Permanent(error.into())
+    }
+    /// The wrapped error.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+    /// Whether a handler error is [`Permanent`].
+    pub fn is_permanent(error: &BoxError) -> bool {
+        error.is::<Permanent>()
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "permanent failure: {}", self.0)
+    }
+}
+
+impl std::error::Error for Permanent {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A payload could not be decoded into the handler's type.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {type_name} from the JSON payload: {source}")]
+pub struct DecodeError {
+    /// The type the payload should have been.
+    pub type_name: &'static str,
+    /// What serde said.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// A handler panicked; the panic was caught and counted, and the message treated as failed.
+#[derive(Debug, thiserror::Error)]
+#[error("handler panicked: {0}")]
+pub struct Panicked(pub String);
+
+/// A handler from an async closure taking a [`Delivery`].
+///
+/// ```
+/// use eventbus_core::{handler_fn, Delivery, BoxError};
+/// let handler = handler_fn(|d: Delivery| async move {
+///     println!("{} bytes", d.payload().len());
+///     Ok::<_, BoxError>(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn handler_fn<F>(f: F) -> tower::util::ServiceFn<F> {
+    tower::service_fn(f)
+}
+
+/// A handler that decodes each payload as JSON into `T` and calls `f(event, delivery)`.
+///
+/// A payload that does not decode fails the message at once with a [`Permanent`]
+/// [`DecodeError`]: retrying cannot fix it.
+///
+/// ```
+/// use eventbus_core::{json_handler, Delivery, BoxError};
+/// #[derive(serde::Deserialize)]
+/// struct OrderPlaced { total: u64 }
+/// let handler = json_handler::<OrderPlaced, _>(|e: OrderPlaced, _d: Delivery| async move {
+///     assert!(e.total > 0);
+///     Ok::<_, BoxError>(())
+/// });
+/// # let _ = handler;
+/// ```
+pub fn json_handler<T, F>(f: F) -> JsonHandler<T, F> {
+    JsonHandler {
+        f,
+        _event: PhantomData,
+    }
+}
+
+/// See [`json_handler`].
+pub struct JsonHandler<T, F> {
+    f: F,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T, F: Clone> Clone for JsonHandler<T, F> {
+    fn clone(&self) -> Self {
+        JsonHandler {
+            f: self.f.clone(),
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<T, F> fmt::Debug for JsonHandler<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonHandler")
+            .field("event", &std::any::type_name::<T>())
+            .finish()
+    }
+}
+
+impl<T, F, Fut, E> Service<Delivery> for JsonHandler<T, F>
+where
+    T: DeserializeOwned,
+    F: FnMut(T, Delivery) -> Fut,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<(), BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, delivery: Delivery) -> Self::Future {
+        match delivery.json::<T>() {
+            Ok(event) => {
+                let fut = (self.f)(event, delivery);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[derive(serde::Deserialize)]
+    struct Ev {
+        n: u32,
+    }
+
+    #[tokio::test]
+    async fn json_decode_failure_is_permanent() {
+        let h = json_handler(|e: Ev, _d: Delivery| async move {
+            assert_eq!(e.n, 1);
+            Ok::<_, BoxError>(())
+        });
+        h.clone()
+            .oneshot(Delivery::new(Message::new("t", r#"{"n":1}"#), "g"))
+            .await
+            .unwrap();
+        let err = h
+            .oneshot(Delivery::new(Message::new("t", "not json"), "g"))
+            .await
+            .unwrap_err();
+        assert!(Permanent::is_permanent(&err));
+        let inner = err.downcast::<Permanent>().unwrap().into_inner();
+        assert!(inner.is::<DecodeError>(), "{inner}");
+    }
+}

@@ -1,0 +1,236 @@
+//! The transport-level message: what every broker carries.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// A message as it travels through a broker.
+///
+/// Cheap to clone: the payload is [`Bytes`] and the key is reference counted.
+/// Topic, key and size are validated when the message is published, not when it is built,
+/// so building never fails.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    id: MessageId,
+    topic: String,
+    key: Option<Key>,
+    headers: Headers,
+    payload: Bytes,
+    timestamp: SystemTime,
+}
+
+impl Message {
+    /// A new message for `topic` with a fresh, time-ordered id (UUIDv7) and the current time.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: MessageId::new(),
+            topic: topic.into(),
+            key: None,
+            headers: Headers::default(),
+            payload: payload.into(),
+            timestamp: SystemTime::now(),
+        }
+    }
+
+    /// Sets the key (aggregate id): messages with one key are handled one at a time, in order.
+    pub fn with_key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces the id (to publish an outbox row with its own id, say). Brokers that
+    /// deduplicate (NATS `Nats-Msg-Id`) use it.
+    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Replaces the timestamp.
+    pub fn with_timestamp(mut self, timestamp: SystemTime) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+
+    /// The message id, unique per published message (a redelivery keeps it).
+    pub fn id(&self) -> &MessageId {
+        &self.id
+    }
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+    /// The key (aggregate id), if any.
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+    /// The headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+    /// Mutable headers.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+    /// When the message was created.
+    pub fn timestamp(&self) -> SystemTime {
+        self.timestamp
+    }
+
+    /// Size on the wire, roughly: payload, key, id and headers. Limits and the dispatcher's
+    /// byte budget are counted in this unit.
+    pub fn encoded_len(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, |k| k.len())
+            + self.id.0.len()
+            + self.headers.encoded_len()
+    }
+}
+
+/// A message id. New ids are UUIDv7 strings, so they sort by creation time.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Arc<str>);
+
+impl MessageId {
+    /// A fresh UUIDv7 id.
+    pub fn new() -> Self {
+        let mut buf = uuid::Uuid::encode_buffer();
+        MessageId(Arc::from(
+            &*uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf),
+        ))
+    }
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl From<&str> for MessageId {
+    fn from(s: &str) -> Self {
+        MessageId(Arc::from(s))
+    }
+}
+impl From<String> for MessageId {
+    fn from(s: String) -> Self {
+        MessageId(Arc::from(s))
+    }
+}
+
+/// A message key: the aggregate id whose messages must be handled in order.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether the key is empty (an empty key is rejected at publish).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(Arc::from(s))
+    }
+}
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key(Arc::from(s))
+    }
+}
+impl From<&String> for Key {
+    fn from(s: &String) -> Self {
+        Key(Arc::from(s.as_str()))
+    }
+}
+
+/// Message headers: string names to string values, sorted by name.
+///
+/// Strings because NATS headers are text; Kafka headers carry the UTF-8 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Headers(BTreeMap<String, String>);
+
+impl Headers {
+    /// Sets a header, replacing any value it had.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        self.0.insert(name.into(), value.into())
+    }
+    /// A header's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+    /// Removes a header.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name)
+    }
+    /// All headers, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.len() + v.len() + 4).sum()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Headers(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}

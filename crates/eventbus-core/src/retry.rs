@@ -1,0 +1,110 @@
+//! How failed handler calls are retried in place.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// Retry policy for failed handler calls.
+///
+/// Retries happen *in place*: the message's key waits (no later message of it is handled) while
+/// every other key keeps flowing, and the waiting message holds no worker.
+///
+/// The default retries without limit, with exponential backoff from 100 ms to 30 s and jitter:
+/// a failing message blocks only its own key, is never lost and never overtaken.
+/// With [`max_attempts`](Self::max_attempts) set, the message is handed back to the transport
+/// as failed after its last attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    max_attempts: Option<NonZeroU32>,
+    min_delay: Duration,
+    max_delay: Duration,
+    factor: f32,
+    jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: None,
+            min_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+            factor: 2.0,
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries: the first failure is final.
+    pub fn never() -> Self {
+        Self::default().max_attempts(1)
+    }
+    /// At most `n` handler calls per delivery (`n` ≥ 1; 0 is treated as 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        self
+    }
+    /// Retry without limit (the default).
+    pub fn unlimited(mut self) -> Self {
+        self.max_attempts = None;
+        self
+    }
+    /// First and largest backoff delay.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.min_delay = min;
+        self.max_delay = max.max(min);
+        self
+    }
+    /// Multiplier between successive delays.
+    pub fn factor(mut self, factor: f32) -> Self {
+        self.factor = factor.max(1.0);
+        self
+    }
+    /// Whether to add random jitter to delays (default on; it avoids retry storms).
+    pub fn jitter(mut self, on: bool) -> Self {
+        self.jitter = on;
+        self
+    }
+    /// The attempt limit, if any.
+    pub fn attempt_limit(&self) -> Option<u32> {
+        self.max_attempts.map(NonZeroU32::get)
+    }
+
+    /// The delays before attempts 2, 3, ...; exhausted when no attempt is left.
+    pub(crate) fn delays(&self) -> ExponentialBackoff {
+        let mut b = ExponentialBuilder::new()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_factor(self.factor);
+        b = match self.max_attempts {
+            Some(n) => b.with_max_times(n.get() as usize - 1),
+            None => b.without_max_times(),
+        };
+        if self.jitter {
+            b = b.with_jitter();
+        }
+        b.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_bound_the_delays() {
+        assert_eq!(RetryPolicy::never().delays().count(), 0);
+        let p = RetryPolicy::default()
+            .max_attempts(4)
+            .jitter(false)
+            .backoff(Duration::from_millis(10), Duration::from_millis(25));
+        let d: Vec<_> = p.delays().collect();
+        assert_eq!(
+            d,
+            [10, 20, 25].map(Duration::from_millis).to_vec(),
+            "exponential, capped"
+        );
+        assert!(RetryPolicy::default().delays().take(1000).count() == 1000);
+    }
+}

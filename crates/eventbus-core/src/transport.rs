@@ -1,0 +1,149 @@
+//! What a transport implements: publishing, and adapting a broker's stream of messages into
+//! the bus's dispatcher.
+//!
+//! A transport holds no worker pool. Its subscription is a [`Stream`] of [`Incoming`] messages
+//! that it hands to [`SubscribeRequest::start`]; the bus pulls from that stream only while its
+//! dispatcher has room (so a transport that fetches on demand never over-fetches), runs the
+//! handlers, and calls [`Acknowledge::settle`] with each message's outcome.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::task::JoinHandle;
+
+use crate::consume;
+use crate::dispatch::{Dispatcher, Outcome, Route};
+use crate::error::Result;
+use crate::message::Message;
+
+/// What a transport can do; the conformance suite checks that what a transport lacks is
+/// reported as [`Error::Unsupported`](crate::Error::Unsupported), never skipped silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages survive a restart of the process (and a new group reads old messages).
+    pub persistent: bool,
+    /// Consumer groups: members of a group share messages, every group gets all of them.
+    pub consumer_groups: bool,
+    /// The broker can be restarted by a test (it runs out of process).
+    pub broker_restart: bool,
+}
+
+impl Capabilities {
+    /// No optional capability.
+    pub const fn none() -> Self {
+        Capabilities {
+            persistent: false,
+            consumer_groups: false,
+            broker_restart: false,
+        }
+    }
+    /// With consumer groups.
+    pub const fn with_consumer_groups(mut self) -> Self {
+        self.consumer_groups = true;
+        self
+    }
+    /// Persistent.
+    pub const fn with_persistence(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+    /// Broker restartable by tests.
+    pub const fn with_broker_restart(mut self) -> Self {
+        self.broker_restart = true;
+        self
+    }
+}
+
+/// A message received from the broker, with what settles it there.
+#[derive(Debug)]
+pub struct Incoming<A> {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Acks, nacks or releases it.
+    pub ack: A,
+}
+
+/// Settles one received message at the broker according to its [`Outcome`].
+pub trait Acknowledge: Send + 'static {
+    /// [`Outcome::Handled`]: ack. [`Outcome::Failed`]: nack (or dead-letter).
+    /// [`Outcome::Cancelled`]: leave unacked, for redelivery.
+    fn settle(self, outcome: &Outcome) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Publishes messages. Topic, key and size are validated by the bus before a call.
+#[async_trait::async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message; returns once the broker has it (its ack, where it has one).
+    async fn publish(&self, message: Message) -> Result<()>;
+
+    /// Publishes several messages, in order; returns once the broker has all of them.
+    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+        for message in messages {
+            self.publish(message).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens subscriptions.
+#[async_trait::async_trait]
+pub trait Subscriber: Send + Sync + 'static {
+    /// Opens the broker side of `request`'s (topic, group) and hands its message stream to
+    /// [`SubscribeRequest::start`].
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Started>;
+}
+
+/// A complete transport.
+#[async_trait::async_trait]
+pub trait Transport: Publisher + Subscriber {
+    /// Short name, for errors and reports (`memory`, `nats`, `kafka`).
+    fn name(&self) -> &'static str;
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Releases connections and every task or thread the transport started. Called by the bus
+    /// after all subscriptions have drained.
+    async fn close(&self) -> Result<()>;
+}
+
+/// A subscription the bus asks a transport to open.
+#[derive(Debug)]
+pub struct SubscribeRequest {
+    pub(crate) route: Arc<Route>,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) tracker: tokio_util::task::TaskTracker,
+}
+
+impl SubscribeRequest {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        self.route.topic()
+    }
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        self.route.group()
+    }
+    /// Fires when the subscription starts closing; the stream need not watch it (the bus stops
+    /// pulling), but a transport may use it to stop background work early.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        self.route.closing()
+    }
+
+    /// Starts consuming `source` through the bus's dispatcher, in a task the bus tracks.
+    /// The source is polled only while the dispatcher has room, and dropped once the
+    /// subscription has closed and every message taken from it has been settled.
+    pub fn start<S, A>(self, source: S) -> Started
+    where
+        S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
+        A: Acknowledge,
+    {
+        let task = consume::pump(source, self.dispatcher, self.route);
+        Started(self.tracker.spawn(task))
+    }
+}
+
+/// A running subscription's consuming task, returned by [`SubscribeRequest::start`].
+#[derive(Debug)]
+#[must_use = "return it from Subscriber::subscribe"]
+pub struct Started(pub(crate) JoinHandle<()>);

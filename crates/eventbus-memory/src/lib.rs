@@ -1,0 +1,442 @@
+//! In-memory transport for eventbus: the embedded default, with broker semantics.
+//!
+//! ```
+//! use eventbus_core::{EventBus, Message, Delivery, BoxError, handler_fn};
+//! use eventbus_memory::MemoryTransport;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> eventbus_core::Result<()> {
+//! let bus = EventBus::new(MemoryTransport::new());
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! let sub = bus
+//!     .subscribe("orders", "billing", handler_fn(move |d: Delivery| {
+//!         let tx = tx.clone();
+//!         async move { tx.send(d.payload().clone())?; Ok::<_, BoxError>(()) }
+//!     }))
+//!     .await?;
+//! bus.publish(Message::new("orders", "placed").with_key("order-1")).await?;
+//! assert_eq!(rx.recv().await.unwrap(), "placed");
+//! sub.close().await;
+//! bus.close().await
+//! # }
+//! ```
+//!
+//! # Semantics
+//! - **Topics** are created on first use. Each keeps a log of messages; a message leaves the log
+//!   once every consumer group of the topic has acked it.
+//! - **Consumer groups**: every group receives every message; the members (subscriptions) of a
+//!   group share them. A group lives as long as the transport, so a group whose members all
+//!   closed resumes where it stopped, and a new group starts from the oldest message still in the
+//!   log (with no group yet, that is every message published so far).
+//! - **At least once**: a message is delivered again when its handler did not finish (closed
+//!   subscription, dropped bus) — at once, before newer messages — or failed for good —
+//!   after [`MemoryConfig::redelivery_delay`].
+//! - **Bounded**: a topic's log holds at most [`MemoryConfig::topic_capacity`] messages; a
+//!   publish into a full topic waits (up to the bus's publish timeout), so backpressure from the
+//!   slowest group reaches publishers.
+//! - **No tasks, no threads**: consumers are streams polled by the bus; [`close`] leaves
+//!   nothing behind.
+//! - Nothing survives the process: [`Capabilities::persistent`] is false.
+//!
+//! [`close`]: eventbus_core::Transport::close
+#![warn(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use eventbus_core::transport::{Acknowledge, Capabilities, Incoming, Publisher, Started, Subscriber, SubscribeRequest, Transport};
+use eventbus_core::{Error, Message, Outcome, Result};
+use futures::Stream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+const NAME: &str = "memory";
+
+/// Options of a [`MemoryTransport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryConfig {
+    /// Most messages a topic's log holds (default 100,000); publishing into a full topic waits.
+    pub topic_capacity: usize,
+    /// Delay before a message that failed for good is delivered again (default 1 s).
+    pub redelivery_delay: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            topic_capacity: 100_000,
+            redelivery_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+impl MemoryConfig {
+    /// Sets [`topic_capacity`](Self::topic_capacity).
+    pub fn topic_capacity(mut self, n: usize) -> Self {
+        self.topic_capacity = n.max(1);
+        self
+    }
+    /// Sets [`redelivery_delay`](Self::redelivery_delay).
+    pub fn redelivery_delay(mut self, d: Duration) -> Self {
+        self.redelivery_delay = d;
+        self
+    }
+}
+
+/// The in-memory broker. Clones share the same broker, so two buses over clones of one
+/// transport behave like two processes connected to one broker.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTransport {
+    broker: Arc<Broker>,
+}
+
+#[derive(Debug, Default)]
+struct Broker {
+    config: MemoryConfig,
+    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Topic {
+    state: Mutex<TopicState>,
+    /// Publishers waiting for room.
+    space: Notify,
+}
+
+#[derive(Debug, Default)]
+struct TopicState {
+    /// Messages at offsets `base..base + log.len()`.
+    log: VecDeque<Arc<Message>>,
+    base: u64,
+    groups: HashMap<String, Group>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// Next offset never delivered to this group.
+    cursor: u64,
+    /// Delivered and not settled.
+    pending: BTreeSet<u64>,
+    /// To deliver again, not before the instant given; served before newer messages.
+    redeliver: BTreeMap<u64, Instant>,
+    /// Members waiting for messages.
+    ready: Arc<Notify>,
+}
+
+impl Group {
+    /// Lowest offset this group still needs.
+    fn floor(&self) -> u64 {
+        let mut floor = self.cursor;
+        if let Some(&p) = self.pending.first() {
+            floor = floor.min(p);
+        }
+        if let Some((&r, _)) = self.redeliver.first_key_value() {
+            floor = floor.min(r);
+        }
+        floor
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No user code runs under these locks; a poisoned one still holds consistent state.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryTransport {
+    /// A broker with default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A broker with `config`.
+    pub fn with_config(config: MemoryConfig) -> Self {
+        MemoryTransport {
+            broker: Arc::new(Broker {
+                config,
+                ..Broker::default()
+            }),
+        }
+    }
+
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        let mut topics = lock(&self.broker.topics);
+        Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Topic {
+                state: Mutex::new(TopicState::default()),
+                space: Notify::new(),
+            })
+        }))
+    }
+
+    /// Messages of `topic` that `group` has not acked yet (its consumer lag), or `None` when the
+    /// group does not exist.
+    pub fn lag(&self, topic: &str, group: &str) -> Option<u64> {
+        let topic = lock(&self.broker.topics).get(topic).cloned()?;
+        let st = lock(&topic.state);
+        let g = st.groups.get(group)?;
+        let end = st.base + st.log.len() as u64;
+        Some(end - g.cursor + g.pending.len() as u64 + g.redeliver.len() as u64)
+    }
+
+    /// Messages held in `topic`'s log.
+    pub fn retained(&self, topic: &str) -> usize {
+        lock(&self.broker.topics)
+            .get(topic)
+            .map_or(0, |t| lock(&t.state).log.len())
+    }
+
+    async fn append(&self, messages: Vec<Message>) -> Result<()> {
+        let mut messages = messages.into_iter().map(Arc::new).peekable();
+        let Some(first) = messages.peek() else {
+            return Ok(());
+        };
+        let topic = self.topic(first.topic());
+        let capacity = self.broker.config.topic_capacity;
+        while messages.peek().is_some() {
+            let space = topic.space.notified();
+            tokio::pin!(space);
+            {
+                // Register for wake-ups before looking, so room freed meanwhile is not missed.
+                space.as_mut().enable();
+                let mut st = lock(&topic.state);
+                if st.closed || self.broker.closed.load(Ordering::Acquire) {
+                    return Err(Error::Closed);
+                }
+                let room = capacity.saturating_sub(st.log.len());
+                if room > 0 {
+                    st.log.extend(messages.by_ref().take(room));
+                    for g in st.groups.values() {
+                        g.ready.notify_waiters();
+                    }
+                    continue;
+                }
+            }
+            space.await;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for MemoryTransport {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.append(vec![message]).await
+    }
+
+    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+        // One topic per append keeps the lock scope simple; batches are usually one topic.
+        let mut start = 0;
+        while start < messages.len() {
+            let topic = messages[start].topic();
+            let end = messages[start..]
+                .iter()
+                .position(|m| m.topic() != topic)
+                .map_or(messages.len(), |n| start + n);
+            self.append(messages[start..end].to_vec()).await?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscriber for MemoryTransport {
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
+        if self.broker.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let topic = self.topic(request.topic());
+        let group: Arc<str> = Arc::from(request.group());
+        let ready = {
+            let mut st = lock(&topic.state);
+            let base = st.base;
+            Arc::clone(
+                &st.groups
+                    .entry(group.to_string())
+                    .or_insert_with(|| Group {
+                        cursor: base,
+                        pending: BTreeSet::new(),
+                        redeliver: BTreeMap::new(),
+                        ready: Arc::new(Notify::new()),
+                    })
+                    .ready,
+            )
+        };
+        let member = Member {
+            topic,
+            group,
+            ready,
+            redelivery_delay: self.broker.config.redelivery_delay,
+        };
+        Ok(request.start(Box::pin(member.into_stream())))
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for MemoryTransport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none().with_consumer_groups()
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Only publishers can be waiting here (consumers are polled by the bus, which has
+        // stopped); wake them so they see the close.
+        self.broker.closed.store(true, Ordering::Release);
+        for topic in lock(&self.broker.topics).values() {
+            lock(&topic.state).closed = true;
+            topic.space.notify_waiters();
+        }
+        Ok(())
+    }
+}
+
+/// One subscription's view of its group.
+struct Member {
+    topic: Arc<Topic>,
+    group: Arc<str>,
+    ready: Arc<Notify>,
+    redelivery_delay: Duration,
+}
+
+enum Next {
+    Message(Incoming<MemoryAck>),
+    /// Nothing now; a redelivery falls due at this instant.
+    WaitUntil(Instant),
+    Wait,
+}
+
+impl Member {
+    fn try_next(&self) -> Next {
+        let mut st = lock(&self.topic.state);
+        let TopicState {
+            log, base, groups, ..
+        } = &mut *st;
+        let Some(g) = groups.get_mut(&*self.group) else {
+            return Next::Wait;
+        };
+        let now = Instant::now();
+        // Redeliveries first, lowest offset first, so a key's older message comes back before
+        // its newer ones.
+        let due = g.redeliver.iter().find(|&(_, &at)| at <= now).map(|(&o, _)| o);
+        let offset = match due {
+            Some(o) => {
+                g.redeliver.remove(&o);
+                o
+            }
+            None if g.cursor < *base + log.len() as u64 => {
+                g.cursor += 1;
+                g.cursor - 1
+            }
+            None => {
+                return match g.redeliver.values().min() {
+                    Some(&at) => Next::WaitUntil(at),
+                    None => Next::Wait,
+                };
+            }
+        };
+        g.pending.insert(offset);
+        let message = Arc::clone(&log[(offset - *base) as usize]);
+        Next::Message(Incoming {
+            message,
+            ack: MemoryAck {
+                topic: Arc::clone(&self.topic),
+                group: Arc::clone(&self.group),
+                offset,
+                redelivery_delay: self.redelivery_delay,
+                settled: false,
+            },
+        })
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<Incoming<MemoryAck>>> + Send {
+        futures::stream::unfold(self, |member| async move {
+            loop {
+                let ready = Arc::clone(&member.ready);
+                let notified = ready.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match member.try_next() {
+                    Next::Message(incoming) => return Some((Ok(incoming), member)),
+                    Next::Wait => notified.await,
+                    Next::WaitUntil(at) => {
+                        tokio::select! {
+                            () = notified => {}
+                            () = tokio::time::sleep_until(at) => {}
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Settles a message of the memory broker. Dropped unsettled, it releases the message for
+/// redelivery.
+#[derive(Debug)]
+pub struct MemoryAck {
+    topic: Arc<Topic>,
+    group: Arc<str>,
+    offset: u64,
+    redelivery_delay: Duration,
+    settled: bool,
+}
+
+impl MemoryAck {
+    fn finish(&mut self, redeliver_at: Option<Instant>) {
+        self.settled = true;
+        let mut st = lock(&self.topic.state);
+        let TopicState {
+            log, base, groups, ..
+        } = &mut *st;
+        let Some(g) = groups.get_mut(&*self.group) else {
+            return;
+        };
+        if !g.pending.remove(&self.offset) {
+            return;
+        }
+        match redeliver_at {
+            Some(at) => {
+                g.redeliver.insert(self.offset, at);
+                g.ready.notify_waiters();
+            }
+            None => {
+                let floor = groups.values().map(Group::floor).min().unwrap_or(*base);
+                let before = log.len();
+                while *base < floor && log.pop_front().is_some() {
+                    *base += 1;
+                }
+                if log.len() < before {
+                    self.topic.space.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+impl Acknowledge for MemoryAck {
+    async fn settle(mut self, outcome: &Outcome) -> Result<()> {
+        let redeliver_at = match outcome {
+            Outcome::Handled { .. } => None,
+            Outcome::Failed { .. } => Some(Instant::now() + self.redelivery_delay),
+            Outcome::Cancelled => Some(Instant::now()),
+        };
+        self.finish(redeliver_at);
+        Ok(())
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.finish(Some(Instant::now()));
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! eventbus: publish and consume domain events over NATS JetStream, Kafka or an in-memory bus
+//! through one API, with strict per-aggregate order, no head-of-line blocking, bounded
+//! resources and no leaked tasks.
+//!
+//! ```
+//! use eventbus::{EventBus, Envelope, Delivery, BoxError, handler_fn, MemoryTransport};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> eventbus::Result<()> {
+//! let bus = EventBus::builder(MemoryTransport::new()).max_in_flight(64).build();
+//!
+//! let sub = bus
+//!     .subscribe("orders", "billing", handler_fn(|d: Delivery| async move {
+//!         let event = d.envelope()?;
+//!         println!("{} v{} of {}", event.event_type, event.event_version, event.aggregate_id);
+//!         Ok::<_, BoxError>(())
+//!     }))
+//!     .await?;
+//!
+//! let placed = Envelope::new("order-42", "OrderPlaced", 1, r#"{"total":12}"#)?;
+//! bus.publish_envelope("orders", &placed).await?;
+//!
+//! sub.close().await;
+//! bus.close().await // every task the bus started has ended
+//! # }
+//! ```
+//!
+//! Transports are picked by cargo feature: `memory` (default), `nats`, `kafka`.
+#![warn(missing_docs)]
+
+pub use eventbus_core::*;
+
+/// The in-memory transport (feature `memory`, on by default).
+#[cfg(feature = "memory")]
+pub use eventbus_memory as memory;
+#[cfg(feature = "memory")]
+pub use eventbus_memory::{MemoryConfig, MemoryTransport};
+
+/// The NATS JetStream transport (feature `nats`; not implemented yet).
+#[cfg(feature = "nats")]
+pub use eventbus_nats as nats;
+
+/// The Kafka transport (feature `kafka`; not implemented yet).
+#[cfg(feature = "kafka")]
+pub use eventbus_kafka as kafka;
