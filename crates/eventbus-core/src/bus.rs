@@ -140,6 +140,16 @@ struct Inner {
     closed: CancellationToken,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle went without `close()`: stop intake so subscriptions drain and every
+        // task the bus started ends on its own (without the drain deadline; call `close()` for
+        // that and for the transport's close).
+        self.closing.cancel();
+        self.dispatcher.close();
+    }
+}
+
 impl std::fmt::Debug for EventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventBus")
@@ -199,6 +209,12 @@ impl EventBus {
 
     async fn with_publish_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
         let after = self.inner.options.publish_timeout;
+        let mut publish = std::pin::pin!(publish);
+        // Most publishes finish on their first poll (the memory broker, a pipelined client):
+        // only arm a timer for those that wait.
+        if let Some(done) = futures::FutureExt::now_or_never(publish.as_mut()) {
+            return done;
+        }
         tokio::time::timeout(after, publish)
             .await
             .map_err(|_| Error::Timeout {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tower::Service;
 
-use crate::dispatch::{Dispatch, Dispatcher, Route};
+use crate::dispatch::{Dispatch, Dispatcher, Outcome, Route};
 use crate::error::Result;
 use crate::transport::{Acknowledge, Incoming};
 
@@ -20,8 +20,8 @@ where
     S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
     A: Acknowledge,
 {
-    let mut outcomes = FuturesUnordered::new();
-    let mut settling = FuturesUnordered::new();
+    // One future per message taken: its outcome, then settling it at the broker.
+    let mut taken = FuturesUnordered::new();
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
@@ -29,16 +29,7 @@ where
     poll_fn(|cx| {
         loop {
             let mut progress = false;
-            while let Poll::Ready(Some((outcome, ack))) = outcomes.poll_next_unpin(cx) {
-                let ack: A = ack;
-                let outcome = match outcome {
-                    Ok(outcome) => outcome,
-                    Err(_) => crate::Outcome::Cancelled,
-                };
-                settling.push(async move { ack.settle(&outcome).await });
-                progress = true;
-            }
-            while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {
+            while let Poll::Ready(Some(settled)) = taken.poll_next_unpin(cx) {
                 if let Err(error) = settled {
                     tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
                 }
@@ -70,12 +61,16 @@ where
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
                         let route = Arc::clone(&route);
                         let response = dispatcher.call(Dispatch { route, message });
-                        outcomes.push(response.map(move |outcome| (outcome, ack)));
+                        taken.push(async move {
+                            // The response future never fails: a dropped job reads as Cancelled.
+                            let outcome = response.await.unwrap_or(Outcome::Cancelled);
+                            ack.settle(&outcome).await
+                        });
                         progress = true;
                     }
                 }
             }
-            if !intake && outcomes.is_empty() && settling.is_empty() {
+            if !intake && taken.is_empty() {
                 return Poll::Ready(());
             }
             if !progress {

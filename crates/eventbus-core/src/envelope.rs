@@ -81,12 +81,11 @@ impl Envelope {
     ) -> Result<Self, Error> {
         let aggregate_id = aggregate_id.into();
         validate_key(aggregate_id.as_str())?;
-        let event_version =
-            NonZeroU64::new(event_version).ok_or(EnvelopeError::InvalidHeader {
-                header: header::EVENT_VERSION,
-                value: "0".into(),
-                reason: "event versions start at 1".into(),
-            })?;
+        let event_version = NonZeroU64::new(event_version).ok_or(EnvelopeError::InvalidHeader {
+            header: header::EVENT_VERSION,
+            value: "0".into(),
+            reason: "event versions start at 1".into(),
+        })?;
         Ok(Envelope {
             aggregate_id,
             event_type: event_type.into(),
@@ -159,13 +158,12 @@ impl Envelope {
     pub fn from_message(msg: &Message) -> Result<Self, EnvelopeError> {
         let h = msg.headers();
         let required = |name: &'static str| h.get(name).ok_or(EnvelopeError::MissingHeader(name));
-        let invalid = |header: &'static str, value: &str, reason: String| {
-            EnvelopeError::InvalidHeader {
+        let invalid =
+            |header: &'static str, value: &str, reason: String| EnvelopeError::InvalidHeader {
                 header,
                 value: value.chars().take(64).collect(),
                 reason,
-            }
-        };
+            };
 
         let schema = required(header::SCHEMA)?;
         if schema != SCHEMA_V1 {
@@ -257,7 +255,9 @@ mod tests {
     fn version_zero_and_bad_ids_are_rejected() {
         assert!(matches!(
             Envelope::new("a", "T", 0, Bytes::new()),
-            Err(Error::MalformedEnvelope(EnvelopeError::InvalidHeader { .. }))
+            Err(Error::MalformedEnvelope(
+                EnvelopeError::InvalidHeader { .. }
+            ))
         ));
         assert!(matches!(
             Envelope::new("a b", "T", 1, Bytes::new()),
@@ -276,7 +276,10 @@ mod tests {
         msg.headers_mut().insert(header::EVENT_VERSION, "-1");
         assert!(matches!(
             Envelope::from_message(&msg),
-            Err(EnvelopeError::InvalidHeader { header: "eb-event-version", .. })
+            Err(EnvelopeError::InvalidHeader {
+                header: "eb-event-version",
+                ..
+            })
         ));
         let msg = sample().to_message("t").with_key("other");
         assert!(matches!(

@@ -40,8 +40,10 @@ pub use bus::{BusOptions, EventBus, EventBusBuilder, Subscription};
 pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Outcome, Route};
 pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, NameError, Result};
-pub use handler::{Delivery, DecodeError, Panicked, Permanent, handler_fn, json_handler};
+pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
 pub use message::{Headers, Key, Message, MessageId};
 pub use retry::RetryPolicy;
-pub use transport::{Acknowledge, Capabilities, Incoming, Publisher, SubscribeRequest, Subscriber, Transport};
+pub use transport::{
+    Acknowledge, Capabilities, Incoming, Publisher, SubscribeRequest, Subscriber, Transport,
+};
 pub use validate::Limits;

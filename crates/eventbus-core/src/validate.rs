@@ -158,7 +158,10 @@ mod tests {
         assert!(limits.check_size(10).is_ok());
         assert!(matches!(
             limits.check_size(11),
-            Err(Error::PayloadTooLarge { size: 11, limit: 10 })
+            Err(Error::PayloadTooLarge {
+                size: 11,
+                limit: 10
+            })
         ));
     }
 

@@ -45,7 +45,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use eventbus_core::transport::{Acknowledge, Capabilities, Incoming, Publisher, Started, Subscriber, SubscribeRequest, Transport};
+use eventbus_core::transport::{
+    Acknowledge, Capabilities, Incoming, Publisher, Started, SubscribeRequest, Subscriber,
+    Transport,
+};
 use eventbus_core::{Error, Message, Outcome, Result};
 use futures::Stream;
 use tokio::sync::Notify;
@@ -325,7 +328,11 @@ impl Member {
         let now = Instant::now();
         // Redeliveries first, lowest offset first, so a key's older message comes back before
         // its newer ones.
-        let due = g.redeliver.iter().find(|&(_, &at)| at <= now).map(|(&o, _)| o);
+        let due = g
+            .redeliver
+            .iter()
+            .find(|&(_, &at)| at <= now)
+            .map(|(&o, _)| o);
         let offset = match due {
             Some(o) => {
                 g.redeliver.remove(&o);

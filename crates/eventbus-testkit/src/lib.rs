@@ -1,1 +1,19 @@
-//! placeholder
+//! Test and measurement kit for eventbus transports: leak snapshots, an order checker and the
+//! load scenarios of the Go SDK this project replaces.
+//!
+//! This is a kit for implementations and their CI, not a semver-stable API.
+//!
+//! ```
+//! use eventbus_testkit::leak::Snapshot;
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let before = Snapshot::take();
+//! // build, load and close a bus here
+//! let after = Snapshot::take();
+//! assert_eq!(after.tasks, before.tasks);
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod leak;
+pub mod order;
+pub mod scenario;

@@ -22,6 +22,8 @@ impl Future for ResponseFuture {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // The sender only disappears without answering when the job was dropped unrun (the
         // runtime shut down under it): the handler did not finish, so the message stays unacked.
-        Poll::Ready(Ok(ready!(self.project().rx.poll(cx)).unwrap_or(Outcome::Cancelled)))
+        Poll::Ready(Ok(
+            ready!(self.project().rx.poll(cx)).unwrap_or(Outcome::Cancelled)
+        ))
     }
 }

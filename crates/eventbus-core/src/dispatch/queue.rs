@@ -1,7 +1,7 @@
 //! Keyed queues, the ready queue and the on-demand workers that drain it.
 
-use std::collections::hash_map::{Entry, HashMap};
 use std::collections::VecDeque;
+use std::collections::hash_map::{Entry, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -225,11 +225,20 @@ struct State {
     /// Jobs that may run now; at most one per key.
     ready: VecDeque<Job>,
     workers: usize,
+    /// Workers started or woken for a ready job that have not taken one yet.
+    searching: usize,
+    /// Workers parked waiting for work (each has registered with `Shared::work`).
+    idle: usize,
+    closed: bool,
 }
 
 pub(super) struct Shared {
     state: Mutex<State>,
     max_in_flight: usize,
+    /// Parked workers kept for the next burst: spawning a task per message costs more than
+    /// waking a parked one. About one per runtime thread; the rest exit when out of work.
+    keep_idle: usize,
+    work: Notify,
     pub(super) tracker: TaskTracker,
     runtime: Handle,
     in_flight: AtomicUsize,
@@ -243,9 +252,15 @@ pub(super) struct Shared {
 
 impl Shared {
     pub(super) fn new(max_in_flight: usize, runtime: Handle) -> Self {
+        let keep_idle = runtime
+            .metrics()
+            .num_workers()
+            .clamp(1, max_in_flight.max(1));
         Shared {
             state: Mutex::default(),
             max_in_flight: max_in_flight.max(1),
+            keep_idle,
+            work: Notify::new(),
             tracker: TaskTracker::new(),
             runtime,
             in_flight: AtomicUsize::new(0),
@@ -288,23 +303,55 @@ impl Shared {
         self.wake_worker(st);
     }
 
-    /// Starts a worker if one is allowed: workers never sit idle (they exit when the ready queue
-    /// is empty), so a new ready job needs a new worker unless all `max_in_flight` are busy.
+    /// Gets a worker on its way to the ready queue unless one already is: wakes a parked worker,
+    /// or starts one while fewer than `max_in_flight` exist. With every worker busy, whichever
+    /// finishes first takes the job. A worker that takes a job and leaves others behind calls
+    /// this again, so ready jobs never wait behind a running handler (no head-of-line blocking)
+    /// while workers only grow with the handler calls actually running at once.
     fn wake_worker(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
-        if st.workers < self.max_in_flight {
+        if st.searching > 0 || st.ready.is_empty() {
+            return;
+        }
+        if st.idle > 0 {
+            // Claimed under the lock, so two wakes never count on one parked worker.
+            st.idle -= 1;
+            st.searching += 1;
+            drop(st);
+            self.work.notify_one();
+        } else if st.workers < self.max_in_flight {
             st.workers += 1;
+            st.searching += 1;
             drop(st);
             let shared = Arc::clone(self);
             self.tracker.spawn_on(shared.work(), &self.runtime);
         }
     }
 
+    /// Stops parked workers and keeps no more: on shutdown, or when the last dispatcher
+    /// handle goes.
+    pub(super) fn close_workers(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        // Woken below as if claimed by `wake_worker`, so the searching count stays exact.
+        st.searching += st.idle;
+        st.idle = 0;
+        drop(st);
+        self.work.notify_waiters();
+    }
+
     async fn work(self: Arc<Self>) {
+        // Started or woken on behalf of a ready job (counted in `State::searching`).
+        let mut searching = true;
         let mut done: Option<(Job, Outcome)> = None;
         loop {
+            let parked = self.work.notified();
+            tokio::pin!(parked);
             // One lock per job: release the finished job's key and take the next ready job.
-            let next = {
+            let (next, park) = {
                 let mut st = self.lock();
+                if std::mem::take(&mut searching) {
+                    st.searching -= 1;
+                }
                 if let Some((job, _)) = &done {
                     if let Some(id) = job.key() {
                         if let Entry::Occupied(mut e) = st.keys.entry(id) {
@@ -318,16 +365,32 @@ impl Shared {
                     }
                 }
                 let next = st.ready.pop_front();
-                if next.is_none() {
+                let park = next.is_none() && !st.closed && st.idle < self.keep_idle;
+                if next.is_some() {
+                    self.wake_worker(st);
+                } else if park {
+                    // Registered before the lock is released, so a wake that sees us idle cannot
+                    // be missed.
+                    parked.as_mut().enable();
+                    st.idle += 1;
+                    drop(st);
+                } else {
                     st.workers -= 1;
+                    drop(st);
                 }
-                next
+                (next, park)
             };
             if let Some((job, outcome)) = done.take() {
                 self.complete(job, outcome);
             }
-            let Some(job) = next else { return };
-            done = self.run(job).await;
+            match next {
+                Some(job) => done = self.run(job).await,
+                None if park => {
+                    parked.await;
+                    searching = true;
+                }
+                None => return,
+            }
         }
     }
 
@@ -357,15 +420,22 @@ impl Shared {
             closing: route.closing.clone(),
         };
         let mut handler = route.handler.clone();
-        let call = AssertUnwindSafe(async move { handler.ready().await?.call(delivery).await })
-            .catch_unwind();
+        let mut call = std::pin::pin!(
+            AssertUnwindSafe(async move { handler.ready().await?.call(delivery).await })
+                .catch_unwind()
+        );
 
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
-        let result = tokio::select! {
-            biased;
-            () = route.abort.cancelled() => None,
-            r = call => Some(r),
+        // Most handlers finish on their first poll; only register with the abort token (a
+        // lock on a token shared by the route) for those that wait.
+        let result = match futures::FutureExt::now_or_never(call.as_mut()) {
+            Some(r) => Some(r),
+            None => tokio::select! {
+                biased;
+                () = route.abort.cancelled() => None,
+                r = call => Some(r),
+            },
         };
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
 

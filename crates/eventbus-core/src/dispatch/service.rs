@@ -54,6 +54,7 @@ pub struct Dispatch {
 /// Construct it inside a tokio runtime: its workers run there.
 pub struct Dispatcher {
     shared: Arc<Shared>,
+    _handles: Arc<Handles>,
     budget: Arc<ByteBudget>,
     max_buffered: usize,
     semaphore: Arc<Semaphore>,
@@ -68,6 +69,7 @@ impl Clone for Dispatcher {
         // reserve its own, as tower's `ConcurrencyLimit` does.
         Dispatcher {
             shared: Arc::clone(&self.shared),
+            _handles: Arc::clone(&self._handles),
             budget: Arc::clone(&self.budget),
             max_buffered: self.max_buffered,
             semaphore: Arc::clone(&self.semaphore),
@@ -96,8 +98,10 @@ impl Dispatcher {
         let max_in_flight = config.max_in_flight.max(1);
         let max_buffered = config.max_buffered.max(max_in_flight);
         let semaphore = Arc::new(Semaphore::new(max_buffered));
+        let shared = Arc::new(Shared::new(max_in_flight, Handle::current()));
         Dispatcher {
-            shared: Arc::new(Shared::new(max_in_flight, Handle::current())),
+            _handles: Arc::new(Handles(Arc::clone(&shared))),
+            shared,
             budget: Arc::new(ByteBudget {
                 used: AtomicUsize::new(0),
                 max: config.max_buffered_bytes.max(1),
@@ -138,8 +142,19 @@ impl Dispatcher {
     /// and retries to finish.
     pub async fn shutdown(&self) {
         self.close();
+        self.shared.close_workers();
         self.shared.tracker.close();
         self.shared.tracker.wait().await;
+    }
+}
+
+/// Held by every [`Dispatcher`] handle (not by its workers): when the last handle is dropped,
+/// parked workers are told to exit, so a dispatcher dropped without `shutdown` leaves no task.
+struct Handles(Arc<Shared>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.close_workers();
     }
 }
 

@@ -1,0 +1,1177 @@
+//! Specification of the unified keyed dispatcher, [`eventbus_core::Dispatcher`].
+//!
+//! Every test drives the dispatcher as a transport would (`poll_ready`, then `call`, then await
+//! the [`Outcome`]) and controls its handlers by hand: a handler can be held at a gate until the
+//! test opens it, and can be told to fail, panic or fail permanently on given attempts.
+//!
+//! Determinism: the `#[tokio::test]` runtime is a current-thread runtime, so a worker runs
+//! without interruption from one `.await` point to the next. When a test has seen a handler
+//! start (through [`Probe::started`]) or has received an outcome, everything the worker does
+//! synchronously after that point (finishing the attempt, releasing the key, freeing the buffer
+//! slot) has already happened. Backpressure is checked by polling `poll_ready` by hand on a mock
+//! task (`tower_test::mock::Spawn`), never with sleeps. Retry backoffs run on paused time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use eventbus_core::dispatch::ResponseFuture;
+use eventbus_core::{
+    BoxError, Delivery, Dispatch, Dispatcher, DispatcherConfig, Error, Message, Outcome, Panicked,
+    Permanent, RetryPolicy, Route, handler_fn,
+};
+use futures::future::join_all;
+use proptest::prelude::*;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+use tower_test::mock;
+
+// ---------------------------------------------------------------------------------------------
+// Test harness
+// ---------------------------------------------------------------------------------------------
+
+/// What a probe handler observed, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Event {
+    /// The handler was called for `(message name, attempt)`.
+    Start(String, u32),
+    /// The handler call returned (successfully or not) or panicked.
+    End(String, u32),
+    /// The handler's future was dropped before it returned.
+    Dropped(String, u32),
+}
+
+fn start(name: &str, attempt: u32) -> Event {
+    Event::Start(name.to_owned(), attempt)
+}
+
+fn end(name: &str, attempt: u32) -> Event {
+    Event::End(name.to_owned(), attempt)
+}
+
+/// What a probe handler does on one attempt.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Succeed,
+    Fail,
+    Panic,
+    FailPermanently,
+    /// Waits until the delivery's cancellation (the route's `closing`) fires, then fails.
+    FailOnClosing,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A scriptable handler shared by the routes of a test. A message's *name* is its payload.
+#[derive(Clone)]
+struct Probe(Arc<ProbeState>);
+
+struct ProbeState {
+    events: Mutex<Vec<Event>>,
+    /// Messages held at a gate: each attempt takes one permit before going on.
+    gates: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The act of each attempt (attempt n uses entry n - 1); attempts past the plan succeed.
+    plans: Mutex<HashMap<String, Vec<Act>>>,
+    started_tx: mpsc::UnboundedSender<String>,
+    started_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl Probe {
+    fn new() -> Self {
+        let (started_tx, started_rx) = mpsc::unbounded_channel();
+        Probe(Arc::new(ProbeState {
+            events: Mutex::default(),
+            gates: Mutex::default(),
+            plans: Mutex::default(),
+            started_tx,
+            started_rx: tokio::sync::Mutex::new(started_rx),
+        }))
+    }
+
+    /// Holds every attempt of `name` at a gate until [`release`](Self::release).
+    fn hold(&self, name: &str) {
+        lock(&self.0.gates).insert(name.to_owned(), Arc::new(Semaphore::new(0)));
+    }
+
+    /// Lets one held attempt of `name` go on.
+    fn release(&self, name: &str) {
+        lock(&self.0.gates)[name].add_permits(1);
+    }
+
+    fn plan(&self, name: &str, acts: impl IntoIterator<Item = Act>) {
+        lock(&self.0.plans).insert(name.to_owned(), acts.into_iter().collect());
+    }
+
+    fn events(&self) -> Vec<Event> {
+        lock(&self.0.events).clone()
+    }
+
+    /// The events of the messages whose names start with `prefix`.
+    fn events_of(&self, prefix: &str) -> Vec<Event> {
+        self.events()
+            .into_iter()
+            .filter(|e| match e {
+                Event::Start(n, _) | Event::End(n, _) | Event::Dropped(n, _) => {
+                    n.starts_with(prefix)
+                }
+            })
+            .collect()
+    }
+
+    fn started_names(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Start(n, _) => Some(n),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Waits until a handler call starts, and says for which message.
+    async fn started(&self) -> String {
+        self.0
+            .started_rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .expect("the probe owns a sender")
+    }
+
+    /// A handler call that started and was not yet collected by [`started`](Self::started).
+    fn try_started(&self) -> Option<String> {
+        self.0
+            .started_rx
+            .try_lock()
+            .expect("not awaited concurrently")
+            .try_recv()
+            .ok()
+    }
+
+    fn record(&self, event: Event) {
+        lock(&self.0.events).push(event);
+    }
+
+    async fn handle(self, delivery: Delivery) -> Result<(), BoxError> {
+        let name = String::from_utf8(delivery.payload().to_vec()).expect("utf-8 name");
+        let attempt = delivery.attempt();
+        self.record(Event::Start(name.clone(), attempt));
+        let _ = self.0.started_tx.send(name.clone());
+        let mut running = Running {
+            probe: self.clone(),
+            name: name.clone(),
+            attempt,
+            returned: false,
+        };
+
+        let gate = lock(&self.0.gates).get(&name).cloned();
+        if let Some(gate) = gate {
+            gate.acquire().await.expect("gates are never closed").forget();
+        }
+        let act = lock(&self.0.plans)
+            .get(&name)
+            .and_then(|plan| plan.get(attempt as usize - 1).copied())
+            .unwrap_or(Act::Succeed);
+        if let Act::FailOnClosing = act {
+            delivery.cancellation().cancelled().await;
+        }
+
+        running.returned = true;
+        self.record(Event::End(name.clone(), attempt));
+        match act {
+            Act::Succeed => Ok(()),
+            Act::Fail | Act::FailOnClosing => Err(format!("{name} failed on attempt {attempt}").into()),
+            Act::FailPermanently => Err(Permanent::new(format!("{name} is malformed")).into()),
+            Act::Panic => panic!("{name} panicked on attempt {attempt}"),
+        }
+    }
+
+    /// A route (subscription) whose handler is this probe.
+    fn route(&self, topic: &str, retry: RetryPolicy) -> Arc<Route> {
+        let probe = self.clone();
+        let handler = handler_fn(move |d: Delivery| probe.clone().handle(d));
+        Arc::new(Route::new(
+            topic,
+            "group",
+            handler,
+            retry,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ))
+    }
+}
+
+/// Records [`Event::Dropped`] when a handler's future is dropped before it returned.
+struct Running {
+    probe: Probe,
+    name: String,
+    attempt: u32,
+    returned: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.returned {
+            self.probe
+                .record(Event::Dropped(self.name.clone(), self.attempt));
+        }
+    }
+}
+
+fn config(max_in_flight: usize, max_buffered: usize, max_buffered_bytes: usize) -> DispatcherConfig {
+    DispatcherConfig {
+        max_in_flight,
+        max_buffered,
+        max_buffered_bytes,
+    }
+}
+
+fn msg(key: Option<&str>, name: &str) -> Arc<Message> {
+    let message = Message::new("orders", name.to_owned());
+    Arc::new(match key {
+        Some(key) => message.with_key(key),
+        None => message,
+    })
+}
+
+fn dispatch(route: &Arc<Route>, message: Arc<Message>) -> Dispatch {
+    Dispatch {
+        route: Arc::clone(route),
+        message,
+    }
+}
+
+/// Submits a message the way a transport does: wait for room, then call.
+async fn submit(d: &mut Dispatcher, route: &Arc<Route>, message: Arc<Message>) -> ResponseFuture {
+    d.ready()
+        .await
+        .expect("dispatcher is open")
+        .call(dispatch(route, message))
+}
+
+/// Lets every task of the current-thread runtime run until it waits. Only used to give a
+/// *wrong* implementation the chance to misbehave before the test looks.
+async fn settle() {
+    for _ in 0..32 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[track_caller]
+fn assert_handled(outcome: Result<Outcome, Error>, attempts: u32) {
+    match outcome {
+        Ok(Outcome::Handled { attempts: n }) if n == attempts => {}
+        other => panic!("expected Handled {{ attempts: {attempts} }}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_cancelled(outcome: Result<Outcome, Error>) {
+    assert!(
+        matches!(outcome, Ok(Outcome::Cancelled)),
+        "expected Cancelled, got {outcome:?}"
+    );
+}
+
+/// The error of a `Failed` outcome with `attempts` attempts.
+#[track_caller]
+fn assert_failed(outcome: Result<Outcome, Error>, attempts: u32) -> BoxError {
+    match outcome {
+        Ok(Outcome::Failed { attempts: n, error }) if n == attempts => error,
+        other => panic!("expected Failed {{ attempts: {attempts}, .. }}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_closed(ready: Result<(), Error>) {
+    assert!(matches!(ready, Err(Error::Closed)), "expected Err(Closed), got {ready:?}");
+}
+
+/// Retries after a fixed, jitter-free delay, without limit.
+fn retry_every(delay: Duration) -> RetryPolicy {
+    RetryPolicy::default().backoff(delay, delay).jitter(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Backpressure
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn poll_ready_is_pending_at_max_buffered_and_woken_when_a_message_finishes() {
+    let probe = Probe::new();
+    for name in ["m1", "m2", "m3"] {
+        probe.hold(name);
+    }
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut svc = mock::Spawn::new(Dispatcher::new(config(2, 2, usize::MAX)));
+
+    assert_ready_ok!(svc.poll_ready());
+    let r1 = svc.call(dispatch(&route, msg(None, "m1")));
+    assert_ready_ok!(svc.poll_ready());
+    let r2 = svc.call(dispatch(&route, msg(None, "m2")));
+
+    // Two messages admitted and unfinished: no room for a third.
+    assert_pending!(svc.poll_ready());
+    probe.started().await;
+    probe.started().await;
+    assert_eq!(svc.get_ref().stats().buffered, 2);
+    assert!(!svc.is_woken(), "nothing finished yet");
+    assert_pending!(svc.poll_ready());
+
+    // Finishing one message frees its slot and wakes the waiting caller.
+    probe.release("m1");
+    assert_handled(r1.await, 1);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+    let r3 = svc.call(dispatch(&route, msg(None, "m3")));
+    assert_pending!(svc.poll_ready(), "m2 and m3 fill the buffer again");
+
+    probe.release("m2");
+    probe.release("m3");
+    assert_handled(r2.await, 1);
+    assert_handled(r3.await, 1);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+    assert_eq!(svc.get_ref().stats().buffered, 1, "only the reservation just made");
+}
+
+#[tokio::test]
+async fn poll_ready_is_pending_while_buffered_bytes_reach_the_cap_and_woken_below_it() {
+    let probe = Probe::new();
+    for name in ["b1", "b2", "b3"] {
+        probe.hold(name);
+    }
+    let route = probe.route("orders", RetryPolicy::never());
+    let (m1, m2, m3) = (msg(None, "b1"), msg(None, "b2"), msg(None, "b3"));
+    let len = m1.encoded_len();
+    assert_eq!(m2.encoded_len(), len);
+    // Room for one message and one byte: the cap is soft, admission only needs `used < max`.
+    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, len + 1)));
+
+    assert_ready_ok!(svc.poll_ready());
+    let r1 = svc.call(dispatch(&route, m1));
+    assert_eq!(svc.get_ref().stats().buffered_bytes, len);
+    assert_ready_ok!(svc.poll_ready(), "len < len + 1: still room");
+    let r2 = svc.call(dispatch(&route, m2));
+    assert_eq!(svc.get_ref().stats().buffered_bytes, 2 * len);
+
+    // 2 * len >= cap: admission stops although message slots are free.
+    assert_pending!(svc.poll_ready());
+    probe.started().await;
+    probe.started().await;
+    assert!(!svc.is_woken());
+    assert_pending!(svc.poll_ready());
+
+    probe.release("b1");
+    assert_handled(r1.await, 1);
+    assert_eq!(svc.get_ref().stats().buffered_bytes, len);
+    assert!(svc.is_woken(), "dropping below the cap wakes the caller");
+    assert_ready_ok!(svc.poll_ready());
+    let r3 = svc.call(dispatch(&route, m3));
+    assert_pending!(svc.poll_ready());
+
+    probe.release("b2");
+    probe.release("b3");
+    assert_handled(r2.await, 1);
+    assert_handled(r3.await, 1);
+    assert_eq!(svc.get_ref().stats().buffered_bytes, 0);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test]
+async fn a_message_larger_than_the_byte_cap_is_admitted_into_an_empty_buffer() {
+    let probe = Probe::new();
+    let big = "x".repeat(1000);
+    probe.hold(&big);
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 10)));
+
+    assert_ready_ok!(svc.poll_ready());
+    let r = svc.call(dispatch(&route, msg(None, &big)));
+    assert!(svc.get_ref().stats().buffered_bytes > 1000);
+    assert_pending!(svc.poll_ready());
+
+    probe.release(&big);
+    assert_handled(r.await, 1);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+}
+
+#[tokio::test]
+async fn a_slot_reserved_by_poll_ready_is_released_when_its_handle_is_dropped() {
+    let d = Dispatcher::new(config(1, 1, usize::MAX));
+    let mut a = mock::Spawn::new(d.clone());
+    let mut b = mock::Spawn::new(d.clone());
+
+    assert_ready_ok!(a.poll_ready());
+    assert_eq!(d.stats().buffered, 1, "a reservation holds a slot");
+    // A clone does not inherit the reservation: it has to wait for its own.
+    let mut c = mock::Spawn::new(a.get_ref().clone());
+    assert_pending!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+
+    drop(a);
+    assert_eq!(d.stats().buffered, 0);
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+    assert_pending!(c.poll_ready());
+}
+
+#[tokio::test]
+#[should_panic(expected = "poll_ready must be called first")]
+async fn call_without_poll_ready_panics() {
+    let probe = Probe::new();
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(DispatcherConfig::default());
+    let _ = d.call(dispatch(&route, msg(None, "m1")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Per-key FIFO
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn messages_of_one_key_run_one_at_a_time_in_submission_order() {
+    let probe = Probe::new();
+    let names: Vec<String> = (1..=5).map(|i| format!("k{i}")).collect();
+    for name in &names {
+        probe.hold(name);
+    }
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(config(8, 64, usize::MAX));
+
+    let mut responses = Vec::new();
+    for name in &names {
+        responses.push(submit(&mut d, &route, msg(Some("K"), name)).await);
+    }
+    for name in &names {
+        assert_eq!(&probe.started().await, name);
+        // Seven workers are free, yet nothing else of key K starts while `name` runs.
+        settle().await;
+        assert_eq!(probe.try_started(), None);
+        assert_eq!(d.stats().in_flight, 1);
+        assert_eq!(d.stats().active_keys, 1);
+        probe.release(name);
+    }
+    for outcome in join_all(responses).await {
+        assert_handled(outcome, 1);
+    }
+
+    let expected: Vec<Event> = names
+        .iter()
+        .flat_map(|n| [start(n, 1), end(n, 1)])
+        .collect();
+    assert_eq!(probe.events(), expected);
+    assert_eq!(d.stats().active_keys, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. No head-of-line blocking
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_stalled_key_holds_back_only_its_own_later_messages() {
+    let probe = Probe::new();
+    probe.hold("a1");
+    let orders = probe.route("orders", RetryPolicy::never());
+    let audit = probe.route("audit", RetryPolicy::never());
+    // Two workers: the stalled key may occupy one, the other serves everyone else.
+    let mut d = Dispatcher::new(config(2, 256, usize::MAX));
+
+    let a1 = submit(&mut d, &orders, msg(Some("A"), "a1")).await;
+    let a2 = submit(&mut d, &orders, msg(Some("A"), "a2")).await;
+    assert_eq!(probe.started().await, "a1");
+
+    let mut others = Vec::new();
+    for i in 0..100 {
+        let key = format!("key-{i}");
+        others.push(submit(&mut d, &orders, msg(Some(&key), &format!("o{i}"))).await);
+    }
+    // The same key on another subscription is another queue.
+    others.push(submit(&mut d, &audit, msg(Some("A"), "audit-a")).await);
+    for outcome in join_all(others).await {
+        assert_handled(outcome, 1);
+    }
+
+    assert!(
+        !probe.started_names().contains(&"a2".to_owned()),
+        "a2 must wait for a1"
+    );
+    let stats = d.stats();
+    assert_eq!(stats.in_flight, 1);
+    assert_eq!(stats.active_keys, 1);
+    assert_eq!(stats.buffered, 2);
+    assert_eq!(stats.handled, 101);
+
+    probe.release("a1");
+    assert_handled(a1.await, 1);
+    assert_handled(a2.await, 1);
+    assert_eq!(
+        probe.events_of("a"),
+        [start("a1", 1), end("a1", 1), start("a2", 1), end("a2", 1)]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. max_in_flight
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn handler_calls_are_bounded_by_max_in_flight_and_unkeyed_messages_run_concurrently() {
+    let probe = Probe::new();
+    let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+    for name in &names {
+        probe.hold(name);
+    }
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(config(3, 32, usize::MAX));
+
+    let mut responses = Vec::new();
+    for name in &names {
+        responses.push(submit(&mut d, &route, msg(None, name)).await);
+    }
+    // Three unkeyed messages run at once ...
+    for _ in 0..3 {
+        probe.started().await;
+    }
+    // ... and no fourth, although 17 more are ready.
+    settle().await;
+    assert_eq!(probe.try_started(), None);
+    let stats = d.stats();
+    assert_eq!(stats.in_flight, 3);
+    assert_eq!(stats.peak_in_flight, 3);
+    assert_eq!(stats.workers, 3);
+    assert_eq!(stats.buffered, 20);
+
+    for name in &names {
+        probe.release(name);
+    }
+    for outcome in join_all(responses).await {
+        assert_handled(outcome, 1);
+    }
+    let stats = d.stats();
+    assert_eq!(stats.peak_in_flight, 3);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.handled, 20);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. In-place retry
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_message_is_retried_in_place_while_other_keys_flow() {
+    let probe = Probe::new();
+    probe.plan("k1", [Act::Fail, Act::Fail]);
+    let route = probe.route("orders", retry_every(Duration::from_secs(1)));
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+    let t0 = Instant::now();
+
+    let k1 = submit(&mut d, &route, msg(Some("K"), "k1")).await;
+    let k2 = submit(&mut d, &route, msg(Some("K"), "k2")).await;
+    let l1 = submit(&mut d, &route, msg(Some("L"), "l1")).await;
+    let l2 = submit(&mut d, &route, msg(Some("L"), "l2")).await;
+
+    // Key L is handled while k1 waits out its first backoff (no time has passed).
+    assert_handled(l1.await, 1);
+    assert_handled(l2.await, 1);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(probe.events_of("k"), [start("k1", 1), end("k1", 1)]);
+    let stats = d.stats();
+    assert_eq!(stats.retried, 1);
+    assert_eq!(stats.active_keys, 1, "K stays busy while k1 backs off");
+    assert_eq!(stats.in_flight, 0, "a backing-off message holds no handler call");
+
+    assert_handled(k1.await, 3);
+    assert!(t0.elapsed() >= Duration::from_secs(2), "two backoffs of 1 s");
+    assert_handled(k2.await, 1);
+    assert_eq!(
+        probe.events_of("k"),
+        [
+            start("k1", 1),
+            end("k1", 1),
+            start("k1", 2),
+            end("k1", 2),
+            start("k1", 3),
+            end("k1", 3),
+            start("k2", 1),
+            end("k2", 1),
+        ]
+    );
+    let stats = d.stats();
+    assert_eq!(stats.retried, 2);
+    assert_eq!(stats.handled, 4);
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.active_keys, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Panics
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_panic_is_caught_counted_and_retried() {
+    let probe = Probe::new();
+    probe.plan("p1", [Act::Panic]);
+    let route = probe.route("orders", retry_every(Duration::from_millis(10)));
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let p1 = submit(&mut d, &route, msg(Some("P"), "p1")).await;
+    let p2 = submit(&mut d, &route, msg(Some("P"), "p2")).await;
+    assert_handled(p1.await, 2);
+    assert_handled(p2.await, 1);
+    assert_eq!(
+        probe.events(),
+        [
+            start("p1", 1),
+            end("p1", 1),
+            start("p1", 2),
+            end("p1", 2),
+            start("p2", 1),
+            end("p2", 1),
+        ]
+    );
+    let stats = d.stats();
+    assert_eq!(stats.panicked, 1);
+    assert_eq!(stats.retried, 1);
+
+    // The dispatcher keeps working, for the same key and others.
+    let p3 = submit(&mut d, &route, msg(Some("P"), "p3")).await;
+    let u1 = submit(&mut d, &route, msg(None, "u1")).await;
+    assert_handled(p3.await, 1);
+    assert_handled(u1.await, 1);
+    let stats = d.stats();
+    assert_eq!(stats.handled, 4);
+    assert_eq!(stats.panicked, 1);
+    assert_eq!((stats.in_flight, stats.active_keys), (0, 0));
+}
+
+#[tokio::test]
+async fn a_panic_on_the_last_attempt_fails_the_message_with_a_panicked_error() {
+    let probe = Probe::new();
+    probe.plan("p1", [Act::Panic]);
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let error = assert_failed(submit(&mut d, &route, msg(Some("P"), "p1")).await.await, 1);
+    let panicked = error.downcast_ref::<Panicked>().expect("a Panicked error");
+    assert_eq!(panicked.0, "p1 panicked on attempt 1");
+    let stats = d.stats();
+    assert_eq!((stats.panicked, stats.failed, stats.retried), (1, 1, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Failing for good
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_permanent_error_fails_the_message_at_once() {
+    let probe = Probe::new();
+    probe.plan("x1", [Act::FailPermanently]);
+    // Unlimited retries: a permanent error still is not retried.
+    let route = probe.route("orders", retry_every(Duration::from_secs(1)));
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+    let t0 = Instant::now();
+
+    let x1 = submit(&mut d, &route, msg(Some("X"), "x1")).await;
+    let x2 = submit(&mut d, &route, msg(Some("X"), "x2")).await;
+    let error = assert_failed(x1.await, 1);
+    assert!(Permanent::is_permanent(&error), "{error}");
+    assert_eq!(t0.elapsed(), Duration::ZERO, "no backoff");
+    // A message that failed for good releases its key.
+    assert_handled(x2.await, 1);
+    let stats = d.stats();
+    assert_eq!((stats.failed, stats.retried, stats.handled), (1, 0, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_after_max_attempts() {
+    let probe = Probe::new();
+    probe.plan("f1", [Act::Fail; 10]);
+    let route = probe.route(
+        "orders",
+        retry_every(Duration::from_millis(10)).max_attempts(3),
+    );
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let f1 = submit(&mut d, &route, msg(Some("F"), "f1")).await;
+    let f2 = submit(&mut d, &route, msg(Some("F"), "f2")).await;
+    let error = assert_failed(f1.await, 3);
+    assert_eq!(error.to_string(), "f1 failed on attempt 3", "the last error");
+    assert_handled(f2.await, 1);
+    assert_eq!(
+        probe.events_of("f1"),
+        [
+            start("f1", 1),
+            end("f1", 1),
+            start("f1", 2),
+            end("f1", 2),
+            start("f1", 3),
+            end("f1", 3),
+        ]
+    );
+    let stats = d.stats();
+    assert_eq!((stats.failed, stats.retried, stats.handled), (1, 2, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Closing and aborting a route
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn closing_cancels_queued_messages_and_lets_the_running_one_finish() {
+    let probe = Probe::new();
+    probe.hold("k1");
+    let orders = probe.route("orders", RetryPolicy::default());
+    let audit = probe.route("audit", RetryPolicy::default());
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let k1 = submit(&mut d, &orders, msg(Some("K"), "k1")).await;
+    let k2 = submit(&mut d, &orders, msg(Some("K"), "k2")).await;
+    let k3 = submit(&mut d, &orders, msg(Some("K"), "k3")).await;
+    assert_eq!(probe.started().await, "k1");
+
+    orders.closing().cancel();
+    // Messages that reach a closing route are cancelled too, keyed or not.
+    let k4 = submit(&mut d, &orders, msg(Some("K"), "k4")).await;
+    let u1 = submit(&mut d, &orders, msg(None, "u1")).await;
+    assert_cancelled(u1.await);
+    // Other routes are not affected.
+    assert_handled(submit(&mut d, &audit, msg(Some("K"), "audit-k")).await.await, 1);
+
+    probe.release("k1");
+    assert_handled(k1.await, 1);
+    assert_cancelled(k2.await);
+    assert_cancelled(k3.await);
+    assert_cancelled(k4.await);
+
+    assert_eq!(probe.started_names(), ["k1", "audit-k"]);
+    let stats = d.stats();
+    assert_eq!((stats.handled, stats.cancelled, stats.failed), (2, 4, 0));
+    assert_eq!((stats.active_keys, stats.buffered), (0, 0));
+}
+
+#[tokio::test]
+async fn an_error_returned_after_closing_cancels_the_message_without_retry() {
+    let probe = Probe::new();
+    probe.plan("e1", [Act::FailOnClosing]);
+    let route = probe.route("orders", RetryPolicy::default());
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let e1 = submit(&mut d, &route, msg(Some("E"), "e1")).await;
+    assert_eq!(probe.started().await, "e1");
+    route.closing().cancel();
+
+    assert_cancelled(e1.await);
+    assert_eq!(probe.events(), [start("e1", 1), end("e1", 1)]);
+    let stats = d.stats();
+    assert_eq!((stats.cancelled, stats.retried, stats.failed), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_cuts_a_retry_backoff_short_and_cancels_the_message() {
+    let probe = Probe::new();
+    probe.plan("b1", [Act::Fail; 10]);
+    let route = probe.route("orders", retry_every(Duration::from_secs(3600)));
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+    let t0 = Instant::now();
+
+    let b1 = submit(&mut d, &route, msg(Some("B"), "b1")).await;
+    let b2 = submit(&mut d, &route, msg(Some("B"), "b2")).await;
+    assert_eq!(probe.started().await, "b1");
+    // The first attempt failed and b1 now backs off for an hour.
+    assert_eq!(d.stats().retried, 1);
+
+    route.closing().cancel();
+    assert_cancelled(b1.await);
+    assert_cancelled(b2.await);
+    assert!(t0.elapsed() < Duration::from_secs(3600), "did not wait out the backoff");
+    assert_eq!(probe.events(), [start("b1", 1), end("b1", 1)]);
+    d.shutdown().await;
+    let stats = d.stats();
+    assert_eq!((stats.cancelled, stats.retried, stats.workers), (2, 1, 0));
+}
+
+#[tokio::test]
+async fn abort_drops_the_running_handler_and_cancels_the_message() {
+    let probe = Probe::new();
+    probe.hold("a1"); // never released
+    let route = probe.route("orders", RetryPolicy::default());
+    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+    let a1 = submit(&mut d, &route, msg(Some("A"), "a1")).await;
+    let a2 = submit(&mut d, &route, msg(Some("A"), "a2")).await;
+    assert_eq!(probe.started().await, "a1");
+
+    // The drain sequence: stop intake, then, once the deadline passed, drop running handlers.
+    route.closing().cancel();
+    settle().await;
+    assert_eq!(d.stats().in_flight, 1, "closing alone lets a1 run on");
+    route.abort().cancel();
+
+    assert_cancelled(a1.await);
+    assert_cancelled(a2.await);
+    assert_eq!(
+        probe.events(),
+        [start("a1", 1), Event::Dropped("a1".to_owned(), 1)],
+        "a1's handler future was dropped, a2 never ran"
+    );
+    let stats = d.stats();
+    assert_eq!((stats.cancelled, stats.in_flight, stats.active_keys), (2, 0, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Closing the dispatcher and shutting down
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn close_rejects_new_messages_and_wakes_waiting_callers() {
+    let probe = Probe::new();
+    probe.hold("m1");
+    let route = probe.route("orders", RetryPolicy::never());
+    let d = Dispatcher::new(config(1, 2, usize::MAX));
+    let mut a = mock::Spawn::new(d.clone());
+    let mut b = mock::Spawn::new(d.clone());
+    let mut c = mock::Spawn::new(d.clone());
+
+    assert_ready_ok!(a.poll_ready());
+    let m1 = a.call(dispatch(&route, msg(None, "m1")));
+    assert_ready_ok!(b.poll_ready()); // b holds the second slot
+    assert_pending!(c.poll_ready());
+    assert!(!d.is_closed());
+
+    d.close();
+    assert!(d.is_closed());
+    assert!(c.is_woken(), "a caller waiting for room learns of the close");
+    assert_closed(assert_ready!(c.poll_ready()));
+    assert_closed(assert_ready!(b.poll_ready()));
+    assert_eq!(d.stats().buffered, 1, "b gave its reservation back");
+    assert_closed(assert_ready!(a.poll_ready()));
+
+    // Admitted messages still run.
+    probe.release("m1");
+    assert_handled(m1.await, 1);
+    assert_eq!(d.stats().buffered, 0);
+    assert_ready_err!(a.poll_ready());
+    assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
+}
+
+#[tokio::test]
+async fn close_wakes_a_caller_waiting_for_byte_budget() {
+    let probe = Probe::new();
+    probe.hold("m1");
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 1)));
+
+    assert_ready_ok!(svc.poll_ready());
+    let m1 = svc.call(dispatch(&route, msg(None, "m1")));
+    assert_pending!(svc.poll_ready());
+
+    svc.get_ref().close();
+    assert!(svc.is_woken());
+    assert_closed(assert_ready!(svc.poll_ready()));
+    assert_eq!(svc.get_ref().stats().buffered, 1, "only m1 holds a slot");
+
+    probe.release("m1");
+    assert_handled(m1.await, 1);
+}
+
+#[tokio::test]
+async fn shutdown_closes_intake_and_returns_once_in_flight_work_ended() {
+    let probe = Probe::new();
+    probe.hold("s1");
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(DispatcherConfig::default());
+
+    let s1 = submit(&mut d, &route, msg(Some("S"), "s1")).await;
+    let s2 = submit(&mut d, &route, msg(Some("S"), "s2")).await;
+    let u1 = submit(&mut d, &route, msg(None, "u1")).await;
+    assert_eq!(probe.started().await, "s1");
+    assert_handled(u1.await, 1);
+
+    let mut shutdown = tokio_test::task::spawn(d.shutdown());
+    assert_pending!(shutdown.poll());
+    assert!(d.is_closed());
+    assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
+    settle().await;
+    assert_pending!(shutdown.poll(), "s1 is still running");
+
+    probe.release("s1");
+    assert_handled(s1.await, 1);
+    assert_handled(s2.await, 1);
+    shutdown.await;
+
+    let stats = d.stats();
+    assert_eq!(stats.workers, 0);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.active_keys, 0);
+    assert_eq!(stats.buffered, 0);
+    assert_eq!(stats.buffered_bytes, 0);
+    assert_eq!(stats.handled, 3);
+}
+
+#[tokio::test]
+async fn idle_keys_cost_nothing() {
+    let probe = Probe::new();
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(config(8, 64, usize::MAX));
+
+    let mut responses = Vec::new();
+    for i in 0..500 {
+        let key = format!("key-{}", i % 50);
+        responses.push(submit(&mut d, &route, msg(Some(&key), &format!("m{i}"))).await);
+    }
+    for outcome in join_all(responses).await {
+        assert_handled(outcome, 1);
+    }
+    let stats = d.stats();
+    assert_eq!(stats.active_keys, 0, "no state is left for 50 idle keys");
+    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+    assert_eq!(stats.in_flight, 0);
+    assert!(stats.peak_in_flight <= 8);
+
+    d.shutdown().await;
+    let stats = d.stats();
+    assert_eq!(stats.workers, 0, "workers exit when there is no work");
+    assert_eq!(stats.handled, 500);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcome futures
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn outcomes_resolve_cancelled_when_the_runtime_drops_their_jobs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let probe = Probe::new();
+    probe.hold("r1"); // never released
+    let (d, r1, r2) = rt.block_on(async {
+        let route = probe.route("orders", RetryPolicy::default());
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        let r1 = submit(&mut d, &route, msg(Some("R"), "r1")).await;
+        let r2 = submit(&mut d, &route, msg(Some("R"), "r2")).await;
+        assert_eq!(probe.started().await, "r1");
+        (d, r1, r2)
+    });
+
+    // The runtime goes away with r1 running and r2 queued behind it.
+    drop(rt);
+    drop(d);
+    assert_cancelled(futures::executor::block_on(r1));
+    assert_cancelled(futures::executor::block_on(r2));
+    assert_eq!(
+        probe.events(),
+        [start("r1", 1), Event::Dropped("r1".to_owned(), 1)]
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_outcome_future_does_not_stop_the_message() {
+    let probe = Probe::new();
+    probe.hold("m1");
+    let route = probe.route("orders", RetryPolicy::never());
+    let mut d = Dispatcher::new(DispatcherConfig::default());
+
+    drop(submit(&mut d, &route, msg(Some("M"), "m1")).await);
+    assert_eq!(probe.started().await, "m1");
+    probe.release("m1");
+    d.shutdown().await;
+    assert_eq!(probe.events(), [start("m1", 1), end("m1", 1)]);
+    let stats = d.stats();
+    assert_eq!((stats.handled, stats.buffered, stats.active_keys), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deliveries_carry_the_message_group_attempt_and_closing_token() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let handler = handler_fn(move |d: Delivery| {
+        let record = Arc::clone(&record);
+        async move {
+            lock(&record).push((
+                d.message().key().map(|k| k.to_string()),
+                d.group().to_owned(),
+                d.attempt(),
+                d.cancellation().is_cancelled(),
+            ));
+            if d.attempt() < 2 {
+                Err::<(), BoxError>("again".into())
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let route = Arc::new(Route::new(
+        "orders",
+        "billing",
+        handler,
+        retry_every(Duration::from_millis(5)),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    ));
+    let mut d = Dispatcher::new(DispatcherConfig::default());
+    assert_handled(submit(&mut d, &route, msg(Some("K"), "m1")).await.await, 2);
+    assert_eq!(
+        *lock(&seen),
+        [
+            (Some("K".to_owned()), "billing".to_owned(), 1, false),
+            (Some("K".to_owned()), "billing".to_owned(), 2, false),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Ordering under random delays, errors and panics
+// ---------------------------------------------------------------------------------------------
+
+/// One message of a random scenario.
+#[derive(Debug, Clone)]
+struct Spec {
+    route: usize,
+    key: Option<u8>,
+    delay_ms: u64,
+    /// Attempts that fail before one succeeds.
+    fail_times: u32,
+    /// Whether failing attempts panic instead of returning an error.
+    panic: bool,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (
+        0..2usize,
+        proptest::option::of(1..=8u8),
+        0..5u64,
+        0..=2u32,
+        any::<bool>(),
+    )
+        .prop_map(|(route, key, delay_ms, fail_times, panic)| Spec {
+            route,
+            key,
+            delay_ms,
+            fail_times,
+            panic,
+        })
+}
+
+#[derive(Default)]
+struct Trace {
+    /// `(route, key)` pairs with a handler call running now.
+    running: Mutex<HashSet<(usize, u8)>>,
+    /// Messages whose call started while another call of their key was running.
+    overlaps: Mutex<Vec<usize>>,
+    /// Messages in the order their handler succeeded.
+    succeeded: Mutex<Vec<usize>>,
+}
+
+async fn run_scenario(specs: Vec<Spec>) -> Result<(), TestCaseError> {
+    let specs = Arc::new(specs);
+    let trace = Arc::new(Trace::default());
+    let routes: Vec<Arc<Route>> = (0..2)
+        .map(|r| {
+            let (specs, trace) = (Arc::clone(&specs), Arc::clone(&trace));
+            let handler = handler_fn(move |d: Delivery| {
+                let (specs, trace) = (Arc::clone(&specs), Arc::clone(&trace));
+                async move {
+                    let seq: usize = std::str::from_utf8(d.payload()).unwrap().parse().unwrap();
+                    let spec = &specs[seq];
+                    if let Some(key) = spec.key {
+                        if !lock(&trace.running).insert((r, key)) {
+                            lock(&trace.overlaps).push(seq);
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+                    if let Some(key) = spec.key {
+                        lock(&trace.running).remove(&(r, key));
+                    }
+                    if d.attempt() <= spec.fail_times {
+                        if spec.panic {
+                            panic!("message {seq} panics on attempt {}", d.attempt());
+                        }
+                        return Err::<(), BoxError>("planned failure".into());
+                    }
+                    lock(&trace.succeeded).push(seq);
+                    Ok(())
+                }
+            });
+            Arc::new(Route::new(
+                if r == 0 { "orders" } else { "audit" },
+                "group",
+                handler,
+                RetryPolicy::default()
+                    .backoff(Duration::from_millis(1), Duration::from_millis(4))
+                    .jitter(false),
+                CancellationToken::new(),
+                CancellationToken::new(),
+            ))
+        })
+        .collect();
+
+    // Small bounds, so submission meets backpressure too.
+    let mut d = Dispatcher::new(config(3, 8, usize::MAX));
+    let mut responses = Vec::new();
+    for (seq, spec) in specs.iter().enumerate() {
+        let message = Message::new("orders", seq.to_string());
+        let message = match spec.key {
+            Some(key) => message.with_key(key.to_string()),
+            None => message,
+        };
+        responses.push(submit(&mut d, &routes[spec.route], Arc::new(message)).await);
+    }
+    let outcomes = join_all(responses).await;
+    d.shutdown().await;
+
+    for (seq, (spec, outcome)) in specs.iter().zip(outcomes).enumerate() {
+        prop_assert!(
+            matches!(outcome, Ok(Outcome::Handled { attempts }) if attempts == spec.fail_times + 1),
+            "message {seq} ({spec:?}) ended {outcome:?}"
+        );
+    }
+    prop_assert_eq!(lock(&trace.overlaps).clone(), Vec::<usize>::new());
+    let succeeded = lock(&trace.succeeded).clone();
+    for route in 0..2 {
+        for key in 1..=8u8 {
+            let of_key = |seq: &usize| specs[*seq].route == route && specs[*seq].key == Some(key);
+            let submitted: Vec<usize> = (0..specs.len()).filter(of_key).collect();
+            let handled: Vec<usize> = succeeded.iter().copied().filter(of_key).collect();
+            prop_assert_eq!(handled, submitted, "route {} key {}", route, key);
+        }
+    }
+    let stats = d.stats();
+    let failures: u32 = specs.iter().map(|s| s.fail_times).sum();
+    let panics: u32 = specs.iter().filter(|s| s.panic).map(|s| s.fail_times).sum();
+    prop_assert_eq!(stats.handled, specs.len() as u64);
+    prop_assert_eq!(stats.retried, u64::from(failures));
+    prop_assert_eq!(stats.panicked, u64::from(panics));
+    prop_assert!(stats.peak_in_flight <= 3);
+    prop_assert_eq!(
+        (stats.workers, stats.active_keys, stats.buffered, stats.buffered_bytes),
+        (0, 0, 0, 0)
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn per_key_order_holds_under_random_delays_errors_and_panics(
+        specs in proptest::collection::vec(spec(), 1..40)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(run_scenario(specs))?;
+    }
+}
