@@ -42,3 +42,8 @@ pub use eventbus_nats as nats;
 /// The Kafka transport (feature `kafka`; not implemented yet).
 #[cfg(feature = "kafka")]
 pub use eventbus_kafka as kafka;
+
+/// The README's code, compiled and run as a doc test so it stays true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
