@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -302,7 +301,7 @@ impl EventBus {
         let started = self.inner.transport.subscribe(request).await?;
         Ok(Subscription {
             route,
-            task: Some(started.0),
+            ended: started.0,
             drain_timeout: self.inner.options.drain_timeout,
             detached: false,
         })
@@ -348,7 +347,8 @@ impl EventBus {
 #[derive(Debug)]
 pub struct Subscription {
     route: Arc<Route>,
-    task: Option<JoinHandle<()>>,
+    /// Fires when its consuming task has ended.
+    ended: CancellationToken,
     drain_timeout: Duration,
     detached: bool,
 }
@@ -364,22 +364,20 @@ impl Subscription {
     }
     /// Whether it has stopped (closed, or its transport stream ended).
     pub fn is_finished(&self) -> bool {
-        self.task.as_ref().is_none_or(JoinHandle::is_finished)
+        self.ended.is_cancelled()
     }
 
     /// Stops taking messages, lets running handlers finish for up to the bus's drain timeout
     /// (then drops them: their messages stay unacked), settles everything taken, and returns
     /// when its consuming task has ended. Queued messages are left for redelivery.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         self.route.closing().cancel();
-        if let Some(mut task) = self.task.take() {
-            if tokio::time::timeout(self.drain_timeout, &mut task)
-                .await
-                .is_err()
-            {
-                self.route.abort().cancel();
-                let _ = task.await;
-            }
+        if tokio::time::timeout(self.drain_timeout, self.ended.cancelled())
+            .await
+            .is_err()
+        {
+            self.route.abort().cancel();
+            self.ended.cancelled().await;
         }
     }
 

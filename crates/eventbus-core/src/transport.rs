@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::task::JoinHandle;
 
 use crate::consume;
 use crate::dispatch::{Dispatcher, Outcome, Route};
@@ -138,12 +137,19 @@ impl SubscribeRequest {
         S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
         A: Acknowledge,
     {
-        let task = consume::pump(source, self.dispatcher, self.route);
-        Started(self.tracker.spawn(task))
+        let ended = tokio_util::sync::CancellationToken::new();
+        let guard = ended.clone().drop_guard();
+        self.tracker.spawn(async move {
+            // Fires inside the tracked future, so whoever saw the bus's tracker empty also
+            // sees every subscription ended (a JoinHandle finishes a moment later).
+            let _ended = guard;
+            consume::pump(source, self.dispatcher, self.route).await;
+        });
+        Started(ended)
     }
 }
 
 /// A running subscription's consuming task, returned by [`SubscribeRequest::start`].
 #[derive(Debug)]
 #[must_use = "return it from Subscriber::subscribe"]
-pub struct Started(pub(crate) JoinHandle<()>);
+pub struct Started(pub(crate) tokio_util::sync::CancellationToken);

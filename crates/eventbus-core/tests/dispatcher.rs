@@ -172,7 +172,10 @@ impl Probe {
 
         let gate = lock(&self.0.gates).get(&name).cloned();
         if let Some(gate) = gate {
-            gate.acquire().await.expect("gates are never closed").forget();
+            gate.acquire()
+                .await
+                .expect("gates are never closed")
+                .forget();
         }
         let act = lock(&self.0.plans)
             .get(&name)
@@ -186,7 +189,9 @@ impl Probe {
         self.record(Event::End(name.clone(), attempt));
         match act {
             Act::Succeed => Ok(()),
-            Act::Fail | Act::FailOnClosing => Err(format!("{name} failed on attempt {attempt}").into()),
+            Act::Fail | Act::FailOnClosing => {
+                Err(format!("{name} failed on attempt {attempt}").into())
+            }
             Act::FailPermanently => Err(Permanent::new(format!("{name} is malformed")).into()),
             Act::Panic => panic!("{name} panicked on attempt {attempt}"),
         }
@@ -224,7 +229,11 @@ impl Drop for Running {
     }
 }
 
-fn config(max_in_flight: usize, max_buffered: usize, max_buffered_bytes: usize) -> DispatcherConfig {
+fn config(
+    max_in_flight: usize,
+    max_buffered: usize,
+    max_buffered_bytes: usize,
+) -> DispatcherConfig {
     DispatcherConfig {
         max_in_flight,
         max_buffered,
@@ -290,7 +299,10 @@ fn assert_failed(outcome: Result<Outcome, Error>, attempts: u32) -> BoxError {
 
 #[track_caller]
 fn assert_closed(ready: Result<(), Error>) {
-    assert!(matches!(ready, Err(Error::Closed)), "expected Err(Closed), got {ready:?}");
+    assert!(
+        matches!(ready, Err(Error::Closed)),
+        "expected Err(Closed), got {ready:?}"
+    );
 }
 
 /// Retries after a fixed, jitter-free delay, without limit.
@@ -338,7 +350,11 @@ async fn poll_ready_is_pending_at_max_buffered_and_woken_when_a_message_finishes
     assert_handled(r3.await, 1);
     assert!(svc.is_woken());
     assert_ready_ok!(svc.poll_ready());
-    assert_eq!(svc.get_ref().stats().buffered, 1, "only the reservation just made");
+    assert_eq!(
+        svc.get_ref().stats().buffered,
+        1,
+        "only the reservation just made"
+    );
 }
 
 #[tokio::test]
@@ -588,10 +604,16 @@ async fn a_failing_message_is_retried_in_place_while_other_keys_flow() {
     let stats = d.stats();
     assert_eq!(stats.retried, 1);
     assert_eq!(stats.active_keys, 1, "K stays busy while k1 backs off");
-    assert_eq!(stats.in_flight, 0, "a backing-off message holds no handler call");
+    assert_eq!(
+        stats.in_flight, 0,
+        "a backing-off message holds no handler call"
+    );
 
     assert_handled(k1.await, 3);
-    assert!(t0.elapsed() >= Duration::from_secs(2), "two backoffs of 1 s");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "two backoffs of 1 s"
+    );
     assert_handled(k2.await, 1);
     assert_eq!(
         probe.events_of("k"),
@@ -705,7 +727,11 @@ async fn retries_stop_after_max_attempts() {
     let f1 = submit(&mut d, &route, msg(Some("F"), "f1")).await;
     let f2 = submit(&mut d, &route, msg(Some("F"), "f2")).await;
     let error = assert_failed(f1.await, 3);
-    assert_eq!(error.to_string(), "f1 failed on attempt 3", "the last error");
+    assert_eq!(
+        error.to_string(),
+        "f1 failed on attempt 3",
+        "the last error"
+    );
     assert_handled(f2.await, 1);
     assert_eq!(
         probe.events_of("f1"),
@@ -745,7 +771,12 @@ async fn closing_cancels_queued_messages_and_lets_the_running_one_finish() {
     let u1 = submit(&mut d, &orders, msg(None, "u1")).await;
     assert_cancelled(u1.await);
     // Other routes are not affected.
-    assert_handled(submit(&mut d, &audit, msg(Some("K"), "audit-k")).await.await, 1);
+    assert_handled(
+        submit(&mut d, &audit, msg(Some("K"), "audit-k"))
+            .await
+            .await,
+        1,
+    );
 
     probe.release("k1");
     assert_handled(k1.await, 1);
@@ -793,7 +824,10 @@ async fn closing_cuts_a_retry_backoff_short_and_cancels_the_message() {
     route.closing().cancel();
     assert_cancelled(b1.await);
     assert_cancelled(b2.await);
-    assert!(t0.elapsed() < Duration::from_secs(3600), "did not wait out the backoff");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3600),
+        "did not wait out the backoff"
+    );
     assert_eq!(probe.events(), [start("b1", 1), end("b1", 1)]);
     d.shutdown().await;
     let stats = d.stats();
@@ -825,7 +859,10 @@ async fn abort_drops_the_running_handler_and_cancels_the_message() {
         "a1's handler future was dropped, a2 never ran"
     );
     let stats = d.stats();
-    assert_eq!((stats.cancelled, stats.in_flight, stats.active_keys), (2, 0, 0));
+    assert_eq!(
+        (stats.cancelled, stats.in_flight, stats.active_keys),
+        (2, 0, 0)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,7 +887,10 @@ async fn close_rejects_new_messages_and_wakes_waiting_callers() {
 
     d.close();
     assert!(d.is_closed());
-    assert!(c.is_woken(), "a caller waiting for room learns of the close");
+    assert!(
+        c.is_woken(),
+        "a caller waiting for room learns of the close"
+    );
     assert_closed(assert_ready!(c.poll_ready()));
     assert_closed(assert_ready!(b.poll_ready()));
     assert_eq!(d.stats().buffered, 1, "b gave its reservation back");
@@ -989,7 +1029,10 @@ async fn dropping_the_outcome_future_does_not_stop_the_message() {
     d.shutdown().await;
     assert_eq!(probe.events(), [start("m1", 1), end("m1", 1)]);
     let stats = d.stats();
-    assert_eq!((stats.handled, stats.buffered, stats.active_keys), (1, 0, 0));
+    assert_eq!(
+        (stats.handled, stats.buffered, stats.active_keys),
+        (1, 0, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1155,7 +1198,12 @@ async fn run_scenario(specs: Vec<Spec>) -> Result<(), TestCaseError> {
     prop_assert_eq!(stats.panicked, u64::from(panics));
     prop_assert!(stats.peak_in_flight <= 3);
     prop_assert_eq!(
-        (stats.workers, stats.active_keys, stats.buffered, stats.buffered_bytes),
+        (
+            stats.workers,
+            stats.active_keys,
+            stats.buffered,
+            stats.buffered_bytes
+        ),
         (0, 0, 0, 0)
     );
     Ok(())

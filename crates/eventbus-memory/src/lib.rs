@@ -51,7 +51,10 @@ use eventbus_core::transport::{
 };
 use eventbus_core::{Error, Message, Outcome, Result};
 use futures::Stream;
+use std::pin::Pin;
+
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio::time::Instant;
 
 const NAME: &str = "memory";
@@ -88,18 +91,28 @@ impl MemoryConfig {
     }
 }
 
-/// The in-memory broker. Clones share the same broker, so two buses over clones of one
-/// transport behave like two processes connected to one broker.
-#[derive(Clone, Debug, Default)]
+/// A connection to an in-memory broker. Clones connect to the same broker, so two buses over
+/// clones of one transport behave like two processes connected to one broker; closing one
+/// clone (its bus) closes only that connection.
+#[derive(Debug, Default)]
 pub struct MemoryTransport {
     broker: Arc<Broker>,
+    closed: AtomicBool,
+}
+
+impl Clone for MemoryTransport {
+    fn clone(&self) -> Self {
+        MemoryTransport {
+            broker: Arc::clone(&self.broker),
+            closed: AtomicBool::new(false),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Broker {
     config: MemoryConfig,
     topics: Mutex<HashMap<String, Arc<Topic>>>,
-    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -115,7 +128,8 @@ struct TopicState {
     log: VecDeque<Arc<Message>>,
     base: u64,
     groups: HashMap<String, Group>,
-    closed: bool,
+    /// Publishers waiting for room; only then does trimming notify `Topic::space`.
+    blocked_publishers: usize,
 }
 
 #[derive(Debug)]
@@ -126,8 +140,11 @@ struct Group {
     pending: BTreeSet<u64>,
     /// To deliver again, not before the instant given; served before newer messages.
     redeliver: BTreeMap<u64, Instant>,
-    /// Members waiting for messages.
+    /// Wakes members waiting for messages.
     ready: Arc<Notify>,
+    /// Members registered with `ready`; publishing notifies only when there are any, so the
+    /// fast path takes no lock but the topic's.
+    waiting: usize,
 }
 
 impl Group {
@@ -162,6 +179,7 @@ impl MemoryTransport {
                 config,
                 ..Broker::default()
             }),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -202,25 +220,36 @@ impl MemoryTransport {
         while messages.peek().is_some() {
             let space = topic.space.notified();
             tokio::pin!(space);
-            {
-                // Register for wake-ups before looking, so room freed meanwhile is not missed.
-                space.as_mut().enable();
+            let _blocked = {
                 let mut st = lock(&topic.state);
-                if st.closed || self.broker.closed.load(Ordering::Acquire) {
+                if self.closed.load(Ordering::Acquire) {
                     return Err(Error::Closed);
                 }
                 let room = capacity.saturating_sub(st.log.len());
                 if room > 0 {
                     st.log.extend(messages.by_ref().take(room));
-                    for g in st.groups.values() {
+                    for g in st.groups.values().filter(|g| g.waiting > 0) {
                         g.ready.notify_waiters();
                     }
                     continue;
                 }
-            }
+                // Registered under the topic lock, so room freed after we looked wakes us.
+                space.as_mut().enable();
+                st.blocked_publishers += 1;
+                Blocked(&topic)
+            };
             space.await;
         }
         Ok(())
+    }
+}
+
+/// Counts a publisher waiting for room for as long as it waits (a timed-out publish included).
+struct Blocked<'a>(&'a Topic);
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.state).blocked_publishers -= 1;
     }
 }
 
@@ -249,7 +278,7 @@ impl Publisher for MemoryTransport {
 #[async_trait::async_trait]
 impl Subscriber for MemoryTransport {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
-        if self.broker.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let topic = self.topic(request.topic());
@@ -265,6 +294,7 @@ impl Subscriber for MemoryTransport {
                         pending: BTreeSet::new(),
                         redeliver: BTreeMap::new(),
                         ready: Arc::new(Notify::new()),
+                        waiting: 0,
                     })
                     .ready,
             )
@@ -274,6 +304,7 @@ impl Subscriber for MemoryTransport {
             group,
             ready,
             redelivery_delay: self.broker.config.redelivery_delay,
+            registered: false,
         };
         Ok(request.start(Box::pin(member.into_stream())))
     }
@@ -290,11 +321,10 @@ impl Transport for MemoryTransport {
     }
 
     async fn close(&self) -> Result<()> {
-        // Only publishers can be waiting here (consumers are polled by the bus, which has
-        // stopped); wake them so they see the close.
-        self.broker.closed.store(true, Ordering::Release);
+        // Only this connection's publishers can be waiting here (its consumers are polled by
+        // the bus, which has stopped); wake every blocked publisher so these see the close.
+        self.closed.store(true, Ordering::Release);
         for topic in lock(&self.broker.topics).values() {
-            lock(&topic.state).closed = true;
             topic.space.notify_waiters();
         }
         Ok(())
@@ -307,6 +337,18 @@ struct Member {
     group: Arc<str>,
     ready: Arc<Notify>,
     redelivery_delay: Duration,
+    /// Counted in its group's `waiting`.
+    registered: bool,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.registered {
+            if let Some(g) = lock(&self.topic.state).groups.get_mut(&*self.group) {
+                g.waiting -= 1;
+            }
+        }
+    }
 }
 
 enum Next {
@@ -317,7 +359,8 @@ enum Next {
 }
 
 impl Member {
-    fn try_next(&self) -> Next {
+    /// Takes the next message, or registers `wake` for when one may be there.
+    fn try_next(&mut self, wake: Pin<&mut Notified<'_>>) -> Next {
         let mut st = lock(&self.topic.state);
         let TopicState {
             log, base, groups, ..
@@ -325,6 +368,9 @@ impl Member {
         let Some(g) = groups.get_mut(&*self.group) else {
             return Next::Wait;
         };
+        if std::mem::take(&mut self.registered) {
+            g.waiting -= 1;
+        }
         let now = Instant::now();
         // Redeliveries first, lowest offset first, so a key's older message comes back before
         // its newer ones.
@@ -343,6 +389,10 @@ impl Member {
                 g.cursor - 1
             }
             None => {
+                // Registered under the topic lock, so a publish after we looked wakes us.
+                wake.enable();
+                g.waiting += 1;
+                self.registered = true;
                 return match g.redeliver.values().min() {
                     Some(&at) => Next::WaitUntil(at),
                     None => Next::Wait,
@@ -364,18 +414,17 @@ impl Member {
     }
 
     fn into_stream(self) -> impl Stream<Item = Result<Incoming<MemoryAck>>> + Send {
-        futures::stream::unfold(self, |member| async move {
+        futures::stream::unfold(self, |mut member| async move {
             loop {
                 let ready = Arc::clone(&member.ready);
-                let notified = ready.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                match member.try_next() {
+                let wake = ready.notified();
+                tokio::pin!(wake);
+                match member.try_next(wake.as_mut()) {
                     Next::Message(incoming) => return Some((Ok(incoming), member)),
-                    Next::Wait => notified.await,
+                    Next::Wait => wake.await,
                     Next::WaitUntil(at) => {
                         tokio::select! {
-                            () = notified => {}
+                            () = wake => {}
                             () = tokio::time::sleep_until(at) => {}
                         }
                     }
@@ -412,7 +461,9 @@ impl MemoryAck {
         match redeliver_at {
             Some(at) => {
                 g.redeliver.insert(self.offset, at);
-                g.ready.notify_waiters();
+                if g.waiting > 0 {
+                    g.ready.notify_waiters();
+                }
             }
             None => {
                 let floor = groups.values().map(Group::floor).min().unwrap_or(*base);
@@ -420,7 +471,7 @@ impl MemoryAck {
                 while *base < floor && log.pop_front().is_some() {
                     *base += 1;
                 }
-                if log.len() < before {
+                if log.len() < before && st.blocked_publishers > 0 {
                     self.topic.space.notify_waiters();
                 }
             }
