@@ -2,7 +2,8 @@
 //!
 //! - `test`: everything CI checks, on a fresh machine: rustfmt, clippy (`-D warnings`), every
 //!   test of the workspace (cargo-nextest when installed, else `cargo test`), and doc tests.
-//! - `report [args]`: the main job on the in-memory default (the README's first command).
+//! - `report [args]`: the main job on the in-memory default (the README's first command): the
+//!   `throughput` example (bus vs raw mpsc, same run) then the `report` example (leak report).
 
 use std::process::{Command, ExitCode};
 
@@ -81,16 +82,15 @@ fn test() -> Result<(), String> {
     cargo(&["test", "--workspace", "--all-features", "--doc"])
 }
 
+/// The throughput comparison (no heap counter), then the leak report (with one).
 fn report(args: &[String]) -> Result<(), String> {
-    let mut full = vec![
-        "run",
-        "--release",
-        "-p",
-        "eventbus",
-        "--example",
-        "report",
-        "--",
-    ];
-    full.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
-    cargo(&full)
+    for example in ["throughput", "report"] {
+        let mut full = vec![
+            "run", "--quiet", "--release", "-p", "eventbus", "--example", example, "--",
+        ];
+        full.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
+        cargo(&full)?;
+        println!();
+    }
+    Ok(())
 }

@@ -8,7 +8,10 @@ use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use tower::Service;
 
-use crate::dispatch::{Dispatch, Dispatcher, Outcome, Route};
+use slab::Slab;
+use tokio::sync::mpsc;
+
+use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Route};
 use crate::error::Result;
 use crate::transport::{Acknowledge, Incoming};
 
@@ -20,8 +23,12 @@ where
     S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
     A: Acknowledge,
 {
-    // One future per message taken: its outcome, then settling it at the broker.
-    let mut taken = FuturesUnordered::new();
+    // Finished messages come back on one queue, tagged with the slot holding their ack: no
+    // future per message, one wake per batch.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut acks: Slab<A> = Slab::new();
+    let mut settling = FuturesUnordered::new();
+    let mut done = Vec::with_capacity(64);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
@@ -29,7 +36,23 @@ where
     poll_fn(|cx| {
         loop {
             let mut progress = false;
-            while let Poll::Ready(Some(settled)) = taken.poll_next_unpin(cx) {
+            while let Poll::Ready(n) = done_rx.poll_recv_many(cx, &mut done, 64) {
+                if n == 0 {
+                    break;
+                }
+                for Done { token, outcome, room } in done.drain(..) {
+                    let ack = acks.remove(token);
+                    // Settling is usually immediate (memory, or a queued ack); the room is
+                    // freed only once it is done.
+                    settling.push(async move {
+                        let settled = ack.settle(&outcome).await;
+                        drop(room);
+                        settled
+                    });
+                }
+                progress = true;
+            }
+            while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {
                 if let Err(error) = settled {
                     tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
                 }
@@ -59,18 +82,18 @@ where
                         tracing::warn!(topic = route.topic(), group = route.group(), %error, "subscription stream error");
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
+                        let token = acks.insert(ack);
+                        let reply = Reply::Queue {
+                            tx: done_tx.clone(),
+                            token,
+                        };
                         let route = Arc::clone(&route);
-                        let response = dispatcher.call(Dispatch { route, message });
-                        taken.push(async move {
-                            // The response future never fails: a dropped job reads as Cancelled.
-                            let outcome = response.await.unwrap_or(Outcome::Cancelled);
-                            ack.settle(&outcome).await
-                        });
+                        dispatcher.submit(Dispatch { route, message }, reply);
                         progress = true;
                     }
                 }
             }
-            if !intake && taken.is_empty() {
+            if !intake && acks.is_empty() && settling.is_empty() {
                 return Poll::Ready(());
             }
             if !progress {

@@ -51,9 +51,8 @@ impl Snapshot {
         let tasks =
             tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
         let stats = counter().stats();
-        let heap = (stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-            + stats.bytes_reallocated)
-            .max(0) as usize;
+        // stats_alloc already books a realloc's growth or shrinkage in these two.
+        let heap = stats.bytes_allocated.saturating_sub(stats.bytes_deallocated);
         Snapshot {
             tasks,
             threads: count_dir("/proc/self/task"),

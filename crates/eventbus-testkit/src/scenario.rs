@@ -220,6 +220,7 @@ pub async fn run_bus(label: &str, load: Load, build: impl FnOnce() -> EventBus) 
         latencies.extend(p.await.unwrap_or_default());
     }
     let published = latencies.len() as u64;
+    let publish_latency = percentiles(latencies);
     let dispatcher = bus.stats();
     for sub in subs {
         sub.close().await;
@@ -237,7 +238,7 @@ pub async fn run_bus(label: &str, load: Load, build: impl FnOnce() -> EventBus) 
         lost: progress.tracker.lost(load.versions),
         order_violations: progress.tracker.violations(),
         elapsed: finished.unwrap_or_else(Instant::now) - started,
-        publish_latency: percentiles(latencies),
+        publish_latency,
         usage,
         dispatcher: Some(dispatcher),
     }
@@ -302,15 +303,17 @@ pub async fn run_raw_mpsc(label: &str, load: Load) -> Report {
     for c in consumers {
         let _ = c.await;
     }
+    let published = latencies.len() as u64;
+    let publish_latency = percentiles(latencies);
     usage.finish().await;
     Report {
         label: label.to_owned(),
-        published: latencies.len() as u64,
+        published,
         received: progress.tracker.received(),
         lost: progress.tracker.lost(load.versions),
         order_violations: progress.tracker.violations(),
         elapsed: finished.unwrap_or_else(Instant::now) - started,
-        publish_latency: percentiles(latencies),
+        publish_latency,
         usage,
         dispatcher: None,
     }

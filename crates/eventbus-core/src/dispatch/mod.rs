@@ -33,4 +33,5 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use queue::{DispatcherStats, Outcome, Route};
+pub(crate) use queue::{Done, Reply};
 pub use service::{Dispatch, Dispatcher, DispatcherConfig};

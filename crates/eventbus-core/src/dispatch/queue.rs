@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use backon::ExponentialBackoff;
 use futures::FutureExt;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneSyncService;
@@ -153,15 +153,73 @@ pub(super) struct Job {
     message: Arc<Message>,
     attempts: u32,
     delays: Option<ExponentialBackoff>,
-    tx: oneshot::Sender<Outcome>,
-    _reservation: Reservation,
+    /// Taken when the outcome is sent; a job dropped unfinished (its runtime shut down)
+    /// replies `Cancelled` from `Drop`, so no waiter is left hanging.
+    reply: Option<(Reply, Reservation)>,
+}
+
+impl Job {
+    fn finish(mut self, outcome: Outcome) {
+        if let Some((reply, room)) = self.reply.take() {
+            reply.send(outcome, room);
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some((reply, room)) = self.reply.take() {
+            reply.send(Outcome::Cancelled, room);
+        }
+    }
+}
+
+impl Reply {
+    fn send(self, outcome: Outcome, room: Reservation) {
+        // The receiver may be gone (the transport stopped caring): the room is freed either way.
+        match self {
+            Reply::Oneshot(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::Queue { tx, token } => {
+                let _ = tx.send(Done {
+                    token,
+                    outcome,
+                    room,
+                });
+            }
+        }
+    }
+}
+
+/// Where a job's final outcome goes.
+pub(crate) enum Reply {
+    /// To a [`ResponseFuture`](super::ResponseFuture) (the tower `call` path).
+    Oneshot(oneshot::Sender<Outcome>),
+    /// To a consuming loop's completion queue, tagged with the loop's token for the message.
+    /// The room the message held travels along and is freed once the loop has settled it, so
+    /// the dispatcher's bounds also cover messages waiting to be acked.
+    Queue {
+        /// The loop's queue.
+        tx: mpsc::UnboundedSender<Done>,
+        /// The loop's tag for the message.
+        token: usize,
+    },
+}
+
+/// A finished job, as a consuming loop receives it.
+pub(crate) struct Done {
+    pub(crate) token: usize,
+    pub(crate) outcome: Outcome,
+    /// Frees the message's room in the dispatcher when dropped.
+    pub(crate) room: Reservation,
 }
 
 impl Job {
     pub(super) fn new(
         route: Arc<Route>,
         message: Arc<Message>,
-        tx: oneshot::Sender<Outcome>,
+        reply: Reply,
         reservation: Reservation,
     ) -> Self {
         Job {
@@ -169,8 +227,7 @@ impl Job {
             message,
             attempts: 0,
             delays: None,
-            tx,
-            _reservation: reservation,
+            reply: Some((reply, reservation)),
         }
     }
     fn key(&self) -> Option<(u64, Key)> {
@@ -180,7 +237,7 @@ impl Job {
 
 /// Room a job holds from admission to completion: one buffer slot and its bytes.
 /// Released on drop, so every path out (done, cancelled, dropped at runtime shutdown) frees it.
-pub(super) struct Reservation {
+pub(crate) struct Reservation {
     pub(super) _slot: OwnedSemaphorePermit,
     pub(super) bytes: usize,
     pub(super) budget: Arc<ByteBudget>,
@@ -401,8 +458,7 @@ impl Shared {
             Outcome::Cancelled => &self.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        // The receiver may be gone (the transport stopped caring); the reservation drops here.
-        let _ = job.tx.send(outcome);
+        job.finish(outcome);
     }
 
     /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to

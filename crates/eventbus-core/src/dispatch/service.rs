@@ -11,7 +11,7 @@ use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::queue::{ByteBudget, Job, Reservation, Shared};
+use super::queue::{ByteBudget, Job, Reply, Reservation, Shared};
 use super::{DispatcherStats, Route};
 use crate::error::Error;
 use crate::message::Message;
@@ -192,6 +192,16 @@ impl Service<Dispatch> for Dispatcher {
     }
 
     fn call(&mut self, req: Dispatch) -> ResponseFuture {
+        let (tx, rx) = oneshot::channel();
+        self.submit(req, Reply::Oneshot(tx));
+        ResponseFuture { rx }
+    }
+}
+
+impl Dispatcher {
+    /// Admits a message whose outcome goes to `reply`: what `call` does, and what the bus's
+    /// consuming loops use to avoid a future per message. Needs room reserved by `poll_ready`.
+    pub(crate) fn submit(&mut self, req: Dispatch, reply: Reply) {
         let slot = self
             .reserved
             .take()
@@ -203,9 +213,7 @@ impl Service<Dispatch> for Dispatcher {
             bytes,
             budget: Arc::clone(&self.budget),
         };
-        let (tx, rx) = oneshot::channel();
         self.shared
-            .submit(Job::new(req.route, req.message, tx, reservation));
-        ResponseFuture { rx }
+            .submit(Job::new(req.route, req.message, reply, reservation));
     }
 }
