@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Route};
 use crate::error::Result;
-use crate::transport::{Acknowledge, Incoming};
+use crate::transport::{Acknowledge, Incoming, Settle};
 
 /// Pulls from `source` while the dispatcher has room, dispatches, and settles each message on
 /// its outcome. Ends when the route is closing (or the source ends) and every message taken
@@ -41,21 +41,20 @@ where
                     break;
                 }
                 for Done { token, outcome, room } in done.drain(..) {
-                    let ack = acks.remove(token);
-                    // Settling is usually immediate (memory, or a queued ack); the room is
-                    // freed only once it is done.
-                    settling.push(async move {
-                        let settled = ack.settle(&outcome).await;
-                        drop(room);
-                        settled
-                    });
+                    // The room is freed only once the message is settled.
+                    match acks.remove(token).settle(&outcome) {
+                        Settle::Done(settled) => report(&route, settled),
+                        Settle::Later(settling_io) => settling.push(async move {
+                            let settled = settling_io.await;
+                            drop(room);
+                            settled
+                        }),
+                    }
                 }
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {
-                if let Err(error) = settled {
-                    tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
-                }
+                report(&route, settled);
                 progress = true;
             }
             if intake && closed.as_mut().poll(cx).is_ready() {
@@ -103,4 +102,10 @@ where
     })
     .await;
     drop(source);
+}
+
+fn report(route: &Route, settled: Result<()>) {
+    if let Err(error) = settled {
+        tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
+    }
 }

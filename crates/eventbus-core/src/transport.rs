@@ -6,7 +6,7 @@
 //! dispatcher has room (so a transport that fetches on demand never over-fetches), runs the
 //! handlers, and calls [`Acknowledge::settle`] with each message's outcome.
 
-use std::future::Future;
+use futures::future::BoxFuture;
 use std::sync::Arc;
 
 use futures::Stream;
@@ -68,7 +68,27 @@ pub struct Incoming<A> {
 pub trait Acknowledge: Send + 'static {
     /// [`Outcome::Handled`]: ack. [`Outcome::Failed`]: nack (or dead-letter).
     /// [`Outcome::Cancelled`]: leave unacked, for redelivery.
-    fn settle(self, outcome: &Outcome) -> impl Future<Output = Result<()>> + Send;
+    fn settle(self, outcome: &Outcome) -> Settle;
+}
+
+/// How settling went: most acks are bookkeeping that is done at once (an offset to commit, a
+/// queued ack); only those that must wait for I/O return a future, so the common case costs
+/// no allocation.
+#[must_use]
+pub enum Settle {
+    /// Settled (or failed to).
+    Done(Result<()>),
+    /// Settles when this completes.
+    Later(BoxFuture<'static, Result<()>>),
+}
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Settle::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Settle::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 /// Publishes messages. Topic, key and size are validated by the bus before a call.

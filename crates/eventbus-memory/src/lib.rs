@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use eventbus_core::transport::{
-    Acknowledge, Capabilities, Incoming, Publisher, Started, SubscribeRequest, Subscriber,
+    Acknowledge, Capabilities, Incoming, Publisher, Settle, Started, SubscribeRequest, Subscriber,
     Transport,
 };
 use eventbus_core::{Error, Message, Outcome, Result};
@@ -185,6 +185,9 @@ impl MemoryTransport {
 
     fn topic(&self, name: &str) -> Arc<Topic> {
         let mut topics = lock(&self.broker.topics);
+        if let Some(topic) = topics.get(name) {
+            return Arc::clone(topic);
+        }
         Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Topic {
                 state: Mutex::new(TopicState::default()),
@@ -210,7 +213,12 @@ impl MemoryTransport {
             .map_or(0, |t| lock(&t.state).log.len())
     }
 
-    async fn append(&self, messages: Vec<Message>) -> Result<()> {
+    /// Appends messages of one topic, waiting for room as needed.
+    async fn append<I>(&self, messages: I) -> Result<()>
+    where
+        I: IntoIterator<Item = Message>,
+        I::IntoIter: Send,
+    {
         let mut messages = messages.into_iter().map(Arc::new).peekable();
         let Some(first) = messages.peek() else {
             return Ok(());
@@ -256,22 +264,22 @@ impl Drop for Blocked<'_> {
 #[async_trait::async_trait]
 impl Publisher for MemoryTransport {
     async fn publish(&self, message: Message) -> Result<()> {
-        self.append(vec![message]).await
+        self.append(std::iter::once(message)).await
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
-        // One topic per append keeps the lock scope simple; batches are usually one topic.
-        let mut start = 0;
-        while start < messages.len() {
-            let topic = messages[start].topic();
-            let end = messages[start..]
-                .iter()
-                .position(|m| m.topic() != topic)
-                .map_or(messages.len(), |n| start + n);
-            self.append(messages[start..end].to_vec()).await?;
-            start = end;
+        // One append per run of messages on the same topic, in order.
+        let mut run: Vec<Message> = Vec::new();
+        for message in messages {
+            if run
+                .last()
+                .is_some_and(|last| last.topic() != message.topic())
+            {
+                self.append(std::mem::take(&mut run)).await?;
+            }
+            run.push(message);
         }
-        Ok(())
+        self.append(run).await
     }
 }
 
@@ -371,14 +379,17 @@ impl Member {
         if std::mem::take(&mut self.registered) {
             g.waiting -= 1;
         }
-        let now = Instant::now();
         // Redeliveries first, lowest offset first, so a key's older message comes back before
         // its newer ones.
-        let due = g
-            .redeliver
-            .iter()
-            .find(|&(_, &at)| at <= now)
-            .map(|(&o, _)| o);
+        let due = if g.redeliver.is_empty() {
+            None
+        } else {
+            let now = Instant::now();
+            g.redeliver
+                .iter()
+                .find(|&(_, &at)| at <= now)
+                .map(|(&o, _)| o)
+        };
         let offset = match due {
             Some(o) => {
                 g.redeliver.remove(&o);
@@ -480,14 +491,14 @@ impl MemoryAck {
 }
 
 impl Acknowledge for MemoryAck {
-    async fn settle(mut self, outcome: &Outcome) -> Result<()> {
+    fn settle(mut self, outcome: &Outcome) -> Settle {
         let redeliver_at = match outcome {
             Outcome::Handled { .. } => None,
             Outcome::Failed { .. } => Some(Instant::now() + self.redelivery_delay),
             Outcome::Cancelled => Some(Instant::now()),
         };
         self.finish(redeliver_at);
-        Ok(())
+        Settle::Done(Ok(()))
     }
 }
 

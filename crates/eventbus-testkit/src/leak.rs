@@ -52,7 +52,9 @@ impl Snapshot {
             tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
         let stats = counter().stats();
         // stats_alloc already books a realloc's growth or shrinkage in these two.
-        let heap = stats.bytes_allocated.saturating_sub(stats.bytes_deallocated);
+        let heap = stats
+            .bytes_allocated
+            .saturating_sub(stats.bytes_deallocated);
         Snapshot {
             tasks,
             threads: count_dir("/proc/self/task"),
