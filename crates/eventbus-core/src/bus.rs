@@ -307,6 +307,13 @@ impl EventBus {
         })
     }
 
+    /// Messages of `topic` that `group` has not acked yet (its consumer lag), from the broker.
+    pub async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        validate_topic(topic)?;
+        validate_group(group)?;
+        self.inner.transport.lag(topic, group).await
+    }
+
     /// Whether closing has started.
     pub fn is_closed(&self) -> bool {
         self.inner.closing.is_cancelled()

@@ -27,6 +27,9 @@ pub struct Capabilities {
     pub consumer_groups: bool,
     /// The broker can be restarted by a test (it runs out of process).
     pub broker_restart: bool,
+    /// All messages of one key go to the same member of a group (Kafka's partitions), so
+    /// per-key order holds across the instances of one group, not only within one subscription.
+    pub key_affinity: bool,
 }
 
 impl Capabilities {
@@ -36,6 +39,7 @@ impl Capabilities {
             persistent: false,
             consumer_groups: false,
             broker_restart: false,
+            key_affinity: false,
         }
     }
     /// With consumer groups.
@@ -51,6 +55,11 @@ impl Capabilities {
     /// Broker restartable by tests.
     pub const fn with_broker_restart(mut self) -> Self {
         self.broker_restart = true;
+        self
+    }
+    /// One key, one group member.
+    pub const fn with_key_affinity(mut self) -> Self {
+        self.key_affinity = true;
         self
     }
 }
@@ -124,6 +133,15 @@ pub trait Transport: Publisher + Subscriber {
     /// Releases connections and every task or thread the transport started. Called by the bus
     /// after all subscriptions have drained.
     async fn close(&self) -> Result<()>;
+
+    /// Messages of `topic` that `group` has not acked yet (its consumer lag).
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        let _ = (topic, group);
+        Err(crate::Error::Unsupported {
+            transport: self.name(),
+            capability: "consumer lag",
+        })
+    }
 }
 
 /// A subscription the bus asks a transport to open.
@@ -142,6 +160,11 @@ impl SubscribeRequest {
     /// The consumer group.
     pub fn group(&self) -> &str {
         self.route.group()
+    }
+    /// Most messages the bus's dispatcher admits at once: a transport that prefetches should
+    /// not ask the broker for more than this per pull.
+    pub fn max_buffered(&self) -> usize {
+        self.dispatcher.max_buffered()
     }
     /// Fires when the subscription starts closing; the stream need not watch it (the bus stops
     /// pulling), but a transport may use it to stop background work early.

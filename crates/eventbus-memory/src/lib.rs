@@ -337,6 +337,11 @@ impl Transport for MemoryTransport {
         }
         Ok(())
     }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        // A group that never subscribed has read nothing: everything retained is its lag.
+        Ok(MemoryTransport::lag(self, topic, group).unwrap_or_else(|| self.retained(topic) as u64))
+    }
 }
 
 /// One subscription's view of its group.

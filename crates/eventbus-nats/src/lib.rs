@@ -1,7 +1,723 @@
-//! NATS JetStream (async-nats) transport for eventbus.
+//! NATS JetStream transport for eventbus, on async-nats.
 //!
-//! **Not implemented yet.** This crate is a placeholder so the workspace and the facade's
-//! `nats` feature have their final shape; it offers no API and fakes no behaviour. The transport
-//! arrives with its own issue (see the project's issue list), where it must pass the
-//! conformance suite of `eventbus-testkit` against a real broker.
+//! ```no_run
+//! use eventbus_core::{EventBus, Message, Delivery, BoxError, handler_fn};
+//! use eventbus_nats::{NatsConfig, NatsTransport};
+//!
+//! # #[tokio::main] async fn main() -> eventbus_core::Result<()> {
+//! let transport = NatsTransport::connect(NatsConfig::new("nats://127.0.0.1:4222")).await?;
+//! let bus = EventBus::new(transport);
+//! let sub = bus
+//!     .subscribe("orders", "billing", handler_fn(|d: Delivery| async move {
+//!         println!("{:?}", d.message().key());
+//!         Ok::<_, BoxError>(())
+//!     }))
+//!     .await?;
+//! bus.publish(Message::new("orders", "placed").with_key("order-1")).await?; // waits for the ack
+//! sub.close().await;
+//! bus.close().await // drains, closes the client; no task or thread left
+//! # }
+//! ```
+//!
+//! # Mapping
+//! - A topic is a JetStream stream of its own, named by [`NatsConfig::stream_name`]
+//!   (collision-free), holding one subject: the topic itself, or `<subject_prefix>.<topic>`.
+//! - A consumer group is a durable pull consumer named after the group on the topic's stream;
+//!   the subscriptions of a group, in any process, pull from it and share its messages.
+//! - Message id → `Nats-Msg-Id` (so the stream's duplicate window drops a retried publish),
+//!   key → `eb-key`, timestamp → `eb-timestamp` (RFC 3339), other headers (envelope fields
+//!   included) as they are.
+//!
+//! # Guarantees
+//! - Publishing returns after JetStream's ack; a message larger than the server's
+//!   `max_payload` fails with [`Error::PayloadTooLarge`] before anything is sent; there is no
+//!   fallback to core NATS: no stream, no publish.
+//! - Pulls are driven by the bus: the transport asks the server for more only when the bus
+//!   takes the previous batch, in batches no larger than the bus can buffer.
+//! - Handled → ack; failed for good → nak with [`ConsumerOptions::redelivery_delay`];
+//!   cancelled at shutdown → nak without delay (redelivered at once to another member).
+//! - **Ordering across instances**: JetStream hands a group's messages to whichever member
+//!   pulls, with no key affinity. Per-key order is guaranteed within one subscription; with
+//!   several members in one group, messages of one key may be handled concurrently by different
+//!   members. Use one member per group where cross-instance order matters.
+//! - The client's own tasks run on a thread the transport owns; `close` drains the client and
+//!   ends that thread, so nothing is left, whether the server is up or not.
 #![warn(missing_docs)]
+
+mod config;
+mod error;
+mod io;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use async_nats::{Event, HeaderMap};
+use eventbus_core::transport::{
+    Acknowledge, Capabilities, Incoming, Publisher, Settle, Started, SubscribeRequest, Subscriber,
+    Transport,
+};
+use eventbus_core::{Error, Message, Outcome, Result};
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+pub use config::{ConsumerOptions, NatsConfig, Provision, Retention, Storage, StreamOptions};
+pub use error::NatsError;
+
+const NAME: &str = "nats";
+const HEADER_ID: &str = "Nats-Msg-Id";
+const HEADER_KEY: &str = "eb-key";
+const HEADER_TIMESTAMP: &str = "eb-timestamp";
+
+/// Connection state, as the client reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Connected.
+    Connected,
+    /// Lost; the client is reconnecting on its own.
+    Disconnected,
+    /// Closed.
+    Closed,
+}
+
+/// A connection to a NATS server with JetStream.
+///
+/// One connection per transport; clones of an [`EventBus`](eventbus_core::EventBus) share it.
+/// Two transports are two connections, like two processes.
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NatsConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    io: tokio::sync::Mutex<io::Io>,
+    ensured: Mutex<HashSet<String>>,
+    state: watch::Receiver<ConnectionState>,
+    reconnects: Arc<AtomicU64>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("url", &self.inner.config.url)
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsTransport {
+    /// Connects. A server that is down, refuses, or rejects the credentials gives a typed error
+    /// within [`NatsConfig::connect_timeout`].
+    pub async fn connect(config: NatsConfig) -> Result<Self> {
+        let mut io = io::Io::start()
+            .await
+            .map_err(|e| Error::transport(NAME, e))?;
+        let (state_tx, state) = watch::channel(ConnectionState::Disconnected);
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&reconnects);
+        let state_tx = Arc::new(state_tx);
+        let options = config
+            .connect
+            .clone()
+            .connection_timeout(config.connect_timeout)
+            .event_callback(move |event| {
+                let state_tx = Arc::clone(&state_tx);
+                let counter = Arc::clone(&counter);
+                async move {
+                    let state = match event {
+                        Event::Connected => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            ConnectionState::Connected
+                        }
+                        Event::Disconnected => ConnectionState::Disconnected,
+                        Event::Closed => ConnectionState::Closed,
+                        _ => return,
+                    };
+                    state_tx.send_replace(state);
+                }
+            });
+        let url = config.url.clone();
+        let timeout = config.connect_timeout;
+        let connecting = io.run(async move { options.connect(url).await }).await;
+        let client = match tokio::time::timeout(timeout + Duration::from_secs(1), async {
+            connecting
+        })
+        .await
+        {
+            Ok(Some(Ok(client))) => client,
+            Ok(Some(Err(source))) => {
+                io.stop().await;
+                return Err(NatsError::Connect {
+                    url: config.url.clone(),
+                    source,
+                }
+                .into());
+            }
+            _ => {
+                io.stop().await;
+                return Err(NatsError::ConnectTimeout {
+                    url: config.url.clone(),
+                    after: timeout,
+                }
+                .into());
+            }
+        };
+        // The JetStream context spawns an ack-tracking task where it is made: make it on the
+        // I/O runtime too.
+        let for_js = client.clone();
+        let Some(js) = io.run(async move { jetstream::new(for_js) }).await else {
+            io.stop().await;
+            return Err(Error::transport(
+                NAME,
+                ErrorText("the NATS I/O thread stopped".into()),
+            ));
+        };
+        // A server without JetStream (or an account without access) fails here, not later.
+        // (A plain request: the account-info response format differs between server versions.)
+        if let Err(e) = client.request("$JS.API.INFO", bytes::Bytes::new()).await {
+            drop(js);
+            let _ = client.drain().await;
+            io.stop().await;
+            return Err(NatsError::JetStreamUnavailable(e.to_string()).into());
+        }
+        Ok(NatsTransport {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                js,
+                io: tokio::sync::Mutex::new(io),
+                ensured: Mutex::default(),
+                state,
+                reconnects,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The connection's state now.
+    pub fn connection_state(&self) -> ConnectionState {
+        *self.inner.state.borrow()
+    }
+
+    /// Watches the connection's state.
+    pub fn watch_connection(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// Times the client has (re)connected.
+    pub fn connects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+
+    /// The underlying JetStream context (for tools and tests).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes sure `topic`'s stream is as configured, per [`Provision`]. Done once per topic.
+    pub async fn ensure_stream(&self, topic: &str) -> Result<()> {
+        let inner = &self.inner;
+        if inner.config.provision == Provision::Skip
+            || inner
+                .ensured
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(topic)
+        {
+            return Ok(());
+        }
+        let want = stream_config(&inner.config, topic);
+        match inner.js.get_stream(&want.name).await {
+            Ok(mut existing) => {
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|e| NatsError::request("stream info", e))?;
+                if let Some((field, expected, actual)) = stream_diff(&want, &info.config) {
+                    match inner.config.provision {
+                        Provision::CreateOrUpdate => {
+                            inner
+                                .js
+                                .update_stream(want.clone())
+                                .await
+                                .map_err(|e| NatsError::request("update stream", e))?;
+                        }
+                        Provision::ValidateOnly => {
+                            return Err(NatsError::StreamMismatch {
+                                stream: want.name,
+                                field,
+                                expected,
+                                actual,
+                            }
+                            .into());
+                        }
+                        Provision::CreateOnly | Provision::Skip => {}
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
+            {
+                if inner.config.provision == Provision::ValidateOnly {
+                    return Err(NatsError::StreamMissing {
+                        stream: want.name,
+                        topic: topic.to_owned(),
+                    }
+                    .into());
+                }
+                inner
+                    .js
+                    .create_stream(want)
+                    .await
+                    .map_err(|e| NatsError::request("create stream", e))?;
+            }
+            Err(e) => return Err(NatsError::request("stream info", e).into()),
+        }
+        inner
+            .ensured
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_owned());
+        Ok(())
+    }
+
+    async fn send(&self, message: &Message) -> Result<jetstream::context::PublishAckFuture> {
+        let max = self.inner.client.server_info().max_payload;
+        let size = message.encoded_len();
+        if max > 0 && size > max {
+            return Err(Error::PayloadTooLarge { size, limit: max });
+        }
+        self.ensure_stream(message.topic()).await?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in message.headers().iter() {
+            headers.insert(name, value);
+        }
+        headers.insert(HEADER_ID, message.id().as_str());
+        if let Some(key) = message.key() {
+            headers.insert(HEADER_KEY, key.as_str());
+        }
+        headers.insert(
+            HEADER_TIMESTAMP,
+            humantime::format_rfc3339_nanos(message.timestamp()).to_string(),
+        );
+        self.inner
+            .js
+            .publish_with_headers(
+                self.inner.config.subject(message.topic()),
+                headers,
+                message.payload().clone(),
+            )
+            .await
+            .map_err(|e| NatsError::request("publish", e).into())
+    }
+}
+
+async fn confirm(ack: jetstream::context::PublishAckFuture) -> Result<()> {
+    ack.await
+        .map(drop)
+        .map_err(|e| NatsError::request("publish ack", e).into())
+}
+
+fn stream_config(config: &NatsConfig, topic: &str) -> stream::Config {
+    let o = config.stream_for(topic);
+    stream::Config {
+        name: config.stream_name(topic),
+        subjects: vec![config.subject(topic)],
+        storage: match o.storage {
+            Storage::File => stream::StorageType::File,
+            Storage::Memory => stream::StorageType::Memory,
+        },
+        retention: match o.retention {
+            Retention::Limits => stream::RetentionPolicy::Limits,
+            Retention::Interest => stream::RetentionPolicy::Interest,
+        },
+        max_age: o.max_age.unwrap_or_default(),
+        max_bytes: o.max_bytes.unwrap_or(-1),
+        max_messages: o.max_messages.unwrap_or(-1),
+        num_replicas: o.replicas,
+        duplicate_window: o.duplicate_window,
+        ..Default::default()
+    }
+}
+
+/// The first setting that differs between what is configured and what the server has.
+fn stream_diff(
+    want: &stream::Config,
+    have: &stream::Config,
+) -> Option<(&'static str, String, String)> {
+    let checks: [(&'static str, String, String); 8] = [
+        (
+            "subjects",
+            format!("{:?}", want.subjects),
+            format!("{:?}", have.subjects),
+        ),
+        (
+            "storage",
+            format!("{:?}", want.storage),
+            format!("{:?}", have.storage),
+        ),
+        (
+            "retention",
+            format!("{:?}", want.retention),
+            format!("{:?}", have.retention),
+        ),
+        (
+            "max_age",
+            format!("{:?}", want.max_age),
+            format!("{:?}", have.max_age),
+        ),
+        (
+            "max_bytes",
+            want.max_bytes.to_string(),
+            have.max_bytes.to_string(),
+        ),
+        (
+            "max_messages",
+            want.max_messages.to_string(),
+            have.max_messages.to_string(),
+        ),
+        (
+            "replicas",
+            want.num_replicas.to_string(),
+            have.num_replicas.to_string(),
+        ),
+        (
+            "duplicate_window",
+            format!("{:?}", want.duplicate_window),
+            format!("{:?}", have.duplicate_window),
+        ),
+    ];
+    checks.into_iter().find(|(_, w, h)| w != h)
+}
+
+fn consumer_config(config: &NatsConfig, group: &str) -> pull::Config {
+    let c = &config.consumer;
+    pull::Config {
+        durable_name: Some(group.to_owned()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_wait: c.ack_wait,
+        max_deliver: c.max_deliver.unwrap_or(-1),
+        max_ack_pending: c.max_ack_pending,
+        backoff: c.backoff.clone(),
+        ..Default::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Publisher for NatsTransport {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        confirm(self.send(&message).await?).await
+    }
+
+    /// Sends every message, then waits for all the acks (pipelined).
+    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        let mut acks = Vec::with_capacity(messages.len());
+        for message in &messages {
+            acks.push(self.send(message).await?);
+        }
+        for ack in acks {
+            confirm(ack).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscriber for NatsTransport {
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
+        self.check_open()?;
+        let config = &self.inner.config;
+        let topic = request.topic().to_owned();
+        let group = request.group().to_owned();
+        self.ensure_stream(&topic).await?;
+        let stream_name = config.stream_name(&topic);
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(&stream_name)
+            .await
+            .map_err(|e| NatsError::request("get stream", e))?;
+        let want = consumer_config(config, &group);
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&group, want.clone())
+            .await
+            .map_err(|e| NatsError::request("create consumer", e))?;
+        // The consumer that runs must be the one configured (the Go SDK's defect 3).
+        let info = consumer
+            .info()
+            .await
+            .map_err(|e| NatsError::request("consumer info", e))?
+            .clone();
+        if let Some((field, expected, actual)) = consumer_diff(&want, &info.config) {
+            if config.provision == Provision::CreateOrUpdate {
+                consumer = stream
+                    .create_consumer(want)
+                    .await
+                    .map_err(|e| NatsError::request("update consumer", e))?;
+                let info = consumer
+                    .info()
+                    .await
+                    .map_err(|e| NatsError::request("consumer info", e))?;
+                if let Some((field, expected, actual)) =
+                    consumer_diff(&consumer_config(config, &group), &info.config)
+                {
+                    return Err(NatsError::ConsumerMismatch {
+                        stream: stream_name,
+                        consumer: group,
+                        field,
+                        expected,
+                        actual,
+                    }
+                    .into());
+                }
+            } else {
+                return Err(NatsError::ConsumerMismatch {
+                    stream: stream_name,
+                    consumer: group,
+                    field,
+                    expected,
+                    actual,
+                }
+                .into());
+            }
+        }
+        let batch = config.fetch_batch.min(request.max_buffered()).max(1);
+        let source = pull_stream(
+            consumer,
+            batch,
+            config.fetch_expires,
+            topic,
+            config.consumer.redelivery_delay,
+        );
+        Ok(request.start(Box::pin(source)))
+    }
+}
+
+fn consumer_diff(
+    want: &pull::Config,
+    have: &jetstream::consumer::Config,
+) -> Option<(&'static str, String, String)> {
+    let checks: [(&'static str, String, String); 4] = [
+        (
+            "ack_wait",
+            format!("{:?}", want.ack_wait),
+            format!("{:?}", have.ack_wait),
+        ),
+        (
+            "max_deliver",
+            want.max_deliver.to_string(),
+            have.max_deliver.to_string(),
+        ),
+        (
+            "max_ack_pending",
+            want.max_ack_pending.to_string(),
+            have.max_ack_pending.to_string(),
+        ),
+        (
+            "backoff",
+            format!("{:?}", want.backoff),
+            format!("{:?}", have.backoff),
+        ),
+    ];
+    checks.into_iter().find(|(_, w, h)| w != h)
+}
+
+/// The subscription's one puller: a pull of up to `batch` messages, then the next pull only
+/// once the bus has taken all of them.
+fn pull_stream(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    expires: Duration,
+    topic: String,
+    redelivery_delay: Duration,
+) -> impl Stream<Item = Result<Incoming<NatsAck>>> + Send {
+    struct State {
+        consumer: jetstream::consumer::Consumer<pull::Config>,
+        current: Option<jetstream::consumer::pull::Batch>,
+        topic: Arc<str>,
+    }
+    let state = State {
+        consumer,
+        current: None,
+        topic: Arc::from(topic),
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            if let Some(current) = &mut st.current {
+                match current.next().await {
+                    Some(Ok(msg)) => {
+                        let incoming = incoming(&st.topic, msg, redelivery_delay);
+                        return Some((Ok(incoming), st));
+                    }
+                    Some(Err(e)) => {
+                        st.current = None;
+                        let error = NatsError::request("pull", ErrorText(e.to_string()));
+                        return Some((Err(error.into()), st));
+                    }
+                    None => st.current = None,
+                }
+            }
+            match st
+                .consumer
+                .batch()
+                .max_messages(batch)
+                .expires(expires)
+                .messages()
+                .await
+            {
+                Ok(b) => st.current = Some(b),
+                Err(e) => {
+                    // Disconnected, say: report it and pull again; the client reconnects.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Some((Err(NatsError::request("pull", e).into()), st));
+                }
+            }
+        }
+    })
+}
+
+#[derive(Debug)]
+struct ErrorText(String);
+impl std::fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ErrorText {}
+
+fn incoming(
+    topic: &Arc<str>,
+    msg: jetstream::Message,
+    redelivery_delay: Duration,
+) -> Incoming<NatsAck> {
+    let headers = msg.headers.as_ref();
+    let get = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let mut message = Message::new(topic.as_ref(), msg.payload.clone());
+    if let Some(id) = get(HEADER_ID) {
+        message = message.with_id(id);
+    }
+    if let Some(key) = get(HEADER_KEY) {
+        message = message.with_key(key);
+    }
+    if let Some(ts) = get(HEADER_TIMESTAMP).and_then(|t| humantime::parse_rfc3339(&t).ok()) {
+        message = message.with_timestamp(ts);
+    } else {
+        message = message.with_timestamp(SystemTime::now());
+    }
+    if let Some(h) = headers {
+        for (name, values) in h.iter() {
+            let name: &str = name.as_ref();
+            if matches!(name, HEADER_ID | HEADER_KEY | HEADER_TIMESTAMP) {
+                continue;
+            }
+            if let Some(v) = values.first() {
+                message.headers_mut().insert(name, v.as_str());
+            }
+        }
+    }
+    Incoming {
+        message: Arc::new(message),
+        ack: NatsAck {
+            msg,
+            redelivery_delay,
+        },
+    }
+}
+
+/// Acks, naks or releases one JetStream message.
+#[derive(Debug)]
+pub struct NatsAck {
+    msg: jetstream::Message,
+    redelivery_delay: Duration,
+}
+
+impl Acknowledge for NatsAck {
+    fn settle(self, outcome: &Outcome) -> Settle {
+        let kind = match outcome {
+            Outcome::Handled { .. } => AckKind::Ack,
+            Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),
+            // Not a failure: hand it back at once, for another member or the next start.
+            Outcome::Cancelled => AckKind::Nak(None),
+        };
+        Settle::Later(Box::pin(async move {
+            self.msg
+                .ack_with(kind)
+                .await
+                .map_err(|e| NatsError::request("ack", ErrorText(e.to_string())).into())
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::none()
+            .with_consumer_groups()
+            .with_persistence()
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Flush what was published and end the connection; wait (bounded) for the client to
+        // report it closed, then end its thread whatever happened.
+        let mut state = self.inner.state.clone();
+        if self.inner.client.drain().await.is_ok() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                state.wait_for(|s| *s == ConnectionState::Closed),
+            )
+            .await;
+        }
+        self.inner.io.lock().await.stop().await;
+        Ok(())
+    }
+
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(self.inner.config.stream_name(topic))
+            .await
+            .map_err(|e| NatsError::request("get stream", e))?;
+        let info = stream
+            .consumer_info(group)
+            .await
+            .map_err(|e| NatsError::request("consumer info", e))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+}

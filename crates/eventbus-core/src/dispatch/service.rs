@@ -115,6 +115,11 @@ impl Dispatcher {
         }
     }
 
+    /// Most messages admitted at once (`max_buffered`).
+    pub fn max_buffered(&self) -> usize {
+        self.max_buffered
+    }
+
     /// Current counters.
     pub fn stats(&self) -> DispatcherStats {
         // Every admitted job and every reservation made by `poll_ready` holds one slot.

@@ -1,0 +1,283 @@
+//! Options of the NATS transport: connection, streams (per topic) and consumers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How streams are provisioned when a topic is first used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provision {
+    /// Create a missing stream; leave an existing one as it is.
+    CreateOnly,
+    /// Create a missing stream; update an existing one whose settings differ (the default).
+    #[default]
+    CreateOrUpdate,
+    /// Never create or change: a missing stream or one whose settings differ is an error
+    /// ([`NatsError::StreamMissing`](crate::NatsError::StreamMissing),
+    /// [`NatsError::StreamMismatch`](crate::NatsError::StreamMismatch)).
+    ValidateOnly,
+    /// Assume the stream is there; check nothing.
+    Skip,
+}
+
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// On disk (the default): survives a server restart.
+    #[default]
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// When a stream drops messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retention {
+    /// At the limits (age, bytes, count) only (the default): new consumer groups can read
+    /// old messages.
+    #[default]
+    Limits,
+    /// Once every consumer group has acked them.
+    Interest,
+}
+
+/// Settings of the stream behind one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamOptions {
+    /// Storage.
+    pub storage: Storage,
+    /// Retention.
+    pub retention: Retention,
+    /// Oldest message kept (`None`: no limit).
+    pub max_age: Option<Duration>,
+    /// Most bytes kept (`None`: no limit).
+    pub max_bytes: Option<i64>,
+    /// Most messages kept (`None`: no limit).
+    pub max_messages: Option<i64>,
+    /// Replicas (1 on a single server).
+    pub replicas: usize,
+    /// Window in which a publish with an already seen message id is dropped as a duplicate
+    /// (default 2 minutes): a retried publish is stored once.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            storage: Storage::File,
+            retention: Retention::Limits,
+            max_age: None,
+            max_bytes: None,
+            max_messages: None,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl StreamOptions {
+    /// Sets the storage.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+    /// Sets the retention.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+    /// Sets the maximum age.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+    /// Sets the maximum bytes.
+    pub fn max_bytes(mut self, bytes: i64) -> Self {
+        self.max_bytes = Some(bytes);
+        self
+    }
+    /// Sets the maximum message count.
+    pub fn max_messages(mut self, n: i64) -> Self {
+        self.max_messages = Some(n);
+        self
+    }
+    /// Sets the replica count.
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n.max(1);
+        self
+    }
+    /// Sets the duplicate window.
+    pub fn duplicate_window(mut self, d: Duration) -> Self {
+        self.duplicate_window = d;
+        self
+    }
+}
+
+/// Settings of the durable pull consumer behind each (topic, group). They are verified through
+/// consumer info after creation, so the consumer that runs is the one configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// How long the server waits for an ack before redelivering (default 30 s).
+    pub ack_wait: Duration,
+    /// Most deliveries of one message (`None`: unlimited, the default; the bus retries in place
+    /// and redelivers only what it did not finish).
+    pub max_deliver: Option<i64>,
+    /// Most unacked messages the server lets this group have out (default 10,000).
+    pub max_ack_pending: i64,
+    /// Redelivery delays for unacked messages (empty: `ack_wait` each time).
+    pub backoff: Vec<Duration>,
+    /// Delay before a message that failed for good is redelivered (its nak delay; default 1 s).
+    pub redelivery_delay: Duration,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: None,
+            max_ack_pending: 10_000,
+            backoff: Vec::new(),
+            redelivery_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Options of a [`NatsTransport`](crate::NatsTransport).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Server address(es), e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Client options: authentication (token, user/password, nkey, credentials file), TLS,
+    /// name, ... passed to async-nats as they are (the transport sets its event callback).
+    pub connect: async_nats::ConnectOptions,
+    /// How long connecting may take; a refused or wrong credential fails within it.
+    pub connect_timeout: Duration,
+    /// How streams are provisioned.
+    pub provision: Provision,
+    /// Stream settings for topics without their own.
+    pub stream: StreamOptions,
+    /// Stream settings per topic.
+    pub topics: HashMap<String, StreamOptions>,
+    /// Consumer settings.
+    pub consumer: ConsumerOptions,
+    /// Prefix of stream names (default `EB_`).
+    pub stream_prefix: String,
+    /// Prefix of subjects (default none: a topic's subject is the topic itself).
+    pub subject_prefix: Option<String>,
+    /// Most messages one pull asks for (default 256; never more than the bus can buffer).
+    pub fetch_batch: usize,
+    /// How long an idle pull waits on the server before it is renewed (default 5 s).
+    pub fetch_expires: Duration,
+}
+
+impl NatsConfig {
+    /// Defaults for a server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            connect: async_nats::ConnectOptions::new(),
+            connect_timeout: Duration::from_secs(5),
+            provision: Provision::default(),
+            stream: StreamOptions::default(),
+            topics: HashMap::new(),
+            consumer: ConsumerOptions::default(),
+            stream_prefix: "EB_".into(),
+            subject_prefix: None,
+            fetch_batch: 256,
+            fetch_expires: Duration::from_secs(5),
+        }
+    }
+    /// Sets the client options (authentication, TLS, ...).
+    pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {
+        self.connect = options;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+    /// Sets the provisioning strategy.
+    pub fn provision(mut self, p: Provision) -> Self {
+        self.provision = p;
+        self
+    }
+    /// Sets the default stream settings.
+    pub fn stream(mut self, s: StreamOptions) -> Self {
+        self.stream = s;
+        self
+    }
+    /// Sets one topic's stream settings.
+    pub fn topic(mut self, topic: impl Into<String>, s: StreamOptions) -> Self {
+        self.topics.insert(topic.into(), s);
+        self
+    }
+    /// Sets the consumer settings.
+    pub fn consumer(mut self, c: ConsumerOptions) -> Self {
+        self.consumer = c;
+        self
+    }
+    /// Sets the stream name prefix.
+    pub fn stream_prefix(mut self, p: impl Into<String>) -> Self {
+        self.stream_prefix = p.into();
+        self
+    }
+    /// Sets the subject prefix.
+    pub fn subject_prefix(mut self, p: impl Into<String>) -> Self {
+        self.subject_prefix = Some(p.into());
+        self
+    }
+    /// Sets the pull batch size.
+    pub fn fetch_batch(mut self, n: usize) -> Self {
+        self.fetch_batch = n.max(1);
+        self
+    }
+
+    pub(crate) fn stream_for(&self, topic: &str) -> &StreamOptions {
+        self.topics.get(topic).unwrap_or(&self.stream)
+    }
+
+    /// The subject a topic's messages are published on.
+    pub fn subject(&self, topic: &str) -> String {
+        match &self.subject_prefix {
+            Some(p) => format!("{p}.{topic}"),
+            None => topic.to_owned(),
+        }
+    }
+
+    /// The stream behind a topic: the prefix, then the topic with `_` written `__` and `.`
+    /// written `_D`. Every `_` after the prefix starts a two-character escape, so distinct topics
+    /// never share a stream (`a.b` → `EB_a_Db`, `a_b` → `EB_a__b`).
+    pub fn stream_name(&self, topic: &str) -> String {
+        let mut name = String::with_capacity(self.stream_prefix.len() + topic.len() + 8);
+        name.push_str(&self.stream_prefix);
+        for c in topic.chars() {
+            match c {
+                '_' => name.push_str("__"),
+                '.' => name.push_str("_D"),
+                c => name.push(c),
+            }
+        }
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_collision_free() {
+        let c = NatsConfig::new("x");
+        let topics = [
+            "a.b", "a_b", "a__b", "a_Db", "a._b", "a_.b", "aDb", "a.b.c", "a_D.b",
+        ];
+        let names: std::collections::HashSet<_> = topics.iter().map(|t| c.stream_name(t)).collect();
+        assert_eq!(names.len(), topics.len(), "{names:?}");
+        assert_eq!(c.stream_name("orders.created"), "EB_orders_Dcreated");
+        assert_eq!(c.subject("orders.created"), "orders.created");
+        assert_eq!(c.clone().subject_prefix("app").subject("t"), "app.t");
+    }
+}

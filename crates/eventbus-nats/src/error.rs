@@ -1,0 +1,88 @@
+//! NATS-specific failures, carried as the source of [`eventbus_core::Error::Transport`].
+
+/// What went wrong talking to NATS.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// Connecting failed (server down, refused, wrong credentials, TLS).
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The address.
+        url: String,
+        /// What async-nats said.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Connecting did not finish within the connect timeout.
+    #[error("connecting to {url} timed out after {after:?}")]
+    ConnectTimeout {
+        /// The address.
+        url: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+    /// JetStream is not enabled on the server, or the account has no access.
+    #[error("JetStream is not available: {0}")]
+    JetStreamUnavailable(String),
+    /// The topic's stream does not exist and provisioning may not create it.
+    #[error("stream {stream} for topic {topic} does not exist")]
+    StreamMissing {
+        /// The stream.
+        stream: String,
+        /// The topic.
+        topic: String,
+    },
+    /// The stream exists with other settings and provisioning may not change them.
+    #[error("stream {stream}: {field} is {actual}, configured {expected}")]
+    StreamMismatch {
+        /// The stream.
+        stream: String,
+        /// The differing setting.
+        field: &'static str,
+        /// Configured value.
+        expected: String,
+        /// Value on the server.
+        actual: String,
+    },
+    /// The durable consumer runs with other settings than configured.
+    #[error("consumer {consumer} on {stream}: {field} is {actual}, configured {expected}")]
+    ConsumerMismatch {
+        /// The stream.
+        stream: String,
+        /// The consumer (the group).
+        consumer: String,
+        /// The differing setting.
+        field: &'static str,
+        /// Configured value.
+        expected: String,
+        /// Value on the server.
+        actual: String,
+    },
+    /// A JetStream request or publish failed.
+    #[error("{operation} failed: {source}")]
+    Request {
+        /// What was attempted.
+        operation: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl NatsError {
+    pub(crate) fn request(
+        operation: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        NatsError::Request {
+            operation,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<NatsError> for eventbus_core::Error {
+    fn from(e: NatsError) -> Self {
+        eventbus_core::Error::transport("nats", e)
+    }
+}
