@@ -143,6 +143,34 @@ impl Default for ConsumerOptions {
     }
 }
 
+impl ConsumerOptions {
+    /// Sets the ack wait.
+    pub fn ack_wait(mut self, d: Duration) -> Self {
+        self.ack_wait = d;
+        self
+    }
+    /// Sets the delivery limit.
+    pub fn max_deliver(mut self, n: i64) -> Self {
+        self.max_deliver = Some(n);
+        self
+    }
+    /// Sets the most unacked messages out.
+    pub fn max_ack_pending(mut self, n: i64) -> Self {
+        self.max_ack_pending = n;
+        self
+    }
+    /// Sets the redelivery backoff of unacked messages.
+    pub fn backoff(mut self, delays: Vec<Duration>) -> Self {
+        self.backoff = delays;
+        self
+    }
+    /// Sets the delay before a failed message is redelivered.
+    pub fn redelivery_delay(mut self, d: Duration) -> Self {
+        self.redelivery_delay = d;
+        self
+    }
+}
+
 /// Options of a [`NatsTransport`](crate::NatsTransport).
 #[derive(Debug, Clone)]
 #[non_exhaustive]

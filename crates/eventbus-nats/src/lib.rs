@@ -696,7 +696,9 @@ impl Transport for NatsTransport {
         // Flush what was published and end the connection; wait (bounded) for the client to
         // report it closed, then end its thread whatever happened.
         let mut state = self.inner.state.clone();
-        if self.inner.client.drain().await.is_ok() {
+        // A disconnected client cannot drain: nothing to wait for.
+        let connected = *state.borrow() == ConnectionState::Connected;
+        if connected && self.inner.client.drain().await.is_ok() {
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 state.wait_for(|s| *s == ConnectionState::Closed),

@@ -1,51 +1,95 @@
-use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
-use eventbus_nats::{NatsConfig, NatsTransport};
+//! The NATS transport against a real server: publishing, provisioning, consumers, faults, close.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use eventbus_core::{BoxError, Delivery, Error, EventBus, Limits, Message, handler_fn};
+use eventbus_nats::{
+    ConsumerOptions, NatsConfig, NatsError, NatsTransport, Provision, Storage, StreamOptions,
+};
+use support::{PrivateServer, SHARED_URL, unique};
+
+fn nats_error(e: &Error) -> &NatsError {
+    match e {
+        Error::Transport { source, .. } => source
+            .downcast_ref::<NatsError>()
+            .unwrap_or_else(|| panic!("not a NatsError: {source}")),
+        other => panic!("expected a transport error, got {other}"),
+    }
+}
+
+fn counting() -> (
+    Arc<AtomicUsize>,
+    impl tower::Service<
+        Delivery,
+        Response = (),
+        Error = BoxError,
+        Future = impl Future<Output = Result<(), BoxError>> + Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+) {
+    let n = Arc::new(AtomicUsize::new(0));
+    let m = Arc::clone(&n);
+    (
+        n,
+        handler_fn(move |_d: Delivery| {
+            let m = Arc::clone(&m);
+            async move {
+                m.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, BoxError>(())
+            }
+        }),
+    )
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smoke() {
+async fn publish_consume_close_leaves_nothing() {
     let before = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
-    let t = NatsTransport::connect(NatsConfig::new("nats://127.0.0.1:4222"))
+    let threads = support::threads();
+    let t = NatsTransport::connect(NatsConfig::new(SHARED_URL))
         .await
         .unwrap();
+    let js = t.jetstream().clone();
+    let config = t.config().clone();
     let bus = EventBus::new(t);
-    let topic = format!("smoke-{}", std::process::id());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sub = bus
-        .subscribe(
-            &topic,
-            "g",
-            handler_fn(move |d: Delivery| {
-                let tx = tx.clone();
-                async move {
-                    tx.send(d.message().clone())?;
-                    Ok::<_, BoxError>(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    for i in 0..1000 {
+    let topic = unique("basic");
+    let (n, handler) = counting();
+    let sub = bus.subscribe(&topic, "g", handler).await.unwrap();
+    for i in 0..500 {
         bus.publish(Message::new(&topic, format!("m{i}")).with_key(format!("k{}", i % 10)))
             .await
             .unwrap();
     }
-    println!("published 1000 in {:?}", t0.elapsed());
-    for _ in 0..1000 {
-        tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
-    }
-    println!("received 1000 in {:?}", t0.elapsed());
-    println!("lag {:?}", bus.lag(&topic, "g").await);
+    wait_for("500 deliveries", || n.load(Ordering::SeqCst) >= 500).await;
+    wait_for("acks", || true).await;
     sub.close().await;
+    assert_eq!(
+        bus.lag(&topic, "g").await.unwrap(),
+        0,
+        "every message acked"
+    );
     bus.close().await.unwrap();
-    let mut after = 0;
-    for _ in 0..100 {
+    drop(bus);
+    let mut after = usize::MAX;
+    for _ in 0..1000 {
         after = tokio::runtime::Handle::current()
             .metrics()
             .num_alive_tasks();
@@ -54,9 +98,202 @@ async fn smoke() {
         }
         tokio::task::yield_now().await;
     }
-    println!(
-        "tasks before {before} after {after}; threads {}",
-        std::fs::read_dir("/proc/self/task").unwrap().count()
+    assert_eq!(after, before, "tasks left after close");
+    assert_eq!(support::threads(), threads, "threads left after close");
+    // Clean up the stream (it is file-backed on the shared server).
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_publish_is_deduplicated_by_message_id() {
+    let t = NatsTransport::connect(NatsConfig::new(SHARED_URL))
+        .await
+        .unwrap();
+    let js = t.jetstream().clone();
+    let name = t.config().stream_name("x");
+    let bus = EventBus::new(t);
+    let topic = unique("dedup");
+    let m = Message::new(&topic, "once").with_id("fixed-id-1");
+    bus.publish(m.clone()).await.unwrap();
+    bus.publish(m).await.unwrap();
+    let stream_name = name.replacen("x", &topic.replace('_', "__").replace('.', "_D"), 1);
+    let mut stream = js.get_stream(&stream_name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(&stream_name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_runs_with_the_configured_settings() {
+    let consumer = ConsumerOptions::default()
+        .ack_wait(Duration::from_secs(7))
+        .max_ack_pending(123)
+        .max_deliver(9);
+    let config = NatsConfig::new(SHARED_URL).consumer(consumer);
+    let t = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::new(t);
+    let topic = unique("settings");
+    let (_, handler) = counting();
+    let sub = bus.subscribe(&topic, "verified", handler).await.unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    let info = stream.consumer_info("verified").await.unwrap();
+    assert_eq!(info.config.ack_wait, Duration::from_secs(7));
+    assert_eq!(info.config.max_ack_pending, 123);
+    assert_eq!(info.config.max_deliver, 9);
+    assert_eq!(info.config.durable_name.as_deref(), Some("verified"));
+    sub.close().await;
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_only_reports_missing_and_mismatched_streams() {
+    let topic = unique("validate");
+    let strict = NatsConfig::new(SHARED_URL).provision(Provision::ValidateOnly);
+    let t = NatsTransport::connect(strict.clone()).await.unwrap();
+    let err = t.ensure_stream(&topic).await.unwrap_err();
+    assert!(
+        matches!(nats_error(&err), NatsError::StreamMissing { .. }),
+        "{err}"
     );
-    assert_eq!(after, before);
+
+    // Created with file storage by a default transport...
+    let creator = NatsTransport::connect(NatsConfig::new(SHARED_URL))
+        .await
+        .unwrap();
+    creator.ensure_stream(&topic).await.unwrap();
+    // ...then validated against memory storage.
+    let t2 = NatsTransport::connect(
+        strict.topic(&topic, StreamOptions::default().storage(Storage::Memory)),
+    )
+    .await
+    .unwrap();
+    let err = t2.ensure_stream(&topic).await.unwrap_err();
+    assert!(
+        matches!(
+            nats_error(&err),
+            NatsError::StreamMismatch {
+                field: "storage",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Publishing through the validating transport fails the same way: no silent fallback.
+    let bus = EventBus::new(t2);
+    assert!(bus.publish(Message::new(&topic, "x")).await.is_err());
+    let js = creator.jetstream().clone();
+    let _ = js.delete_stream(creator.config().stream_name(&topic)).await;
+    use eventbus_core::Transport;
+    bus.close().await.unwrap();
+    t.close().await.unwrap();
+    creator.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payload_is_a_typed_error_before_sending() {
+    let t = NatsTransport::connect(NatsConfig::new(SHARED_URL))
+        .await
+        .unwrap();
+    // Let the bus accept it, so the server's max_payload (1 MB by default) is what refuses.
+    let bus = EventBus::builder(t)
+        .limits(Limits {
+            max_message_bytes: 64 << 20,
+        })
+        .build();
+    let topic = unique("big");
+    let err = bus
+        .publish(Message::new(&topic, vec![0u8; 2 << 20]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_fast_with_a_typed_error() {
+    let server = PrivateServer::start(&["--auth", "right-token"]);
+    let started = std::time::Instant::now();
+    let err = NatsTransport::connect(
+        NatsConfig::new(server.url())
+            .connect_options(async_nats::ConnectOptions::with_token("wrong-token".into()))
+            .connect_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(nats_error(&err), NatsError::Connect { .. }),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The right token works.
+    let ok = NatsTransport::connect(
+        NatsConfig::new(server.url())
+            .connect_options(async_nats::ConnectOptions::with_token("right-token".into())),
+    )
+    .await
+    .unwrap();
+    use eventbus_core::Transport;
+    ok.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_at_connect_is_a_typed_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = NatsTransport::connect(
+        NatsConfig::new(format!("nats://127.0.0.1:{port}")).connect_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            nats_error(&err),
+            NatsError::Connect { .. } | NatsError::ConnectTimeout { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_with_the_server_dead_leaves_no_task_or_thread() {
+    let mut server = PrivateServer::start(&[]);
+    let before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let threads = support::threads();
+    let t = NatsTransport::connect(NatsConfig::new(server.url()))
+        .await
+        .unwrap();
+    let bus = EventBus::builder(t)
+        .drain_timeout(Duration::from_secs(2))
+        .build();
+    let topic = unique("dead");
+    let (_, handler) = counting();
+    let sub = bus.subscribe(&topic, "g", handler).await.unwrap();
+    bus.publish(Message::new(&topic, "x")).await.unwrap();
+    server.kill(); // the client is now reconnecting, forever by default
+    sub.close().await;
+    bus.close().await.unwrap();
+    drop(bus);
+    let mut after = usize::MAX;
+    for _ in 0..1000 {
+        after = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        if after <= before {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(after, before, "tasks left after close");
+    assert_eq!(support::threads(), threads, "threads left after close");
 }
