@@ -55,6 +55,11 @@ impl Io {
         })
     }
 
+    /// The I/O runtime, for tasks that must end with the transport.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
     /// Runs `fut` on the I/O runtime (so whatever it spawns lives there) and awaits it here.
     pub(crate) async fn run<F>(&self, fut: F) -> Option<F::Output>
     where

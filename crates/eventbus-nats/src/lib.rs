@@ -48,7 +48,7 @@ mod config;
 mod error;
 mod io;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -95,6 +95,7 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     io: tokio::sync::Mutex<io::Io>,
+    io_handle: tokio::runtime::Handle,
     ensured: Mutex<HashSet<String>>,
     state: watch::Receiver<ConnectionState>,
     reconnects: Arc<AtomicU64>,
@@ -190,6 +191,7 @@ impl NatsTransport {
                 config,
                 client,
                 js,
+                io_handle: io.handle().clone(),
                 io: tokio::sync::Mutex::new(io),
                 ensured: Mutex::default(),
                 state,
@@ -507,12 +509,18 @@ impl Subscriber for NatsTransport {
             }
         }
         let batch = config.fetch_batch.min(request.max_buffered()).max(1);
+        let held = Held::start(
+            &self.inner.io_handle,
+            self.inner.client.clone(),
+            config.consumer.ack_wait,
+        );
         let source = pull_stream(
             consumer,
             batch,
             config.fetch_expires,
             topic,
             config.consumer.redelivery_delay,
+            held,
         );
         Ok(request.start(Box::pin(source)))
     }
@@ -555,23 +563,26 @@ fn pull_stream(
     expires: Duration,
     topic: String,
     redelivery_delay: Duration,
+    held: Arc<Held>,
 ) -> impl Stream<Item = Result<Incoming<NatsAck>>> + Send {
     struct State {
         consumer: jetstream::consumer::Consumer<pull::Config>,
         current: Option<jetstream::consumer::pull::Batch>,
         topic: Arc<str>,
+        held: Arc<Held>,
     }
     let state = State {
         consumer,
         current: None,
         topic: Arc::from(topic),
+        held,
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
             if let Some(current) = &mut st.current {
                 match current.next().await {
                     Some(Ok(msg)) => {
-                        let incoming = incoming(&st.topic, msg, redelivery_delay);
+                        let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
                         return Some((Ok(incoming), st));
                     }
                     Some(Err(e)) => {
@@ -614,6 +625,7 @@ fn incoming(
     topic: &Arc<str>,
     msg: jetstream::Message,
     redelivery_delay: Duration,
+    held: &Arc<Held>,
 ) -> Incoming<NatsAck> {
     let headers = msg.headers.as_ref();
     let get = |name: &str| {
@@ -647,9 +659,76 @@ fn incoming(
     Incoming {
         message: Arc::new(message),
         ack: NatsAck {
+            held: msg
+                .reply
+                .clone()
+                .map(|reply| (held.hold(reply), Arc::clone(held))),
             msg,
             redelivery_delay,
         },
+    }
+}
+
+/// Messages a subscription has taken and not settled (queued behind their key, running, or
+/// backing off before a retry). A task on the transport's I/O runtime sends each of them an
+/// in-progress ack every third of the ack wait, so the server never redelivers a message that
+/// is still being worked on. The task ends when the subscription's stream and acks are gone.
+struct Held {
+    replies: Mutex<HashMap<u64, async_nats::Subject>>,
+    next: AtomicU64,
+}
+
+impl Held {
+    fn start(
+        io: &tokio::runtime::Handle,
+        client: async_nats::Client,
+        ack_wait: Duration,
+    ) -> Arc<Held> {
+        let held = Arc::new(Held {
+            replies: Mutex::default(),
+            next: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&held);
+        let period = (ack_wait / 3).max(Duration::from_millis(100));
+        io.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(held) = weak.upgrade() else { return };
+                let replies: Vec<_> = held
+                    .replies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                drop(held);
+                for reply in replies {
+                    // Best effort: a lost progress ack only risks an early redelivery.
+                    let _ = client
+                        .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                        .await;
+                }
+            }
+        });
+        held
+    }
+
+    fn hold(&self, reply: async_nats::Subject) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, reply);
+        id
+    }
+
+    fn release(&self, id: u64) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 }
 
@@ -658,10 +737,28 @@ fn incoming(
 pub struct NatsAck {
     msg: jetstream::Message,
     redelivery_delay: Duration,
+    held: Option<(u64, Arc<Held>)>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").finish_non_exhaustive()
+    }
+}
+
+impl Drop for NatsAck {
+    fn drop(&mut self) {
+        if let Some((id, held)) = self.held.take() {
+            held.release(id);
+        }
+    }
 }
 
 impl Acknowledge for NatsAck {
-    fn settle(self, outcome: &Outcome) -> Settle {
+    fn settle(mut self, outcome: &Outcome) -> Settle {
+        if let Some((id, held)) = self.held.take() {
+            held.release(id);
+        }
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
             Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),

@@ -297,3 +297,88 @@ async fn close_with_the_server_dead_leaves_no_task_or_thread() {
     assert_eq!(after, before, "tasks left after close");
     assert_eq!(support::threads(), threads, "threads left after close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
+    let config = NatsConfig::new(SHARED_URL)
+        .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
+    let t = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::new(t);
+    let topic = unique("progress");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = Arc::clone(&calls);
+    let sub = bus
+        .subscribe(
+            &topic,
+            "slow",
+            handler_fn(move |_d: Delivery| {
+                let c = Arc::clone(&c);
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    // Three ack waits of work.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    bus.publish(Message::new(&topic, "slow")).await.unwrap();
+    wait_for("the handler to finish", || bus.stats().handled >= 1).await;
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    let info = stream.consumer_info("slow").await.unwrap();
+    assert_eq!(info.num_redelivered, 0, "redelivered while still ours");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(info.num_ack_pending, 0, "acked once done");
+    sub.close().await;
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_never_exceed_what_the_bus_can_buffer() {
+    let config = NatsConfig::new(SHARED_URL);
+    let t = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::builder(t)
+        .max_in_flight(2)
+        .max_buffered(10)
+        .build();
+    let topic = unique("nooverfetch");
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = Arc::clone(&gate);
+    let sub = bus
+        .subscribe(
+            &topic,
+            "gated",
+            handler_fn(move |_d: Delivery| {
+                let g = Arc::clone(&g);
+                async move {
+                    g.acquire().await?.forget();
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..200)
+        .map(|i| Message::new(&topic, format!("{i}")))
+        .collect();
+    bus.publish_batch(batch).await.unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    wait_for("the bus to fill", || bus.stats().buffered >= 10).await;
+    let info = stream.consumer_info("gated").await.unwrap();
+    // Pulled = buffered in the bus (10) + at most one pull of 10 waiting to be taken.
+    assert!(
+        info.num_ack_pending <= 20,
+        "over-fetched: {} out",
+        info.num_ack_pending
+    );
+    assert!(info.num_pending >= 180, "{info:?}");
+    gate.add_permits(1000);
+    wait_for("all handled", || bus.stats().handled >= 200).await;
+    sub.close().await;
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}
