@@ -326,12 +326,13 @@ async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
         .unwrap();
     bus.publish(Message::new(&topic, "slow")).await.unwrap();
     wait_for("the handler to finish", || bus.stats().handled >= 1).await;
+    // Closing settles everything taken: the ack is on the wire before the info request.
+    sub.close().await;
     let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
     let info = stream.consumer_info("slow").await.unwrap();
     assert_eq!(info.num_redelivered, 0, "redelivered while still ours");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(info.num_ack_pending, 0, "acked once done");
-    sub.close().await;
     bus.close().await.unwrap();
     let _ = js.delete_stream(config.stream_name(&topic)).await;
 }
