@@ -35,6 +35,26 @@ impl Message {
         }
     }
 
+    /// A message with every field given, as a transport rebuilds one it received (no id is
+    /// generated and no clock is read).
+    pub fn from_parts(
+        id: MessageId,
+        topic: impl Into<String>,
+        key: Option<Key>,
+        headers: Headers,
+        payload: impl Into<Bytes>,
+        timestamp: SystemTime,
+    ) -> Self {
+        Message {
+            id,
+            topic: topic.into(),
+            key,
+            headers,
+            payload: payload.into(),
+            timestamp,
+        }
+    }
+
     /// Sets the key (aggregate id): messages with one key are handled one at a time, in order.
     pub fn with_key(mut self, key: impl Into<Key>) -> Self {
         self.key = Some(key.into());

@@ -194,10 +194,8 @@ pub struct NatsConfig {
     pub stream_prefix: String,
     /// Prefix of subjects (default none: a topic's subject is the topic itself).
     pub subject_prefix: Option<String>,
-    /// Most messages one pull asks for (default 256; never more than the bus can buffer).
+    /// Most messages one pull asks for (default 256; at most half what the bus can buffer).
     pub fetch_batch: usize,
-    /// How long an idle pull waits on the server before it is renewed (default 5 s).
-    pub fetch_expires: Duration,
 }
 
 impl NatsConfig {
@@ -214,7 +212,6 @@ impl NatsConfig {
             stream_prefix: "EB_".into(),
             subject_prefix: None,
             fetch_batch: 256,
-            fetch_expires: Duration::from_secs(5),
         }
     }
     /// Sets the client options (authentication, TLS, ...).

@@ -25,8 +25,8 @@
 //! - A consumer group is a durable pull consumer named after the group on the topic's stream;
 //!   the subscriptions of a group, in any process, pull from it and share its messages.
 //! - Message id → `Nats-Msg-Id` (so the stream's duplicate window drops a retried publish),
-//!   key → `eb-key`, timestamp → `eb-timestamp` (RFC 3339), other headers (envelope fields
-//!   included) as they are.
+//!   key → `eb-key`, other headers (envelope fields
+//!   included) as they are. A received message's timestamp is when JetStream stored it.
 //!
 //! # Guarantees
 //! - Publishing returns after JetStream's ack; a message larger than the server's
@@ -59,7 +59,7 @@ use eventbus_core::transport::{
     Acknowledge, Capabilities, Incoming, Publisher, Settle, Started, SubscribeRequest, Subscriber,
     Transport,
 };
-use eventbus_core::{Error, Message, Outcome, Result};
+use eventbus_core::{Error, Headers, Key, Message, MessageId, Outcome, Result};
 use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
@@ -69,7 +69,6 @@ pub use error::NatsError;
 const NAME: &str = "nats";
 const HEADER_ID: &str = "Nats-Msg-Id";
 const HEADER_KEY: &str = "eb-key";
-const HEADER_TIMESTAMP: &str = "eb-timestamp";
 
 /// Connection state, as the client reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,13 +304,13 @@ impl NatsTransport {
         Ok(())
     }
 
+    /// Sends one message (its stream ensured by the caller) and returns its ack future.
     async fn send(&self, message: &Message) -> Result<jetstream::context::PublishAckFuture> {
-        let max = self.inner.client.server_info().max_payload;
+        let max = self.inner.client.max_payload();
         let size = message.encoded_len();
         if max > 0 && size > max {
             return Err(Error::PayloadTooLarge { size, limit: max });
         }
-        self.ensure_stream(message.topic()).await?;
         let mut headers = HeaderMap::new();
         for (name, value) in message.headers().iter() {
             headers.insert(name, value);
@@ -320,10 +319,6 @@ impl NatsTransport {
         if let Some(key) = message.key() {
             headers.insert(HEADER_KEY, key.as_str());
         }
-        headers.insert(
-            HEADER_TIMESTAMP,
-            humantime::format_rfc3339_nanos(message.timestamp()).to_string(),
-        );
         self.inner
             .js
             .publish_with_headers(
@@ -432,6 +427,7 @@ fn consumer_config(config: &NatsConfig, group: &str) -> pull::Config {
 impl Publisher for NatsTransport {
     async fn publish(&self, message: Message) -> Result<()> {
         self.check_open()?;
+        self.ensure_stream(message.topic()).await?;
         confirm(self.send(&message).await?).await
     }
 
@@ -439,7 +435,10 @@ impl Publisher for NatsTransport {
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         let mut acks = Vec::with_capacity(messages.len());
-        for message in &messages {
+        for (i, message) in messages.iter().enumerate() {
+            if i == 0 || message.topic() != messages[i - 1].topic() {
+                self.ensure_stream(message.topic()).await?;
+            }
             acks.push(self.send(message).await?);
         }
         for ack in acks {
@@ -508,7 +507,9 @@ impl Subscriber for NatsTransport {
                 .into());
             }
         }
-        let batch = config.fetch_batch.min(request.max_buffered()).max(1);
+        // Up to half the bus's buffer per pull: with the next pull in flight, at most about a
+        // buffer's worth waits outside the bus.
+        let batch = config.fetch_batch.min(request.max_buffered() / 2).max(1);
         let held = Held::start(
             &self.inner.io_handle,
             self.inner.client.clone(),
@@ -517,10 +518,10 @@ impl Subscriber for NatsTransport {
         let source = pull_stream(
             consumer,
             batch,
-            config.fetch_expires,
             topic,
             config.consumer.redelivery_delay,
             held,
+            self.inner.io_handle.clone(),
         );
         Ok(request.start(Box::pin(source)))
     }
@@ -555,27 +556,33 @@ fn consumer_diff(
     checks.into_iter().find(|(_, w, h)| w != h)
 }
 
-/// The subscription's one puller: a pull of up to `batch` messages, then the next pull only
-/// once the bus has taken all of them.
+/// The subscription's one puller: async-nats's pull stream, asking for `batch` messages at a
+/// time and for more only as the bus takes them (the bus polls this stream only when its
+/// dispatcher has room), so at most about one and a half batches wait outside the bus. Made on
+/// the I/O runtime, where its request task lives; dropped (and its task with it) when the
+/// subscription ends. After a failure (a missed heartbeat across a reconnect, say) it is made
+/// anew: there is never more than one puller per subscription.
 fn pull_stream(
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
-    expires: Duration,
     topic: String,
     redelivery_delay: Duration,
     held: Arc<Held>,
+    io: tokio::runtime::Handle,
 ) -> impl Stream<Item = Result<Incoming<NatsAck>>> + Send {
     struct State {
         consumer: jetstream::consumer::Consumer<pull::Config>,
-        current: Option<jetstream::consumer::pull::Batch>,
+        current: Option<pull::Stream>,
         topic: Arc<str>,
         held: Arc<Held>,
+        io: tokio::runtime::Handle,
     }
     let state = State {
         consumer,
         current: None,
         topic: Arc::from(topic),
         held,
+        io,
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
@@ -587,26 +594,32 @@ fn pull_stream(
                     }
                     Some(Err(e)) => {
                         st.current = None;
-                        let error = NatsError::request("pull", ErrorText(e.to_string()));
+                        let error = NatsError::request("pull", e);
                         return Some((Err(error.into()), st));
                     }
                     None => st.current = None,
                 }
             }
-            match st
-                .consumer
-                .batch()
-                .max_messages(batch)
-                .expires(expires)
-                .messages()
-                .await
-            {
-                Ok(b) => st.current = Some(b),
-                Err(e) => {
+            let consumer = st.consumer.clone();
+            let made = st
+                .io
+                .spawn(async move {
+                    consumer
+                        .stream()
+                        .max_messages_per_batch(batch)
+                        .messages()
+                        .await
+                })
+                .await;
+            match made {
+                Ok(Ok(stream)) => st.current = Some(stream),
+                Ok(Err(e)) => {
                     // Disconnected, say: report it and pull again; the client reconnects.
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     return Some((Err(NatsError::request("pull", e).into()), st));
                 }
+                // The I/O runtime is gone: the transport closed.
+                Err(_) => return None,
             }
         }
     })
@@ -627,35 +640,35 @@ fn incoming(
     redelivery_delay: Duration,
     held: &Arc<Held>,
 ) -> Incoming<NatsAck> {
-    let headers = msg.headers.as_ref();
-    let get = |name: &str| {
-        headers
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_owned())
-    };
-    let mut message = Message::new(topic.as_ref(), msg.payload.clone());
-    if let Some(id) = get(HEADER_ID) {
-        message = message.with_id(id);
-    }
-    if let Some(key) = get(HEADER_KEY) {
-        message = message.with_key(key);
-    }
-    if let Some(ts) = get(HEADER_TIMESTAMP).and_then(|t| humantime::parse_rfc3339(&t).ok()) {
-        message = message.with_timestamp(ts);
-    } else {
-        message = message.with_timestamp(SystemTime::now());
-    }
-    if let Some(h) = headers {
+    let mut id = None;
+    let mut key = None;
+    // JetStream's own record of when it stored the message (from the ack subject).
+    let timestamp = msg.info().ok().map(|info| SystemTime::from(info.published));
+    let mut headers = Headers::default();
+    if let Some(h) = msg.headers.as_ref() {
         for (name, values) in h.iter() {
-            let name: &str = name.as_ref();
-            if matches!(name, HEADER_ID | HEADER_KEY | HEADER_TIMESTAMP) {
+            let Some(value) = values.first() else {
                 continue;
-            }
-            if let Some(v) = values.first() {
-                message.headers_mut().insert(name, v.as_str());
+            };
+            match name.as_ref() {
+                HEADER_ID => id = Some(MessageId::from(value.as_str())),
+                HEADER_KEY => key = Some(Key::from(value.as_str())),
+                name => {
+                    headers.insert(name, value.as_str());
+                }
             }
         }
     }
+    // A message published without our headers (by another client) still gets an id: the
+    // stream sequence would be stabler, but reading it means parsing the reply subject.
+    let message = Message::from_parts(
+        id.unwrap_or_default(),
+        topic.as_ref(),
+        key,
+        headers,
+        msg.payload.clone(),
+        timestamp.unwrap_or_else(SystemTime::now),
+    );
     Incoming {
         message: Arc::new(message),
         ack: NatsAck {

@@ -1,7 +1,7 @@
 //! A private nats-server per test that needs to stop or reconfigure one: its own free port and
 //! store directory, stopped by its pid (on drop too).
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
