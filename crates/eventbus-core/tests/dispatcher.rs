@@ -4,12 +4,13 @@
 //! the [`Outcome`]) and controls its handlers by hand: a handler can be held at a gate until the
 //! test opens it, and can be told to fail, panic or fail permanently on given attempts.
 //!
-//! Determinism: the `#[tokio::test]` runtime is a current-thread runtime, so a worker runs
-//! without interruption from one `.await` point to the next. When a test has seen a handler
-//! start (through [`Probe::started`]) or has received an outcome, everything the worker does
+//! Determinism: tests run on a current-thread runtime (see [`run`]), so a worker runs without
+//! interruption from one `.await` point to the next. When a test has seen a handler start
+//! (through [`Probe::started`]) or has received an outcome, everything the worker does
 //! synchronously after that point (finishing the attempt, releasing the key, freeing the buffer
 //! slot) has already happened. Backpressure is checked by polling `poll_ready` by hand on a mock
-//! task (`tower_test::mock::Spawn`), never with sleeps. Retry backoffs run on paused time.
+//! task (`tower_test::mock::Spawn`), never with sleeps. Time is paused: retry backoffs take no
+//! real time, and a test that can no longer make progress fails instead of hanging.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -256,6 +257,24 @@ fn dispatch(route: &Arc<Route>, message: Arc<Message>) -> Dispatch {
     }
 }
 
+/// A virtual day: no test needs that long, so reaching it means nothing could make progress.
+const STUCK: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Runs a test body on a current-thread runtime with paused time. When every task waits, the
+/// paused clock jumps to the next timer, so a deadlock trips the [`STUCK`] deadline at once.
+fn run(body: impl Future<Output = ()>) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+        .block_on(async {
+            tokio::time::timeout(STUCK, body)
+                .await
+                .expect("stuck: the test can no longer make progress");
+        });
+}
+
 /// Submits a message the way a transport does: wait for room, then call.
 async fn submit(d: &mut Dispatcher, route: &Arc<Route>, message: Arc<Message>) -> ResponseFuture {
     d.ready()
@@ -314,674 +333,789 @@ fn retry_every(delay: Duration) -> RetryPolicy {
 // 1. Backpressure
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn poll_ready_is_pending_at_max_buffered_and_woken_when_a_message_finishes() {
-    let probe = Probe::new();
-    for name in ["m1", "m2", "m3"] {
-        probe.hold(name);
-    }
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut svc = mock::Spawn::new(Dispatcher::new(config(2, 2, usize::MAX)));
+#[test]
+fn poll_ready_is_pending_at_max_buffered_and_woken_when_a_message_finishes() {
+    run(async {
+        let probe = Probe::new();
+        for name in ["m1", "m2", "m3"] {
+            probe.hold(name);
+        }
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut svc = mock::Spawn::new(Dispatcher::new(config(2, 2, usize::MAX)));
 
-    assert_ready_ok!(svc.poll_ready());
-    let r1 = svc.call(dispatch(&route, msg(None, "m1")));
-    assert_ready_ok!(svc.poll_ready());
-    let r2 = svc.call(dispatch(&route, msg(None, "m2")));
+        assert_ready_ok!(svc.poll_ready());
+        let r1 = svc.call(dispatch(&route, msg(None, "m1")));
+        assert_ready_ok!(svc.poll_ready());
+        let r2 = svc.call(dispatch(&route, msg(None, "m2")));
 
-    // Two messages admitted and unfinished: no room for a third.
-    assert_pending!(svc.poll_ready());
-    probe.started().await;
-    probe.started().await;
-    assert_eq!(svc.get_ref().stats().buffered, 2);
-    assert!(!svc.is_woken(), "nothing finished yet");
-    assert_pending!(svc.poll_ready());
+        // Two messages admitted and unfinished: no room for a third.
+        assert_pending!(svc.poll_ready());
+        probe.started().await;
+        probe.started().await;
+        assert_eq!(svc.get_ref().stats().buffered, 2);
+        assert!(!svc.is_woken(), "nothing finished yet");
+        assert_pending!(svc.poll_ready());
 
-    // Finishing one message frees its slot and wakes the waiting caller.
-    probe.release("m1");
-    assert_handled(r1.await, 1);
-    assert!(svc.is_woken());
-    assert_ready_ok!(svc.poll_ready());
-    let r3 = svc.call(dispatch(&route, msg(None, "m3")));
-    assert_pending!(svc.poll_ready(), "m2 and m3 fill the buffer again");
+        // Finishing one message frees its slot and wakes the waiting caller.
+        probe.release("m1");
+        assert_handled(r1.await, 1);
+        assert!(svc.is_woken());
+        assert_ready_ok!(svc.poll_ready());
+        let r3 = svc.call(dispatch(&route, msg(None, "m3")));
+        assert_pending!(svc.poll_ready(), "m2 and m3 fill the buffer again");
 
-    probe.release("m2");
-    probe.release("m3");
-    assert_handled(r2.await, 1);
-    assert_handled(r3.await, 1);
-    assert!(svc.is_woken());
-    assert_ready_ok!(svc.poll_ready());
-    assert_eq!(
-        svc.get_ref().stats().buffered,
-        1,
-        "only the reservation just made"
-    );
+        probe.release("m2");
+        probe.release("m3");
+        assert_handled(r2.await, 1);
+        assert_handled(r3.await, 1);
+        assert!(svc.is_woken());
+        assert_ready_ok!(svc.poll_ready());
+        assert_eq!(
+            svc.get_ref().stats().buffered,
+            1,
+            "only the reservation just made"
+        );
+    });
 }
 
-#[tokio::test]
-async fn poll_ready_is_pending_while_buffered_bytes_reach_the_cap_and_woken_below_it() {
-    let probe = Probe::new();
-    for name in ["b1", "b2", "b3"] {
-        probe.hold(name);
-    }
-    let route = probe.route("orders", RetryPolicy::never());
-    let (m1, m2, m3) = (msg(None, "b1"), msg(None, "b2"), msg(None, "b3"));
-    let len = m1.encoded_len();
-    assert_eq!(m2.encoded_len(), len);
-    // Room for one message and one byte: the cap is soft, admission only needs `used < max`.
-    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, len + 1)));
+#[test]
+fn poll_ready_is_pending_while_buffered_bytes_reach_the_cap_and_woken_below_it() {
+    run(async {
+        let probe = Probe::new();
+        for name in ["b1", "b2", "b3"] {
+            probe.hold(name);
+        }
+        let route = probe.route("orders", RetryPolicy::never());
+        let (m1, m2, m3) = (msg(None, "b1"), msg(None, "b2"), msg(None, "b3"));
+        let len = m1.encoded_len();
+        assert_eq!(m2.encoded_len(), len);
+        // Room for exactly two of them.
+        let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 2 * len)));
 
-    assert_ready_ok!(svc.poll_ready());
-    let r1 = svc.call(dispatch(&route, m1));
-    assert_eq!(svc.get_ref().stats().buffered_bytes, len);
-    assert_ready_ok!(svc.poll_ready(), "len < len + 1: still room");
-    let r2 = svc.call(dispatch(&route, m2));
-    assert_eq!(svc.get_ref().stats().buffered_bytes, 2 * len);
+        assert_ready_ok!(svc.poll_ready());
+        let r1 = svc.call(dispatch(&route, m1));
+        assert_eq!(svc.get_ref().stats().buffered_bytes, len);
+        assert_ready_ok!(svc.poll_ready());
+        let r2 = svc.call(dispatch(&route, m2));
+        assert_eq!(svc.get_ref().stats().buffered_bytes, 2 * len);
 
-    // 2 * len >= cap: admission stops although message slots are free.
-    assert_pending!(svc.poll_ready());
-    probe.started().await;
-    probe.started().await;
-    assert!(!svc.is_woken());
-    assert_pending!(svc.poll_ready());
+        // The cap is reached: admission stops although message slots are free.
+        assert_pending!(svc.poll_ready());
+        probe.started().await;
+        probe.started().await;
+        assert!(!svc.is_woken());
+        assert_pending!(svc.poll_ready());
 
-    probe.release("b1");
-    assert_handled(r1.await, 1);
-    assert_eq!(svc.get_ref().stats().buffered_bytes, len);
-    assert!(svc.is_woken(), "dropping below the cap wakes the caller");
-    assert_ready_ok!(svc.poll_ready());
-    let r3 = svc.call(dispatch(&route, m3));
-    assert_pending!(svc.poll_ready());
+        probe.release("b1");
+        assert_handled(r1.await, 1);
+        assert_eq!(svc.get_ref().stats().buffered_bytes, len);
+        assert!(svc.is_woken(), "dropping below the cap wakes the caller");
+        assert_ready_ok!(svc.poll_ready());
+        let r3 = svc.call(dispatch(&route, m3));
+        assert_pending!(svc.poll_ready());
 
-    probe.release("b2");
-    probe.release("b3");
-    assert_handled(r2.await, 1);
-    assert_handled(r3.await, 1);
-    assert_eq!(svc.get_ref().stats().buffered_bytes, 0);
-    assert!(svc.is_woken());
-    assert_ready_ok!(svc.poll_ready());
+        probe.release("b2");
+        probe.release("b3");
+        assert_handled(r2.await, 1);
+        assert_handled(r3.await, 1);
+        assert_eq!(svc.get_ref().stats().buffered_bytes, 0);
+        assert!(svc.is_woken());
+        assert_ready_ok!(svc.poll_ready());
+    });
 }
 
-#[tokio::test]
-async fn a_message_larger_than_the_byte_cap_is_admitted_into_an_empty_buffer() {
-    let probe = Probe::new();
-    let big = "x".repeat(1000);
-    probe.hold(&big);
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 10)));
+#[test]
+fn a_message_larger_than_the_byte_cap_is_admitted_into_an_empty_buffer() {
+    run(async {
+        let probe = Probe::new();
+        let big = "x".repeat(1000);
+        probe.hold(&big);
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 10)));
 
-    assert_ready_ok!(svc.poll_ready());
-    let r = svc.call(dispatch(&route, msg(None, &big)));
-    assert!(svc.get_ref().stats().buffered_bytes > 1000);
-    assert_pending!(svc.poll_ready());
+        // The cap is soft: admission only needs `buffered_bytes < cap`, so no message is too
+        // big to ever get in, and the buffer may overshoot the cap by one message.
+        assert_ready_ok!(svc.poll_ready());
+        let r = svc.call(dispatch(&route, msg(None, &big)));
+        assert!(svc.get_ref().stats().buffered_bytes > 1000);
+        assert_pending!(svc.poll_ready());
 
-    probe.release(&big);
-    assert_handled(r.await, 1);
-    assert!(svc.is_woken());
-    assert_ready_ok!(svc.poll_ready());
+        probe.release(&big);
+        assert_handled(r.await, 1);
+        assert!(svc.is_woken());
+        assert_ready_ok!(svc.poll_ready());
+    });
 }
 
-#[tokio::test]
-async fn a_slot_reserved_by_poll_ready_is_released_when_its_handle_is_dropped() {
-    let d = Dispatcher::new(config(1, 1, usize::MAX));
-    let mut a = mock::Spawn::new(d.clone());
-    let mut b = mock::Spawn::new(d.clone());
+#[test]
+fn a_slot_reserved_by_poll_ready_is_released_when_its_handle_is_dropped() {
+    run(async {
+        let d = Dispatcher::new(config(1, 1, usize::MAX));
+        let mut a = mock::Spawn::new(d.clone());
+        let mut b = mock::Spawn::new(d.clone());
 
-    assert_ready_ok!(a.poll_ready());
-    assert_eq!(d.stats().buffered, 1, "a reservation holds a slot");
-    // A clone does not inherit the reservation: it has to wait for its own.
-    let mut c = mock::Spawn::new(a.get_ref().clone());
-    assert_pending!(b.poll_ready());
-    assert_pending!(c.poll_ready());
+        assert_ready_ok!(a.poll_ready());
+        assert_eq!(d.stats().buffered, 1, "a reservation holds a slot");
+        // A clone does not inherit the reservation: it has to wait for its own.
+        let mut c = mock::Spawn::new(a.get_ref().clone());
+        assert_pending!(b.poll_ready());
+        assert_pending!(c.poll_ready());
 
-    // Dropping `a` hands its slot to the first waiter.
-    drop(a);
-    assert!(b.is_woken());
-    assert_ready_ok!(b.poll_ready());
-    assert_eq!(d.stats().buffered, 1, "now b's reservation");
-    assert_pending!(c.poll_ready());
+        // Dropping `a` hands its slot to the first waiter.
+        drop(a);
+        assert!(b.is_woken());
+        assert_ready_ok!(b.poll_ready());
+        assert_eq!(d.stats().buffered, 1, "now b's reservation");
+        assert_pending!(c.poll_ready());
+    });
 }
 
-#[tokio::test]
+#[test]
 #[should_panic(expected = "poll_ready must be called first")]
-async fn call_without_poll_ready_panics() {
-    let probe = Probe::new();
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(DispatcherConfig::default());
-    let _ = d.call(dispatch(&route, msg(None, "m1")));
+fn call_without_poll_ready_panics() {
+    run(async {
+        let probe = Probe::new();
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        drop(d.call(dispatch(&route, msg(None, "m1"))));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. Per-key FIFO
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn messages_of_one_key_run_one_at_a_time_in_submission_order() {
-    let probe = Probe::new();
-    let names: Vec<String> = (1..=5).map(|i| format!("k{i}")).collect();
-    for name in &names {
-        probe.hold(name);
-    }
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(config(8, 64, usize::MAX));
+#[test]
+fn messages_of_one_key_run_one_at_a_time_in_submission_order() {
+    run(async {
+        let probe = Probe::new();
+        let names: Vec<String> = (1..=5).map(|i| format!("k{i}")).collect();
+        for name in &names {
+            probe.hold(name);
+        }
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(8, 64, usize::MAX));
 
-    let mut responses = Vec::new();
-    for name in &names {
-        responses.push(submit(&mut d, &route, msg(Some("K"), name)).await);
-    }
-    for name in &names {
-        assert_eq!(&probe.started().await, name);
-        // Seven workers are free, yet nothing else of key K starts while `name` runs.
-        settle().await;
-        assert_eq!(probe.try_started(), None);
-        assert_eq!(d.stats().in_flight, 1);
-        assert_eq!(d.stats().active_keys, 1);
-        probe.release(name);
-    }
-    for outcome in join_all(responses).await {
-        assert_handled(outcome, 1);
-    }
+        let mut responses = Vec::new();
+        for name in &names {
+            responses.push(submit(&mut d, &route, msg(Some("K"), name)).await);
+        }
+        for name in &names {
+            assert_eq!(&probe.started().await, name);
+            // Seven workers are free, yet nothing else of key K starts while `name` runs.
+            settle().await;
+            assert_eq!(probe.try_started(), None);
+            assert_eq!(d.stats().in_flight, 1);
+            assert_eq!(d.stats().active_keys, 1);
+            probe.release(name);
+        }
+        for outcome in join_all(responses).await {
+            assert_handled(outcome, 1);
+        }
 
-    let expected: Vec<Event> = names
-        .iter()
-        .flat_map(|n| [start(n, 1), end(n, 1)])
-        .collect();
-    assert_eq!(probe.events(), expected);
-    assert_eq!(d.stats().active_keys, 0);
+        let expected: Vec<Event> = names
+            .iter()
+            .flat_map(|n| [start(n, 1), end(n, 1)])
+            .collect();
+        assert_eq!(probe.events(), expected);
+        assert_eq!(d.stats().active_keys, 0);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 3. No head-of-line blocking
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_stalled_key_holds_back_only_its_own_later_messages() {
-    let probe = Probe::new();
-    probe.hold("a1");
-    let orders = probe.route("orders", RetryPolicy::never());
-    let audit = probe.route("audit", RetryPolicy::never());
-    // Two workers: the stalled key may occupy one, the other serves everyone else.
-    let mut d = Dispatcher::new(config(2, 256, usize::MAX));
+#[test]
+fn a_stalled_key_holds_back_only_its_own_later_messages() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("a1");
+        let orders = probe.route("orders", RetryPolicy::never());
+        let audit = probe.route("audit", RetryPolicy::never());
+        // Two workers: the stalled key may occupy one, the other serves everyone else.
+        let mut d = Dispatcher::new(config(2, 256, usize::MAX));
 
-    let a1 = submit(&mut d, &orders, msg(Some("A"), "a1")).await;
-    let a2 = submit(&mut d, &orders, msg(Some("A"), "a2")).await;
-    assert_eq!(probe.started().await, "a1");
+        let a1 = submit(&mut d, &orders, msg(Some("A"), "a1")).await;
+        let a2 = submit(&mut d, &orders, msg(Some("A"), "a2")).await;
+        assert_eq!(probe.started().await, "a1");
 
-    let mut others = Vec::new();
-    for i in 0..100 {
-        let key = format!("key-{i}");
-        others.push(submit(&mut d, &orders, msg(Some(&key), &format!("o{i}"))).await);
-    }
-    // The same key on another subscription is another queue.
-    others.push(submit(&mut d, &audit, msg(Some("A"), "other-route-A")).await);
-    for outcome in join_all(others).await {
-        assert_handled(outcome, 1);
-    }
+        let mut others = Vec::new();
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            others.push(submit(&mut d, &orders, msg(Some(&key), &format!("o{i}"))).await);
+        }
+        // The same key on another subscription is another queue.
+        others.push(submit(&mut d, &audit, msg(Some("A"), "other-route-A")).await);
+        for outcome in join_all(others).await {
+            assert_handled(outcome, 1);
+        }
 
-    assert!(
-        !probe.started_names().contains(&"a2".to_owned()),
-        "a2 must wait for a1"
-    );
-    let stats = d.stats();
-    assert_eq!(stats.in_flight, 1);
-    assert_eq!(stats.active_keys, 1);
-    assert_eq!(stats.buffered, 2);
-    assert_eq!(stats.handled, 101);
+        assert!(
+            !probe.started_names().contains(&"a2".to_owned()),
+            "a2 must wait for a1"
+        );
+        let stats = d.stats();
+        assert_eq!(stats.in_flight, 1);
+        assert_eq!(stats.active_keys, 1);
+        assert_eq!(stats.buffered, 2);
+        assert_eq!(stats.handled, 101);
 
-    probe.release("a1");
-    assert_handled(a1.await, 1);
-    assert_handled(a2.await, 1);
-    assert_eq!(
-        probe.events_of("a"),
-        [start("a1", 1), end("a1", 1), start("a2", 1), end("a2", 1)]
-    );
+        probe.release("a1");
+        assert_handled(a1.await, 1);
+        assert_handled(a2.await, 1);
+        assert_eq!(
+            probe.events_of("a"),
+            [start("a1", 1), end("a1", 1), start("a2", 1), end("a2", 1)]
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 4. max_in_flight
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn handler_calls_are_bounded_by_max_in_flight_and_unkeyed_messages_run_concurrently() {
-    let probe = Probe::new();
-    let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
-    for name in &names {
-        probe.hold(name);
-    }
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(config(3, 32, usize::MAX));
+#[test]
+fn handler_calls_are_bounded_by_max_in_flight_and_unkeyed_messages_run_concurrently() {
+    run(async {
+        let probe = Probe::new();
+        let names: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+        for name in &names {
+            probe.hold(name);
+        }
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(3, 32, usize::MAX));
 
-    let mut responses = Vec::new();
-    for name in &names {
-        responses.push(submit(&mut d, &route, msg(None, name)).await);
-    }
-    // Three unkeyed messages run at once ...
-    for _ in 0..3 {
-        probe.started().await;
-    }
-    // ... and no fourth, although 17 more are ready.
-    settle().await;
-    assert_eq!(probe.try_started(), None);
-    let stats = d.stats();
-    assert_eq!(stats.in_flight, 3);
-    assert_eq!(stats.peak_in_flight, 3);
-    assert_eq!(stats.workers, 3);
-    assert_eq!(stats.buffered, 20);
+        let mut responses = Vec::new();
+        for name in &names {
+            responses.push(submit(&mut d, &route, msg(None, name)).await);
+        }
+        // Three unkeyed messages run at once ...
+        for _ in 0..3 {
+            probe.started().await;
+        }
+        // ... and no fourth, although 17 more are ready.
+        settle().await;
+        assert_eq!(probe.try_started(), None);
+        let stats = d.stats();
+        assert_eq!(stats.in_flight, 3);
+        assert_eq!(stats.peak_in_flight, 3);
+        assert_eq!(stats.workers, 3);
+        assert_eq!(stats.buffered, 20);
 
-    for name in &names {
-        probe.release(name);
-    }
-    for outcome in join_all(responses).await {
-        assert_handled(outcome, 1);
-    }
-    let stats = d.stats();
-    assert_eq!(stats.peak_in_flight, 3);
-    assert_eq!(stats.in_flight, 0);
-    assert_eq!(stats.handled, 20);
+        for name in &names {
+            probe.release(name);
+        }
+        for outcome in join_all(responses).await {
+            assert_handled(outcome, 1);
+        }
+        let stats = d.stats();
+        assert_eq!(stats.peak_in_flight, 3);
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.handled, 20);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 5. In-place retry
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_message_is_retried_in_place_while_other_keys_flow() {
-    let probe = Probe::new();
-    probe.plan("k1", [Act::Fail, Act::Fail]);
-    let route = probe.route("orders", retry_every(Duration::from_secs(1)));
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
-    let t0 = Instant::now();
+#[test]
+fn a_failing_message_is_retried_in_place_while_other_keys_flow() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("k1", [Act::Fail, Act::Fail]);
+        let route = probe.route("orders", retry_every(Duration::from_secs(1)));
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+        let t0 = Instant::now();
 
-    let k1 = submit(&mut d, &route, msg(Some("K"), "k1")).await;
-    let k2 = submit(&mut d, &route, msg(Some("K"), "k2")).await;
-    let l1 = submit(&mut d, &route, msg(Some("L"), "l1")).await;
-    let l2 = submit(&mut d, &route, msg(Some("L"), "l2")).await;
+        let k1 = submit(&mut d, &route, msg(Some("K"), "k1")).await;
+        let k2 = submit(&mut d, &route, msg(Some("K"), "k2")).await;
+        let l1 = submit(&mut d, &route, msg(Some("L"), "l1")).await;
+        let l2 = submit(&mut d, &route, msg(Some("L"), "l2")).await;
 
-    // Key L is handled while k1 waits out its first backoff (no time has passed).
-    assert_handled(l1.await, 1);
-    assert_handled(l2.await, 1);
-    assert_eq!(t0.elapsed(), Duration::ZERO);
-    assert_eq!(probe.events_of("k"), [start("k1", 1), end("k1", 1)]);
-    let stats = d.stats();
-    assert_eq!(stats.retried, 1);
-    assert_eq!(stats.active_keys, 1, "K stays busy while k1 backs off");
-    assert_eq!(
-        stats.in_flight, 0,
-        "a backing-off message holds no handler call"
-    );
+        // Key L is handled while k1 waits out its first backoff (no time has passed).
+        assert_handled(l1.await, 1);
+        assert_handled(l2.await, 1);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(probe.events_of("k"), [start("k1", 1), end("k1", 1)]);
+        let stats = d.stats();
+        assert_eq!(stats.retried, 1);
+        assert_eq!(stats.active_keys, 1, "K stays busy while k1 backs off");
+        assert_eq!(
+            stats.in_flight, 0,
+            "a backing-off message holds no handler call"
+        );
 
-    assert_handled(k1.await, 3);
-    assert!(
-        t0.elapsed() >= Duration::from_secs(2),
-        "two backoffs of 1 s"
-    );
-    assert_handled(k2.await, 1);
-    assert_eq!(
-        probe.events_of("k"),
-        [
-            start("k1", 1),
-            end("k1", 1),
-            start("k1", 2),
-            end("k1", 2),
-            start("k1", 3),
-            end("k1", 3),
-            start("k2", 1),
-            end("k2", 1),
-        ]
-    );
-    let stats = d.stats();
-    assert_eq!(stats.retried, 2);
-    assert_eq!(stats.handled, 4);
-    assert_eq!(stats.failed, 0);
-    assert_eq!(stats.active_keys, 0);
+        assert_handled(k1.await, 3);
+        assert!(
+            t0.elapsed() >= Duration::from_secs(2),
+            "two backoffs of 1 s"
+        );
+        assert_handled(k2.await, 1);
+        assert_eq!(
+            probe.events_of("k"),
+            [
+                start("k1", 1),
+                end("k1", 1),
+                start("k1", 2),
+                end("k1", 2),
+                start("k1", 3),
+                end("k1", 3),
+                start("k2", 1),
+                end("k2", 1),
+            ]
+        );
+        let stats = d.stats();
+        assert_eq!(stats.retried, 2);
+        assert_eq!(stats.handled, 4);
+        assert_eq!(stats.failed, 0);
+        assert_eq!(stats.active_keys, 0);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 6. Panics
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_handler_panic_is_caught_counted_and_retried() {
-    let probe = Probe::new();
-    probe.plan("p1", [Act::Panic]);
-    let route = probe.route("orders", retry_every(Duration::from_millis(10)));
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn a_handler_panic_is_caught_counted_and_retried() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("p1", [Act::Panic]);
+        let route = probe.route("orders", retry_every(Duration::from_millis(10)));
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let p1 = submit(&mut d, &route, msg(Some("P"), "p1")).await;
-    let p2 = submit(&mut d, &route, msg(Some("P"), "p2")).await;
-    assert_handled(p1.await, 2);
-    assert_handled(p2.await, 1);
-    assert_eq!(
-        probe.events(),
-        [
-            start("p1", 1),
-            end("p1", 1),
-            start("p1", 2),
-            end("p1", 2),
-            start("p2", 1),
-            end("p2", 1),
-        ]
-    );
-    let stats = d.stats();
-    assert_eq!(stats.panicked, 1);
-    assert_eq!(stats.retried, 1);
+        let p1 = submit(&mut d, &route, msg(Some("P"), "p1")).await;
+        let p2 = submit(&mut d, &route, msg(Some("P"), "p2")).await;
+        assert_handled(p1.await, 2);
+        assert_handled(p2.await, 1);
+        assert_eq!(
+            probe.events(),
+            [
+                start("p1", 1),
+                end("p1", 1),
+                start("p1", 2),
+                end("p1", 2),
+                start("p2", 1),
+                end("p2", 1),
+            ]
+        );
+        let stats = d.stats();
+        assert_eq!(stats.panicked, 1);
+        assert_eq!(stats.retried, 1);
 
-    // The dispatcher keeps working, for the same key and others.
-    let p3 = submit(&mut d, &route, msg(Some("P"), "p3")).await;
-    let u1 = submit(&mut d, &route, msg(None, "u1")).await;
-    assert_handled(p3.await, 1);
-    assert_handled(u1.await, 1);
-    let stats = d.stats();
-    assert_eq!(stats.handled, 4);
-    assert_eq!(stats.panicked, 1);
-    assert_eq!((stats.in_flight, stats.active_keys), (0, 0));
+        // The dispatcher keeps working, for the same key and others.
+        let p3 = submit(&mut d, &route, msg(Some("P"), "p3")).await;
+        let u1 = submit(&mut d, &route, msg(None, "u1")).await;
+        assert_handled(p3.await, 1);
+        assert_handled(u1.await, 1);
+        let stats = d.stats();
+        assert_eq!(stats.handled, 4);
+        assert_eq!(stats.panicked, 1);
+        assert_eq!((stats.in_flight, stats.active_keys), (0, 0));
+    });
 }
 
-#[tokio::test]
-async fn a_panic_on_the_last_attempt_fails_the_message_with_a_panicked_error() {
-    let probe = Probe::new();
-    probe.plan("p1", [Act::Panic]);
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn a_panic_on_the_last_attempt_fails_the_message_with_a_panicked_error() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("p1", [Act::Panic]);
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let error = assert_failed(submit(&mut d, &route, msg(Some("P"), "p1")).await.await, 1);
-    let panicked = error.downcast_ref::<Panicked>().expect("a Panicked error");
-    assert_eq!(panicked.0, "p1 panicked on attempt 1");
-    let stats = d.stats();
-    assert_eq!((stats.panicked, stats.failed, stats.retried), (1, 1, 0));
+        let error = assert_failed(submit(&mut d, &route, msg(Some("P"), "p1")).await.await, 1);
+        let panicked = error.downcast_ref::<Panicked>().expect("a Panicked error");
+        assert_eq!(panicked.0, "p1 panicked on attempt 1");
+        let stats = d.stats();
+        assert_eq!((stats.panicked, stats.failed, stats.retried), (1, 1, 0));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 7. Failing for good
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn a_permanent_error_fails_the_message_at_once() {
-    let probe = Probe::new();
-    probe.plan("x1", [Act::FailPermanently]);
-    // Unlimited retries: a permanent error still is not retried.
-    let route = probe.route("orders", retry_every(Duration::from_secs(1)));
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
-    let t0 = Instant::now();
+#[test]
+fn a_permanent_error_fails_the_message_at_once() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("x1", [Act::FailPermanently]);
+        // Unlimited retries: a permanent error still is not retried.
+        let route = probe.route("orders", retry_every(Duration::from_secs(1)));
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+        let t0 = Instant::now();
 
-    let x1 = submit(&mut d, &route, msg(Some("X"), "x1")).await;
-    let x2 = submit(&mut d, &route, msg(Some("X"), "x2")).await;
-    let error = assert_failed(x1.await, 1);
-    assert!(Permanent::is_permanent(&error), "{error}");
-    assert_eq!(t0.elapsed(), Duration::ZERO, "no backoff");
-    // A message that failed for good releases its key.
-    assert_handled(x2.await, 1);
-    let stats = d.stats();
-    assert_eq!((stats.failed, stats.retried, stats.handled), (1, 0, 1));
+        let x1 = submit(&mut d, &route, msg(Some("X"), "x1")).await;
+        let x2 = submit(&mut d, &route, msg(Some("X"), "x2")).await;
+        let error = assert_failed(x1.await, 1);
+        assert!(Permanent::is_permanent(&error), "{error}");
+        assert_eq!(t0.elapsed(), Duration::ZERO, "no backoff");
+        // A message that failed for good releases its key.
+        assert_handled(x2.await, 1);
+        let stats = d.stats();
+        assert_eq!((stats.failed, stats.retried, stats.handled), (1, 0, 1));
+    });
 }
 
-#[tokio::test(start_paused = true)]
-async fn retries_stop_after_max_attempts() {
-    let probe = Probe::new();
-    probe.plan("f1", [Act::Fail; 10]);
-    let route = probe.route(
-        "orders",
-        retry_every(Duration::from_millis(10)).max_attempts(3),
-    );
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn retries_stop_after_max_attempts() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("f1", [Act::Fail; 10]);
+        let route = probe.route(
+            "orders",
+            retry_every(Duration::from_millis(10)).max_attempts(3),
+        );
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let f1 = submit(&mut d, &route, msg(Some("F"), "f1")).await;
-    let f2 = submit(&mut d, &route, msg(Some("F"), "f2")).await;
-    let error = assert_failed(f1.await, 3);
-    assert_eq!(
-        error.to_string(),
-        "f1 failed on attempt 3",
-        "the last error"
-    );
-    assert_handled(f2.await, 1);
-    assert_eq!(
-        probe.events_of("f1"),
-        [
-            start("f1", 1),
-            end("f1", 1),
-            start("f1", 2),
-            end("f1", 2),
-            start("f1", 3),
-            end("f1", 3),
-        ]
-    );
-    let stats = d.stats();
-    assert_eq!((stats.failed, stats.retried, stats.handled), (1, 2, 1));
+        let f1 = submit(&mut d, &route, msg(Some("F"), "f1")).await;
+        let f2 = submit(&mut d, &route, msg(Some("F"), "f2")).await;
+        let error = assert_failed(f1.await, 3);
+        assert_eq!(
+            error.to_string(),
+            "f1 failed on attempt 3",
+            "the last error"
+        );
+        assert_handled(f2.await, 1);
+        assert_eq!(
+            probe.events_of("f1"),
+            [
+                start("f1", 1),
+                end("f1", 1),
+                start("f1", 2),
+                end("f1", 2),
+                start("f1", 3),
+                end("f1", 3),
+            ]
+        );
+        let stats = d.stats();
+        assert_eq!((stats.failed, stats.retried, stats.handled), (1, 2, 1));
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 8. Closing and aborting a route
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn closing_cancels_queued_messages_and_lets_the_running_one_finish() {
-    let probe = Probe::new();
-    probe.hold("k1");
-    let orders = probe.route("orders", RetryPolicy::default());
-    let audit = probe.route("audit", RetryPolicy::default());
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn closing_cancels_queued_messages_and_lets_the_running_one_finish() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("k1");
+        let orders = probe.route("orders", RetryPolicy::default());
+        let audit = probe.route("audit", RetryPolicy::default());
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let k1 = submit(&mut d, &orders, msg(Some("K"), "k1")).await;
-    let k2 = submit(&mut d, &orders, msg(Some("K"), "k2")).await;
-    let k3 = submit(&mut d, &orders, msg(Some("K"), "k3")).await;
-    assert_eq!(probe.started().await, "k1");
+        let k1 = submit(&mut d, &orders, msg(Some("K"), "k1")).await;
+        let k2 = submit(&mut d, &orders, msg(Some("K"), "k2")).await;
+        let k3 = submit(&mut d, &orders, msg(Some("K"), "k3")).await;
+        assert_eq!(probe.started().await, "k1");
 
-    orders.closing().cancel();
-    // Messages that reach a closing route are cancelled too, keyed or not.
-    let k4 = submit(&mut d, &orders, msg(Some("K"), "k4")).await;
-    let u1 = submit(&mut d, &orders, msg(None, "u1")).await;
-    assert_cancelled(u1.await);
-    // Other routes are not affected.
-    assert_handled(
-        submit(&mut d, &audit, msg(Some("K"), "audit-k"))
-            .await
-            .await,
-        1,
-    );
+        orders.closing().cancel();
+        // Messages that reach a closing route are cancelled too, keyed or not.
+        let k4 = submit(&mut d, &orders, msg(Some("K"), "k4")).await;
+        let u1 = submit(&mut d, &orders, msg(None, "u1")).await;
+        assert_cancelled(u1.await);
+        // Other routes are not affected.
+        assert_handled(
+            submit(&mut d, &audit, msg(Some("K"), "audit-k"))
+                .await
+                .await,
+            1,
+        );
 
-    probe.release("k1");
-    assert_handled(k1.await, 1);
-    assert_cancelled(k2.await);
-    assert_cancelled(k3.await);
-    assert_cancelled(k4.await);
+        probe.release("k1");
+        assert_handled(k1.await, 1);
+        assert_cancelled(k2.await);
+        assert_cancelled(k3.await);
+        assert_cancelled(k4.await);
 
-    assert_eq!(probe.started_names(), ["k1", "audit-k"]);
-    let stats = d.stats();
-    assert_eq!((stats.handled, stats.cancelled, stats.failed), (2, 4, 0));
-    assert_eq!((stats.active_keys, stats.buffered), (0, 0));
+        assert_eq!(probe.started_names(), ["k1", "audit-k"]);
+        let stats = d.stats();
+        assert_eq!((stats.handled, stats.cancelled, stats.failed), (2, 4, 0));
+        assert_eq!((stats.active_keys, stats.buffered), (0, 0));
+    });
 }
 
-#[tokio::test]
-async fn an_error_returned_after_closing_cancels_the_message_without_retry() {
-    let probe = Probe::new();
-    probe.plan("e1", [Act::FailOnClosing]);
-    let route = probe.route("orders", RetryPolicy::default());
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn an_error_returned_after_closing_cancels_the_message_without_retry() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("e1", [Act::FailOnClosing]);
+        let route = probe.route("orders", RetryPolicy::default());
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let e1 = submit(&mut d, &route, msg(Some("E"), "e1")).await;
-    assert_eq!(probe.started().await, "e1");
-    route.closing().cancel();
+        let e1 = submit(&mut d, &route, msg(Some("E"), "e1")).await;
+        assert_eq!(probe.started().await, "e1");
+        route.closing().cancel();
 
-    assert_cancelled(e1.await);
-    assert_eq!(probe.events(), [start("e1", 1), end("e1", 1)]);
-    let stats = d.stats();
-    assert_eq!((stats.cancelled, stats.retried, stats.failed), (1, 0, 0));
+        assert_cancelled(e1.await);
+        assert_eq!(probe.events(), [start("e1", 1), end("e1", 1)]);
+        let stats = d.stats();
+        assert_eq!((stats.cancelled, stats.retried, stats.failed), (1, 0, 0));
+    });
 }
 
-#[tokio::test(start_paused = true)]
-async fn closing_cuts_a_retry_backoff_short_and_cancels_the_message() {
-    let probe = Probe::new();
-    probe.plan("b1", [Act::Fail; 10]);
-    let route = probe.route("orders", retry_every(Duration::from_secs(3600)));
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
-    let t0 = Instant::now();
+#[test]
+fn closing_cuts_a_retry_backoff_short_and_cancels_the_message() {
+    run(async {
+        let probe = Probe::new();
+        probe.plan("b1", [Act::Fail; 10]);
+        let route = probe.route("orders", retry_every(Duration::from_secs(3600)));
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+        let t0 = Instant::now();
 
-    let b1 = submit(&mut d, &route, msg(Some("B"), "b1")).await;
-    let b2 = submit(&mut d, &route, msg(Some("B"), "b2")).await;
-    assert_eq!(probe.started().await, "b1");
-    // The first attempt failed and b1 now backs off for an hour.
-    assert_eq!(d.stats().retried, 1);
+        let b1 = submit(&mut d, &route, msg(Some("B"), "b1")).await;
+        let b2 = submit(&mut d, &route, msg(Some("B"), "b2")).await;
+        assert_eq!(probe.started().await, "b1");
+        // The first attempt failed and b1 now backs off for an hour.
+        assert_eq!(d.stats().retried, 1);
 
-    route.closing().cancel();
-    assert_cancelled(b1.await);
-    assert_cancelled(b2.await);
-    assert!(
-        t0.elapsed() < Duration::from_secs(3600),
-        "did not wait out the backoff"
-    );
-    assert_eq!(probe.events(), [start("b1", 1), end("b1", 1)]);
-    d.shutdown().await;
-    let stats = d.stats();
-    assert_eq!((stats.cancelled, stats.retried, stats.workers), (2, 1, 0));
+        route.closing().cancel();
+        assert_cancelled(b1.await);
+        assert_cancelled(b2.await);
+        assert!(
+            t0.elapsed() < Duration::from_secs(3600),
+            "did not wait out the backoff"
+        );
+        assert_eq!(probe.events(), [start("b1", 1), end("b1", 1)]);
+        d.shutdown().await;
+        let stats = d.stats();
+        assert_eq!((stats.cancelled, stats.retried, stats.workers), (2, 1, 0));
+    });
 }
 
-#[tokio::test]
-async fn abort_drops_the_running_handler_and_cancels_the_message() {
-    let probe = Probe::new();
-    probe.hold("a1"); // never released
-    let route = probe.route("orders", RetryPolicy::default());
-    let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+#[test]
+fn abort_drops_the_running_handler_and_cancels_the_message() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("a1"); // never released
+        let route = probe.route("orders", RetryPolicy::default());
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
 
-    let a1 = submit(&mut d, &route, msg(Some("A"), "a1")).await;
-    let a2 = submit(&mut d, &route, msg(Some("A"), "a2")).await;
-    assert_eq!(probe.started().await, "a1");
+        let a1 = submit(&mut d, &route, msg(Some("A"), "a1")).await;
+        let a2 = submit(&mut d, &route, msg(Some("A"), "a2")).await;
+        assert_eq!(probe.started().await, "a1");
 
-    // The drain sequence: stop intake, then, once the deadline passed, drop running handlers.
-    route.closing().cancel();
-    settle().await;
-    assert_eq!(d.stats().in_flight, 1, "closing alone lets a1 run on");
-    route.abort().cancel();
+        // The drain sequence: stop intake, then, once the deadline passed, drop running handlers.
+        route.closing().cancel();
+        settle().await;
+        assert_eq!(d.stats().in_flight, 1, "closing alone lets a1 run on");
+        route.abort().cancel();
 
-    assert_cancelled(a1.await);
-    assert_cancelled(a2.await);
-    assert_eq!(
-        probe.events(),
-        [start("a1", 1), Event::Dropped("a1".to_owned(), 1)],
-        "a1's handler future was dropped, a2 never ran"
-    );
-    let stats = d.stats();
-    assert_eq!(
-        (stats.cancelled, stats.in_flight, stats.active_keys),
-        (2, 0, 0)
-    );
+        assert_cancelled(a1.await);
+        assert_cancelled(a2.await);
+        assert_eq!(
+            probe.events(),
+            [start("a1", 1), Event::Dropped("a1".to_owned(), 1)],
+            "a1's handler future was dropped, a2 never ran"
+        );
+        let stats = d.stats();
+        assert_eq!(
+            (stats.cancelled, stats.in_flight, stats.active_keys),
+            (2, 0, 0)
+        );
+    });
+}
+
+/// A handler future whose destructor panics while it is still pending.
+struct PanicsWhenDroppedEarly;
+
+impl Drop for PanicsWhenDroppedEarly {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("handler future dropped while pending");
+        }
+    }
+}
+
+#[test]
+fn a_panic_while_an_aborted_handler_is_dropped_is_contained() {
+    run(async {
+        let stalling = handler_fn(|_d: Delivery| async move {
+            let _guard = PanicsWhenDroppedEarly;
+            std::future::pending::<Result<(), BoxError>>().await
+        });
+        let aborted = Arc::new(Route::new(
+            "orders",
+            "group",
+            stalling,
+            RetryPolicy::never(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        let probe = Probe::new();
+        let other = probe.route("audit", RetryPolicy::never());
+        // One worker: losing it would stop the dispatcher altogether.
+        let mut d = Dispatcher::new(config(1, 8, usize::MAX));
+
+        let a1 = submit(&mut d, &aborted, msg(Some("A"), "a1")).await;
+        settle().await;
+        assert_eq!(d.stats().in_flight, 1);
+        aborted.closing().cancel();
+        aborted.abort().cancel();
+
+        assert_cancelled(a1.await);
+        assert_handled(submit(&mut d, &other, msg(Some("A"), "o1")).await.await, 1);
+        d.shutdown().await;
+        let stats = d.stats();
+        assert_eq!(
+            (stats.active_keys, stats.workers, stats.buffered),
+            (0, 0, 0)
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
 // 9. Closing the dispatcher and shutting down
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn close_rejects_new_messages_and_wakes_waiting_callers() {
-    let probe = Probe::new();
-    probe.hold("m1");
-    let route = probe.route("orders", RetryPolicy::never());
-    let d = Dispatcher::new(config(1, 2, usize::MAX));
-    let mut a = mock::Spawn::new(d.clone());
-    let mut b = mock::Spawn::new(d.clone());
-    let mut c = mock::Spawn::new(d.clone());
+#[test]
+fn close_rejects_new_messages_and_wakes_waiting_callers() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("m1");
+        let route = probe.route("orders", RetryPolicy::never());
+        let d = Dispatcher::new(config(1, 2, usize::MAX));
+        let mut a = mock::Spawn::new(d.clone());
+        let mut b = mock::Spawn::new(d.clone());
+        let mut c = mock::Spawn::new(d.clone());
 
-    assert_ready_ok!(a.poll_ready());
-    let m1 = a.call(dispatch(&route, msg(None, "m1")));
-    assert_ready_ok!(b.poll_ready()); // b holds the second slot
-    assert_pending!(c.poll_ready());
-    assert!(!d.is_closed());
+        assert_ready_ok!(a.poll_ready());
+        let m1 = a.call(dispatch(&route, msg(None, "m1")));
+        assert_ready_ok!(b.poll_ready()); // b holds the second slot
+        assert_pending!(c.poll_ready());
+        assert!(!d.is_closed());
 
-    d.close();
-    assert!(d.is_closed());
-    assert!(
-        c.is_woken(),
-        "a caller waiting for room learns of the close"
-    );
-    assert_closed(assert_ready!(c.poll_ready()));
-    assert_closed(assert_ready!(b.poll_ready()));
-    assert_eq!(d.stats().buffered, 1, "b gave its reservation back");
-    assert_closed(assert_ready!(a.poll_ready()));
+        d.close();
+        assert!(d.is_closed());
+        assert!(
+            c.is_woken(),
+            "a caller waiting for room learns of the close"
+        );
+        assert_closed(assert_ready!(c.poll_ready()));
+        assert_closed(assert_ready!(b.poll_ready()));
+        assert_eq!(d.stats().buffered, 1, "b gave its reservation back");
+        assert_closed(assert_ready!(a.poll_ready()));
 
-    // Admitted messages still run.
-    probe.release("m1");
-    assert_handled(m1.await, 1);
-    assert_eq!(d.stats().buffered, 0);
-    assert_ready_err!(a.poll_ready());
-    assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
+        // Admitted messages still run.
+        probe.release("m1");
+        assert_handled(m1.await, 1);
+        assert_eq!(d.stats().buffered, 0);
+        assert_ready_err!(a.poll_ready());
+        assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
+    });
 }
 
-#[tokio::test]
-async fn close_wakes_a_caller_waiting_for_byte_budget() {
-    let probe = Probe::new();
-    probe.hold("m1");
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 1)));
+#[test]
+fn close_wakes_a_caller_waiting_for_byte_budget() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("m1");
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut svc = mock::Spawn::new(Dispatcher::new(config(4, 64, 1)));
 
-    assert_ready_ok!(svc.poll_ready());
-    let m1 = svc.call(dispatch(&route, msg(None, "m1")));
-    assert_pending!(svc.poll_ready());
+        assert_ready_ok!(svc.poll_ready());
+        let m1 = svc.call(dispatch(&route, msg(None, "m1")));
+        assert_pending!(svc.poll_ready());
 
-    svc.get_ref().close();
-    assert!(svc.is_woken());
-    assert_closed(assert_ready!(svc.poll_ready()));
-    assert_eq!(svc.get_ref().stats().buffered, 1, "only m1 holds a slot");
+        svc.get_ref().close();
+        assert!(svc.is_woken());
+        assert_closed(assert_ready!(svc.poll_ready()));
+        assert_eq!(svc.get_ref().stats().buffered, 1, "only m1 holds a slot");
 
-    probe.release("m1");
-    assert_handled(m1.await, 1);
+        probe.release("m1");
+        assert_handled(m1.await, 1);
+    });
 }
 
-#[tokio::test]
-async fn shutdown_closes_intake_and_returns_once_in_flight_work_ended() {
-    let probe = Probe::new();
-    probe.hold("s1");
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(DispatcherConfig::default());
+#[test]
+fn shutdown_closes_intake_and_returns_once_in_flight_work_ended() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("s1");
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(DispatcherConfig::default());
 
-    let s1 = submit(&mut d, &route, msg(Some("S"), "s1")).await;
-    let s2 = submit(&mut d, &route, msg(Some("S"), "s2")).await;
-    let u1 = submit(&mut d, &route, msg(None, "u1")).await;
-    assert_eq!(probe.started().await, "s1");
-    assert_handled(u1.await, 1);
+        let s1 = submit(&mut d, &route, msg(Some("S"), "s1")).await;
+        let s2 = submit(&mut d, &route, msg(Some("S"), "s2")).await;
+        let u1 = submit(&mut d, &route, msg(None, "u1")).await;
+        assert_eq!(probe.started().await, "s1");
+        assert_handled(u1.await, 1);
 
-    let mut shutdown = tokio_test::task::spawn(d.shutdown());
-    assert_pending!(shutdown.poll());
-    assert!(d.is_closed());
-    assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
-    settle().await;
-    assert_pending!(shutdown.poll(), "s1 is still running");
+        let mut shutdown = tokio_test::task::spawn(d.shutdown());
+        assert_pending!(shutdown.poll());
+        assert!(d.is_closed());
+        assert_closed(assert_ready!(mock::Spawn::new(d.clone()).poll_ready()));
+        settle().await;
+        assert_pending!(shutdown.poll(), "s1 is still running");
 
-    probe.release("s1");
-    assert_handled(s1.await, 1);
-    assert_handled(s2.await, 1);
-    shutdown.await;
+        probe.release("s1");
+        assert_handled(s1.await, 1);
+        assert_handled(s2.await, 1);
+        shutdown.await;
 
-    let stats = d.stats();
-    assert_eq!(stats.workers, 0);
-    assert_eq!(stats.in_flight, 0);
-    assert_eq!(stats.active_keys, 0);
-    assert_eq!(stats.buffered, 0);
-    assert_eq!(stats.buffered_bytes, 0);
-    assert_eq!(stats.handled, 3);
+        let stats = d.stats();
+        assert_eq!(stats.workers, 0);
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.active_keys, 0);
+        assert_eq!(stats.buffered, 0);
+        assert_eq!(stats.buffered_bytes, 0);
+        assert_eq!(stats.handled, 3);
+    });
 }
 
-#[tokio::test]
-async fn idle_keys_cost_nothing() {
-    let probe = Probe::new();
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(config(8, 64, usize::MAX));
+#[test]
+fn idle_keys_cost_nothing() {
+    run(async {
+        let probe = Probe::new();
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(8, 64, usize::MAX));
 
-    let mut responses = Vec::new();
-    for i in 0..500 {
-        let key = format!("key-{}", i % 50);
-        responses.push(submit(&mut d, &route, msg(Some(&key), &format!("m{i}"))).await);
-    }
-    for outcome in join_all(responses).await {
-        assert_handled(outcome, 1);
-    }
-    let stats = d.stats();
-    assert_eq!(stats.active_keys, 0, "no state is left for 50 idle keys");
-    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
-    assert_eq!(stats.in_flight, 0);
-    assert!(stats.peak_in_flight <= 8);
+        let mut responses = Vec::new();
+        for i in 0..500 {
+            let key = format!("key-{}", i % 50);
+            responses.push(submit(&mut d, &route, msg(Some(&key), &format!("m{i}"))).await);
+        }
+        for outcome in join_all(responses).await {
+            assert_handled(outcome, 1);
+        }
+        let stats = d.stats();
+        assert_eq!(stats.active_keys, 0, "no state is left for 50 idle keys");
+        assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+        assert_eq!(stats.in_flight, 0);
+        assert!(stats.peak_in_flight <= 8);
 
-    d.shutdown().await;
-    let stats = d.stats();
-    assert_eq!(stats.workers, 0, "workers exit when there is no work");
-    assert_eq!(stats.handled, 500);
+        d.shutdown().await;
+        let stats = d.stats();
+        assert_eq!(stats.workers, 0, "workers exit when there is no work");
+        assert_eq!(stats.handled, 500);
+    });
+}
+
+#[test]
+fn a_dispatcher_dropped_without_shutdown_leaves_no_task_behind() {
+    run(async {
+        let probe = Probe::new();
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+        let mut responses = Vec::new();
+        for i in 0..20 {
+            let key = format!("key-{}", i % 3);
+            responses.push(submit(&mut d, &route, msg(Some(&key), &format!("m{i}"))).await);
+        }
+        for outcome in join_all(responses).await {
+            assert_handled(outcome, 1);
+        }
+
+        // Workers may stay parked for the next burst, but not past the last handle.
+        let runtime = tokio::runtime::Handle::current().metrics();
+        drop(d);
+        settle().await;
+        assert_eq!(runtime.num_alive_tasks(), 0);
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1016,62 +1150,197 @@ fn outcomes_resolve_cancelled_when_the_runtime_drops_their_jobs() {
     );
 }
 
-#[tokio::test]
-async fn dropping_the_outcome_future_does_not_stop_the_message() {
-    let probe = Probe::new();
-    probe.hold("m1");
-    let route = probe.route("orders", RetryPolicy::never());
-    let mut d = Dispatcher::new(DispatcherConfig::default());
+#[test]
+fn dropping_the_outcome_future_does_not_stop_the_message() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("m1");
+        let route = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(DispatcherConfig::default());
 
-    drop(submit(&mut d, &route, msg(Some("M"), "m1")).await);
-    assert_eq!(probe.started().await, "m1");
-    probe.release("m1");
-    d.shutdown().await;
-    assert_eq!(probe.events(), [start("m1", 1), end("m1", 1)]);
-    let stats = d.stats();
-    assert_eq!(
-        (stats.handled, stats.buffered, stats.active_keys),
-        (1, 0, 0)
-    );
+        drop(submit(&mut d, &route, msg(Some("M"), "m1")).await);
+        assert_eq!(probe.started().await, "m1");
+        probe.release("m1");
+        d.shutdown().await;
+        assert_eq!(probe.events(), [start("m1", 1), end("m1", 1)]);
+        let stats = d.stats();
+        assert_eq!(
+            (stats.handled, stats.buffered, stats.active_keys),
+            (1, 0, 0)
+        );
+    });
 }
 
-#[tokio::test(start_paused = true)]
-async fn deliveries_carry_the_message_group_attempt_and_closing_token() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = Arc::clone(&seen);
-    let handler = handler_fn(move |d: Delivery| {
-        let record = Arc::clone(&record);
-        async move {
-            lock(&record).push((
-                d.message().key().map(|k| k.to_string()),
-                d.group().to_owned(),
-                d.attempt(),
-                d.cancellation().is_cancelled(),
-            ));
-            if d.attempt() < 2 {
-                Err::<(), BoxError>("again".into())
-            } else {
-                Ok(())
+#[test]
+fn deliveries_carry_the_message_group_attempt_and_closing_token() {
+    run(async {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        let handler = handler_fn(move |d: Delivery| {
+            let record = Arc::clone(&record);
+            async move {
+                lock(&record).push((
+                    d.message().key().map(|k| k.to_string()),
+                    d.group().to_owned(),
+                    d.attempt(),
+                    d.cancellation().is_cancelled(),
+                ));
+                if d.attempt() < 2 {
+                    Err::<(), BoxError>("again".into())
+                } else {
+                    Ok(())
+                }
             }
-        }
+        });
+        let route = Arc::new(Route::new(
+            "orders",
+            "billing",
+            handler,
+            retry_every(Duration::from_millis(5)),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        let mut d = Dispatcher::new(DispatcherConfig::default());
+        assert_handled(submit(&mut d, &route, msg(Some("K"), "m1")).await.await, 2);
+        assert_eq!(
+            *lock(&seen),
+            [
+                (Some("K".to_owned()), "billing".to_owned(), 1, false),
+                (Some("K".to_owned()), "billing".to_owned(), 2, false),
+            ]
+        );
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real parallelism
+// ---------------------------------------------------------------------------------------------
+//
+// The tests above interleave tasks on one thread. These two run on four threads, where the
+// dispatcher's lock and its lock-free byte budget meet real races. They pass deterministically
+// when the dispatcher is correct; a lost wake-up shows as the (real-time) watchdog firing.
+
+/// Fails the test if `body` has not finished after a minute.
+async fn watchdog<T>(body: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), body)
+        .await
+        .expect("stuck: no progress for a minute")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_key_order_holds_across_threads() {
+    const KEYS: usize = 16;
+    let running: Arc<Vec<Mutex<bool>>> = Arc::new((0..KEYS).map(|_| Mutex::new(false)).collect());
+    let handled: Arc<Vec<Mutex<Vec<usize>>>> =
+        Arc::new((0..KEYS).map(|_| Mutex::new(Vec::new())).collect());
+    let overlaps = Arc::new(Mutex::new(0usize));
+    let handler = {
+        let (running, handled, overlaps) = (running.clone(), handled.clone(), overlaps.clone());
+        handler_fn(move |d: Delivery| {
+            let (running, handled, overlaps) = (running.clone(), handled.clone(), overlaps.clone());
+            async move {
+                let seq: usize = std::str::from_utf8(d.payload())?.parse()?;
+                let key = d
+                    .message()
+                    .key()
+                    .map(|k| k.as_str().parse::<usize>().unwrap());
+                if let Some(k) = key {
+                    if std::mem::replace(&mut *lock(&running[k]), true) {
+                        *lock(&overlaps) += 1;
+                    }
+                }
+                for _ in 0..seq % 4 {
+                    tokio::task::yield_now().await;
+                }
+                if let Some(k) = key {
+                    *lock(&running[k]) = false;
+                    lock(&handled[k]).push(seq);
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
     let route = Arc::new(Route::new(
         "orders",
-        "billing",
+        "group",
         handler,
-        retry_every(Duration::from_millis(5)),
+        RetryPolicy::never(),
         CancellationToken::new(),
         CancellationToken::new(),
     ));
-    let mut d = Dispatcher::new(DispatcherConfig::default());
-    assert_handled(submit(&mut d, &route, msg(Some("K"), "m1")).await.await, 2);
+    let mut d = Dispatcher::new(config(8, 32, usize::MAX));
+
+    let outcomes = watchdog(async {
+        let mut responses = Vec::new();
+        for seq in 0..2000 {
+            let key = (seq % 5 != 0).then(|| (seq % KEYS).to_string());
+            let message = msg(key.as_deref(), &seq.to_string());
+            responses.push(submit(&mut d, &route, message).await);
+        }
+        join_all(responses).await
+    })
+    .await;
+    for outcome in outcomes {
+        assert_handled(outcome, 1);
+    }
+    watchdog(d.shutdown()).await;
+
+    assert_eq!(*lock(&overlaps), 0, "calls of one key overlapped");
+    for (k, handled) in handled.iter().enumerate() {
+        let submitted: Vec<usize> = (0..2000).filter(|s| s % 5 != 0 && s % KEYS == k).collect();
+        assert_eq!(*lock(handled), submitted, "key {k}");
+    }
+    let stats = d.stats();
+    assert!(stats.peak_in_flight <= 8);
+    assert_eq!(stats.handled, 2000);
     assert_eq!(
-        *lock(&seen),
-        [
-            (Some("K".to_owned()), "billing".to_owned(), 1, false),
-            (Some("K".to_owned()), "billing".to_owned(), 2, false),
-        ]
+        (
+            stats.workers,
+            stats.in_flight,
+            stats.active_keys,
+            stats.buffered,
+            stats.buffered_bytes
+        ),
+        (0, 0, 0, 0, 0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
+    let handler = handler_fn(|_d: Delivery| async {
+        tokio::task::yield_now().await;
+        Ok::<_, BoxError>(())
+    });
+    let route = Arc::new(Route::new(
+        "orders",
+        "group",
+        handler,
+        RetryPolicy::never(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    ));
+    let len = msg(None, "0000").encoded_len();
+    // Room for about two messages: nearly every admission waits for bytes to be freed.
+    let d = Dispatcher::new(config(4, 64, 2 * len));
+
+    let producers = (0..4).map(|p| {
+        let (mut d, route) = (d.clone(), route.clone());
+        tokio::spawn(async move {
+            let mut responses = Vec::new();
+            for i in 0..250 {
+                responses.push(submit(&mut d, &route, msg(None, &format!("{p}{i:03}"))).await);
+            }
+            join_all(responses).await
+        })
+    });
+    let outcomes = watchdog(join_all(producers)).await;
+    for outcome in outcomes.into_iter().flat_map(|o| o.expect("producer ran")) {
+        assert_handled(outcome, 1);
+    }
+    watchdog(d.shutdown()).await;
+    let stats = d.stats();
+    assert_eq!(stats.handled, 1000);
+    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1221,6 +1490,10 @@ proptest! {
             .start_paused(true)
             .build()
             .unwrap();
-        rt.block_on(run_scenario(specs))?;
+        rt.block_on(async {
+            tokio::time::timeout(STUCK, run_scenario(specs))
+                .await
+                .expect("stuck: the scenario can no longer make progress")
+        })?;
     }
 }

@@ -20,8 +20,8 @@ impl Future for ResponseFuture {
     type Output = Result<Outcome, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The sender only disappears without answering when the job was dropped unrun (the
-        // runtime shut down under it): the handler did not finish, so the message stays unacked.
+        // Every job answers, even one dropped unrun (`Job::drop` replies `Cancelled`); a closed
+        // channel is read the same way, as a message not handled, to be redelivered.
         Poll::Ready(Ok(
             ready!(self.project().rx.poll(cx)).unwrap_or(Outcome::Cancelled)
         ))

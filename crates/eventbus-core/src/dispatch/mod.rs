@@ -12,10 +12,12 @@
 //!   [`max_buffered_bytes`](DispatcherConfig::max_buffered_bytes) is reached. At a bound
 //!   `poll_ready` returns `Pending` and wakes the caller when room frees up: transports stop
 //!   fetching, so backpressure reaches the broker.
-//! - **Cost.** Tasks: one per running handler call (created on demand, at most `max_in_flight`,
-//!   gone when there is no work) plus one timer task per message waiting out a retry backoff
-//!   (at most `max_buffered`). Nothing depends on the number of topics or keys; a key that has
-//!   no message in the dispatcher has no state at all. Messages without a key run concurrently.
+//! - **Cost.** Tasks: one worker per handler call running at once (started on demand, at most
+//!   `max_in_flight`; when work runs out, about one per runtime thread stays parked for the next
+//!   burst and the rest exit) plus one timer task per message waiting out a retry backoff (at
+//!   most `max_buffered`). Nothing depends on the number of topics or keys; a key that has no
+//!   message in the dispatcher has no state at all. Messages without a key run concurrently.
+//!   [`Dispatcher::shutdown`] (or dropping the last handle) ends every task.
 //! - **Outcome.** The response future resolves with the final [`Outcome`]: transports ack on
 //!   [`Outcome::Handled`], nack on [`Outcome::Failed`] and leave the message for redelivery on
 //!   [`Outcome::Cancelled`]. A handler panic is caught, counted and treated as an error.

@@ -2,9 +2,11 @@
 
 use std::collections::VecDeque;
 use std::collections::hash_map::{Entry, HashMap};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
@@ -179,6 +181,8 @@ impl Reply {
         // The receiver may be gone (the transport stopped caring): the room is freed either way.
         match self {
             Reply::Oneshot(tx) => {
+                // Room first, so whoever sees the outcome also sees the room it freed.
+                drop(room);
                 let _ = tx.send(outcome);
             }
             Reply::Queue { tx, token } => {
@@ -475,24 +479,38 @@ impl Shared {
             group: Arc::clone(&route.group),
             closing: route.closing.clone(),
         };
-        let mut handler = route.handler.clone();
-        let mut call = std::pin::pin!(
-            AssertUnwindSafe(async move { handler.ready().await?.call(delivery).await })
-                .catch_unwind()
-        );
+        // Everything that runs user code (cloning the handler, polling it, dropping it) stays
+        // inside `catch_unwind`, so a panic anywhere in it is counted and the job still gets
+        // its outcome.
+        let handler = Arc::clone(&route);
+        let call = AssertUnwindSafe(async move {
+            let mut handler = handler.handler.clone();
+            handler.ready().await?.call(delivery).await
+        })
+        .catch_unwind();
+        let mut call = std::pin::pin!(Some(call));
 
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         // Most handlers finish on their first poll; only register with the abort token (a
         // lock on a token shared by the route) for those that wait.
-        let result = match futures::FutureExt::now_or_never(call.as_mut()) {
+        let polled = std::future::poll_fn(|cx| match call.as_mut().as_pin_mut() {
+            Some(fut) => fut.poll(cx),
+            None => Poll::Pending,
+        });
+        let mut polled = std::pin::pin!(polled);
+        let result = match futures::FutureExt::now_or_never(polled.as_mut()) {
             Some(r) => Some(r),
             None => tokio::select! {
                 biased;
                 () = route.abort.cancelled() => None,
-                r = call => Some(r),
+                r = polled => Some(r),
             },
         };
+        // An aborted handler is dropped here, where a panic in its drop is caught too.
+        if std::panic::catch_unwind(AssertUnwindSafe(|| call.set(None))).is_err() {
+            self.panicked.fetch_add(1, Ordering::Relaxed);
+        }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
 
         let error = match result {
