@@ -63,7 +63,8 @@ const NAME: &str = "memory";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryConfig {
-    /// Most messages a topic's log holds (default 100,000); publishing into a full topic waits.
+    /// Most messages a topic's log holds (default 10,000); publishing into a full topic waits,
+    /// so memory stays bounded (about 1 KB per envelope) and slow consumers slow publishers.
     pub topic_capacity: usize,
     /// Delay before a message that failed for good is delivered again (default 1 s).
     pub redelivery_delay: Duration,
@@ -72,7 +73,7 @@ pub struct MemoryConfig {
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
-            topic_capacity: 100_000,
+            topic_capacity: 10_000,
             redelivery_delay: Duration::from_secs(1),
         }
     }
