@@ -314,6 +314,7 @@ impl Subscriber for MemoryTransport {
             ready,
             redelivery_delay: self.broker.config.redelivery_delay,
             registered: false,
+            taken: VecDeque::new(),
         };
         Ok(request.start(Box::pin(member.into_stream())))
     }
@@ -353,7 +354,12 @@ struct Member {
     redelivery_delay: Duration,
     /// Counted in its group's `waiting`.
     registered: bool,
+    /// Taken under one lock, not yet handed to the bus.
+    taken: VecDeque<Incoming<MemoryAck>>,
 }
+
+/// Most messages a member takes from its group under one lock.
+const TAKE_BATCH: usize = 32;
 
 impl Drop for Member {
     fn drop(&mut self) {
@@ -373,8 +379,13 @@ enum Next {
 }
 
 impl Member {
-    /// Takes the next message, or registers `wake` for when one may be there.
+    /// Takes the next message, or registers `wake` for when one may be there. Takes up to
+    /// [`TAKE_BATCH`] at once under one lock; the rest wait in `taken` (pending at the broker,
+    /// released for redelivery if the subscription ends first).
     fn try_next(&mut self, wake: Pin<&mut Notified<'_>>) -> Next {
+        if let Some(incoming) = self.taken.pop_front() {
+            return Next::Message(incoming);
+        }
         let mut st = lock(&self.topic.state);
         let TopicState {
             log, base, groups, ..
@@ -385,49 +396,50 @@ impl Member {
         if std::mem::take(&mut self.registered) {
             g.waiting -= 1;
         }
-        // Redeliveries first, lowest offset first, so a key's older message comes back before
-        // its newer ones.
-        let due = if g.redeliver.is_empty() {
-            None
-        } else {
-            let now = Instant::now();
-            g.redeliver
-                .iter()
-                .find(|&(_, &at)| at <= now)
-                .map(|(&o, _)| o)
-        };
-        let offset = match due {
-            Some(o) => {
-                g.redeliver.remove(&o);
-                o
-            }
-            None if g.cursor < *base + log.len() as u64 => {
-                g.cursor += 1;
-                g.cursor - 1
-            }
-            None => {
-                // Registered under the topic lock, so a publish after we looked wakes us.
-                wake.enable();
-                g.waiting += 1;
-                self.registered = true;
-                return match g.redeliver.values().min() {
-                    Some(&at) => Next::WaitUntil(at),
-                    None => Next::Wait,
-                };
-            }
-        };
-        g.pending.insert(offset);
-        let message = Arc::clone(&log[(offset - *base) as usize]);
-        Next::Message(Incoming {
-            message,
-            ack: MemoryAck {
-                topic: Arc::clone(&self.topic),
-                group: Arc::clone(&self.group),
-                offset,
-                redelivery_delay: self.redelivery_delay,
-                settled: false,
-            },
-        })
+        let now = (!g.redeliver.is_empty()).then(Instant::now);
+        while self.taken.len() < TAKE_BATCH {
+            // Redeliveries first, lowest offset first, so a key's older message comes back
+            // before its newer ones.
+            let due = now.and_then(|now| {
+                g.redeliver
+                    .iter()
+                    .find(|&(_, &at)| at <= now)
+                    .map(|(&o, _)| o)
+            });
+            let offset = match due {
+                Some(o) => {
+                    g.redeliver.remove(&o);
+                    o
+                }
+                None if g.cursor < *base + log.len() as u64 => {
+                    g.cursor += 1;
+                    g.cursor - 1
+                }
+                None => break,
+            };
+            g.pending.insert(offset);
+            self.taken.push_back(Incoming {
+                message: Arc::clone(&log[(offset - *base) as usize]),
+                ack: MemoryAck {
+                    topic: Arc::clone(&self.topic),
+                    group: Arc::clone(&self.group),
+                    offset,
+                    redelivery_delay: self.redelivery_delay,
+                    settled: false,
+                },
+            });
+        }
+        if let Some(incoming) = self.taken.pop_front() {
+            return Next::Message(incoming);
+        }
+        // Registered under the topic lock, so a publish after we looked wakes us.
+        wake.enable();
+        g.waiting += 1;
+        self.registered = true;
+        match g.redeliver.values().min() {
+            Some(&at) => Next::WaitUntil(at),
+            None => Next::Wait,
+        }
     }
 
     fn into_stream(self) -> impl Stream<Item = Result<Incoming<MemoryAck>>> + Send {

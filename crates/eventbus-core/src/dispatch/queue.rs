@@ -282,7 +282,9 @@ impl ByteBudget {
 struct State {
     /// Keys with a job in the dispatcher (running, ready or backing off), mapped to the jobs
     /// waiting behind it. An entry exists exactly while the key is busy.
-    keys: HashMap<(u64, Key), VecDeque<Job>>,
+    /// Hashed with foldhash (seeded per process): keys come from message data, so the hash must
+    /// not be predictable, but SipHash costs twice as much on this path.
+    keys: HashMap<(u64, Key), VecDeque<Job>, foldhash::fast::RandomState>,
     /// Jobs that may run now; at most one per key.
     ready: VecDeque<Job>,
     workers: usize,
