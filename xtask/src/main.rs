@@ -1,9 +1,20 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test`: everything CI checks, on a fresh machine: rustfmt, clippy (`-D warnings`), every
-//!   test of the workspace (cargo-nextest when installed, else `cargo test`), and doc tests.
+//! - `test`: everything CI checks, on a fresh machine: starts a nats-server if none runs on
+//!   127.0.0.1:4222 (and stops it after), then rustfmt, clippy (`-D warnings`), every test of
+//!   the workspace (cargo-nextest when installed, else `cargo test`), and doc tests.
 //! - `report [args]`: the main job on the in-memory default (the README's first command): the
 //!   `throughput` example (bus vs raw mpsc, same run) then the `report` example (leak report).
+//! - `load [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]`: the
+//!   Go SDK's load scenarios A and B per level (the `load` example, release build): prints the
+//!   table, writes `target/load/<transport>.json` and `.svg`; fails on loss, order violations
+//!   or leaked tasks.
+//! - `conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]`: the conformance
+//!   suite per transport (the `conformance` example, release build): a pass/fail table; fails
+//!   when a check fails.
+//!
+//! Arguments after the command go to the example as they are; naming `nats`, `kafka` or `all`
+//! as the transport turns on the matching cargo features of `eventbus`.
 
 use std::process::{Command, ExitCode};
 
@@ -12,8 +23,14 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("report") => report(&args[1..]),
+        Some("load") => example("load", &args[1..]),
+        Some("conformance") => example("conformance", &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test | report [-- args]>");
+            eprintln!(
+                "usage: cargo xtask <test | report [-- args] | load [args] | conformance [args]>\n\
+                 \x20 load        [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]\n\
+                 \x20 conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -47,7 +64,42 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Tests need a nats-server with JetStream on 127.0.0.1:4222. If none answers, start one (with
+/// its store under `target/`) and return it, to be stopped when the tests are done.
+fn ensure_nats() -> Result<Option<std::process::Child>, String> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4222));
+    let up = || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok();
+    if up() {
+        return Ok(None);
+    }
+    eprintln!("no nats-server on 127.0.0.1:4222: starting one");
+    let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-store");
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
+        .arg(&store)
+        .spawn()
+        .map_err(|e| format!("cannot start nats-server (install it: apt-get install nats-server): {e}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !up() {
+        if std::time::Instant::now() > deadline {
+            return Err("nats-server did not start listening on 127.0.0.1:4222".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(Some(child))
+}
+
 fn test() -> Result<(), String> {
+    let mut nats = ensure_nats()?;
+    let result = run_tests();
+    if let Some(child) = nats.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+fn run_tests() -> Result<(), String> {
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
         "clippy",
@@ -86,11 +138,55 @@ fn test() -> Result<(), String> {
 fn report(args: &[String]) -> Result<(), String> {
     for example in ["throughput", "report"] {
         let mut full = vec![
-            "run", "--quiet", "--release", "-p", "eventbus", "--example", example, "--",
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "eventbus",
+            "--example",
+            example,
+            "--",
         ];
         full.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
         cargo(&full)?;
         println!();
     }
     Ok(())
+}
+
+/// The transport named by `--transport X` or `--transport=X`, if any.
+fn transport<'a>(args: &[&'a str]) -> Option<&'a str> {
+    args.iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--transport") {
+            Some("") => args.get(i + 1).copied(),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        })
+}
+
+/// Cargo features of `eventbus` that `transport` needs.
+fn features(transport: Option<&str>) -> Option<&'static str> {
+    match transport? {
+        "nats" => Some("nats"),
+        "kafka" => Some("kafka"),
+        "all" => Some("nats,kafka"),
+        _ => None,
+    }
+}
+
+/// Runs `example` of `eventbus` in release mode, passing `args` through.
+fn example(example: &str, args: &[String]) -> Result<(), String> {
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    let mut full = vec!["run", "--release", "-p", "eventbus", "--example", example];
+    if let Some(features) = features(transport(&args)) {
+        full.extend(["--features", features]);
+    }
+    full.push("--");
+    full.extend(args);
+    cargo(&full)
 }

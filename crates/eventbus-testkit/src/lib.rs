@@ -15,5 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod leak;
+pub mod load;
 pub mod order;
 pub mod scenario;

@@ -1,28 +1,70 @@
-//! Load scenarios: many aggregates over several topics, versions published in order per
-//! aggregate, checked for loss and order, timed to the last receipt; and the raw
+//! Load scenarios: messages over several topics, published by one sender per topic, checked for
+//! loss, duplicates and order, timed to the last receipt (never by fixed sleeps); and the raw
 //! `tokio::sync::mpsc` baseline doing the same work with nothing of ours in between.
+//!
+//! The Go SDK's two harnesses (see [`crate::load`] for its levels) are two [`Shape`]s:
+//! - **A** ([`Shape::Unkeyed`]): raw messages without a key, payload = 8-byte send timestamp +
+//!   100 bytes; one sender per topic sends `count / 5`. Unkeyed messages carry no order
+//!   promise, so only loss and duplicates are checked.
+//! - **B** ([`Shape::Envelope`]): envelopes of aggregates `aggregate-i` (aggregate `i` on topic
+//!   `i % topics`), versions `1..=n` published in order per aggregate; the order checker counts
+//!   every delivery whose version is not greater than the last one seen for its aggregate.
+//!
+//! Every payload starts with the send timestamp: nanoseconds since the run's epoch (an
+//! [`Instant`] shared by senders and handlers), `u64` little-endian, so end-to-end latency is
+//! measured per delivery.
+//!
+//! # What a delivery costs the harness
+//! The same small, bounded work in the bus's handler and in the raw baseline's loop: decode,
+//! one bit in a "seen" bitmap (duplicates and loss), the aggregate's last version (order; keyed
+//! shapes only), one bucket of a fixed-size latency [`Histogram`]. Everything the harness
+//! records into is allocated before the start snapshot, so heap figures are the bus's.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use eventbus_core::{BoxError, Delivery, DispatcherStats, Envelope, EventBus, Message, handler_fn};
+use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use crate::leak::Usage;
+use crate::leak::{Snapshot, Usage};
 use crate::order::VersionTracker;
 
+/// Bytes of the send timestamp at the start of every payload.
+pub const STAMP_LEN: usize = 8;
+/// Bytes of version (`u64` LE) and aggregate (`u32` LE) after the stamp in raw payloads.
+const ID_LEN: usize = 12;
+
 /// What each message looks like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Shape {
-    /// A raw keyed message: payload = version (u64 LE) + aggregate (u32 LE) + padding.
+    /// A raw keyed message (key `aggregate-i`): payload = send timestamp + version (u64 LE) +
+    /// aggregate (u32 LE) + padding; decoding is trivial.
     Raw,
-    /// A domain-event envelope (headers carry aggregate id and version).
+    /// The Go SDK's scenario A: a raw message without a key, payload = send timestamp +
+    /// [`Load::payload`] bytes (whose first 12 carry sender and sequence number, to count loss
+    /// and duplicates). Unkeyed messages run concurrently: there is no order to check.
+    Unkeyed,
+    /// The Go SDK's scenario B: a domain-event envelope (headers carry aggregate id and version;
+    /// the body is the send timestamp + padding); handlers decode the envelope.
     Envelope,
 }
 
-/// A load: `aggregates` named `aggregate-i`, aggregate `i` on topic `i % topics`, each
-/// publishing versions `1..=versions` in order.
+impl Shape {
+    /// Whether messages carry a key, so per-key order is promised and checked.
+    pub fn keyed(self) -> bool {
+        !matches!(self, Shape::Unkeyed)
+    }
+}
+
+/// A load: `aggregates` numbered `0..aggregates`, aggregate `i` on topic `i % topics`, each
+/// publishing versions `1..=versions` in order; one sender per topic goes round its
+/// aggregates, one version at a time.
+///
+/// Scenario A is `aggregates == topics` with [`Shape::Unkeyed`]: each sender publishes its own
+/// sequence `1..=versions`.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     /// Topics.
@@ -31,12 +73,14 @@ pub struct Load {
     pub aggregates: usize,
     /// Versions per aggregate.
     pub versions: u64,
-    /// Payload bytes per message (at least 12).
+    /// Payload bytes after the 8-byte send timestamp (raw shapes use at least 12).
     pub payload: usize,
     /// Message shape.
     pub shape: Shape,
     /// Give up waiting for receipts after this long.
     pub deadline: Duration,
+    /// Print a progress line to stderr this often while waiting for receipts (`None`: quiet).
+    pub progress: Option<Duration>,
 }
 
 impl Load {
@@ -44,51 +88,503 @@ impl Load {
     pub fn messages(&self) -> u64 {
         self.aggregates as u64 * self.versions
     }
-    fn topic(&self, t: usize) -> String {
-        format!("load-{}-{t}", std::process::id())
-    }
-    fn message(&self, topic: &str, aggregate: usize, version: u64) -> Message {
-        let key = format!("aggregate-{aggregate}");
+
+    /// The message of `aggregate` at `version`, stamped with the time since `epoch`.
+    fn message(&self, topic: &str, aggregate: usize, version: u64, epoch: Instant) -> Message {
+        let sent = nanos_since(epoch);
         match self.shape {
-            Shape::Raw => {
-                let mut b = BytesMut::with_capacity(self.payload.max(12));
+            Shape::Raw | Shape::Unkeyed => {
+                let len = STAMP_LEN + self.payload.max(ID_LEN);
+                let mut b = BytesMut::with_capacity(len);
+                b.put_u64_le(sent);
                 b.put_u64_le(version);
                 b.put_u32_le(aggregate as u32);
-                b.resize(self.payload.max(12), 0);
-                Message::new(topic, b.freeze()).with_key(key)
+                b.resize(len, 0);
+                let message = Message::new(topic, b.freeze());
+                if self.shape == Shape::Raw {
+                    message.with_key(format!("aggregate-{aggregate}"))
+                } else {
+                    message
+                }
             }
             Shape::Envelope => {
-                let payload = Bytes::from(vec![b'x'; self.payload]);
-                Envelope::new(key, "Tick", version, payload)
-                    .map(|e| e.to_message(topic))
-                    .unwrap_or_else(|e| panic!("load builds valid envelopes: {e}"))
+                let mut b = BytesMut::with_capacity(STAMP_LEN + self.payload);
+                b.put_u64_le(sent);
+                b.resize(STAMP_LEN + self.payload, b'x');
+                Envelope::new(
+                    format!("aggregate-{aggregate}"),
+                    "Tick",
+                    version,
+                    b.freeze(),
+                )
+                .map(|e| e.to_message(topic))
+                .unwrap_or_else(|e| panic!("load builds valid envelopes: {e}"))
             }
         }
+    }
+
+    /// What sender `t` publishes, in order.
+    fn plan(self, t: usize) -> impl Iterator<Item = (usize, u64)> {
+        (1..=self.versions).flat_map(move |version| {
+            (t..self.aggregates)
+                .step_by(self.topics)
+                .map(move |aggregate| (aggregate, version))
+        })
     }
 }
 
-/// Decodes (aggregate index, version) the way a handler of `shape` would.
-fn decode(shape: Shape, message: &Message) -> Result<(usize, u64), BoxError> {
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What a handler reads from a message.
+struct Decoded {
+    aggregate: usize,
+    version: u64,
+    sent_ns: u64,
+}
+
+/// Decodes a message the way a handler of `shape` would.
+fn decode(shape: Shape, message: &Message) -> Result<Decoded, BoxError> {
     match shape {
-        Shape::Raw => {
-            let mut p = message.payload().clone();
-            if p.len() < 12 {
+        Shape::Raw | Shape::Unkeyed => {
+            let mut p: &[u8] = message.payload();
+            if p.len() < STAMP_LEN + ID_LEN {
                 return Err("short payload".into());
             }
+            let sent_ns = p.get_u64_le();
             let version = p.get_u64_le();
-            Ok((p.get_u32_le() as usize, version))
+            Ok(Decoded {
+                aggregate: p.get_u32_le() as usize,
+                version,
+                sent_ns,
+            })
         }
         Shape::Envelope => {
             let env = Envelope::from_message(message)?;
-            let index = env
+            let aggregate = env
                 .aggregate_id
                 .as_str()
                 .strip_prefix("aggregate-")
                 .and_then(|i| i.parse().ok())
                 .ok_or("unexpected aggregate id")?;
-            Ok((index, env.event_version.get()))
+            let mut p: &[u8] = &env.payload;
+            if p.len() < STAMP_LEN {
+                return Err("short payload".into());
+            }
+            Ok(Decoded {
+                aggregate,
+                version: env.event_version.get(),
+                sent_ns: p.get_u64_le(),
+            })
         }
     }
+}
+
+/// Sub-buckets per power of two in a [`Histogram`] (as bits): values are kept within 1/64.
+const SUB_BITS: u32 = 6;
+const SUB: usize = 1 << SUB_BITS;
+const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
+
+/// A latency histogram of fixed size (about 30 KB, whatever it records): log-linear buckets,
+/// 64 per power of two, so a quantile is off by at most 1/128 of its value; recording is two
+/// relaxed atomic additions, from any number of threads.
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+    sum_ns: AtomicU64,
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histogram")
+            .field("summary", &self.summary())
+            .finish()
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn bucket(ns: u64) -> usize {
+        if ns < SUB as u64 {
+            return ns as usize;
+        }
+        let shift = 63 - ns.leading_zeros() - SUB_BITS;
+        (shift as usize + 1) * SUB + ((ns >> shift) as usize & (SUB - 1))
+    }
+
+    /// The middle of bucket `b`.
+    fn value(b: usize) -> u64 {
+        if b < SUB {
+            return b as u64;
+        }
+        let shift = (b / SUB - 1) as u32;
+        (((SUB + b % SUB) as u64) << shift) + ((1u64 << shift) >> 1)
+    }
+
+    /// Records one latency, in nanoseconds.
+    pub fn record_ns(&self, ns: u64) {
+        self.buckets[Self::bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Records one latency.
+    pub fn record(&self, latency: Duration) {
+        self.record_ns(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Adds everything `other` recorded.
+    pub fn merge(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_ns
+            .fetch_add(other.sum_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The value at quantile `q` (0..=1), or zero when nothing was recorded.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let count = self.count();
+        if count == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
+        let mut seen = 0;
+        for (b, n) in self.buckets.iter().enumerate() {
+            seen += n.load(Ordering::Relaxed);
+            if seen >= rank {
+                return Duration::from_nanos(Self::value(b));
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// Count, mean, median, 99th percentile and maximum.
+    pub fn summary(&self) -> Latency {
+        let count = self.count();
+        Latency {
+            count,
+            mean: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed) / count.max(1)),
+            p50: self.quantile(0.5),
+            p99: self.quantile(0.99),
+            max: self.quantile(1.0),
+        }
+    }
+}
+
+/// A summary of a [`Histogram`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Values recorded.
+    pub count: u64,
+    /// Their mean (exact).
+    pub mean: Duration,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Largest value.
+    pub max: Duration,
+}
+
+/// One bit per message of the load: which arrived, how many twice.
+struct Seen {
+    bits: Box<[AtomicU64]>,
+    distinct: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl Seen {
+    fn new(messages: u64) -> Self {
+        Seen {
+            bits: (0..messages.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            distinct: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks message `index`; returns the distinct messages seen so far if it is new.
+    fn mark(&self, index: u64) -> Option<u64> {
+        let bit = 1 << (index % 64);
+        if self.bits[(index / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.distinct.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+}
+
+/// What handlers record into; allocated before the start snapshot.
+struct Recorder {
+    load: Load,
+    epoch: Instant,
+    seen: Seen,
+    order: Option<VersionTracker>,
+    e2e: Histogram,
+    /// Publish latency, one histogram per sender (no contention), merged into the last.
+    publish: Vec<Histogram>,
+    done: Notify,
+    finished_at: Mutex<Option<Instant>>,
+}
+
+impl Recorder {
+    fn new(load: Load, epoch: Instant) -> Self {
+        Recorder {
+            load,
+            epoch,
+            seen: Seen::new(load.messages()),
+            order: load
+                .shape
+                .keyed()
+                .then(|| VersionTracker::new(load.aggregates)),
+            e2e: Histogram::new(),
+            publish: (0..=load.topics).map(|_| Histogram::new()).collect(),
+            done: Notify::new(),
+            finished_at: Mutex::new(None),
+        }
+    }
+
+    /// The handler's work for one delivery.
+    fn observe(&self, message: &Message) -> Result<(), BoxError> {
+        let d = decode(self.load.shape, message)?;
+        self.e2e
+            .record_ns(nanos_since(self.epoch).saturating_sub(d.sent_ns));
+        if d.aggregate >= self.load.aggregates || d.version == 0 || d.version > self.load.versions {
+            return Err("a message this load never sent".into());
+        }
+        if let Some(order) = &self.order {
+            order.observe(d.aggregate, d.version);
+        }
+        let index = d.aggregate as u64 * self.load.versions + (d.version - 1);
+        if self.seen.mark(index) == Some(self.load.messages()) {
+            *self
+                .finished_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            self.done.notify_one();
+        }
+        Ok(())
+    }
+
+    fn distinct(&self) -> u64 {
+        self.seen.distinct.load(Ordering::Acquire)
+    }
+    fn duplicates(&self) -> u64 {
+        self.seen.duplicates.load(Ordering::Acquire)
+    }
+    fn finished_at(&self) -> Option<Instant> {
+        *lock(&self.finished_at)
+    }
+}
+
+/// Tasks, threads and heap at one moment of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Sample {
+    /// Microseconds since the start snapshot.
+    pub at_us: u64,
+    /// Alive tokio tasks.
+    pub tasks: usize,
+    /// OS threads.
+    pub threads: usize,
+    /// Live heap bytes (0 without the counting allocator).
+    pub heap_bytes: usize,
+}
+
+/// Samples over a run (every millisecond, by a thread of its own; thinned out to at most
+/// 1,024 by dropping every other one when full) and when its phases began, in microseconds
+/// since the start snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    /// The samples, oldest first; the first is the start snapshot, the last the after-close one.
+    pub samples: Vec<Sample>,
+    /// Subscriptions made, publishing starts.
+    pub publishing_us: u64,
+    /// Last receipt (or the deadline).
+    pub received_us: u64,
+    /// Closing starts.
+    pub closing_us: u64,
+    /// Closed.
+    pub closed_us: u64,
+}
+
+const MAX_SAMPLES: usize = 1024;
+const SAMPLE_EVERY: Duration = Duration::from_millis(1);
+
+/// Usage and timeline of a run.
+struct Sampler {
+    origin: Instant,
+    usage: Usage,
+    timeline: Timeline,
+    /// Keep one sample in `stride`.
+    stride: u64,
+    ticks: u64,
+}
+
+impl Sampler {
+    /// Allocates the timeline, then takes the start snapshot.
+    fn begin() -> Self {
+        let mut timeline = Timeline {
+            samples: Vec::with_capacity(MAX_SAMPLES),
+            ..Timeline::default()
+        };
+        let origin = Instant::now();
+        let usage = Usage::begin();
+        timeline.samples.push(Self::point(origin, usage.start));
+        Sampler {
+            origin,
+            usage,
+            timeline,
+            stride: 1,
+            ticks: 0,
+        }
+    }
+
+    fn point(origin: Instant, s: Snapshot) -> Sample {
+        Sample {
+            at_us: origin.elapsed().as_micros() as u64,
+            tasks: s.tasks,
+            threads: s.threads,
+            heap_bytes: s.heap_bytes,
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    fn push(&mut self, s: Snapshot) {
+        if self.timeline.samples.len() == MAX_SAMPLES {
+            // Keep the first (the start) and every other one after it.
+            let mut i = 0;
+            self.timeline.samples.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.stride *= 2;
+        }
+        self.timeline.samples.push(Self::point(self.origin, s));
+    }
+
+    /// A periodic sample: always counts toward the peak, kept in the timeline one in `stride`.
+    fn tick(&mut self, s: Snapshot) {
+        self.usage.peak = self.usage.peak.max(s);
+        self.ticks += 1;
+        if self.ticks % self.stride == 0 {
+            self.push(s);
+        }
+    }
+
+    /// The after-close snapshot.
+    async fn finish(&mut self) {
+        self.usage.finish().await;
+        self.push(self.usage.after_close);
+        self.timeline.closed_us = self.now_us();
+    }
+}
+
+/// A [`Sampler`] sampling on a thread of its own, so a busy runtime cannot starve it: the
+/// runtime's timers are not polled while its workers are busy. Its thread counts in the peak
+/// thread figure and is gone before the after-close snapshot.
+struct Sampling {
+    shared: Arc<(Mutex<Sampler>, AtomicBool)>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Sampling {
+    /// Starts sampling the current runtime; prints `label`'s progress every `load.progress`.
+    fn start(sampler: Sampler, label: &str, recorder: &Arc<Recorder>) -> Self {
+        let shared = Arc::new((Mutex::new(sampler), AtomicBool::new(false)));
+        let handle = tokio::runtime::Handle::current();
+        let (state, label, recorder) =
+            (Arc::clone(&shared), label.to_owned(), Arc::clone(recorder));
+        let thread = std::thread::Builder::new()
+            .name("load-sampler".into())
+            .spawn(move || {
+                // Snapshots read the task count of the runtime entered.
+                let _runtime = handle.enter();
+                let (sampler, stop) = &*state;
+                let load = recorder.load;
+                let origin = lock(sampler).origin;
+                let mut next_report = load.progress.map(|every| origin + every);
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(SAMPLE_EVERY);
+                    let s = Snapshot::take();
+                    lock(sampler).tick(s);
+                    if let (Some(at), Some(every)) = (next_report, load.progress) {
+                        if Instant::now() >= at {
+                            eprintln!(
+                                "  {label}: {} / {} received, {} duplicates, {:.1} s",
+                                recorder.distinct(),
+                                load.messages(),
+                                recorder.duplicates(),
+                                origin.elapsed().as_secs_f64()
+                            );
+                            next_report = Some(at + every);
+                        }
+                    }
+                }
+            })
+            .unwrap_or_else(|e| panic!("cannot start the sampler thread: {e}"));
+        Sampling { shared, thread }
+    }
+
+    /// A sample at the start of a phase (always kept), and when the phase started.
+    fn mark(&self, phase: fn(&mut Timeline) -> &mut u64) {
+        let s = Snapshot::take();
+        let mut sampler = lock(&self.shared.0);
+        sampler.usage.peak = sampler.usage.peak.max(s);
+        sampler.push(s);
+        *phase(&mut sampler.timeline) = sampler.now_us();
+    }
+
+    /// Stops and joins the thread; returns the sampler.
+    fn stop(self) -> Sampler {
+        self.shared.1.store(true, Ordering::Release);
+        if self.thread.join().is_err() {
+            panic!("the sampler thread panicked");
+        }
+        let taken = Sampler {
+            origin: Instant::now(),
+            usage: Usage::default(),
+            timeline: Timeline::default(),
+            stride: 1,
+            ticks: 0,
+        };
+        std::mem::replace(&mut *lock(&self.shared.0), taken)
+    }
+
+    /// Waits for the last receipt (or the deadline).
+    async fn wait(&self, recorder: &Recorder) -> Option<Instant> {
+        tokio::select! {
+            () = recorder.done.notified() => {}
+            () = tokio::time::sleep(recorder.load.deadline) => {}
+        }
+        self.mark(|t| &mut t.received_us);
+        recorder.finished_at()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Figures of one run.
@@ -96,132 +592,198 @@ fn decode(shape: Shape, message: &Message) -> Result<(usize, u64), BoxError> {
 pub struct Report {
     /// What ran.
     pub label: String,
-    /// Messages published.
+    /// The load.
+    pub load: Load,
+    /// Messages published (publish returned `Ok`).
     pub published: u64,
     /// Deliveries received (duplicates included).
     pub received: u64,
-    /// Messages never received.
+    /// Published messages never received.
     pub lost: u64,
-    /// Deliveries out of order or duplicated.
+    /// Deliveries of a message already received.
+    pub duplicates: u64,
+    /// Deliveries whose version was not greater than the last one seen for their aggregate
+    /// (duplicates of keyed messages included); 0 when not checked (see `ordered`).
     pub order_violations: u64,
-    /// First publish to last receipt.
+    /// Whether order was checked (keyed shapes).
+    pub ordered: bool,
+    /// Every message received before the deadline.
+    pub completed: bool,
+    /// First publish to last receipt (or to the deadline).
     pub elapsed: Duration,
-    /// Median and 99th percentile publish latency.
-    pub publish_latency: (Duration, Duration),
+    /// First publish to the last publish returning.
+    pub publish_elapsed: Duration,
+    /// Publish latency (call to return).
+    pub publish_latency: Latency,
+    /// End-to-end latency (send timestamp to the handler reading it), per delivery.
+    pub e2e_latency: Latency,
     /// Tasks, threads, fds and heap at start, peak and after close.
     pub usage: Usage,
+    /// Tasks, threads and heap over the run.
+    pub timeline: Timeline,
     /// Dispatcher counters at the end (bus runs only).
     pub dispatcher: Option<DispatcherStats>,
+    /// Failed publishes (a sender stops at its first failure).
+    pub errors: Vec<String>,
 }
 
 impl Report {
-    /// Received messages per second.
+    /// Received messages per second, first publish to last receipt.
     pub fn throughput(&self) -> f64 {
         self.received as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
-}
-
-struct Progress {
-    tracker: VersionTracker,
-    expected: u64,
-    done: Notify,
-    finished_at: std::sync::Mutex<Option<Instant>>,
-}
-
-impl Progress {
-    fn observe(&self, aggregate: usize, version: u64) {
-        if self.tracker.observe(aggregate, version) == self.expected {
-            *self.finished_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            self.done.notify_one();
-        }
+    /// Published messages per second, first publish to the last publish returning.
+    pub fn send_throughput(&self) -> f64 {
+        self.published as f64 / self.publish_elapsed.as_secs_f64().max(1e-9)
     }
+}
 
-    /// Waits for the last receipt (or the deadline), sampling usage meanwhile.
-    async fn wait(&self, usage: &mut Usage, deadline: Duration) -> Option<Instant> {
-        let give_up = tokio::time::sleep(deadline);
-        tokio::pin!(give_up);
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        loop {
-            tokio::select! {
-                () = self.done.notified() => break,
-                () = &mut give_up => break,
-                _ = tick.tick() => usage.sample(),
+/// What one sender did (its latencies are in the recorder).
+#[derive(Default)]
+struct Sent {
+    count: u64,
+    last: Option<Instant>,
+    error: Option<String>,
+}
+
+/// Everything a run allocates for the harness, before its start snapshot; kept until after
+/// the after-close snapshot, so the heap figures are the bus's alone.
+struct Prepared {
+    recorder: Arc<Recorder>,
+    topics: Vec<String>,
+}
+
+fn prepare(load: Load) -> Prepared {
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    assert!(
+        load.topics > 0 && load.aggregates >= load.topics,
+        "a load needs topics and at least one aggregate per topic"
+    );
+    Prepared {
+        recorder: Arc::new(Recorder::new(load, Instant::now())),
+        topics: (0..load.topics)
+            .map(|t| format!("load-{}-{run}-{t}", std::process::id()))
+            .collect(),
+    }
+}
+
+/// Joins the senders: total published, merged latency, when the last publish returned, errors.
+async fn join_senders(
+    recorder: &Recorder,
+    senders: Vec<tokio::task::JoinHandle<Sent>>,
+    started: Instant,
+) -> (u64, Latency, Duration, Vec<String>) {
+    let (mut published, mut last, mut errors) = (0, started, Vec::new());
+    for s in senders {
+        match s.await {
+            Ok(sent) => {
+                published += sent.count;
+                last = last.max(sent.last.unwrap_or(started));
+                errors.extend(sent.error);
             }
+            Err(e) => errors.push(format!("sender panicked: {e}")),
         }
-        usage.sample();
-        *self.finished_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    let (all, senders) = recorder
+        .publish
+        .split_last()
+        .unwrap_or_else(|| unreachable!("one histogram per sender and one for all"));
+    senders.iter().for_each(|h| all.merge(h));
+    (published, all.summary(), last - started, errors)
+}
+
+fn report(
+    label: &str,
+    recorder: &Recorder,
+    sampler: Sampler,
+    started: Instant,
+    finished: Option<Instant>,
+    sent: (u64, Latency, Duration, Vec<String>),
+    dispatcher: Option<DispatcherStats>,
+) -> Report {
+    let (published, publish_latency, publish_elapsed, errors) = sent;
+    let distinct = recorder.distinct();
+    let duplicates = recorder.duplicates();
+    Report {
+        label: label.to_owned(),
+        load: recorder.load,
+        published,
+        received: distinct + duplicates,
+        lost: published.saturating_sub(distinct),
+        duplicates,
+        order_violations: recorder
+            .order
+            .as_ref()
+            .map_or(0, VersionTracker::violations),
+        ordered: recorder.order.is_some(),
+        completed: finished.is_some(),
+        elapsed: finished.unwrap_or(started + recorder.load.deadline) - started,
+        publish_elapsed,
+        publish_latency,
+        e2e_latency: recorder.e2e.summary(),
+        usage: sampler.usage,
+        timeline: sampler.timeline,
+        dispatcher,
+        errors,
     }
 }
 
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    if samples.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
-    }
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    (at(0.5), at(0.99))
-}
-
-/// Runs `load` through a bus built by `build` (usage is measured from before it is built to
-/// after it is closed). One subscription per topic, one publishing task per topic.
-pub async fn run_bus(label: &str, load: Load, build: impl FnOnce() -> EventBus) -> Report {
-    let mut usage = Usage::begin();
-    let bus = build();
-    let progress = Arc::new(Progress {
-        tracker: VersionTracker::new(load.aggregates),
-        expected: load.messages(),
-        done: Notify::new(),
-        finished_at: Default::default(),
-    });
+/// Runs `load` through a bus built by `build` (usage is measured from before it is built, so a
+/// transport's connection and threads count, to after it is closed). One subscription per
+/// topic, one publishing task per topic.
+pub async fn run_bus<F, Fut>(label: &str, load: Load, build: F) -> Report
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = EventBus>,
+{
+    let Prepared { recorder, topics } = prepare(load);
+    let sampling = Sampling::start(Sampler::begin(), label, &recorder);
+    let bus = build().await;
     let mut subs = Vec::new();
-    for t in 0..load.topics {
-        let progress = Arc::clone(&progress);
+    for topic in &topics {
+        let recorder = Arc::clone(&recorder);
         let handler = handler_fn(move |d: Delivery| {
-            let decoded = decode(load.shape, d.message());
-            let progress = Arc::clone(&progress);
-            async move {
-                let (aggregate, version) = decoded?;
-                progress.observe(aggregate, version);
-                Ok::<_, BoxError>(())
-            }
+            let handled = recorder.observe(d.message());
+            async move { handled }
         });
-        match bus.subscribe(&load.topic(t), "load", handler).await {
+        match bus.subscribe(topic, "load", handler).await {
             Ok(sub) => subs.push(sub),
             Err(e) => panic!("subscribe failed: {e}"),
         }
     }
-    usage.sample();
+    sampling.mark(|t| &mut t.publishing_us);
 
     let started = Instant::now();
-    let publishers: Vec<_> = (0..load.topics)
-        .map(|t| {
+    let senders: Vec<_> = topics
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(t, topic)| {
             let bus = bus.clone();
+            let recorder = Arc::clone(&recorder);
             tokio::spawn(async move {
-                let topic = load.topic(t);
-                let mut latencies =
-                    Vec::with_capacity((load.messages() / load.topics as u64) as usize);
-                for version in 1..=load.versions {
-                    for aggregate in (t..load.aggregates).step_by(load.topics) {
-                        let message = load.message(&topic, aggregate, version);
-                        let sent = Instant::now();
-                        if let Err(e) = bus.publish(message).await {
-                            panic!("publish failed: {e}");
-                        }
-                        latencies.push(sent.elapsed());
+                let (mut sent, latency) = (Sent::default(), &recorder.publish[t]);
+                for (aggregate, version) in load.plan(t) {
+                    let message = load.message(&topic, aggregate, version, recorder.epoch);
+                    let at = Instant::now();
+                    if let Err(e) = bus.publish(message).await {
+                        sent.error = Some(format!("publish on {topic} failed: {e}"));
+                        break;
                     }
+                    let now = Instant::now();
+                    latency.record(now - at);
+                    sent.count += 1;
+                    sent.last = Some(now);
                 }
-                latencies
+                sent
             })
         })
         .collect();
-    let finished = progress.wait(&mut usage, load.deadline).await;
-    let mut latencies = Vec::new();
-    for p in publishers {
-        latencies.extend(p.await.unwrap_or_default());
-    }
-    let published = latencies.len() as u64;
-    let publish_latency = percentiles(latencies);
+    let finished = sampling.wait(&recorder).await;
+    let sent = join_senders(&recorder, senders, started).await;
     let dispatcher = bus.stats();
+    sampling.mark(|t| &mut t.closing_us);
     for sub in subs {
         sub.close().await;
     }
@@ -229,92 +791,206 @@ pub async fn run_bus(label: &str, load: Load, build: impl FnOnce() -> EventBus) 
         panic!("close failed: {e}");
     }
     drop(bus);
-    usage.finish().await;
-
-    Report {
-        label: label.to_owned(),
-        published,
-        received: progress.tracker.received(),
-        lost: progress.tracker.lost(load.versions),
-        order_violations: progress.tracker.violations(),
-        elapsed: finished.unwrap_or_else(Instant::now) - started,
-        publish_latency,
-        usage,
-        dispatcher: Some(dispatcher),
-    }
+    let mut sampler = sampling.stop();
+    sampler.finish().await;
+    report(
+        label,
+        &recorder,
+        sampler,
+        started,
+        finished,
+        sent,
+        Some(dispatcher),
+    )
 }
 
 /// The baseline: the same messages and handler work through one bounded `tokio::sync::mpsc`
 /// (capacity 1024) per topic, each drained by one task calling the handler in a loop.
 pub async fn run_raw_mpsc(label: &str, load: Load) -> Report {
-    let mut usage = Usage::begin();
-    let progress = Arc::new(Progress {
-        tracker: VersionTracker::new(load.aggregates),
-        expected: load.messages(),
-        done: Notify::new(),
-        finished_at: Default::default(),
-    });
+    let Prepared { recorder, topics } = prepare(load);
+    let sampling = Sampling::start(Sampler::begin(), label, &recorder);
     let mut consumers = Vec::new();
-    let mut senders = Vec::new();
+    let mut channels = Vec::new();
     for _ in 0..load.topics {
         let (tx, mut rx) = mpsc::channel::<Arc<Message>>(1024);
-        senders.push(tx);
-        let progress = Arc::clone(&progress);
+        channels.push(tx);
+        let recorder = Arc::clone(&recorder);
         consumers.push(tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
-                let handler = async {
-                    let (aggregate, version) = decode(load.shape, &message)?;
-                    progress.observe(aggregate, version);
-                    Ok::<_, BoxError>(())
-                };
+                let handled = recorder.observe(&message);
+                let handler = async move { handled };
                 if let Err(e) = handler.await {
                     panic!("raw handler failed: {e}");
                 }
             }
         }));
     }
+    sampling.mark(|t| &mut t.publishing_us);
+
     let started = Instant::now();
-    let publishers: Vec<_> = senders
-        .into_iter()
+    let senders: Vec<_> = topics
+        .iter()
+        .cloned()
+        .zip(channels)
         .enumerate()
-        .map(|(t, tx)| {
+        .map(|(t, (topic, tx))| {
+            let recorder = Arc::clone(&recorder);
             tokio::spawn(async move {
-                let topic = load.topic(t);
-                let mut latencies = Vec::new();
-                for version in 1..=load.versions {
-                    for aggregate in (t..load.aggregates).step_by(load.topics) {
-                        let message = Arc::new(load.message(&topic, aggregate, version));
-                        let sent = Instant::now();
-                        if tx.send(message).await.is_err() {
-                            panic!("raw consumer gone");
-                        }
-                        latencies.push(sent.elapsed());
+                let (mut sent, latency) = (Sent::default(), &recorder.publish[t]);
+                for (aggregate, version) in load.plan(t) {
+                    let message =
+                        Arc::new(load.message(&topic, aggregate, version, recorder.epoch));
+                    let at = Instant::now();
+                    if tx.send(message).await.is_err() {
+                        sent.error = Some("raw consumer gone".into());
+                        break;
                     }
+                    let now = Instant::now();
+                    latency.record(now - at);
+                    sent.count += 1;
+                    sent.last = Some(now);
                 }
-                latencies
+                sent
             })
         })
         .collect();
-    let finished = progress.wait(&mut usage, load.deadline).await;
-    let mut latencies = Vec::new();
-    for p in publishers {
-        latencies.extend(p.await.unwrap_or_default());
-    }
+    let finished = sampling.wait(&recorder).await;
+    let sent = join_senders(&recorder, senders, started).await;
+    sampling.mark(|t| &mut t.closing_us);
     for c in consumers {
         let _ = c.await;
     }
-    let published = latencies.len() as u64;
-    let publish_latency = percentiles(latencies);
-    usage.finish().await;
-    Report {
-        label: label.to_owned(),
-        published,
-        received: progress.tracker.received(),
-        lost: progress.tracker.lost(load.versions),
-        order_violations: progress.tracker.violations(),
-        elapsed: finished.unwrap_or_else(Instant::now) - started,
-        publish_latency,
-        usage,
-        dispatcher: None,
+    let mut sampler = sampling.stop();
+    sampler.finish().await;
+    report(label, &recorder, sampler, started, finished, sent, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_round_trip_within_resolution() {
+        for v in [
+            0u64,
+            1,
+            63,
+            64,
+            65,
+            127,
+            128,
+            1_000,
+            123_456,
+            10_000_000_000,
+            u64::MAX,
+        ] {
+            let mid = Histogram::value(Histogram::bucket(v));
+            let err = mid.abs_diff(v) as f64 / v.max(1) as f64;
+            assert!(err <= 1.0 / 64.0, "{v} -> {mid}");
+            assert!(Histogram::bucket(v) < BUCKETS);
+        }
+    }
+
+    #[test]
+    fn histogram_quantiles() {
+        let h = Histogram::new();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        let near = |d: Duration, us: f64| (d.as_secs_f64() * 1e6 - us).abs() / us < 0.02;
+        assert!(near(s.p50, 500.0), "{s:?}");
+        assert!(near(s.p99, 990.0), "{s:?}");
+        assert!(near(s.max, 1000.0), "{s:?}");
+        assert!(near(s.mean, 500.5), "{s:?}");
+        let other = Histogram::new();
+        other.merge(&h);
+        assert_eq!(other.summary(), s);
+        assert_eq!(Histogram::new().summary(), Latency::default());
+    }
+
+    #[test]
+    fn seen_counts_duplicates() {
+        let s = Seen::new(130);
+        assert_eq!(s.mark(0), Some(1));
+        assert_eq!(s.mark(129), Some(2));
+        assert_eq!(s.mark(0), None);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn plans_cover_every_message_in_order() {
+        let load = Load {
+            topics: 5,
+            aggregates: 12,
+            versions: 3,
+            payload: 100,
+            shape: Shape::Envelope,
+            deadline: Duration::from_secs(1),
+            progress: None,
+        };
+        let mut all: Vec<_> = (0..5).flat_map(|t| load.plan(t)).collect();
+        assert_eq!(all.len() as u64, load.messages());
+        // Per aggregate, versions in order within its sender.
+        for t in 0..5 {
+            let mut last = [0; 12];
+            for (a, v) in load.plan(t) {
+                assert_eq!(a % 5, t);
+                assert!(v > last[a]);
+                last[a] = v;
+            }
+        }
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len() as u64, load.messages());
+    }
+
+    #[test]
+    fn messages_decode_with_their_stamp() {
+        let epoch = Instant::now();
+        for shape in [Shape::Raw, Shape::Unkeyed, Shape::Envelope] {
+            let load = Load {
+                topics: 1,
+                aggregates: 8,
+                versions: 9,
+                payload: 100,
+                shape,
+                deadline: Duration::from_secs(1),
+                progress: None,
+            };
+            let m = load.message("t", 7, 9, epoch);
+            assert_eq!(m.key().is_some(), shape.keyed());
+            if shape != Shape::Envelope {
+                assert_eq!(m.payload().len(), STAMP_LEN + 100);
+            }
+            let d = decode(shape, &m).unwrap();
+            assert_eq!((d.aggregate, d.version), (7, 9));
+            assert!(d.sent_ns <= nanos_since(epoch));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_baseline_counts_everything() {
+        for shape in [Shape::Unkeyed, Shape::Envelope] {
+            let load = Load {
+                topics: 5,
+                aggregates: if shape.keyed() { 50 } else { 5 },
+                versions: if shape.keyed() { 20 } else { 200 },
+                payload: 100,
+                shape,
+                deadline: Duration::from_secs(30),
+                progress: None,
+            };
+            let r = run_raw_mpsc("raw", load).await;
+            assert!(r.completed);
+            assert_eq!((r.published, r.received), (1000, 1000));
+            assert_eq!((r.lost, r.duplicates, r.order_violations), (0, 0, 0));
+            assert_eq!(r.ordered, shape.keyed());
+            assert_eq!(r.e2e_latency.count, 1000);
+            assert_eq!(r.publish_latency.count, 1000);
+            assert!(r.timeline.samples.len() >= 4);
+            assert!(r.errors.is_empty());
+        }
     }
 }

@@ -42,15 +42,14 @@ fn main() {
             payload: 100,
             shape: Shape::Envelope,
             deadline: Duration::from_secs(120),
+            progress: None,
         };
         println!(
             "report: memory transport, {topics} topics x {} aggregates x {versions} versions = {} envelopes, 2 runtime workers\n",
             aggregates / topics,
             load.messages()
         );
-        let r = scenario::run_bus("bus", load, || {
-            EventBus::builder(MemoryTransport::new()).build()
-        })
+        let r = scenario::run_bus("bus", load, || async { EventBus::builder(MemoryTransport::new()).build() })
         .await;
         print_table(&r);
         check(&r);
@@ -79,9 +78,14 @@ fn print_table(r: &Report) {
     );
     println!("| order violations | {} |", r.order_violations);
     println!("| lost messages | {} |", r.lost);
+    println!("| duplicated deliveries | {} |", r.duplicates);
     println!(
         "| publish latency p50 / p99 | {:?} / {:?} |",
-        r.publish_latency.0, r.publish_latency.1
+        r.publish_latency.p50, r.publish_latency.p99
+    );
+    println!(
+        "| end-to-end latency p50 / p99 / mean | {:?} / {:?} / {:?} |",
+        r.e2e_latency.p50, r.e2e_latency.p99, r.e2e_latency.mean
     );
     println!(
         "| tasks at start / peak / after close | {} / {} / {} |",
@@ -107,8 +111,9 @@ fn print_table(r: &Report) {
         d.peak_in_flight
     );
     println!(
-        "\nTasks are sampled every 5 ms; the peak includes the harness's 5 publisher tasks. The bus's\n\
-         own tasks are one consuming task per subscription (5) plus one worker per handler call\n\
-         running at once (at most max_in_flight = 256), none of which survive close()."
+        "\nTasks are sampled every millisecond by a thread of the harness (counted in the threads'\n\
+         peak); the tasks' peak includes the harness's 5 publisher tasks. The bus's own tasks are\n\
+         one consuming task per subscription (5) plus one worker per handler call running at once\n\
+         (at most max_in_flight = 256), none of which survive close()."
     );
 }

@@ -53,11 +53,12 @@ fn main() {
                 payload: 100,
                 shape,
                 deadline: Duration::from_secs(120),
+                progress: None,
             };
             let (mut bus, mut raw) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 raw.push(scenario::run_raw_mpsc("raw", load).await.throughput());
-                let r = scenario::run_bus("bus", load, || {
+                let r = scenario::run_bus("bus", load, || async {
                     EventBus::builder(MemoryTransport::new()).build()
                 })
                 .await;
@@ -79,6 +80,7 @@ fn main() {
                 match shape {
                     Shape::Envelope => "envelopes (decode + order check)",
                     Shape::Raw => "raw keyed (trivial handler)",
+                    Shape::Unkeyed => "raw unkeyed (trivial handler)",
                 },
                 range(&bus),
                 range(&raw),

@@ -35,9 +35,11 @@ pub use eventbus_memory as memory;
 #[cfg(feature = "memory")]
 pub use eventbus_memory::{MemoryConfig, MemoryTransport};
 
-/// The NATS JetStream transport (feature `nats`; not implemented yet).
+/// The NATS JetStream transport (feature `nats`).
 #[cfg(feature = "nats")]
 pub use eventbus_nats as nats;
+#[cfg(feature = "nats")]
+pub use eventbus_nats::{NatsConfig, NatsTransport};
 
 /// The Kafka transport (feature `kafka`; not implemented yet).
 #[cfg(feature = "kafka")]

@@ -1,0 +1,278 @@
+//! The conformance suite (`eventbus_testkit::conformance`, see `shared/docs/conformance.md`) as
+//! a pass/fail table.
+//!
+//! `cargo run -p eventbus --example conformance -- --transport memory [--quick] [--stress N]`
+//!
+//! - Every check runs in a task of its own, on a multi-thread runtime of its own, so a panic is
+//!   a FAIL with its message and nothing a check leaves behind reaches the next one.
+//! - `--quick` shrinks message counts about tenfold.
+//! - `--stress N` runs the whole suite N times at once (each copy with its own harness, so its
+//!   own broker) and reports, per check, how many copies passed. Checks that measure
+//!   process-wide figures (`RUN_ALONE`: threads, descriptors, heap) run afterwards, one copy at
+//!   a time.
+//! - Pending checks (`PENDING`, a feature not implemented yet) still run; they show as PENDING
+//!   and do not fail the run.
+//!
+//! Exits non-zero if any check failed. Only the memory transport is wired here so far;
+//! `--transport nats|kafka` says so and exits non-zero, `--transport all` runs memory with a
+//! note.
+
+use std::any::Any;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use eventbus::{EventBus, MemoryTransport, Transport};
+use eventbus_testkit::conformance::{CHECKS, Check, Harness, PENDING, RUN_ALONE, Scale};
+
+eventbus_testkit::install_heap_counter!();
+
+/// Marker in the messages of panics the checks cause on purpose (in handlers): not printed.
+const DELIBERATE: &str = "conformance: deliberate";
+
+struct Args {
+    transport: String,
+    quick: bool,
+    stress: usize,
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: cargo run -p eventbus --example conformance -- [--transport memory|nats|kafka|all] [--quick] [--stress N]"
+    );
+    ExitCode::from(2)
+}
+
+fn parse() -> Option<Args> {
+    let mut args = Args {
+        transport: "memory".into(),
+        quick: false,
+        stress: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--" => {}
+            "--transport" => args.transport = it.next()?,
+            "--quick" => args.quick = true,
+            "--stress" => args.stress = it.next()?.parse().ok().filter(|n| *n > 0)?,
+            _ => return None,
+        }
+    }
+    Some(args)
+}
+
+fn memory_harness(scale: Scale) -> Harness {
+    let broker = MemoryTransport::new();
+    let capabilities = broker.capabilities();
+    Harness::new("memory", capabilities, move |options| {
+        let connection = broker.clone();
+        async move { EventBus::builder(connection).options(options).build() }
+    })
+    .with_scale(scale)
+}
+
+/// How one run of one check went.
+#[derive(Clone)]
+struct Run {
+    failure: Option<String>,
+    took: Duration,
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "non-string panic payload".into())
+}
+
+/// Runs one check in a spawned task on a fresh runtime.
+fn run_check(check: Check, harness: &Harness) -> Run {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Run {
+                failure: Some(format!("cannot build a tokio runtime: {e}")),
+                took: Duration::ZERO,
+            };
+        }
+    };
+    let h = harness.clone();
+    let start = Instant::now();
+    let joined = runtime.block_on(async move { tokio::spawn(async move { check(&h).await }).await });
+    let took = start.elapsed();
+    // Whatever a failed check left running is dropped with its runtime.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let failure = match joined {
+        Ok(()) => None,
+        Err(e) if e.is_panic() => Some(panic_message(&*e.into_panic())),
+        Err(e) => Some(format!("the check's task was cancelled: {e}")),
+    };
+    Run { failure, took }
+}
+
+/// Runs every check once over `harness`, skipping `RUN_ALONE` checks when `skip_alone`.
+fn run_suite(harness: &Harness, skip_alone: bool) -> Vec<Option<Run>> {
+    CHECKS
+        .iter()
+        .map(|&(_, name, check)| {
+            if skip_alone && RUN_ALONE.contains(&name) {
+                None
+            } else {
+                Some(run_check(check, harness))
+            }
+        })
+        .collect()
+}
+
+fn pending_reason(name: &str) -> Option<&'static str> {
+    PENDING.iter().find(|(n, _)| *n == name).map(|(_, why)| *why)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+fn millis(d: Duration) -> String {
+    if d >= Duration::from_secs(10) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+fn main() -> ExitCode {
+    let Some(args) = parse() else {
+        return usage();
+    };
+    match args.transport.as_str() {
+        "memory" => {}
+        "all" => println!(
+            "note: nats and kafka are not wired into this runner yet; running memory only\n"
+        ),
+        "nats" | "kafka" => {
+            eprintln!(
+                "conformance: the {} transport is not implemented in this runner yet (only memory is)",
+                args.transport
+            );
+            return ExitCode::FAILURE;
+        }
+        other => {
+            eprintln!("conformance: unknown transport {other:?}");
+            return usage();
+        }
+    }
+
+    // Panics the checks cause on purpose are expected; everything else is printed as usual.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !panic_message(info.payload()).starts_with(DELIBERATE) {
+            default_hook(info);
+        }
+    }));
+
+    let scale = if args.quick { Scale::Quick } else { Scale::Full };
+    let copies = args.stress;
+    println!(
+        "conformance: transport memory, {} size, {copies} cop{} at once\n",
+        if args.quick { "quick" } else { "full" },
+        if copies == 1 { "y" } else { "ies" }
+    );
+
+    let started = Instant::now();
+    // results[check][copy]
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); CHECKS.len()];
+    if copies == 1 {
+        for (i, run) in run_suite(&memory_harness(scale), false)
+            .into_iter()
+            .enumerate()
+        {
+            results[i].extend(run);
+        }
+    } else {
+        let suites: Vec<Vec<Option<Run>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..copies)
+                .map(|_| s.spawn(move || run_suite(&memory_harness(scale), true)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a suite copy's thread panicked"))
+                .collect()
+        });
+        for suite in suites {
+            for (i, run) in suite.into_iter().enumerate() {
+                results[i].extend(run);
+            }
+        }
+        // Process-wide measurements, one copy at a time with nothing else running.
+        for (i, &(_, name, check)) in CHECKS.iter().enumerate() {
+            if RUN_ALONE.contains(&name) {
+                for _ in 0..copies {
+                    results[i].push(run_check(check, &memory_harness(scale)));
+                }
+            }
+        }
+    }
+
+    let (mut passed, mut failed, mut pending) = (0, 0, 0);
+    let mut details = Vec::new();
+    if copies == 1 {
+        println!("| # | check | memory | time |");
+    } else {
+        println!("| # | check | memory ({copies} copies) | slowest |");
+    }
+    println!("|---|---|---|---|");
+    for (&(n, name, _), runs) in CHECKS.iter().zip(&results) {
+        let ok = runs.iter().filter(|r| r.failure.is_none()).count();
+        let slowest = runs.iter().map(|r| r.took).max().unwrap_or_default();
+        let first_failure = runs.iter().find_map(|r| r.failure.as_deref());
+        let cell = match (pending_reason(name), first_failure) {
+            (Some(why), Some(_)) => {
+                pending += 1;
+                format!("PENDING ({why})")
+            }
+            (Some(_), None) => {
+                passed += 1;
+                "PASS (listed as pending: remove it from PENDING)".to_owned()
+            }
+            (None, None) => {
+                passed += 1;
+                if copies == 1 {
+                    "PASS".to_owned()
+                } else {
+                    format!("PASS {ok}/{copies}")
+                }
+            }
+            (None, Some(msg)) => {
+                failed += 1;
+                details.push(format!("{n}. {name}: {msg}"));
+                if copies == 1 {
+                    format!("FAIL: {}", first_line(msg))
+                } else {
+                    format!("FAIL {ok}/{copies} passed: {}", first_line(msg))
+                }
+            }
+        };
+        println!("| {n} | {name} | {} | {} |", cell.replace('|', "\\|"), millis(slowest));
+    }
+    println!(
+        "\n{} checks: {passed} passed, {failed} failed, {pending} pending ({})",
+        CHECKS.len(),
+        millis(started.elapsed())
+    );
+    if !details.is_empty() {
+        println!("\nfailures:");
+        for d in &details {
+            println!("\n{d}");
+        }
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
