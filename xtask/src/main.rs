@@ -68,7 +68,9 @@ fn has_nextest() -> bool {
 /// its store under `target/`) and return it, to be stopped when the tests are done.
 fn ensure_nats() -> Result<Option<std::process::Child>, String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4222));
-    let up = || std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok();
+    let up = || {
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+    };
     if up() {
         return Ok(None);
     }
@@ -78,7 +80,9 @@ fn ensure_nats() -> Result<Option<std::process::Child>, String> {
         .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
         .arg(&store)
         .spawn()
-        .map_err(|e| format!("cannot start nats-server (install it: apt-get install nats-server): {e}"))?;
+        .map_err(|e| {
+            format!("cannot start nats-server (install it: apt-get install nats-server): {e}")
+        })?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !up() {
         if std::time::Instant::now() > deadline {

@@ -35,7 +35,8 @@
 //! - Pulls are driven by the bus: the transport asks the server for more only when the bus
 //!   takes the previous batch, in batches no larger than the bus can buffer.
 //! - Handled → ack; failed for good → nak with [`ConsumerOptions::redelivery_delay`];
-//!   cancelled at shutdown → nak without delay (redelivered at once to another member).
+//!   cancelled at shutdown → left unacked, so the server redelivers it after
+//!   [`ConsumerOptions::ack_wait`] (messages prefetched but not yet handed to the bus too).
 //! - **Ordering across instances**: JetStream hands a group's messages to whichever member
 //!   pulls, with no key affinity. Per-key order is guaranteed within one subscription; with
 //!   several members in one group, messages of one key may be handled concurrently by different
@@ -776,7 +777,11 @@ impl Acknowledge for NatsAck {
             Outcome::Handled { .. } => AckKind::Ack,
             Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),
             // Not a failure: hand it back at once, for another member or the next start.
-            Outcome::Cancelled => AckKind::Nak(None),
+            // Not a failure, and not ours any more: leave it unacked; the server redelivers it
+            // after the ack wait. (A nak would hand it over sooner, but nats-server 2.9 was
+            // seen delivering a nak'd message twice to the next member: the conformance
+            // check `subscribe_cancel` caught it.)
+            Outcome::Cancelled => return Settle::Done(Ok(())),
         };
         Settle::Later(Box::pin(async move {
             self.msg

@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod conformance;
 pub mod leak;
 pub mod load;
 pub mod order;

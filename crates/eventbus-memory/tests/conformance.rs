@@ -1,0 +1,24 @@
+//! The conformance suite (`eventbus_testkit::conformance`) over the in-memory broker: one test
+//! per check. Every bus of a test is a connection to one shared broker (a clone of one
+//! `MemoryTransport`), like processes sharing a broker.
+//!
+//! `zero_leaks` reads process-wide figures (threads, descriptors, heap): run it in a process of
+//! its own, as `cargo nextest` does for every test.
+
+use eventbus_core::{EventBus, Transport};
+use eventbus_memory::MemoryTransport;
+use eventbus_testkit::conformance::Harness;
+
+// Heap figures for `zero_leaks`.
+eventbus_testkit::install_heap_counter!();
+
+fn harness() -> Harness {
+    let broker = MemoryTransport::new();
+    let capabilities = broker.capabilities();
+    Harness::new("memory", capabilities, move |options| {
+        let connection = broker.clone();
+        async move { EventBus::builder(connection).options(options).build() }
+    })
+}
+
+eventbus_testkit::conformance_tests!(harness());

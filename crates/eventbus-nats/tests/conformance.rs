@@ -1,0 +1,72 @@
+//! The conformance suite against a real nats-server: each check gets a private server (its own
+//! port and store directory, removed afterwards), so `reconnect` can kill and restart it.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use eventbus_core::{EventBus, Transport};
+use eventbus_nats::{ConsumerOptions, NatsConfig, NatsTransport};
+use eventbus_testkit::conformance::Harness;
+use support::PrivateServer;
+
+fn harness() -> Harness {
+    let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
+    let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
+    let capabilities = Capabilities::of_nats();
+    let for_restart = Arc::clone(&server);
+    Harness::new("nats", capabilities, move |options| {
+        let url = url.clone();
+        async move {
+            // A short ack wait: messages left unacked at a subscription's close (by design)
+            // come back in seconds rather than the default 30 s.
+            let config = NatsConfig::new(url)
+                .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(3)));
+            let transport = NatsTransport::connect(config)
+                .await
+                .unwrap_or_else(|e| panic!("connect to the private nats-server: {e}"));
+            EventBus::builder(transport).options(options).build()
+        }
+    })
+    .with_restart(move || {
+        let server = Arc::clone(&for_restart);
+        async move {
+            // SIGKILL and start again on the same port and store, as a crash would.
+            tokio::task::spawn_blocking(move || {
+                server.lock().unwrap_or_else(|e| e.into_inner()).restart()
+            })
+            .await
+            .map_err(|e| eventbus_core::Error::transport("nats", e))
+        }
+    })
+}
+
+struct Capabilities;
+impl Capabilities {
+    fn of_nats() -> eventbus_core::Capabilities {
+        eventbus_core::Capabilities::none()
+            .with_consumer_groups()
+            .with_persistence()
+            .with_broker_restart()
+    }
+}
+
+// Keep the capabilities in one place: the transport's own, plus a restartable broker here.
+#[test]
+fn declared_capabilities_match_the_transport() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let server = PrivateServer::start(&[]);
+        let t = NatsTransport::connect(NatsConfig::new(server.url()))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.capabilities().with_broker_restart(),
+            Capabilities::of_nats()
+        );
+        t.close().await.unwrap();
+    });
+}
+
+eventbus_testkit::conformance_tests!(harness());
