@@ -315,6 +315,7 @@ impl Subscriber for MemoryTransport {
             redelivery_delay: self.broker.config.redelivery_delay,
             registered: false,
             taken: VecDeque::new(),
+            batch: request.max_buffered().clamp(1, TAKE_BATCH),
         };
         Ok(request.start(Box::pin(member.into_stream())))
     }
@@ -356,6 +357,9 @@ struct Member {
     registered: bool,
     /// Taken under one lock, not yet handed to the bus.
     taken: VecDeque<Incoming<MemoryAck>>,
+    /// Most messages taken at once: never more than the bus admits, so a slow member does not
+    /// hoard what the other members of its group could handle.
+    batch: usize,
 }
 
 /// Most messages a member takes from its group under one lock.
@@ -380,7 +384,7 @@ enum Next {
 
 impl Member {
     /// Takes the next message, or registers `wake` for when one may be there. Takes up to
-    /// [`TAKE_BATCH`] at once under one lock; the rest wait in `taken` (pending at the broker,
+    /// `batch` at once under one lock; the rest wait in `taken` (pending at the broker,
     /// released for redelivery if the subscription ends first).
     fn try_next(&mut self, wake: Pin<&mut Notified<'_>>) -> Next {
         if let Some(incoming) = self.taken.pop_front() {
@@ -397,7 +401,7 @@ impl Member {
             g.waiting -= 1;
         }
         let now = (!g.redeliver.is_empty()).then(Instant::now);
-        while self.taken.len() < TAKE_BATCH {
+        while self.taken.len() < self.batch {
             // Redeliveries first, lowest offset first, so a key's older message comes back
             // before its newer ones.
             let due = now.and_then(|now| {

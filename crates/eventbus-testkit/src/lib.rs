@@ -18,4 +18,5 @@ pub mod conformance;
 pub mod leak;
 pub mod load;
 pub mod order;
+pub mod process;
 pub mod scenario;

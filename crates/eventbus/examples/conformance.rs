@@ -15,9 +15,9 @@
 //! - Pending checks (`PENDING`, waiting for a feature not implemented yet) are not run: they
 //!   show as PENDING with the reason and do not fail the run.
 //!
-//! Exits non-zero if any check failed. Only the memory transport is wired here so far;
-//! `--transport nats|kafka` says so and exits non-zero, `--transport all` runs memory with a
-//! note.
+//! Exits non-zero if any check failed. `--transport nats` (built with the `nats` feature, as
+//! `cargo xtask conformance` does) runs each check against a private nats-server of its own;
+//! `all` runs memory and nats; kafka is not implemented yet.
 
 use std::any::Any;
 use std::process::ExitCode;
@@ -158,27 +158,129 @@ fn millis(d: Duration) -> String {
     }
 }
 
+fn harness(transport: &str, scale: Scale, timeout: Duration) -> Harness {
+    match transport {
+        #[cfg(feature = "nats")]
+        "nats" => nats_harness(scale, timeout),
+        _ => memory_harness(scale, timeout),
+    }
+}
+
+/// A private nats-server per harness (so `reconnect` can kill and restart it), with a short ack
+/// wait so messages left unacked at a close come back in seconds.
+#[cfg(feature = "nats")]
+fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
+    use std::sync::{Arc, Mutex};
+
+    use eventbus::nats::ConsumerOptions;
+    use eventbus::{NatsConfig, NatsTransport};
+    use eventbus_testkit::process::ServerProcess;
+
+    let server = ServerProcess::nats(&[])
+        .unwrap_or_else(|e| panic!("cannot start a private nats-server: {e}"));
+    let url = format!("nats://127.0.0.1:{}", server.port());
+    let server = Arc::new(Mutex::new(server));
+    let capabilities = eventbus::Capabilities::none()
+        .with_consumer_groups()
+        .with_persistence()
+        .with_broker_restart();
+    let keep = Arc::clone(&server);
+    Harness::new("nats", capabilities, move |options| {
+        let url = url.clone();
+        let _alive = Arc::clone(&keep);
+        async move {
+            let config = NatsConfig::new(url)
+                .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(3)));
+            let transport = NatsTransport::connect(config)
+                .await
+                .unwrap_or_else(|e| panic!("connect to the private nats-server: {e}"));
+            EventBus::builder(transport).options(options).build()
+        }
+    })
+    .with_restart(move || {
+        let server = Arc::clone(&server);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                server.lock().unwrap_or_else(|e| e.into_inner()).restart()
+            })
+            .await
+            .map_err(|e| eventbus::Error::transport("nats", e))?
+            .map_err(|e| eventbus::Error::transport("nats", e))
+        }
+    })
+    .with_scale(scale)
+    .with_timeout(timeout)
+}
+
+/// Runs the suite `copies` times over `transport`; `results[check][copy]`.
+fn run_transport(transport: &str, scale: Scale, timeout: Duration, copies: usize) -> Vec<Vec<Run>> {
+    let mut results: Vec<Vec<Run>> = vec![Vec::new(); CHECKS.len()];
+    if copies == 1 {
+        for (i, &(_, name, check)) in CHECKS.iter().enumerate() {
+            if pending_reason(name).is_none() {
+                results[i].push(run_check(check, &harness(transport, scale, timeout)));
+            }
+        }
+        return results;
+    }
+    let suites: Vec<Vec<Option<Run>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..copies)
+            .map(|_| s.spawn(move || run_suite(&harness(transport, scale, timeout), true)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a suite copy's thread panicked"))
+            .collect()
+    });
+    for suite in suites {
+        for (i, run) in suite.into_iter().enumerate() {
+            results[i].extend(run);
+        }
+    }
+    // Process-wide measurements, one copy at a time with nothing else running.
+    for (i, &(_, name, check)) in CHECKS.iter().enumerate() {
+        if RUN_ALONE.contains(&name) && pending_reason(name).is_none() {
+            for _ in 0..copies {
+                results[i].push(run_check(check, &harness(transport, scale, timeout)));
+            }
+        }
+    }
+    results
+}
+
 fn main() -> ExitCode {
     let Some(args) = parse() else {
         return usage();
     };
-    match args.transport.as_str() {
-        "memory" => {}
-        "all" => println!(
-            "note: nats and kafka are not wired into this runner yet; running memory only\n"
-        ),
-        "nats" | "kafka" => {
-            eprintln!(
-                "conformance: the {} transport is not implemented in this runner yet (only memory is)",
-                args.transport
+    let nats = cfg!(feature = "nats");
+    let transports: Vec<&str> = match args.transport.as_str() {
+        "memory" => vec!["memory"],
+        "nats" if nats => vec!["nats"],
+        "all" if nats => {
+            println!("note: kafka is not implemented yet; running memory and nats\n");
+            vec!["memory", "nats"]
+        }
+        "all" => {
+            println!(
+                "note: built without the `nats` feature (cargo xtask conformance turns it on); running memory only\n"
             );
+            vec!["memory"]
+        }
+        "nats" => {
+            eprintln!(
+                "conformance: build with the `nats` feature (cargo xtask conformance --transport nats does)"
+            );
+            return ExitCode::FAILURE;
+        }
+        "kafka" => {
+            eprintln!("conformance: the kafka transport is not implemented yet");
             return ExitCode::FAILURE;
         }
         other => {
             eprintln!("conformance: unknown transport {other:?}");
             return usage();
         }
-    }
+    };
 
     // Panics the checks cause on purpose are expected; everything else is printed as usual.
     let default_hook = std::panic::take_hook();
@@ -194,93 +296,77 @@ fn main() -> ExitCode {
         Scale::Full
     };
     let copies = args.stress;
-    let timeout = args.timeout;
     println!(
-        "conformance: transport memory, {} size, {copies} cop{} at once\n",
+        "conformance: {}, {} size, {copies} cop{} at once\n",
+        transports.join(" and "),
         if args.quick { "quick" } else { "full" },
         if copies == 1 { "y" } else { "ies" }
     );
-
     let started = Instant::now();
-    // results[check][copy]
-    let mut results: Vec<Vec<Run>> = vec![Vec::new(); CHECKS.len()];
-    if copies == 1 {
-        for (i, run) in run_suite(&memory_harness(scale, timeout), false)
-            .into_iter()
-            .enumerate()
-        {
-            results[i].extend(run);
-        }
-    } else {
-        let suites: Vec<Vec<Option<Run>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..copies)
-                .map(|_| s.spawn(move || run_suite(&memory_harness(scale, timeout), true)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a suite copy's thread panicked"))
-                .collect()
-        });
-        for suite in suites {
-            for (i, run) in suite.into_iter().enumerate() {
-                results[i].extend(run);
-            }
-        }
-        // Process-wide measurements, one copy at a time with nothing else running.
-        for (i, &(_, name, check)) in CHECKS.iter().enumerate() {
-            if RUN_ALONE.contains(&name) && pending_reason(name).is_none() {
-                for _ in 0..copies {
-                    results[i].push(run_check(check, &memory_harness(scale, timeout)));
-                }
-            }
-        }
-    }
+    let all: Vec<Vec<Vec<Run>>> = transports
+        .iter()
+        .map(|t| run_transport(t, scale, args.timeout, copies))
+        .collect();
 
     let (mut passed, mut failed, mut pending) = (0, 0, 0);
     let mut details = Vec::new();
-    if copies == 1 {
-        println!("| # | check | memory | time |");
-    } else {
-        println!("| # | check | memory ({copies} copies) | slowest |");
-    }
-    println!("|---|---|---|---|");
-    for (&(n, name, _), runs) in CHECKS.iter().zip(&results) {
-        let ok = runs.iter().filter(|r| r.failure.is_none()).count();
-        let slowest = runs.iter().map(|r| r.took).max().unwrap_or_default();
-        let first_failure = runs.iter().find_map(|r| r.failure.as_deref());
-        let cell = match (pending_reason(name), first_failure) {
-            (Some(why), _) => {
-                pending += 1;
-                format!("PENDING: {why}")
+    let header: Vec<String> = transports
+        .iter()
+        .map(|t| {
+            if copies == 1 {
+                format!("{t} | time")
+            } else {
+                format!("{t} ({copies} copies) | slowest")
             }
-            (None, None) => {
-                passed += 1;
-                if copies == 1 {
-                    "PASS".to_owned()
-                } else {
-                    format!("PASS {ok}/{copies}")
+        })
+        .collect();
+    println!("| # | check | {} |", header.join(" | "));
+    println!("|---|---|{}", "---|---|".repeat(transports.len()));
+    for (c, &(n, name, _)) in CHECKS.iter().enumerate() {
+        let mut cells = Vec::new();
+        for (t, results) in transports.iter().zip(&all) {
+            let runs = &results[c];
+            let ok = runs.iter().filter(|r| r.failure.is_none()).count();
+            let slowest = runs.iter().map(|r| r.took).max().unwrap_or_default();
+            let cell = match (
+                pending_reason(name),
+                runs.iter().find_map(|r| r.failure.as_deref()),
+            ) {
+                (Some(why), _) => {
+                    pending += 1;
+                    format!("PENDING: {why}")
                 }
-            }
-            (None, Some(msg)) => {
-                failed += 1;
-                details.push(format!("{n}. {name}: {msg}"));
-                if copies == 1 {
-                    format!("FAIL: {}", first_line(msg))
-                } else {
-                    format!("FAIL {ok}/{copies} passed: {}", first_line(msg))
+                (None, None) => {
+                    passed += 1;
+                    if copies == 1 {
+                        "PASS".to_owned()
+                    } else {
+                        format!("PASS {ok}/{copies}")
+                    }
                 }
-            }
-        };
-        let time = if runs.is_empty() {
-            "-".to_owned()
-        } else {
-            millis(slowest)
-        };
-        println!("| {n} | {name} | {} | {time} |", cell.replace('|', "\\|"));
+                (None, Some(msg)) => {
+                    failed += 1;
+                    details.push(format!("{n}. {name} ({t}): {msg}"));
+                    if copies == 1 {
+                        format!("FAIL: {}", first_line(msg))
+                    } else {
+                        format!("FAIL {ok}/{copies} passed: {}", first_line(msg))
+                    }
+                }
+            };
+            let time = if runs.is_empty() {
+                "-".to_owned()
+            } else {
+                millis(slowest)
+            };
+            cells.push(format!("{} | {time}", cell.replace('|', "\\|")));
+        }
+        println!("| {n} | {name} | {} |", cells.join(" | "));
     }
     println!(
-        "\n{} checks: {passed} passed, {failed} failed, {pending} pending ({})",
+        "\n{} checks x {} transport(s): {passed} passed, {failed} failed, {pending} pending ({})",
         CHECKS.len(),
+        transports.len(),
         millis(started.elapsed())
     );
     if !details.is_empty() {

@@ -1,105 +1,43 @@
-//! A private nats-server per test that needs to stop or reconfigure one: its own free port and
-//! store directory, stopped by its pid (on drop too).
+//! What the NATS tests share: the local server's address, a private server for tests that must
+//! kill or reconfigure one, unique names and a thread count.
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use eventbus_testkit::process::ServerProcess;
 
 pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
 
-pub struct PrivateServer {
-    pub port: u16,
-    store: PathBuf,
-    extra: Vec<String>,
-    child: Option<Child>,
-}
+/// A private nats-server (its own port and store), stopped by pid on drop.
+pub struct PrivateServer(ServerProcess);
 
 impl PrivateServer {
     /// Starts `nats-server -js` on a free port, with `extra` arguments (e.g. `--auth secret`).
     pub fn start(extra: &[&str]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let store =
-            std::env::temp_dir().join(format!("eventbus-nats-{}-{port}", std::process::id()));
-        let mut server = PrivateServer {
-            port,
-            store,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        server.spawn();
-        server
+        PrivateServer(
+            ServerProcess::nats(extra)
+                .unwrap_or_else(|e| panic!("cannot start nats-server (see DEVELOPERS.md): {e}")),
+        )
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (see DEVELOPERS.md)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        format!("nats://127.0.0.1:{}", self.0.port())
     }
 
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
 
     /// Starts it again on the same port and store.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
+        self.0
+            .restart()
+            .unwrap_or_else(|e| panic!("cannot restart nats-server: {e}"));
     }
 }
 
 pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    eventbus_testkit::conformance::unique(prefix)
 }
 
 /// OS threads of this process. Only meaningful when the test has the process to itself, as

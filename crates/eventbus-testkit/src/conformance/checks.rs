@@ -1480,7 +1480,7 @@ pub async fn retry_keeps_key_order(h: &Harness) {
     }
     // The retried key's later messages, interleaved with the others.
     let mut mixed = Vec::new();
-    let mut later = (1..=LATER).peekable();
+    let mut later = 1..=LATER;
     for (i, m) in messages.into_iter().enumerate() {
         mixed.push(m);
         if i > 0 && i % (others / LATER as usize).max(1) == 0 {

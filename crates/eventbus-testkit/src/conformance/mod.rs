@@ -25,7 +25,7 @@ use futures::future::BoxFuture;
 pub type Check = for<'a> fn(&'a Harness) -> BoxFuture<'a, ()>;
 
 macro_rules! registry {
-    ($($(#[pending = $why:literal])? $n:literal $name:ident),* $(,)?) => {
+    ($($(#[pending = $why:literal, ignore = $ignore:literal])? $n:literal $name:ident),* $(,)?) => {
         /// Every check, numbered as in `conformance.md`, for runners.
         pub const CHECKS: &[(u32, &str, Check)] = &[
             $(($n, stringify!($name), |h| Box::pin($name(h)))),*
@@ -50,7 +50,7 @@ macro_rules! registry {
             ($make:expr) => {
                 $(
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    $(#[ignore = concat!("pending: ", $why)])?
+                    $(#[ignore = $ignore])?
                     async fn $name() {
                         let harness = $make;
                         $crate::conformance::$name(&harness).await;
@@ -66,6 +66,9 @@ macro_rules! registry {
 /// its own; the `conformance` example runs them alone).
 pub const RUN_ALONE: &[&str] = &["zero_leaks"];
 
+// A check waiting for a feature not implemented yet is marked
+// `#[pending = "why", ignore = "pending: why"]` (both literals: libtest prints only a literal
+// ignore reason).
 registry! {
     1 publish_subscribe,
     2 concurrent_subscribe,
@@ -85,7 +88,10 @@ registry! {
     16 consumer_groups,
     17 no_head_of_line_blocking,
     18 retry_keeps_key_order,
-    #[pending = "dead-lettering arrives with the middleware issue"]
+    #[
+        pending = "dead-lettering arrives with the middleware issue",
+        ignore = "pending: dead-lettering arrives with the middleware issue"
+    ]
     19 poison_to_dead_letter,
     20 handler_panic,
     21 backpressure,
