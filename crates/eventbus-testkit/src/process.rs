@@ -21,10 +21,8 @@ impl ServerProcess {
     /// directory, and waits (up to 10 s) until the port accepts connections.
     pub fn start(program: &str, args: &[&str]) -> std::io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let store = std::env::temp_dir().join(format!(
-            "eventbus-{program}-{}-{port}",
-            std::process::id()
-        ));
+        let store =
+            std::env::temp_dir().join(format!("eventbus-{program}-{}-{port}", std::process::id()));
         let mut server = ServerProcess {
             program: program.to_owned(),
             args: args.iter().map(|s| (*s).to_owned()).collect(),
