@@ -2,7 +2,7 @@
 //! handler → ack) against raw async-nats doing the same work on the same stream settings, in
 //! the same run, interleaved (raw, bus, raw, bus, ...); prints medians and the ratio.
 //!
-//! `cargo run --release -p eventbus-nats --example throughput [-- --messages N --rounds N --url U]`
+//! `cargo run --release -p eventbus-nats --example nats_throughput [-- --messages N --rounds N --url U]`
 //!
 //! Both sides publish in pipelined chunks of 256 (send all, then await all acks; the bus's
 //! `publish_batch` does exactly this), consume from a durable pull consumer in batches of 256,
