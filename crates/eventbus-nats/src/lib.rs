@@ -360,54 +360,35 @@ fn stream_config(config: &NatsConfig, topic: &str) -> stream::Config {
     }
 }
 
-/// The first setting that differs between what is configured and what the server has.
+/// The first of `fields` (name, configured, on the server) whose values differ, formatted.
+fn first_difference<const N: usize>(
+    fields: [(&'static str, &dyn std::fmt::Debug, &dyn std::fmt::Debug); N],
+) -> Option<(&'static str, String, String)> {
+    fields
+        .into_iter()
+        .map(|(name, want, have)| (name, format!("{want:?}"), format!("{have:?}")))
+        .find(|(_, want, have)| want != have)
+}
+
+/// The first stream setting that differs between what is configured and what the server has.
 fn stream_diff(
     want: &stream::Config,
     have: &stream::Config,
 ) -> Option<(&'static str, String, String)> {
-    let checks: [(&'static str, String, String); 8] = [
-        (
-            "subjects",
-            format!("{:?}", want.subjects),
-            format!("{:?}", have.subjects),
-        ),
-        (
-            "storage",
-            format!("{:?}", want.storage),
-            format!("{:?}", have.storage),
-        ),
-        (
-            "retention",
-            format!("{:?}", want.retention),
-            format!("{:?}", have.retention),
-        ),
-        (
-            "max_age",
-            format!("{:?}", want.max_age),
-            format!("{:?}", have.max_age),
-        ),
-        (
-            "max_bytes",
-            want.max_bytes.to_string(),
-            have.max_bytes.to_string(),
-        ),
-        (
-            "max_messages",
-            want.max_messages.to_string(),
-            have.max_messages.to_string(),
-        ),
-        (
-            "replicas",
-            want.num_replicas.to_string(),
-            have.num_replicas.to_string(),
-        ),
+    first_difference([
+        ("subjects", &want.subjects, &have.subjects),
+        ("storage", &want.storage, &have.storage),
+        ("retention", &want.retention, &have.retention),
+        ("max_age", &want.max_age, &have.max_age),
+        ("max_bytes", &want.max_bytes, &have.max_bytes),
+        ("max_messages", &want.max_messages, &have.max_messages),
+        ("replicas", &want.num_replicas, &have.num_replicas),
         (
             "duplicate_window",
-            format!("{:?}", want.duplicate_window),
-            format!("{:?}", have.duplicate_window),
+            &want.duplicate_window,
+            &have.duplicate_window,
         ),
-    ];
-    checks.into_iter().find(|(_, w, h)| w != h)
+    ])
 }
 
 fn consumer_config(config: &NatsConfig, group: &str) -> pull::Config {
@@ -469,44 +450,25 @@ impl Subscriber for NatsTransport {
             .get_or_create_consumer(&group, want.clone())
             .await
             .map_err(|e| NatsError::request("create consumer", e))?;
-        // The consumer that runs must be the one configured (the Go SDK's defect 3).
-        let info = consumer
-            .info()
-            .await
-            .map_err(|e| NatsError::request("consumer info", e))?
-            .clone();
-        if let Some((field, expected, actual)) = consumer_diff(&want, &info.config) {
-            if config.provision == Provision::CreateOrUpdate {
-                consumer = stream
-                    .create_consumer(want)
-                    .await
-                    .map_err(|e| NatsError::request("update consumer", e))?;
-                let info = consumer
-                    .info()
-                    .await
-                    .map_err(|e| NatsError::request("consumer info", e))?;
-                if let Some((field, expected, actual)) =
-                    consumer_diff(&consumer_config(config, &group), &info.config)
-                {
-                    return Err(NatsError::ConsumerMismatch {
-                        stream: stream_name,
-                        consumer: group,
-                        field,
-                        expected,
-                        actual,
-                    }
-                    .into());
-                }
-            } else {
-                return Err(NatsError::ConsumerMismatch {
-                    stream: stream_name,
-                    consumer: group,
-                    field,
-                    expected,
-                    actual,
-                }
-                .into());
+        // The consumer that runs must be the one configured (the Go SDK's defect 3): compare
+        // through consumer info, update where allowed, and check again.
+        let mut difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
+        if difference.is_some() && config.provision == Provision::CreateOrUpdate {
+            consumer = stream
+                .create_consumer(want.clone())
+                .await
+                .map_err(|e| NatsError::request("update consumer", e))?;
+            difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
+        }
+        if let Some((field, expected, actual)) = difference {
+            return Err(NatsError::ConsumerMismatch {
+                stream: stream_name,
+                consumer: group,
+                field,
+                expected,
+                actual,
             }
+            .into());
         }
         // Up to half the bus's buffer per pull: with the next pull in flight, at most about a
         // buffer's worth waits outside the bus.
@@ -528,33 +490,31 @@ impl Subscriber for NatsTransport {
     }
 }
 
+async fn consumer_info(
+    consumer: &mut jetstream::consumer::Consumer<pull::Config>,
+) -> Result<jetstream::consumer::Config> {
+    let info = consumer
+        .info()
+        .await
+        .map_err(|e| NatsError::request("consumer info", e))?;
+    Ok(info.config.clone())
+}
+
+/// The first consumer setting that differs between what is configured and what runs.
 fn consumer_diff(
     want: &pull::Config,
     have: &jetstream::consumer::Config,
 ) -> Option<(&'static str, String, String)> {
-    let checks: [(&'static str, String, String); 4] = [
-        (
-            "ack_wait",
-            format!("{:?}", want.ack_wait),
-            format!("{:?}", have.ack_wait),
-        ),
-        (
-            "max_deliver",
-            want.max_deliver.to_string(),
-            have.max_deliver.to_string(),
-        ),
+    first_difference([
+        ("ack_wait", &want.ack_wait, &have.ack_wait),
+        ("max_deliver", &want.max_deliver, &have.max_deliver),
         (
             "max_ack_pending",
-            want.max_ack_pending.to_string(),
-            have.max_ack_pending.to_string(),
+            &want.max_ack_pending,
+            &have.max_ack_pending,
         ),
-        (
-            "backoff",
-            format!("{:?}", want.backoff),
-            format!("{:?}", have.backoff),
-        ),
-    ];
-    checks.into_iter().find(|(_, w, h)| w != h)
+        ("backoff", &want.backoff, &have.backoff),
+    ])
 }
 
 /// The subscription's one puller: async-nats's pull stream, asking for `batch` messages at a

@@ -383,3 +383,78 @@ async fn pulls_never_exceed_what_the_bus_can_buffer() {
     bus.close().await.unwrap();
     let _ = js.delete_stream(config.stream_name(&topic)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_other_settings_is_updated_or_refused() {
+    let topic = unique("reconfigure");
+    let with_ack_wait = |secs, provision| {
+        NatsConfig::new(SHARED_URL)
+            .provision(provision)
+            .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(secs)))
+    };
+    let first = EventBus::new(
+        NatsTransport::connect(with_ack_wait(7, Provision::CreateOrUpdate))
+            .await
+            .unwrap(),
+    );
+    let (_, handler) = counting();
+    first
+        .subscribe(&topic, "g", handler.clone())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    first.close().await.unwrap();
+
+    // Looks at the server through a connection of its own, open until the end.
+    let inspector = NatsTransport::connect(NatsConfig::new(SHARED_URL))
+        .await
+        .unwrap();
+    let js = inspector.jetstream().clone();
+    let stream_name = inspector.config().stream_name(&topic);
+
+    // Another process configured differently, allowed to update: the consumer changes.
+    let second = EventBus::new(
+        NatsTransport::connect(with_ack_wait(9, Provision::CreateOrUpdate))
+            .await
+            .unwrap(),
+    );
+    second
+        .subscribe(&topic, "g", handler.clone())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    assert_eq!(
+        stream.consumer_info("g").await.unwrap().config.ack_wait,
+        Duration::from_secs(9)
+    );
+    second.close().await.unwrap();
+
+    // Only validating: a typed error naming the setting, and the consumer is left alone.
+    let third = EventBus::new(
+        NatsTransport::connect(with_ack_wait(11, Provision::ValidateOnly))
+            .await
+            .unwrap(),
+    );
+    let err = third.subscribe(&topic, "g", handler).await.unwrap_err();
+    assert!(
+        matches!(
+            nats_error(&err),
+            NatsError::ConsumerMismatch {
+                field: "ack_wait",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        stream.consumer_info("g").await.unwrap().config.ack_wait,
+        Duration::from_secs(9)
+    );
+    third.close().await.unwrap();
+    let _ = js.delete_stream(&stream_name).await;
+    use eventbus_core::Transport;
+    inspector.close().await.unwrap();
+}
