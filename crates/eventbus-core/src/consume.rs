@@ -70,8 +70,14 @@ where
                     Poll::Ready(Ok(())) => {}
                 }
                 match source.poll_next_unpin(cx) {
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        // A quiet subscription must not sit on room the others could use: the
+                        // source will wake us, and we reserve again then.
+                        dispatcher.unreserve();
+                        break;
+                    }
                     Poll::Ready(None) => {
+                        dispatcher.unreserve();
                         intake = false;
                         break;
                     }

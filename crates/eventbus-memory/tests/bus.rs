@@ -1201,3 +1201,55 @@ async fn subscription_is_finished_when_bus_close_returns() {
         "closes after which a subscription still reported running"
     );
 }
+
+/// A quiet subscription holds no room in the shared dispatcher: with room for one message in
+/// the whole bus, a message on a busy topic is still handled while another topic stays silent.
+#[tokio::test]
+async fn a_quiet_subscription_does_not_hold_room_the_others_need() {
+    let bus = EventBus::builder(MemoryTransport::new())
+        .max_in_flight(1)
+        .max_buffered(1)
+        .build();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let quiet = bus
+        .subscribe(
+            "quiet",
+            "g",
+            handler_fn(|_d: Delivery| async { Ok::<_, BoxError>(()) }),
+        )
+        .await
+        .unwrap();
+    let busy = bus
+        .subscribe(
+            "busy",
+            "g",
+            handler_fn(move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(d.payload().clone())?;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    // Let both consuming loops reach their sources and find them empty.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..3 {
+        bus.publish(Message::new("busy", format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a message on the busy topic was never handled")
+            .unwrap();
+        assert_eq!(got, format!("m{i}"));
+    }
+    quiet.close().await;
+    busy.close().await;
+    bus.close().await.unwrap();
+}

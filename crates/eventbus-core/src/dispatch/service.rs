@@ -120,6 +120,12 @@ impl Dispatcher {
         self.max_buffered
     }
 
+    /// Gives back room reserved by `poll_ready` and not used by a `call` (a consuming loop whose
+    /// source had nothing to deliver), so other callers can have it.
+    pub(crate) fn unreserve(&mut self) {
+        self.reserved = None;
+    }
+
     /// Current counters.
     pub fn stats(&self) -> DispatcherStats {
         // Every admitted job and every reservation made by `poll_ready` holds one slot.
