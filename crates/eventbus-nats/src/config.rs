@@ -125,7 +125,8 @@ pub struct ConsumerOptions {
     pub max_deliver: Option<i64>,
     /// Most unacked messages the server lets this group have out (default 10,000).
     pub max_ack_pending: i64,
-    /// Redelivery delays for unacked messages (empty: `ack_wait` each time).
+    /// Redelivery delays for unacked messages (empty: `ack_wait` each time). The server
+    /// requires `max_deliver` above its length and `ack_wait == backoff[0]`; connecting checks.
     pub backoff: Vec<Duration>,
     /// Delay before a message that failed for good is redelivered (its nak delay; default 1 s).
     pub redelivery_delay: Duration,
@@ -168,6 +169,48 @@ impl ConsumerOptions {
     pub fn redelivery_delay(mut self, d: Duration) -> Self {
         self.redelivery_delay = d;
         self
+    }
+}
+
+impl ConsumerOptions {
+    /// Checks what the server would refuse or silently change: with `backoff`, the server needs
+    /// `max_deliver` above its length and uses `backoff[0]` as the ack wait.
+    pub(crate) fn validate(&self) -> Result<(), eventbus_core::Error> {
+        if let Some(first) = self.backoff.first() {
+            let enough = self
+                .max_deliver
+                .is_some_and(|n| n > self.backoff.len() as i64);
+            if !enough {
+                return Err(eventbus_core::Error::transport(
+                    "nats",
+                    crate::NatsError::InvalidConfig(format!(
+                        "consumer backoff of {} delays needs max_deliver above {}",
+                        self.backoff.len(),
+                        self.backoff.len()
+                    )),
+                ));
+            }
+            if *first != self.ack_wait {
+                return Err(eventbus_core::Error::transport(
+                    "nats",
+                    crate::NatsError::InvalidConfig(format!(
+                        "with a backoff the server waits backoff[0] ({first:?}) for the first ack: set ack_wait to it (it is {:?})",
+                        self.ack_wait
+                    )),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shortest time the server waits for an ack before redelivering.
+    pub(crate) fn shortest_redelivery_wait(&self) -> Duration {
+        self.backoff
+            .iter()
+            .copied()
+            .chain([self.ack_wait])
+            .min()
+            .unwrap_or(self.ack_wait)
     }
 }
 

@@ -21,6 +21,9 @@ pub enum NatsError {
         /// The timeout.
         after: std::time::Duration,
     },
+    /// The configuration cannot work with the server; the text says what to change.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// JetStream is not enabled on the server, or the account has no access.
     #[error("JetStream is not available: {0}")]
     JetStreamUnavailable(String),

@@ -37,10 +37,16 @@
 //! - Handled → ack; failed for good → nak with [`ConsumerOptions::redelivery_delay`];
 //!   cancelled at shutdown → left unacked, so the server redelivers it after
 //!   [`ConsumerOptions::ack_wait`] (messages prefetched but not yet handed to the bus too).
-//! - **Ordering across instances**: JetStream hands a group's messages to whichever member
-//!   pulls, with no key affinity. Per-key order is guaranteed within one subscription; with
-//!   several members in one group, messages of one key may be handled concurrently by different
-//!   members. Use one member per group where cross-instance order matters.
+//! - **Ordering**: within one subscription, messages of a key are handled one at a time in the
+//!   order JetStream delivered them, failures retried in place. A *redelivery* can be overtaken:
+//!   a message that failed for good (nak'd), or one left unacked at a close or lost with a
+//!   connection, comes back after later messages of its key may have been handled. Across the
+//!   members of one group there is no key affinity: JetStream hands messages to whichever member
+//!   pulls, so one key's messages may be handled concurrently by different members. Use one
+//!   member per group where cross-instance order matters.
+//! - Messages prefetched for a subscription (at most half the bus's buffer) get in-progress acks
+//!   only once the bus takes them: keep `ack_wait` above the longest time the bus may stay full,
+//!   or the server redelivers them meanwhile.
 //! - The client's own tasks run on a thread the transport owns; `close` drains the client and
 //!   ends that thread, so nothing is left, whether the server is up or not.
 #![warn(missing_docs)]
@@ -115,6 +121,7 @@ impl NatsTransport {
     /// Connects. A server that is down, refuses, or rejects the credentials gives a typed error
     /// within [`NatsConfig::connect_timeout`].
     pub async fn connect(config: NatsConfig) -> Result<Self> {
+        config.consumer.validate()?;
         let mut io = io::Io::start()
             .await
             .map_err(|e| Error::transport(NAME, e))?;
@@ -144,11 +151,8 @@ impl NatsTransport {
             });
         let url = config.url.clone();
         let timeout = config.connect_timeout;
-        let connecting = io.run(async move { options.connect(url).await }).await;
-        let client = match tokio::time::timeout(timeout + Duration::from_secs(1), async {
-            connecting
-        })
-        .await
+        let connecting = io.run(async move { options.connect(url).await });
+        let client = match tokio::time::timeout(timeout + Duration::from_secs(1), connecting).await
         {
             Ok(Some(Ok(client))) => client,
             Ok(Some(Err(source))) => {
@@ -476,7 +480,7 @@ impl Subscriber for NatsTransport {
         let held = Held::start(
             &self.inner.io_handle,
             self.inner.client.clone(),
-            config.consumer.ack_wait,
+            config.consumer.shortest_redelivery_wait(),
         );
         let source = pull_stream(
             consumer,
@@ -645,7 +649,7 @@ fn incoming(
 
 /// Messages a subscription has taken and not settled (queued behind their key, running, or
 /// backing off before a retry). A task on the transport's I/O runtime sends each of them an
-/// in-progress ack every third of the ack wait, so the server never redelivers a message that
+/// in-progress ack every third of the shortest redelivery wait, so the server never redelivers a message that
 /// is still being worked on. The task ends when the subscription's stream and acks are gone.
 struct Held {
     replies: Mutex<HashMap<u64, async_nats::Subject>>,
@@ -656,14 +660,15 @@ impl Held {
     fn start(
         io: &tokio::runtime::Handle,
         client: async_nats::Client,
-        ack_wait: Duration,
+        // The shortest wait before the server redelivers an unacked message.
+        wait: Duration,
     ) -> Arc<Held> {
         let held = Arc::new(Held {
             replies: Mutex::default(),
             next: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&held);
-        let period = (ack_wait / 3).max(Duration::from_millis(100));
+        let period = (wait / 3).max(Duration::from_millis(100));
         io.spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.tick().await;
@@ -736,7 +741,6 @@ impl Acknowledge for NatsAck {
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
             Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),
-            // Not a failure: hand it back at once, for another member or the next start.
             // Not a failure, and not ours any more: leave it unacked; the server redelivers it
             // after the ack wait. (A nak would hand it over sooner, but nats-server 2.9 was
             // seen delivering a nak'd message twice to the next member: the conformance

@@ -458,3 +458,53 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
     use eventbus_core::Transport;
     inspector.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
+    let backoff = vec![Duration::from_secs(1), Duration::from_secs(5)];
+    // No max_deliver: the server refuses a backoff.
+    let err = NatsTransport::connect(
+        NatsConfig::new(SHARED_URL).consumer(ConsumerOptions::default().backoff(backoff.clone())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(nats_error(&err), NatsError::InvalidConfig(_)),
+        "{err}"
+    );
+    // ack_wait different from backoff[0]: the server would silently use backoff[0].
+    let err = NatsTransport::connect(
+        NatsConfig::new(SHARED_URL).consumer(
+            ConsumerOptions::default()
+                .backoff(backoff.clone())
+                .max_deliver(5),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(nats_error(&err), NatsError::InvalidConfig(_)),
+        "{err}"
+    );
+    // Consistent: the consumer runs with it.
+    let config = NatsConfig::new(SHARED_URL).consumer(
+        ConsumerOptions::default()
+            .backoff(backoff.clone())
+            .max_deliver(5)
+            .ack_wait(backoff[0]),
+    );
+    let t = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::new(t);
+    let topic = unique("backoff");
+    let (_, handler) = counting();
+    let sub = bus.subscribe(&topic, "g", handler).await.unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    assert_eq!(
+        stream.consumer_info("g").await.unwrap().config.backoff,
+        backoff
+    );
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+    sub.close().await;
+    bus.close().await.unwrap();
+}

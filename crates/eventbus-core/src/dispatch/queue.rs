@@ -253,8 +253,9 @@ impl Drop for Reservation {
     }
 }
 
-/// Soft byte cap: admission needs `used < max`, so the buffer holds at most
-/// `max + one message` bytes.
+/// Soft byte cap: admission needs `used < max`. Callers check and add separately, so each
+/// concurrent caller may overshoot by one message: at most `max` plus one message per
+/// subscription.
 pub(super) struct ByteBudget {
     pub(super) used: AtomicUsize,
     pub(super) max: usize,
