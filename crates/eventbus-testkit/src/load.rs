@@ -322,6 +322,7 @@ impl LevelResult {
         if self.leaked_tasks != 0 {
             out.push(format!("{what}: {} tasks leaked", self.leaked_tasks));
         }
+
         if !self.completed {
             out.push(format!(
                 "{what}: not every message arrived before the deadline"
@@ -384,14 +385,14 @@ impl LoadReport {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "| level | scenario | sent | received | lost | dup | order violations | msg/s | publish p50 / p99 | e2e p50 / p99 | tasks start / peak / after | heap start / peak / after |"
+            "| level | scenario | sent | received | lost | dup | order violations | msg/s | publish p50 / p99 | e2e p50 / p99 | tasks start / peak / after | threads start / peak / after | heap start / peak / after |"
         );
-        let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(t, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for r in &self.results {
             let heap = |b: usize| bytes(b as f64);
             let _ = writeln!(
                 t,
-                "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} / {} | {} / {} / {} |",
+                "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} / {} / {} | {} / {} / {} | {} / {} / {} |",
                 r.level.name(),
                 thousands(r.messages as f64),
                 r.scenario.describe(),
@@ -409,6 +410,9 @@ impl LoadReport {
                 r.tasks.start,
                 r.tasks.peak,
                 r.tasks.after_close,
+                r.threads.start,
+                r.threads.peak,
+                r.threads.after_close,
                 heap(r.heap_bytes.start),
                 heap(r.heap_bytes.peak),
                 heap(r.heap_bytes.after_close),

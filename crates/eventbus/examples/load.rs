@@ -233,7 +233,22 @@ fn main() -> ExitCode {
         }
     }
 
-    let failures = report.failures();
+    let mut failures = report.failures();
+    // Threads are process-wide, so they are judged here, where the load has the process alone.
+    failures.extend(
+        report
+            .results
+            .iter()
+            .filter(|r| r.leaked_threads > 0)
+            .map(|r| {
+                format!(
+                    "{} {}: {} threads leaked",
+                    r.level.name(),
+                    r.scenario.describe(),
+                    r.leaked_threads
+                )
+            }),
+    );
     for f in &failures {
         eprintln!("FAILED: {f}");
     }
