@@ -64,6 +64,12 @@ impl<T: Transport> EventBusBuilder<T> {
         self.options.dispatcher.max_buffered = n;
         self
     }
+    /// Most messages one subscription may hold at once (see
+    /// [`DispatcherConfig::max_buffered_per_subscription`]).
+    pub fn max_buffered_per_subscription(mut self, n: usize) -> Self {
+        self.options.dispatcher.max_buffered_per_subscription = Some(n);
+        self
+    }
     /// Admission stops while admitted messages hold this many bytes.
     pub fn max_buffered_bytes(mut self, n: usize) -> Self {
         self.options.dispatcher.max_buffered_bytes = n;

@@ -32,6 +32,7 @@ where
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
+    let share = dispatcher.max_buffered_per_subscription();
 
     poll_fn(|cx| {
         loop {
@@ -60,7 +61,8 @@ where
             if intake && closed.as_mut().poll(cx).is_ready() {
                 intake = false;
             }
-            while intake {
+            // A subscription at its share stops taking until one of its messages is settled.
+            while intake && acks.len() < share {
                 match dispatcher.poll_ready(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Err(_)) => {

@@ -239,6 +239,7 @@ fn config(
         max_in_flight,
         max_buffered,
         max_buffered_bytes,
+        ..DispatcherConfig::default()
     }
 }
 

@@ -1253,3 +1253,68 @@ async fn a_quiet_subscription_does_not_hold_room_the_others_need() {
     busy.close().await;
     bus.close().await.unwrap();
 }
+
+/// With a per-subscription share, a key stalled in one subscription fills only that share:
+/// another subscription keeps flowing even while the stalled key's traffic keeps coming.
+#[tokio::test]
+async fn a_stalled_key_fills_only_its_subscriptions_share() {
+    let bus = EventBus::builder(MemoryTransport::new())
+        .max_in_flight(4)
+        .max_buffered(8)
+        .max_buffered_per_subscription(4)
+        .build();
+    let stalled = Arc::new(Notify::new());
+    let gate = Arc::clone(&stalled);
+    let stuck = bus
+        .subscribe(
+            "stuck",
+            "g",
+            handler_fn(move |_d: Delivery| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.notified().await;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let flowing = bus
+        .subscribe(
+            "flowing",
+            "g",
+            handler_fn(move |d: Delivery| {
+                let tx = tx.clone();
+                async move {
+                    tx.send(d.payload().clone())?;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    // Far more traffic on the stalled key than the whole buffer holds.
+    for i in 0..50 {
+        bus.publish(Message::new("stuck", format!("s{i}")).with_key("poison"))
+            .await
+            .unwrap();
+    }
+    for i in 0..20 {
+        bus.publish(Message::new("flowing", format!("f{i}")).with_key(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    for _ in 0..20 {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the other subscription stalled behind the stuck key")
+            .unwrap();
+    }
+    assert!(bus.stats().buffered <= 8);
+    flowing.close().await;
+    // Close first (its queued messages are cancelled), then release the running one.
+    drop(stuck);
+    stalled.notify_waiters();
+    bus.close().await.unwrap();
+}

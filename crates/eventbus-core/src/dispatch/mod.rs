@@ -8,8 +8,10 @@
 //!   key. A stalled key holds back only its own later messages (and the one worker running it).
 //!   *Limit:* those later messages wait inside the dispatcher, each holding a buffer slot; a key
 //!   that stays stalled while its traffic keeps coming eventually fills `max_buffered`, and then
-//!   the bound wins: intake stops for everyone until the key moves. Size `max_buffered` for the
-//!   backlog one stalled key may build, and bound stalls (a retry limit with dead-lettering).
+//!   the bound wins: intake stops until the key moves. Set
+//!   [`max_buffered_per_subscription`](DispatcherConfig::max_buffered_per_subscription) so
+//!   such a backlog stops only its own subscription, and bound stalls (a retry limit with
+//!   dead-lettering).
 //! - **Bounds.** At most [`max_in_flight`](DispatcherConfig::max_in_flight) handler calls run at
 //!   once; at most [`max_buffered`](DispatcherConfig::max_buffered) messages are admitted and
 //!   not yet finished, and admission stops once

@@ -25,6 +25,10 @@ pub struct DispatcherConfig {
     pub max_buffered: usize,
     /// Admission stops while admitted messages hold this many encoded bytes (default 64 MiB).
     pub max_buffered_bytes: usize,
+    /// Most messages one subscription may have taken and not yet settled (default: no cap
+    /// beyond `max_buffered`). A cap isolates subscriptions: a key stalled in one of them can
+    /// then fill only its share of the buffer, and the others keep flowing.
+    pub max_buffered_per_subscription: Option<usize>,
 }
 
 impl Default for DispatcherConfig {
@@ -33,6 +37,7 @@ impl Default for DispatcherConfig {
             max_in_flight: 256,
             max_buffered: 4096,
             max_buffered_bytes: 64 * 1024 * 1024,
+            max_buffered_per_subscription: None,
         }
     }
 }
@@ -57,6 +62,7 @@ pub struct Dispatcher {
     _handles: Arc<Handles>,
     budget: Arc<ByteBudget>,
     max_buffered: usize,
+    per_subscription: usize,
     semaphore: Arc<Semaphore>,
     slots: PollSemaphore,
     reserved: Option<OwnedSemaphorePermit>,
@@ -72,6 +78,7 @@ impl Clone for Dispatcher {
             _handles: Arc::clone(&self._handles),
             budget: Arc::clone(&self.budget),
             max_buffered: self.max_buffered,
+            per_subscription: self.per_subscription,
             semaphore: Arc::clone(&self.semaphore),
             slots: self.slots.clone(),
             reserved: None,
@@ -108,6 +115,9 @@ impl Dispatcher {
                 freed: Arc::new(Notify::new()),
             }),
             max_buffered,
+            per_subscription: config
+                .max_buffered_per_subscription
+                .map_or(max_buffered, |n| n.clamp(1, max_buffered)),
             slots: PollSemaphore::new(Arc::clone(&semaphore)),
             semaphore,
             reserved: None,
@@ -118,6 +128,11 @@ impl Dispatcher {
     /// Most messages admitted at once (`max_buffered`).
     pub fn max_buffered(&self) -> usize {
         self.max_buffered
+    }
+
+    /// Most messages one subscription may hold at once (taken and not settled).
+    pub fn max_buffered_per_subscription(&self) -> usize {
+        self.per_subscription
     }
 
     /// Gives back room reserved by `poll_ready` and not used by a `call` (a consuming loop whose
