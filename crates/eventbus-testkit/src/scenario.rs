@@ -669,6 +669,31 @@ fn prepare(load: Load) -> Prepared {
 }
 
 /// Joins the senders: total published, merged latency, when the last publish returned, errors.
+/// One sender: publishes topic `t`'s part of `load`, in order, through `send`, timing each
+/// call; the bus and the raw baseline share it, so both do the same work around the send.
+async fn send_plan(
+    load: Load,
+    t: usize,
+    topic: String,
+    recorder: Arc<Recorder>,
+    mut send: impl AsyncFnMut(Message) -> Result<(), String>,
+) -> Sent {
+    let (mut sent, latency) = (Sent::default(), &recorder.publish[t]);
+    for (aggregate, version) in load.plan(t) {
+        let message = load.message(&topic, aggregate, version, recorder.epoch);
+        let at = Instant::now();
+        if let Err(e) = send(message).await {
+            sent.error = Some(format!("sending on {topic} failed: {e}"));
+            break;
+        }
+        let now = Instant::now();
+        latency.record(now - at);
+        sent.count += 1;
+        sent.last = Some(now);
+    }
+    sent
+}
+
 async fn join_senders(
     recorder: &Recorder,
     senders: Vec<tokio::task::JoinHandle<Sent>>,
@@ -762,22 +787,9 @@ where
         .map(|(t, topic)| {
             let bus = bus.clone();
             let recorder = Arc::clone(&recorder);
-            tokio::spawn(async move {
-                let (mut sent, latency) = (Sent::default(), &recorder.publish[t]);
-                for (aggregate, version) in load.plan(t) {
-                    let message = load.message(&topic, aggregate, version, recorder.epoch);
-                    let at = Instant::now();
-                    if let Err(e) = bus.publish(message).await {
-                        sent.error = Some(format!("publish on {topic} failed: {e}"));
-                        break;
-                    }
-                    let now = Instant::now();
-                    latency.record(now - at);
-                    sent.count += 1;
-                    sent.last = Some(now);
-                }
-                sent
-            })
+            tokio::spawn(send_plan(load, t, topic, recorder, async move |m| {
+                bus.publish(m).await.map_err(|e| e.to_string())
+            }))
         })
         .collect();
     let finished = sampling.wait(&recorder).await;
@@ -835,23 +847,11 @@ pub async fn run_raw_mpsc(label: &str, load: Load) -> Report {
         .enumerate()
         .map(|(t, (topic, tx))| {
             let recorder = Arc::clone(&recorder);
-            tokio::spawn(async move {
-                let (mut sent, latency) = (Sent::default(), &recorder.publish[t]);
-                for (aggregate, version) in load.plan(t) {
-                    let message =
-                        Arc::new(load.message(&topic, aggregate, version, recorder.epoch));
-                    let at = Instant::now();
-                    if tx.send(message).await.is_err() {
-                        sent.error = Some("raw consumer gone".into());
-                        break;
-                    }
-                    let now = Instant::now();
-                    latency.record(now - at);
-                    sent.count += 1;
-                    sent.last = Some(now);
-                }
-                sent
-            })
+            tokio::spawn(send_plan(load, t, topic, recorder, async move |m| {
+                tx.send(Arc::new(m))
+                    .await
+                    .map_err(|_| "the raw consumer is gone".to_owned())
+            }))
         })
         .collect();
     let finished = sampling.wait(&recorder).await;
