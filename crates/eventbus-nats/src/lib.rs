@@ -104,7 +104,7 @@ struct Inner {
     io_handle: tokio::runtime::Handle,
     ensured: Mutex<HashSet<String>>,
     state: watch::Receiver<ConnectionState>,
-    reconnects: Arc<AtomicU64>,
+    connects: Arc<AtomicU64>,
     closed: AtomicBool,
 }
 
@@ -118,6 +118,11 @@ impl std::fmt::Debug for NatsTransport {
 }
 
 impl NatsTransport {
+    /// What the transport offers (a test harness adds `broker_restart` when it owns the server).
+    pub const CAPABILITIES: Capabilities = Capabilities::none()
+        .with_consumer_groups()
+        .with_persistence();
+
     /// Connects. A server that is down, refuses, or rejects the credentials gives a typed error
     /// within [`NatsConfig::connect_timeout`].
     pub async fn connect(config: NatsConfig) -> Result<Self> {
@@ -126,8 +131,8 @@ impl NatsTransport {
             .await
             .map_err(|e| Error::transport(NAME, e))?;
         let (state_tx, state) = watch::channel(ConnectionState::Disconnected);
-        let reconnects = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&reconnects);
+        let connects = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&connects);
         let state_tx = Arc::new(state_tx);
         let options = config
             .connect
@@ -199,7 +204,7 @@ impl NatsTransport {
                 io: tokio::sync::Mutex::new(io),
                 ensured: Mutex::default(),
                 state,
-                reconnects,
+                connects,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -217,7 +222,7 @@ impl NatsTransport {
 
     /// Times the client has (re)connected.
     pub fn connects(&self) -> u64 {
-        self.inner.reconnects.load(Ordering::Relaxed)
+        self.inner.connects.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -763,9 +768,7 @@ impl Transport for NatsTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none()
-            .with_consumer_groups()
-            .with_persistence()
+        Self::CAPABILITIES
     }
 
     async fn close(&self) -> Result<()> {

@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use eventbus_core::{EventBus, Transport};
+use eventbus_core::EventBus;
 use eventbus_nats::{ConsumerOptions, NatsConfig, NatsTransport};
 use eventbus_testkit::conformance::Harness;
 use support::PrivateServer;
@@ -14,7 +14,7 @@ use support::PrivateServer;
 fn harness() -> Harness {
     let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
     let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
-    let capabilities = Capabilities::of_nats();
+    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
     let for_restart = Arc::clone(&server);
     Harness::new("nats", capabilities, move |options| {
         let url = url.clone();
@@ -40,33 +40,6 @@ fn harness() -> Harness {
             .map_err(|e| eventbus_core::Error::transport("nats", e))
         }
     })
-}
-
-struct Capabilities;
-impl Capabilities {
-    fn of_nats() -> eventbus_core::Capabilities {
-        eventbus_core::Capabilities::none()
-            .with_consumer_groups()
-            .with_persistence()
-            .with_broker_restart()
-    }
-}
-
-// Keep the capabilities in one place: the transport's own, plus a restartable broker here.
-#[test]
-fn declared_capabilities_match_the_transport() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let server = PrivateServer::start(&[]);
-        let t = NatsTransport::connect(NatsConfig::new(server.url()))
-            .await
-            .unwrap();
-        assert_eq!(
-            t.capabilities().with_broker_restart(),
-            Capabilities::of_nats()
-        );
-        t.close().await.unwrap();
-    });
 }
 
 eventbus_testkit::conformance_tests!(harness());

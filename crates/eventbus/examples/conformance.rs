@@ -180,10 +180,7 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
         .unwrap_or_else(|e| panic!("cannot start a private nats-server: {e}"));
     let url = format!("nats://127.0.0.1:{}", server.port());
     let server = Arc::new(Mutex::new(server));
-    let capabilities = eventbus::Capabilities::none()
-        .with_consumer_groups()
-        .with_persistence()
-        .with_broker_restart();
+    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
     let keep = Arc::clone(&server);
     Harness::new("nats", capabilities, move |options| {
         let url = url.clone();

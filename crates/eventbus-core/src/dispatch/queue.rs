@@ -485,9 +485,9 @@ impl Shared {
         // Everything that runs user code (cloning the handler, polling it, dropping it) stays
         // inside `catch_unwind`, so a panic anywhere in it is counted and the job still gets
         // its outcome.
-        let handler = Arc::clone(&route);
+        let for_call = Arc::clone(&route);
         let call = AssertUnwindSafe(async move {
-            let mut handler = handler.handler.clone();
+            let mut handler = for_call.handler.clone();
             handler.ready().await?.call(delivery).await
         })
         .catch_unwind();
