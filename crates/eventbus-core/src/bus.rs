@@ -8,14 +8,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::dead_letter::DeadLetter;
 use crate::dispatch::{Dispatcher, DispatcherConfig, DispatcherStats, Route};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
 use crate::handler::Delivery;
 use crate::message::Message;
+use crate::publish::Outlet;
 use crate::retry::RetryPolicy;
 use crate::transport::{Capabilities, SubscribeRequest, Transport};
-use crate::validate::{Limits, validate_group, validate_key, validate_topic};
+use crate::validate::{Limits, validate_group, validate_topic};
 
 /// Options of an [`EventBus`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +44,34 @@ impl Default for BusOptions {
             drain_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Options of one subscription; what is not set comes from the bus's [`BusOptions`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Retry policy (default: the bus's).
+    pub retry: Option<RetryPolicy>,
+    /// Where messages go after their last attempt (default: nowhere; the transport's
+    /// redelivery of failed messages applies).
+    pub dead_letter: Option<DeadLetter>,
+}
+
+impl SubscribeOptions {
+    /// Everything from the bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    /// Dead-letter messages that fail for good (see [`dead_letter`](crate::dead_letter)).
+    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.dead_letter = Some(dead_letter);
+        self
     }
 }
 
@@ -104,10 +134,16 @@ impl<T: Transport> EventBusBuilder<T> {
     /// Builds the bus. Call inside a tokio runtime: its tasks run there.
     pub fn build(self) -> EventBus {
         let closing = CancellationToken::new();
+        let transport: Arc<dyn Transport> = Arc::new(self.transport);
         EventBus {
             inner: Arc::new(Inner {
                 dispatcher: Dispatcher::new(self.options.dispatcher),
-                transport: Arc::new(self.transport),
+                outlet: Outlet {
+                    transport: Arc::clone(&transport),
+                    limits: self.options.limits,
+                    timeout: self.options.publish_timeout,
+                },
+                transport,
                 options: self.options,
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
@@ -136,6 +172,7 @@ pub struct EventBus {
 
 struct Inner {
     transport: Arc<dyn Transport>,
+    outlet: Outlet,
     dispatcher: Dispatcher,
     options: BusOptions,
     tracker: TaskTracker,
@@ -204,37 +241,11 @@ impl EventBus {
         }
     }
 
-    fn validate(&self, message: &Message) -> Result<()> {
-        validate_topic(message.topic())?;
-        if let Some(key) = message.key() {
-            validate_key(key.as_str())?;
-        }
-        self.inner.options.limits.check_size(message.encoded_len())
-    }
-
-    async fn with_publish_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
-        let after = self.inner.options.publish_timeout;
-        let mut publish = std::pin::pin!(publish);
-        // Most publishes finish on their first poll (the memory broker, a pipelined client):
-        // only arm a timer for those that wait.
-        if let Some(done) = futures::FutureExt::now_or_never(publish.as_mut()) {
-            return done;
-        }
-        tokio::time::timeout(after, publish)
-            .await
-            .map_err(|_| Error::Timeout {
-                operation: "publish",
-                after,
-            })?
-    }
-
     /// Publishes a message; returns once the transport has it (the broker's ack, where there is
     /// one). Invalid topics or keys and oversized messages fail before anything is sent.
     pub async fn publish(&self, message: Message) -> Result<()> {
         self.check_open()?;
-        self.validate(&message)?;
-        self.with_publish_timeout(self.inner.transport.publish(message))
-            .await
+        self.inner.outlet.publish(message).await
     }
 
     /// Publishes an envelope on `topic`, keyed by its aggregate id.
@@ -246,9 +257,7 @@ impl EventBus {
     /// is validated first: if one is invalid, none is sent.
     pub async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
-        messages.iter().try_for_each(|m| self.validate(m))?;
-        self.with_publish_timeout(self.inner.transport.publish_batch(messages))
-            .await
+        self.inner.outlet.publish_batch(messages).await
     }
 
     /// Subscribes `handler` to `topic` as a member of `group`, with the bus's retry policy.
@@ -288,21 +297,49 @@ impl EventBus {
         H::Error: Into<BoxError>,
         H::Future: Send + 'static,
     {
+        self.subscribe_with(topic, group, SubscribeOptions::new().retry(retry), handler)
+            .await
+    }
+
+    /// Like [`subscribe`](Self::subscribe), with per-subscription options (retry policy,
+    /// dead-lettering).
+    pub async fn subscribe_with<H>(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription>
+    where
+        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
+        H::Error: Into<BoxError>,
+        H::Future: Send + 'static,
+    {
         self.check_open()?;
         validate_topic(topic)?;
         validate_group(group)?;
-        let route = Arc::new(Route::new(
+        let dead_letter = options
+            .dead_letter
+            .as_ref()
+            .map(|d| d.topic_for(topic))
+            .transpose()?;
+        let mut route = Route::new(
             topic,
             group,
             handler,
-            retry,
+            options.retry.unwrap_or(self.inner.options.retry),
             self.inner.closing.child_token(),
             self.inner.abort.child_token(),
-        ));
+        );
+        if let Some(dlq) = dead_letter {
+            route = route.with_dead_letter(&dlq);
+        }
+        let route = Arc::new(route);
         let request = SubscribeRequest {
             route: Arc::clone(&route),
             dispatcher: self.inner.dispatcher.clone(),
             tracker: self.inner.tracker.clone(),
+            outlet: self.inner.outlet.clone(),
         };
         let started = self.inner.transport.subscribe(request).await?;
         Ok(Subscription {
@@ -311,6 +348,37 @@ impl EventBus {
             drain_timeout: self.inner.options.drain_timeout,
             detached: false,
         })
+    }
+
+    /// Sends the letters of a dead-letter topic back to the topics they came from (see
+    /// [`dead_letter`](crate::dead_letter)), as a subscription of `group` on
+    /// `dead_letter_topic`: each letter is acked once its original is republished (with the
+    /// same key, payload and headers, a fresh id and
+    /// [`REPLAYED_FROM`](crate::dead_letter::header::REPLAYED_FROM) set). A message that is not
+    /// a letter fails for good (it is left to the transport's redelivery, never republished).
+    /// Close the subscription when the topic's [`lag`](Self::lag) reaches zero.
+    pub async fn replay_dead_letters(
+        &self,
+        dead_letter_topic: &str,
+        group: &str,
+    ) -> Result<Subscription> {
+        // The transport, not the bus: a handler holding the bus would keep it alive.
+        let outlet = self.inner.outlet.clone();
+        let replay = tower::service_fn(move |d: Delivery| {
+            let outlet = outlet.clone();
+            async move {
+                let original = crate::dead_letter::original_of(d.message()).ok_or_else(|| {
+                    crate::Permanent::new(format!(
+                        "message {} on {} is not a dead letter (no {} header)",
+                        d.message().id(),
+                        d.message().topic(),
+                        crate::dead_letter::header::TOPIC
+                    ))
+                })?;
+                outlet.publish(original).await.map_err(BoxError::from)
+            }
+        });
+        self.subscribe(dead_letter_topic, group, replay).await
     }
 
     /// Messages of `topic` that `group` has not acked yet (its consumer lag), from the broker.

@@ -11,23 +11,34 @@ use tower::Service;
 use slab::Slab;
 use tokio::sync::mpsc;
 
-use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Route};
+use futures::future::BoxFuture;
+
+use crate::dispatch::{Dispatch, Dispatcher, Done, Outcome, Reply, Reservation, Route};
 use crate::error::Result;
+use crate::message::Message;
+use crate::publish::Outlet;
 use crate::transport::{Acknowledge, Incoming, Settle};
 
 /// Pulls from `source` while the dispatcher has room, dispatches, and settles each message on
 /// its outcome. Ends when the route is closing (or the source ends) and every message taken
 /// has been settled.
-pub(crate) async fn pump<S, A>(mut source: S, mut dispatcher: Dispatcher, route: Arc<Route>)
-where
+pub(crate) async fn pump<S, A>(
+    mut source: S,
+    mut dispatcher: Dispatcher,
+    route: Arc<Route>,
+    outlet: Outlet,
+) where
     S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
     A: Acknowledge,
 {
     // Finished messages come back on one queue, tagged with the slot holding their ack: no
     // future per message, one wake per batch.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut acks: Slab<A> = Slab::new();
+    let mut acks: Slab<(A, Arc<Message>)> = Slab::new();
     let mut settling = FuturesUnordered::new();
+    // Rare (a message that failed for good), so boxed.
+    let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
+        FuturesUnordered::new();
     let mut done = Vec::with_capacity(64);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
@@ -42,8 +53,21 @@ where
                     break;
                 }
                 for Done { token, outcome, room } in done.drain(..) {
+                    let (ack, message) = acks.remove(token);
+                    if let (Outcome::Failed { .. }, Some(dlq)) = (&outcome, route.dead_letter()) {
+                        let letter = dead_letter_of(&message, dlq, route.group(), &outcome);
+                        dead_lettering.push(Box::pin(send_dead_letter(
+                            outlet.clone(),
+                            letter,
+                            ack,
+                            outcome,
+                            room,
+                            dispatcher.clone(),
+                        )));
+                        continue;
+                    }
                     // The room is freed only once the message is settled.
-                    match acks.remove(token).settle(&outcome) {
+                    match ack.settle(&outcome) {
                         Settle::Done(settled) => report(&route, settled),
                         Settle::Later(settling_io) => settling.push(async move {
                             let settled = settling_io.await;
@@ -55,6 +79,10 @@ where
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {
+                report(&route, settled);
+                progress = true;
+            }
+            while let Poll::Ready(Some(settled)) = dead_lettering.poll_next_unpin(cx) {
                 report(&route, settled);
                 progress = true;
             }
@@ -89,7 +117,7 @@ where
                         tracing::warn!(topic = route.topic(), group = route.group(), %error, "subscription stream error");
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
-                        let token = acks.insert(ack);
+                        let token = acks.insert((ack, Arc::clone(&message)));
                         let reply = Reply::Queue {
                             tx: done_tx.clone(),
                             token,
@@ -100,7 +128,7 @@ where
                     }
                 }
             }
-            if !intake && acks.is_empty() && settling.is_empty() {
+            if !intake && acks.is_empty() && settling.is_empty() && dead_lettering.is_empty() {
                 return Poll::Ready(());
             }
             if !progress {
@@ -116,4 +144,50 @@ fn report(route: &Route, settled: Result<()>) {
     if let Err(error) = settled {
         tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
     }
+}
+
+fn dead_letter_of(message: &Message, dlq: &str, group: &str, outcome: &Outcome) -> Message {
+    let Outcome::Failed {
+        attempts,
+        error,
+        first_failure,
+    } = outcome
+    else {
+        unreachable!("only failed messages are dead-lettered")
+    };
+    crate::dead_letter::letter(message, dlq, group, *attempts, error, *first_failure)
+}
+
+/// Publishes a letter, then acks the original; if the broker did not take the letter, the
+/// original is left unacked (settled as `Cancelled`), for redelivery: nothing is lost.
+async fn send_dead_letter<A: Acknowledge>(
+    outlet: Outlet,
+    letter: Message,
+    ack: A,
+    outcome: Outcome,
+    room: Reservation,
+    dispatcher: Dispatcher,
+) -> Result<()> {
+    let topic = letter.topic().to_owned();
+    let attempts = match outcome {
+        Outcome::Failed { attempts, .. } => attempts,
+        _ => 0,
+    };
+    let published = outlet.publish(letter).await;
+    let settle_as = match &published {
+        Ok(()) => {
+            dispatcher.count_dead_lettered();
+            Outcome::Handled { attempts }
+        }
+        Err(error) => {
+            tracing::error!(dead_letter_topic = %topic, %error, "could not publish a dead letter; the message stays unacked for redelivery");
+            Outcome::Cancelled
+        }
+    };
+    let settled = match ack.settle(&settle_as) {
+        Settle::Done(r) => r,
+        Settle::Later(f) => f.await,
+    };
+    drop(room);
+    settled
 }

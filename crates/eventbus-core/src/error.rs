@@ -128,6 +128,10 @@ pub enum NameError {
     /// `.` and `..` are reserved by Kafka.
     #[error("'.' and '..' are reserved names")]
     Reserved,
+    /// A dead-letter topic must differ from the topic it serves (its letters would come back
+    /// to the handler that gave up on them).
+    #[error("a dead-letter topic must differ from the topic it serves")]
+    DeadLetterLoop,
 }
 
 /// Why an envelope could not be decoded from a message.

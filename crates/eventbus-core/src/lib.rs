@@ -27,16 +27,19 @@
 
 mod bus;
 mod consume;
+pub mod dead_letter;
 pub mod dispatch;
 pub mod envelope;
 mod error;
 pub mod handler;
 mod message;
+mod publish;
 mod retry;
 pub mod transport;
 pub mod validate;
 
-pub use bus::{BusOptions, EventBus, EventBusBuilder, Subscription};
+pub use bus::{BusOptions, EventBus, EventBusBuilder, SubscribeOptions, Subscription};
+pub use dead_letter::DeadLetter;
 pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Outcome, Route};
 pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, NameError, Result};

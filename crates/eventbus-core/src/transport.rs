@@ -150,6 +150,7 @@ pub struct SubscribeRequest {
     pub(crate) route: Arc<Route>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) tracker: tokio_util::task::TaskTracker,
+    pub(crate) outlet: crate::publish::Outlet,
 }
 
 impl SubscribeRequest {
@@ -186,7 +187,7 @@ impl SubscribeRequest {
             // Fires inside the tracked future, so whoever saw the bus's tracker empty also
             // sees every subscription ended (a JoinHandle finishes a moment later).
             let _ended = guard;
-            consume::pump(source, self.dispatcher, self.route).await;
+            consume::pump(source, self.dispatcher, self.route, self.outlet).await;
         });
         Started(ended)
     }

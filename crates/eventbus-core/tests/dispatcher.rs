@@ -312,7 +312,9 @@ fn assert_cancelled(outcome: Result<Outcome, Error>) {
 #[track_caller]
 fn assert_failed(outcome: Result<Outcome, Error>, attempts: u32) -> BoxError {
     match outcome {
-        Ok(Outcome::Failed { attempts: n, error }) if n == attempts => error,
+        Ok(Outcome::Failed {
+            attempts: n, error, ..
+        }) if n == attempts => error,
         other => panic!("expected Failed {{ attempts: {attempts}, .. }}, got {other:?}"),
     }
 }

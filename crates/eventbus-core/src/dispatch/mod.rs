@@ -41,5 +41,5 @@ mod service;
 
 pub use future::ResponseFuture;
 pub use queue::{DispatcherStats, Outcome, Route};
-pub(crate) use queue::{Done, Reply};
+pub(crate) use queue::{Done, Reply, Reservation};
 pub use service::{Dispatch, Dispatcher, DispatcherConfig};

@@ -7,6 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
+use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
@@ -37,6 +38,8 @@ pub enum Outcome {
         attempts: u32,
         /// The last error.
         error: BoxError,
+        /// When the first attempt failed (dead letters carry it).
+        first_failure: SystemTime,
     },
     /// Not (fully) handled because its subscription or bus is closing. Not a failure: leave it
     /// unacked for redelivery; never ack, retry or dead-letter it.
@@ -62,6 +65,7 @@ pub struct Route {
     topic: Arc<str>,
     handler: Handler,
     retry: RetryPolicy,
+    dead_letter: Option<Arc<str>>,
     closing: CancellationToken,
     abort: CancellationToken,
 }
@@ -73,6 +77,7 @@ impl std::fmt::Debug for Route {
             .field("topic", &self.topic)
             .field("group", &self.group)
             .field("retry", &self.retry)
+            .field("dead_letter", &self.dead_letter)
             .finish_non_exhaustive()
     }
 }
@@ -100,9 +105,20 @@ impl Route {
             group: Arc::from(group),
             handler: BoxCloneSyncService::new(handler.map_err(Into::into)),
             retry,
+            dead_letter: None,
             closing,
             abort,
         }
+    }
+    /// Sends messages that fail for good to `topic` (see [`dead_letter`](crate::dead_letter)),
+    /// when the route is fed by a bus subscription.
+    pub fn with_dead_letter(mut self, topic: &str) -> Self {
+        self.dead_letter = Some(Arc::from(topic));
+        self
+    }
+    /// The dead-letter topic, if any.
+    pub fn dead_letter(&self) -> Option<&str> {
+        self.dead_letter.as_deref()
     }
     /// The topic.
     pub fn topic(&self) -> &str {
@@ -148,6 +164,8 @@ pub struct DispatcherStats {
     pub panicked: u64,
     /// Messages cancelled by a closing subscription or bus.
     pub cancelled: u64,
+    /// Messages published to a dead-letter topic (and then acked).
+    pub dead_lettered: u64,
 }
 
 pub(super) struct Job {
@@ -155,6 +173,7 @@ pub(super) struct Job {
     message: Arc<Message>,
     attempts: u32,
     delays: Option<ExponentialBackoff>,
+    first_failure: Option<SystemTime>,
     /// Taken when the outcome is sent; a job dropped unfinished (its runtime shut down)
     /// replies `Cancelled` from `Drop`, so no waiter is left hanging.
     reply: Option<(Reply, Reservation)>,
@@ -231,6 +250,7 @@ impl Job {
             message,
             attempts: 0,
             delays: None,
+            first_failure: None,
             reply: Some((reply, reservation)),
         }
     }
@@ -312,6 +332,7 @@ pub(super) struct Shared {
     retried: AtomicU64,
     panicked: AtomicU64,
     cancelled: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
 }
 
 impl Shared {
@@ -334,6 +355,7 @@ impl Shared {
             retried: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
         }
     }
 
@@ -538,6 +560,7 @@ impl Shared {
         if route.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
         }
+        let first_failure = *job.first_failure.get_or_insert_with(SystemTime::now);
         let delay = if Permanent::is_permanent(&error) {
             None
         } else {
@@ -548,7 +571,14 @@ impl Shared {
         let Some(delay) = delay else {
             tracing::warn!(topic = %route.topic, group = %route.group, message_id = %job.message.id(), attempts = job.attempts, error = %error, "handler failed for good");
             let attempts = job.attempts;
-            return Some((job, Outcome::Failed { attempts, error }));
+            return Some((
+                job,
+                Outcome::Failed {
+                    attempts,
+                    error,
+                    first_failure,
+                },
+            ));
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
         self.retried.fetch_add(1, Ordering::Relaxed);
@@ -583,6 +613,7 @@ impl Shared {
             retried: self.retried.load(Ordering::Relaxed),
             panicked: self.panicked.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }

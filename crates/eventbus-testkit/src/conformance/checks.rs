@@ -1530,15 +1530,203 @@ pub async fn retry_keeps_key_order(h: &Harness) {
 
 // 19 -----------------------------------------------------------------------------------------
 
-/// Check 19, `poison_to_dead_letter` (pending): after its last attempt, a message goes to the
-/// dead-letter topic with failure metadata (error, attempts, original topic and group) and is
-/// acked on its own topic, and its key moves on to the next message.
-///
-/// Dead-lettering is not implemented yet: it arrives with the middleware issue. Until then the
-/// check fails by saying so, and [`PENDING`](super::PENDING) lists it.
+#[derive(Default)]
+struct Poison {
+    /// Attempts made on the poison message, over all deliveries.
+    attempts: Counter,
+    /// Once set, the poison message is handled (the cause was fixed): for the replay.
+    fixed: AtomicBool,
+    /// The poison key's messages handled, in order (seq).
+    poison_key: Mutex<Vec<u64>>,
+    poison_done: Counter,
+    replayed: Record,
+    others: Record,
+}
+
+/// Check 19, `poison_to_dead_letter`: a message that fails on every attempt is, after its last
+/// (third) attempt, published to the dead-letter topic (`<topic>.dlq`) with the original key,
+/// payload and headers plus failure metadata (error, attempts, original topic, group, original
+/// id, first and last failure time), and acked on its own topic (lag 0, never delivered
+/// again); its key moves on to its next messages, in order, and other keys are unaffected.
+/// `replay_dead_letters` then sends the letter back to its topic, where the fixed handler
+/// gets the original (key and payload intact, `eb-replayed-from` naming the original id).
 pub async fn poison_to_dead_letter(h: &Harness) {
-    let _ = h;
-    panic!("dead-lettering is not implemented yet (middleware issue)");
+    use eventbus_core::dead_letter::header as dlq;
+    const LATER: u64 = 5;
+    let others = h.count(100);
+    let topic = unique("poison");
+    let group = unique("g");
+    let dlq_topic = format!("{topic}.dlq");
+    let bus = h.bus().await;
+    let letters = Arc::new(Record::default());
+    let hold = Arc::new(Gate::default());
+    // The reader holds the letter (unacked) until the replay group exists: a transport that
+    // drops a message once every group acked it (memory) still has it for the new group.
+    let reader = handler(&letters, {
+        let hold = Arc::clone(&hold);
+        move |letters, d| {
+            let hold = Arc::clone(&hold);
+            async move {
+                letters.push(&d);
+                hold.wait().await;
+                Ok(())
+            }
+        }
+    });
+    let letters_sub = subscribe(&bus, &dlq_topic, &unique("dlq-reader"), reader).await;
+
+    let st = Arc::new(Poison::default());
+    let options = eventbus_core::SubscribeOptions::new()
+        .retry(fast_retry().max_attempts(3))
+        .dead_letter(eventbus_core::DeadLetter::default());
+    let handler = handler(&st, |st, d| async move {
+        match key_seq(d.message()) {
+            Some((key, 0)) if key == "poison" => {
+                if d.message().headers().get(dlq::REPLAYED_FROM).is_some() {
+                    if st.fixed.load(SeqCst) {
+                        st.replayed.push(&d);
+                        return Ok(());
+                    }
+                    return Err("replayed before the fix".into());
+                }
+                st.attempts.add();
+                Err(format!("deliberate poison, attempt {}", d.attempt()).into())
+            }
+            Some((key, seq)) if key == "poison" => {
+                lock(&st.poison_key).push(seq);
+                st.poison_done.add();
+                Ok(())
+            }
+            _ => {
+                st.others.push(&d);
+                Ok(())
+            }
+        }
+    });
+    let sub = match h
+        .within(
+            "subscribe_with",
+            bus.subscribe_with(&topic, &group, options.clone(), handler.clone()),
+        )
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => panic!("subscribe_with dead letter: expected Ok, got {e:?}"),
+    };
+
+    let poison = keyed(&topic, "poison-0", "poison", 0);
+    let poison_id = poison.id().clone();
+    let mut messages = vec![poison];
+    for seq in 1..=LATER {
+        messages.push(keyed(&topic, &format!("poison-{seq}"), "poison", seq));
+    }
+    for i in 0..others {
+        messages.push(keyed(
+            &topic,
+            &format!("other-{i}"),
+            &format!("other-{}", i % 10),
+            (i / 10) as u64,
+        ));
+    }
+    let other_ids = ids(&messages[1 + LATER as usize..]);
+    publish_all(h, &bus, messages).await;
+
+    letters.wait_for(h, 1, "the dead letter").await;
+    st.poison_done
+        .wait_for(h, LATER as usize, "the poison key's later messages")
+        .await;
+    st.others
+        .wait_for(h, others, "the other keys' messages")
+        .await;
+    assert_lag(h, &bus, &topic, &group, 0).await;
+    assert_eq!(
+        *lock(&st.poison_key),
+        (1..=LATER).collect::<Vec<_>>(),
+        "the poison key's later messages, in order, after the letter"
+    );
+    assert_exactly_once("other keys", &other_ids, &st.others.ids());
+
+    let letter = letters.messages().remove(0);
+    let got = |name: &str| letter.headers().get(name).map(str::to_owned);
+    assert_eq!(letter.topic(), dlq_topic, "the letter's topic");
+    assert_eq!(
+        id_of(&letter),
+        "poison-0",
+        "the letter keeps the original headers"
+    );
+    assert_eq!(
+        letter.key().map(|k| k.as_str()),
+        Some("poison"),
+        "the letter's key"
+    );
+    assert_eq!(&letter.payload()[..], b"poison-0", "the letter's payload");
+    assert_eq!(got(dlq::ATTEMPTS).as_deref(), Some("3"), "attempts header");
+    assert_eq!(
+        got(dlq::TOPIC),
+        Some(topic.clone()),
+        "original topic header"
+    );
+    assert_eq!(got(dlq::GROUP), Some(group.clone()), "group header");
+    assert_eq!(
+        got(dlq::MESSAGE_ID).as_deref(),
+        Some(poison_id.as_str()),
+        "original id header"
+    );
+    let error = got(dlq::ERROR).unwrap_or_default();
+    assert!(
+        error.contains("deliberate poison, attempt 3"),
+        "error header should hold the last error, got {error:?}"
+    );
+    for name in [dlq::FIRST_FAILURE, dlq::LAST_FAILURE] {
+        let at = got(name).unwrap_or_default();
+        assert!(
+            humantime::parse_rfc3339(&at).is_ok(),
+            "{name} should be an RFC 3339 time, got {at:?}"
+        );
+    }
+    let stats = bus.stats();
+    assert_eq!(stats.dead_lettered, 1, "dead-lettered: {stats:?}");
+    assert_eq!(stats.failed, 1, "failed for good: {stats:?}");
+    assert_eq!(st.attempts.get(), 3, "attempts on the poison message");
+
+    // Replay once the cause is fixed: the original comes back to the handler.
+    st.fixed.store(true, SeqCst);
+    let replay_group = unique("replayer");
+    let replay = match h
+        .within(
+            "replay_dead_letters",
+            bus.replay_dead_letters(&dlq_topic, &replay_group),
+        )
+        .await
+    {
+        Ok(sub) => sub,
+        Err(e) => panic!("replay_dead_letters: expected Ok, got {e:?}"),
+    };
+    hold.open();
+    st.replayed.wait_for(h, 1, "the replayed message").await;
+    assert_lag(h, &bus, &dlq_topic, &replay_group, 0).await;
+    let back = st.replayed.messages().remove(0);
+    assert_eq!(
+        back.key().map(|k| k.as_str()),
+        Some("poison"),
+        "replayed key"
+    );
+    assert_eq!(&back.payload()[..], b"poison-0", "replayed payload");
+    assert_eq!(
+        back.headers().get(dlq::REPLAYED_FROM),
+        Some(poison_id.as_str()),
+        "replayed-from header"
+    );
+    assert!(
+        back.headers()
+            .iter()
+            .all(|(n, _)| !n.starts_with(dlq::PREFIX)),
+        "a replayed message carries no dead-letter headers: {:?}",
+        back.headers()
+    );
+    assert_eq!(st.attempts.get(), 3, "the original was not delivered again");
+    close_subs(h, vec![sub, replay, letters_sub]).await;
+    close_bus(h, &bus).await;
 }
 
 // 20 -----------------------------------------------------------------------------------------

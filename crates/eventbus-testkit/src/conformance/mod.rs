@@ -88,10 +88,6 @@ registry! {
     16 consumer_groups,
     17 no_head_of_line_blocking,
     18 retry_keeps_key_order,
-    #[
-        pending = "dead-lettering arrives with the middleware issue",
-        ignore = "pending: dead-lettering arrives with the middleware issue"
-    ]
     19 poison_to_dead_letter,
     20 handler_panic,
     21 backpressure,

@@ -1,0 +1,170 @@
+//! Dead-lettering when the dead-letter topic refuses the letter: the original stays unacked
+//! and comes back, and is dead-lettered once the topic takes it; nothing is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use eventbus_core::transport::{
+    Capabilities, Publisher, Started, SubscribeRequest, Subscriber, Transport,
+};
+use eventbus_core::{
+    BoxError, DeadLetter, Delivery, Error, EventBus, Message, Result, RetryPolicy,
+    SubscribeOptions, handler_fn,
+};
+use eventbus_memory::{MemoryConfig, MemoryTransport};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The memory broker, except that publishing to `*.dlq` fails while `refuse` is set.
+struct RefusingDlq {
+    inner: MemoryTransport,
+    refuse: Arc<AtomicBool>,
+    refused: Arc<AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl Publisher for RefusingDlq {
+    async fn publish(&self, message: Message) -> Result<()> {
+        if message.topic().ends_with(".dlq") && self.refuse.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::transport(
+                "memory",
+                "dead-letter topic refused (test)",
+            ));
+        }
+        self.inner.publish(message).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Subscriber for RefusingDlq {
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
+        self.inner.subscribe(request).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for RefusingDlq {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
+        Transport::lag(&self.inner, topic, group).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_letter_leaves_the_message_unacked_until_it_is_taken() {
+    let refuse = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicU32::new(0));
+    let memory = MemoryTransport::with_config(
+        MemoryConfig::default().redelivery_delay(Duration::from_millis(10)),
+    );
+    let bus = EventBus::new(RefusingDlq {
+        inner: memory,
+        refuse: Arc::clone(&refuse),
+        refused: Arc::clone(&refused),
+    });
+    let (letter_tx, mut letters) = mpsc::unbounded_channel();
+    let reader = bus
+        .subscribe(
+            "orders.dlq",
+            "reader",
+            handler_fn(move |d: Delivery| {
+                let tx = letter_tx.clone();
+                async move {
+                    tx.send(d.message().clone())?;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let deliveries = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&deliveries);
+    let options = SubscribeOptions::new()
+        .retry(RetryPolicy::never())
+        .dead_letter(DeadLetter::default());
+    let sub = bus
+        .subscribe_with(
+            "orders",
+            "billing",
+            options,
+            handler_fn(move |_d: Delivery| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), BoxError>("poison".into()) }
+            }),
+        )
+        .await
+        .unwrap();
+    bus.publish(Message::new("orders", "p").with_key("k"))
+        .await
+        .unwrap();
+
+    // Refused letters: the message is not acked, so it comes back and fails again.
+    tokio::time::timeout(WAIT, async {
+        while refused.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("three refused letters");
+    assert!(deliveries.load(Ordering::SeqCst) >= 3);
+    assert_eq!(
+        bus.lag("orders", "billing").await.unwrap(),
+        1,
+        "still unacked"
+    );
+    assert_eq!(bus.stats().dead_lettered, 0);
+
+    refuse.store(false, Ordering::SeqCst);
+    let letter = tokio::time::timeout(WAIT, letters.recv())
+        .await
+        .expect("the letter, once the topic takes it")
+        .unwrap();
+    assert_eq!(&letter.payload()[..], b"p");
+    assert_eq!(
+        letter
+            .headers()
+            .get(eventbus_core::dead_letter::header::ATTEMPTS),
+        Some("1")
+    );
+    tokio::time::timeout(WAIT, async {
+        while bus.lag("orders", "billing").await.unwrap() != 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the original acked once its letter was taken");
+    assert_eq!(bus.stats().dead_lettered, 1);
+    sub.close().await;
+    reader.close().await;
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_letter_topic_is_validated_at_subscribe() {
+    let bus = EventBus::new(MemoryTransport::new());
+    let noop = handler_fn(|_d: Delivery| async { Ok::<_, BoxError>(()) });
+    for bad in [DeadLetter::to("orders"), DeadLetter::to("bad topic")] {
+        let err = bus
+            .subscribe_with(
+                "orders",
+                "g",
+                SubscribeOptions::new().dead_letter(bad),
+                noop,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTopic { .. }), "{err:?}");
+    }
+    bus.close().await.unwrap();
+}
