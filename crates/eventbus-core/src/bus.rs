@@ -142,6 +142,7 @@ impl<T: Transport> EventBusBuilder<T> {
                     transport: Arc::clone(&transport),
                     limits: self.options.limits,
                     timeout: self.options.publish_timeout,
+                    stats: Arc::default(),
                 },
                 transport,
                 options: self.options,
@@ -251,6 +252,19 @@ impl EventBus {
     /// Publishes an envelope on `topic`, keyed by its aggregate id.
     pub async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<()> {
         self.publish(envelope.to_message(topic)).await
+    }
+
+    /// Publishes a typed event as version `aggregate_version` of `aggregate_id` (see
+    /// [`Event`](crate::Event)).
+    pub async fn publish_event<E: crate::Event>(
+        &self,
+        topic: &str,
+        aggregate_id: &str,
+        aggregate_version: u64,
+        event: &E,
+    ) -> Result<()> {
+        let envelope = Envelope::of(aggregate_id, aggregate_version, event)?;
+        self.publish_envelope(topic, &envelope).await
     }
 
     /// Publishes messages in order; returns once the transport has all of them. Every message

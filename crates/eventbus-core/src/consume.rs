@@ -63,6 +63,7 @@ pub(crate) async fn pump<S, A>(
                             outcome,
                             room,
                             dispatcher.clone(),
+                            Arc::clone(&route),
                         )));
                         continue;
                     }
@@ -167,6 +168,7 @@ async fn send_dead_letter<A: Acknowledge>(
     outcome: Outcome,
     room: Reservation,
     dispatcher: Dispatcher,
+    route: Arc<Route>,
 ) -> Result<()> {
     let topic = letter.topic().to_owned();
     let attempts = match outcome {
@@ -177,6 +179,7 @@ async fn send_dead_letter<A: Acknowledge>(
     let settle_as = match &published {
         Ok(()) => {
             dispatcher.count_dead_lettered();
+            route.metrics.dead_lettered.increment(1);
             Outcome::Handled { attempts }
         }
         Err(error) => {

@@ -48,6 +48,15 @@ pub enum Error {
     /// A message that claims to be an envelope cannot be decoded: fix the producer.
     #[error("malformed envelope: {0}")]
     MalformedEnvelope(#[from] EnvelopeError),
+    /// A typed event could not be serialized (see [`Event`](crate::Event)).
+    #[error("cannot serialize event {event_type}: {source}")]
+    Serialize {
+        /// The event's type name.
+        event_type: &'static str,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The bus, subscription or dispatcher was closed: nothing more can go through it.
     #[error("the event bus is closed")]
     Closed,

@@ -28,13 +28,17 @@
 mod bus;
 mod consume;
 pub mod dead_letter;
+pub mod dedup;
 pub mod dispatch;
 pub mod envelope;
 mod error;
+pub mod event;
 pub mod handler;
 mod message;
+pub mod propagation;
 mod publish;
 mod retry;
+pub mod telemetry;
 pub mod transport;
 pub mod validate;
 
@@ -43,6 +47,7 @@ pub use dead_letter::DeadLetter;
 pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Outcome, Route};
 pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, NameError, Result};
+pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
 pub use message::{Headers, Key, Message, MessageId};
 pub use retry::RetryPolicy;

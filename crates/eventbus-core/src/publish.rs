@@ -1,11 +1,17 @@
 //! The one publish path: user publishes, dead letters and replays all go through it, so each
 //! is validated, bounded by the publish timeout, traced and counted the same way.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::propagation;
+use crate::telemetry::PublishMetrics;
 use crate::transport::Transport;
 use crate::validate::{Limits, validate_key, validate_topic};
 
@@ -14,6 +20,70 @@ pub(crate) struct Outlet {
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) limits: Limits,
     pub(crate) timeout: Duration,
+    pub(crate) stats: Arc<PublishStats>,
+}
+
+/// What the publisher backlog monitor reads.
+#[derive(Default)]
+pub(crate) struct PublishStats {
+    /// Publish calls waiting for the broker now.
+    pub(crate) queued: AtomicUsize,
+    /// The slowest publish since the monitor last looked, in microseconds.
+    pub(crate) slowest_us: AtomicU64,
+    /// Per-topic metric handles, registered on first use.
+    metrics: RwLock<HashMap<String, PublishMetrics, foldhash::fast::RandomState>>,
+}
+
+impl PublishStats {
+    fn metrics(&self, topic: &str) -> PublishMetrics {
+        if let Some(m) = self
+            .metrics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+        {
+            return m.clone();
+        }
+        self.metrics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.to_owned())
+            .or_insert_with(|| PublishMetrics::new(topic))
+            .clone()
+    }
+}
+
+/// Counts a publish as queued while it runs, and records how it went.
+struct InFlight<'a> {
+    stats: &'a PublishStats,
+    started: Instant,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(stats: &'a PublishStats) -> Self {
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats,
+            started: Instant::now(),
+        }
+    }
+    fn finish(self, metrics: &PublishMetrics, messages: u64, result: &Result<()>) {
+        let took = self.started.elapsed();
+        metrics.duration.record(took);
+        match result {
+            Ok(()) => metrics.published.increment(messages),
+            Err(_) => metrics.failed.increment(messages),
+        }
+        self.stats
+            .slowest_us
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Outlet {
@@ -49,14 +119,49 @@ impl Outlet {
             })?
     }
 
-    pub(crate) async fn publish(&self, message: Message) -> Result<()> {
+    pub(crate) async fn publish(&self, mut message: Message) -> Result<()> {
         self.validate(&message)?;
-        self.with_timeout(self.transport.publish(message)).await
+        let span = tracing::info_span!(
+            "eventbus.publish",
+            topic = message.topic(),
+            key = message.key().map(|k| k.as_str()),
+            message_id = %message.id(),
+        );
+        let metrics = self.stats.metrics(message.topic());
+        async {
+            propagation::inject(&mut message);
+            let publishing = InFlight::start(&self.stats);
+            let result = self.with_timeout(self.transport.publish(message)).await;
+            publishing.finish(&metrics, 1, &result);
+            result
+        }
+        .instrument(span)
+        .await
     }
 
-    pub(crate) async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+    pub(crate) async fn publish_batch(&self, mut messages: Vec<Message>) -> Result<()> {
         messages.iter().try_for_each(|m| self.validate(m))?;
-        self.with_timeout(self.transport.publish_batch(messages))
-            .await
+        let Some(first) = messages.first() else {
+            return Ok(());
+        };
+        let span = tracing::info_span!(
+            "eventbus.publish",
+            topic = first.topic(),
+            messages = messages.len(),
+        );
+        // A batch usually targets one topic; its figures are counted there.
+        let metrics = self.stats.metrics(first.topic());
+        async {
+            messages.iter_mut().for_each(propagation::inject);
+            let n = messages.len() as u64;
+            let publishing = InFlight::start(&self.stats);
+            let result = self
+                .with_timeout(self.transport.publish_batch(messages))
+                .await;
+            publishing.finish(&metrics, n, &result);
+            result
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -22,6 +22,8 @@ use crate::error::BoxError;
 use crate::handler::{Delivery, Panicked, Permanent};
 use crate::message::{Key, Message};
 use crate::retry::RetryPolicy;
+use crate::telemetry::RouteMetrics;
+use tracing::Instrument;
 
 /// The final result of dispatching one message.
 #[derive(Debug)]
@@ -68,6 +70,7 @@ pub struct Route {
     dead_letter: Option<Arc<str>>,
     closing: CancellationToken,
     abort: CancellationToken,
+    pub(crate) metrics: RouteMetrics,
 }
 
 impl std::fmt::Debug for Route {
@@ -108,6 +111,7 @@ impl Route {
             dead_letter: None,
             closing,
             abort,
+            metrics: RouteMetrics::new(topic, group),
         }
     }
     /// Sends messages that fail for good to `topic` (see [`dead_letter`](crate::dead_letter)),
@@ -481,12 +485,14 @@ impl Shared {
     }
 
     fn complete(&self, job: Job, outcome: Outcome) {
-        let counter = match &outcome {
-            Outcome::Handled { .. } => &self.handled,
-            Outcome::Failed { .. } => &self.failed,
-            Outcome::Cancelled => &self.cancelled,
+        let metrics = &job.route.metrics;
+        let (counter, metric) = match &outcome {
+            Outcome::Handled { .. } => (&self.handled, &metrics.handled),
+            Outcome::Failed { .. } => (&self.failed, &metrics.failed),
+            Outcome::Cancelled => (&self.cancelled, &metrics.cancelled),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metric.increment(1);
         job.finish(outcome);
     }
 
@@ -507,12 +513,25 @@ impl Shared {
         // Everything that runs user code (cloning the handler, polling it, dropping it) stays
         // inside `catch_unwind`, so a panic anywhere in it is counted and the job still gets
         // its outcome.
+        let span = tracing::info_span!(
+            "eventbus.handle",
+            topic = %route.topic,
+            group = %route.group,
+            key = job.message.key().map(|k| k.as_str()),
+            message_id = %job.message.id(),
+            attempt = job.attempts,
+        );
+        crate::propagation::restore_parent(&span, &job.message);
         let for_call = Arc::clone(&route);
-        let call = AssertUnwindSafe(async move {
-            let mut handler = for_call.handler.clone();
-            handler.ready().await?.call(delivery).await
-        })
+        let call = AssertUnwindSafe(
+            async move {
+                let mut handler = for_call.handler.clone();
+                handler.ready().await?.call(delivery).await
+            }
+            .instrument(span),
+        )
         .catch_unwind();
+        let started = std::time::Instant::now();
         let mut call = std::pin::pin!(Some(call));
 
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -535,8 +554,10 @@ impl Shared {
         // An aborted handler is dropped here, where a panic in its drop is caught too.
         if std::panic::catch_unwind(AssertUnwindSafe(|| call.set(None))).is_err() {
             self.panicked.fetch_add(1, Ordering::Relaxed);
+            route.metrics.panicked.increment(1);
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        route.metrics.duration.record(started.elapsed());
 
         let error = match result {
             None => return Some((job, Outcome::Cancelled)),
@@ -547,6 +568,7 @@ impl Shared {
             Some(Ok(Err(e))) => e,
             Some(Err(panic)) => {
                 self.panicked.fetch_add(1, Ordering::Relaxed);
+                route.metrics.panicked.increment(1);
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -582,6 +604,7 @@ impl Shared {
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
         self.retried.fetch_add(1, Ordering::Relaxed);
+        route.metrics.retried.increment(1);
         let shared = Arc::clone(self);
         self.tracker.spawn_on(
             async move {

@@ -1,0 +1,88 @@
+//! Trace context through message headers (feature `opentelemetry`).
+//!
+//! On publish, the context of the current [`tracing`] span (as the `tracing-opentelemetry`
+//! bridge sees it) is written into the message's headers by OpenTelemetry's global text-map
+//! propagator (with `opentelemetry_sdk::propagation::TraceContextPropagator` installed: W3C
+//! `traceparent` and `tracestate`), unless the message already carries a `traceparent` (a
+//! relayed or replayed message keeps its origin's). On consume, the same propagator reads them
+//! back and makes that context the parent of the `eventbus.handle` span, so the consumer's
+//! spans join the producer's trace with no code of yours.
+//!
+//! ```ignore
+//! opentelemetry::global::set_text_map_propagator(
+//!     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+//! );
+//! // plus a tracing subscriber with a `tracing_opentelemetry` layer
+//! ```
+//!
+//! Without the feature both steps compile to nothing.
+
+use crate::message::Message;
+
+/// The W3C header naming the trace and the parent span.
+pub const TRACEPARENT: &str = "traceparent";
+/// The W3C header with vendor trace state.
+pub const TRACESTATE: &str = "tracestate";
+
+#[cfg(feature = "opentelemetry")]
+mod otel {
+    use opentelemetry::propagation::{Extractor, Injector};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use crate::message::{Headers, Message};
+
+    struct Inject<'a>(&'a mut Headers);
+    impl Injector for Inject<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.insert(key, value);
+        }
+    }
+
+    struct Extract<'a>(&'a Headers);
+    impl Extractor for Extract<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key)
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(k, _)| k).collect()
+        }
+    }
+
+    pub(super) fn inject(message: &mut Message) {
+        if message.headers().get(super::TRACEPARENT).is_some() {
+            return;
+        }
+        let cx = tracing::Span::current().context();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&cx, &mut Inject(message.headers_mut()));
+        });
+    }
+
+    pub(super) fn restore_parent(span: &tracing::Span, message: &Message) {
+        if span.is_disabled() || message.headers().get(super::TRACEPARENT).is_none() {
+            return;
+        }
+        let cx = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&Extract(message.headers()))
+        });
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Writes the current span's trace context into `message`'s headers (see the module docs).
+#[inline]
+pub(crate) fn inject(message: &mut Message) {
+    #[cfg(feature = "opentelemetry")]
+    otel::inject(message);
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = message;
+}
+
+/// Makes the trace context in `message`'s headers the parent of `span`.
+#[inline]
+pub(crate) fn restore_parent(span: &tracing::Span, message: &Message) {
+    #[cfg(feature = "opentelemetry")]
+    otel::restore_parent(span, message);
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = (span, message);
+}
