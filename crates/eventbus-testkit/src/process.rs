@@ -100,3 +100,24 @@ impl Drop for ServerProcess {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+impl ServerProcess {
+    /// A tansu Kafka broker (`tansu broker`, sqlite storage in its store directory), plus
+    /// `extra` arguments. tansu opens its sqlite file relative to its working directory, so it
+    /// is started from the store directory (through `sh`, which `exec`s it: the pid is
+    /// tansu's). The binary is `$TANSU` if set, else `tansu` on the `PATH`.
+    pub fn tansu(extra: &[&str]) -> std::io::Result<Self> {
+        let mut script = String::from(
+            "mkdir -p {store} && cd {store} && exec \"${TANSU:-tansu}\" broker \
+             --listener-url tcp://127.0.0.1:{port} \
+             --advertised-listener-url tcp://127.0.0.1:{port} \
+             --storage-engine sqlite://tansu.db",
+        );
+        for arg in extra {
+            script.push_str(" '");
+            script.push_str(&arg.replace('\'', r"'\''"));
+            script.push('\'');
+        }
+        Self::start("sh", &["-c", &script])
+    }
+}

@@ -41,9 +41,11 @@ pub use eventbus_nats as nats;
 #[cfg(feature = "nats")]
 pub use eventbus_nats::{NatsConfig, NatsTransport};
 
-/// The Kafka transport (feature `kafka`; not implemented yet).
+/// The Kafka transport (feature `kafka`).
 #[cfg(feature = "kafka")]
 pub use eventbus_kafka as kafka;
+#[cfg(feature = "kafka")]
+pub use eventbus_kafka::{KafkaConfig, KafkaTransport};
 
 /// The README's code, compiled and run as a doc test so it stays true.
 #[doc = include_str!("../../../README.md")]

@@ -1,0 +1,263 @@
+//! Options of the Kafka transport: brokers, raw librdkafka settings, topics and consumers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// How topics are provisioned when first used (the names of the NATS transport's `Provision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provision {
+    /// Create a missing topic; leave an existing one as it is.
+    CreateOnly,
+    /// Create a missing topic; on an existing one, add partitions up to the configured count
+    /// and set the configured retention (the default). Kafka cannot remove partitions or
+    /// change the replication factor this way: such a difference is logged and left.
+    #[default]
+    CreateOrUpdate,
+    /// Never create or change: a missing topic, or one whose partitions, replication factor or
+    /// retention differ, is an error ([`KafkaError::TopicMissing`](crate::KafkaError::TopicMissing),
+    /// [`KafkaError::TopicMismatch`](crate::KafkaError::TopicMismatch)).
+    ValidateOnly,
+    /// Assume the topic is there; check nothing (a broker with auto-creation may create it).
+    Skip,
+}
+
+/// Settings of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicOptions {
+    /// Partitions (default 4). Messages of one key always go to one partition, so this bounds
+    /// how many members of one group share a topic's work.
+    pub partitions: i32,
+    /// Replication factor (default 1, for a single broker).
+    pub replication: i32,
+    /// `retention.ms` (`None`: the broker's default).
+    pub retention: Option<Duration>,
+}
+
+impl Default for TopicOptions {
+    fn default() -> Self {
+        TopicOptions {
+            partitions: 4,
+            replication: 1,
+            retention: None,
+        }
+    }
+}
+
+impl TopicOptions {
+    /// Sets the partition count.
+    pub fn partitions(mut self, n: i32) -> Self {
+        self.partitions = n.max(1);
+        self
+    }
+    /// Sets the replication factor.
+    pub fn replication(mut self, n: i32) -> Self {
+        self.replication = n.max(1);
+        self
+    }
+    /// Sets the retention.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+}
+
+/// Settings of the consumer behind each (topic, group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerOptions {
+    /// `session.timeout.ms` (default 10 s): how long the group waits for a silent member.
+    pub session_timeout: Duration,
+    /// `heartbeat.interval.ms` (default 1 s).
+    pub heartbeat_interval: Duration,
+    /// `max.poll.interval.ms` (default 5 min). The transport polls all the time, also while
+    /// the bus is full (with the partitions paused), so only a revoke waiting for handlers
+    /// comes near it; keep it above [`revoke_timeout`](Self::revoke_timeout).
+    pub max_poll_interval: Duration,
+    /// On a revoke, how long to wait for the handlers of the revoked partitions before
+    /// committing what is done and letting the rebalance go on (default 10 s).
+    pub revoke_timeout: Duration,
+    /// Delay before a message whose handling failed for good is delivered again (default 1 s).
+    pub redelivery_delay: Duration,
+    /// How often finished offsets are committed while consuming (default 200 ms); they are
+    /// also committed on every revoke and at close.
+    pub commit_interval: Duration,
+    /// Most messages polled from librdkafka and not yet taken by the bus (default 256, and
+    /// never more than the bus's `max_buffered`); past it, the partitions are paused.
+    pub prefetch: usize,
+}
+
+impl Default for ConsumerOptions {
+    fn default() -> Self {
+        ConsumerOptions {
+            session_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            max_poll_interval: Duration::from_secs(300),
+            revoke_timeout: Duration::from_secs(10),
+            redelivery_delay: Duration::from_secs(1),
+            commit_interval: Duration::from_millis(200),
+            prefetch: 256,
+        }
+    }
+}
+
+impl ConsumerOptions {
+    /// Sets the session timeout.
+    pub fn session_timeout(mut self, d: Duration) -> Self {
+        self.session_timeout = d;
+        self
+    }
+    /// Sets the heartbeat interval.
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d;
+        self
+    }
+    /// Sets the maximum poll interval.
+    pub fn max_poll_interval(mut self, d: Duration) -> Self {
+        self.max_poll_interval = d;
+        self
+    }
+    /// Sets the revoke timeout.
+    pub fn revoke_timeout(mut self, d: Duration) -> Self {
+        self.revoke_timeout = d;
+        self
+    }
+    /// Sets the redelivery delay of failed messages.
+    pub fn redelivery_delay(mut self, d: Duration) -> Self {
+        self.redelivery_delay = d;
+        self
+    }
+    /// Sets the commit interval.
+    pub fn commit_interval(mut self, d: Duration) -> Self {
+        self.commit_interval = d;
+        self
+    }
+    /// Sets the prefetch bound.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+}
+
+/// Configuration of a [`KafkaTransport`](crate::KafkaTransport).
+///
+/// # Security
+/// SASL and TLS are librdkafka settings passed through as they are, with
+/// [`set`](Self::set) (every client), e.g. `security.protocol=SASL_SSL`,
+/// `sasl.mechanism=SCRAM-SHA-512`, `sasl.username`, `sasl.password`, `ssl.ca.location`. This
+/// crate builds librdkafka without its `ssl`/`sasl` features, so those settings need a
+/// librdkafka built with them (enable rdkafka's `ssl`/`sasl` features in your build, or link
+/// a system librdkafka); without them librdkafka refuses the setting and
+/// [`KafkaTransport::connect`](crate::KafkaTransport::connect) fails with
+/// [`KafkaError::Config`](crate::KafkaError::Config).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Raw librdkafka settings for every client (security, client id, ...).
+    pub client: BTreeMap<String, String>,
+    /// Raw librdkafka settings for the producer only (`linger.ms`, `compression.type`, ...).
+    pub producer: BTreeMap<String, String>,
+    /// Raw librdkafka settings for consumers only (`fetch.wait.max.ms`, ...).
+    pub consumer_settings: BTreeMap<String, String>,
+    /// How topics are provisioned.
+    pub provision: Provision,
+    /// Settings of topics not listed in [`topics`](Self::topics).
+    pub topic_defaults: TopicOptions,
+    /// Settings per topic.
+    pub topics: HashMap<String, TopicOptions>,
+    /// Consumers.
+    pub consumer: ConsumerOptions,
+    /// Largest message accepted for publishing ([`Message::encoded_len`](eventbus_core::Message::encoded_len);
+    /// default 1,000,000 bytes, the broker's default `message.max.bytes`): a larger one is
+    /// refused with [`Error::PayloadTooLarge`](eventbus_core::Error::PayloadTooLarge) before
+    /// anything is sent.
+    pub max_message_bytes: usize,
+    /// Bound on admin, metadata and offset requests, and on connecting (default 10 s).
+    pub request_timeout: Duration,
+    /// `delivery.timeout.ms`: how long the producer keeps retrying a message before its publish
+    /// fails (default 30 s).
+    pub delivery_timeout: Duration,
+}
+
+impl KafkaConfig {
+    /// Brokers as `host:port[,host:port...]`, everything else default.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        KafkaConfig {
+            brokers: brokers.into(),
+            client: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            consumer_settings: BTreeMap::new(),
+            provision: Provision::default(),
+            topic_defaults: TopicOptions::default(),
+            topics: HashMap::new(),
+            consumer: ConsumerOptions::default(),
+            max_message_bytes: 1_000_000,
+            request_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(30),
+        }
+    }
+    /// Sets a raw librdkafka setting on every client.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.client.insert(key.into(), value.into());
+        self
+    }
+    /// Sets a raw librdkafka setting on the producer.
+    pub fn set_producer(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer.insert(key.into(), value.into());
+        self
+    }
+    /// Sets a raw librdkafka setting on consumers.
+    pub fn set_consumer(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.consumer_settings.insert(key.into(), value.into());
+        self
+    }
+    /// Sets the provisioning strategy.
+    pub fn provision(mut self, provision: Provision) -> Self {
+        self.provision = provision;
+        self
+    }
+    /// Sets the settings of topics without their own.
+    pub fn topic_defaults(mut self, options: TopicOptions) -> Self {
+        self.topic_defaults = options;
+        self
+    }
+    /// Sets one topic's settings.
+    pub fn topic(mut self, topic: impl Into<String>, options: TopicOptions) -> Self {
+        self.topics.insert(topic.into(), options);
+        self
+    }
+    /// Sets the consumer options.
+    pub fn consumer(mut self, options: ConsumerOptions) -> Self {
+        self.consumer = options;
+        self
+    }
+    /// Sets the largest message accepted.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+    /// Sets the request timeout.
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+    /// Sets the delivery timeout.
+    pub fn delivery_timeout(mut self, d: Duration) -> Self {
+        self.delivery_timeout = d;
+        self
+    }
+
+    /// The settings of `topic`.
+    pub fn topic_for(&self, topic: &str) -> &TopicOptions {
+        self.topics.get(topic).unwrap_or(&self.topic_defaults)
+    }
+
+    /// The Kafka consumer group of a bus group on a topic: `<group>.<topic>`, one Kafka group
+    /// per (topic, group), so a rebalance of one topic never stops another. Unambiguous, as
+    /// bus group names cannot hold a dot.
+    pub fn group_id(&self, topic: &str, group: &str) -> String {
+        format!("{group}.{topic}")
+    }
+}
