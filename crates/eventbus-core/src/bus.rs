@@ -1,21 +1,24 @@
 //! The bus users hold: one transport, one dispatcher, any number of subscriptions.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::backlog::{self, BacklogEvent, BacklogMonitor, BacklogOptions};
 use crate::dead_letter::DeadLetter;
 use crate::dispatch::{Dispatcher, DispatcherConfig, DispatcherStats, Route};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
 use crate::handler::Delivery;
+use crate::health::{Health, SubscriptionHealth};
 use crate::message::Message;
 use crate::publish::Outlet;
 use crate::retry::RetryPolicy;
+use crate::telemetry;
 use crate::transport::{Capabilities, SubscribeRequest, Transport};
 use crate::validate::{Limits, validate_group, validate_topic};
 
@@ -145,6 +148,7 @@ impl<T: Transport> EventBusBuilder<T> {
                     stats: Arc::default(),
                 },
                 transport,
+                subscriptions: Mutex::default(),
                 options: self.options,
                 tracker: TaskTracker::new(),
                 abort: CancellationToken::new(),
@@ -174,6 +178,8 @@ pub struct EventBus {
 struct Inner {
     transport: Arc<dyn Transport>,
     outlet: Outlet,
+    /// Open subscriptions, for health and backlog reports (pruned as they end).
+    subscriptions: Mutex<Vec<Registered>>,
     dispatcher: Dispatcher,
     options: BusOptions,
     tracker: TaskTracker,
@@ -356,6 +362,7 @@ impl EventBus {
             outlet: self.inner.outlet.clone(),
         };
         let started = self.inner.transport.subscribe(request).await?;
+        self.inner.register(&route, &started.0);
         Ok(Subscription {
             route,
             ended: started.0,
@@ -402,6 +409,84 @@ impl EventBus {
         self.inner.transport.lag(topic, group).await
     }
 
+    /// The bus's health: the transport's connection (state, reconnects, last error), every
+    /// open subscription (consuming or not, lag, last error) and the dispatcher's counters.
+    /// Cheap enough for a readiness probe: no I/O but one lag query per subscription, all at
+    /// once, each bounded by one second (a broker that does not answer shows as `lag: None`).
+    pub async fn health(&self) -> Health {
+        let subscriptions = self
+            .inner
+            .lags(PROBE_DEADLINE)
+            .await
+            .into_iter()
+            .map(|(route, running, lag)| SubscriptionHealth {
+                topic: route.topic().to_owned(),
+                group: route.group().to_owned(),
+                running,
+                lag,
+                last_error: route.last_error(),
+            })
+            .collect();
+        Health {
+            transport: self.inner.transport.name(),
+            connection: self.inner.transport.connection(),
+            closed: self.is_closed(),
+            subscriptions,
+            dispatcher: self.stats(),
+        }
+    }
+
+    /// Samples consumer lag and the publisher's backlog every `options.interval` and yields
+    /// each threshold crossing (see [`backlog`]). The monitor ends when the bus closes or the
+    /// stream is dropped.
+    pub fn monitor_backlog(&self, options: BacklogOptions) -> BacklogMonitor {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        self.spawn_monitor(options, Sink::Channel(tx));
+        BacklogMonitor { rx }
+    }
+
+    /// Like [`monitor_backlog`](Self::monitor_backlog), calling `callback` on each crossing
+    /// (from the bus's runtime: keep it short). Runs until the bus closes.
+    pub fn on_backlog<F>(&self, options: BacklogOptions, callback: F)
+    where
+        F: FnMut(BacklogEvent) + Send + 'static,
+    {
+        self.spawn_monitor(options, Sink::Callback(Box::new(callback)));
+    }
+
+    fn spawn_monitor(&self, options: BacklogOptions, mut sink: Sink) {
+        // Weak: the monitor must not keep a dropped bus alive.
+        let inner = Arc::downgrade(&self.inner);
+        let closing = self.inner.closing.clone();
+        let monitor = async move {
+            let mut crossings = backlog::Crossings::default();
+            let mut ticks = tokio::time::interval(options.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if sink.is_closed() {
+                    return;
+                }
+                let Some(bus) = inner.upgrade() else { return };
+                let sample = bus
+                    .sample_backlog(options.interval.max(PROBE_DEADLINE))
+                    .await;
+                drop(bus);
+                for event in crossings.update(&options, sample) {
+                    if !sink.emit(event).await {
+                        return;
+                    }
+                }
+            }
+        };
+        self.inner.tracker.spawn(async move {
+            tokio::select! {
+                () = closing.cancelled() => {}
+                () = monitor => {}
+            }
+        });
+    }
+
     /// Whether closing has started.
     pub fn is_closed(&self) -> bool {
         self.inner.closing.is_cancelled()
@@ -435,6 +520,109 @@ impl EventBus {
         result
     }
 }
+
+/// A subscription as the bus's reports see it.
+struct Registered {
+    route: std::sync::Weak<Route>,
+    ended: CancellationToken,
+}
+
+impl Inner {
+    fn register(&self, route: &Arc<Route>, ended: &CancellationToken) {
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|s| !s.ended.is_cancelled());
+        subs.push(Registered {
+            route: Arc::downgrade(route),
+            ended: ended.clone(),
+        });
+    }
+
+    /// Open subscriptions: (route, still consuming).
+    fn subscriptions(&self) -> Vec<(Arc<Route>, bool)> {
+        let mut subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subs.retain(|s| !s.ended.is_cancelled() && s.route.strong_count() > 0);
+        subs.iter()
+            .filter_map(|s| Some((s.route.upgrade()?, !s.ended.is_cancelled())))
+            .collect()
+    }
+
+    /// Lag of each open subscription, each query bounded by `deadline` (`None`: no answer).
+    async fn lags(&self, deadline: Duration) -> Vec<(Arc<Route>, bool, Option<u64>)> {
+        let subs = self.subscriptions();
+        let lags = futures::future::join_all(subs.iter().map(|(route, _)| {
+            let lag = self.transport.lag(route.topic(), route.group());
+            async move {
+                match tokio::time::timeout(deadline, lag).await {
+                    Ok(Ok(lag)) => Some(lag),
+                    _ => None,
+                }
+            }
+        }))
+        .await;
+        subs.into_iter()
+            .zip(lags)
+            .map(|((route, running), lag)| (route, running, lag))
+            .collect()
+    }
+
+    /// One backlog sample, with the gauges it sets.
+    async fn sample_backlog(&self, deadline: Duration) -> backlog::Sample {
+        let stats = self.dispatcher.stats();
+        metrics::gauge!(telemetry::names::IN_FLIGHT).set(stats.in_flight as f64);
+        metrics::gauge!(telemetry::names::BUFFERED_MESSAGES).set(stats.buffered as f64);
+        metrics::gauge!(telemetry::names::BUFFERED_BYTES).set(stats.buffered_bytes as f64);
+        let publishing = &self.outlet.stats;
+        let queued = publishing.queued.load(Ordering::Relaxed);
+        let slowest = Duration::from_micros(publishing.slowest_us.swap(0, Ordering::Relaxed));
+        metrics::gauge!(telemetry::names::PUBLISH_BACKLOG).set(queued as f64);
+        let mut lags = Vec::new();
+        for (route, _, lag) in self.lags(deadline).await {
+            let Some(lag) = lag else { continue };
+            metrics::gauge!(
+                telemetry::names::CONSUMER_LAG,
+                "topic" => route.topic().to_owned(),
+                "group" => route.group().to_owned()
+            )
+            .set(lag as f64);
+            lags.push((route.topic().to_owned(), route.group().to_owned(), lag));
+        }
+        backlog::Sample {
+            lags,
+            queued,
+            slowest,
+        }
+    }
+}
+
+/// Where a backlog monitor's events go.
+enum Sink {
+    Channel(tokio::sync::mpsc::Sender<BacklogEvent>),
+    Callback(Box<dyn FnMut(BacklogEvent) + Send>),
+}
+
+impl Sink {
+    fn is_closed(&self) -> bool {
+        matches!(self, Sink::Channel(tx) if tx.is_closed())
+    }
+    async fn emit(&mut self, event: BacklogEvent) -> bool {
+        match self {
+            Sink::Channel(tx) => tx.send(event).await.is_ok(),
+            Sink::Callback(f) => {
+                f(event);
+                true
+            }
+        }
+    }
+}
+
+/// How long a health probe waits for the broker's answer about one subscription's lag.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 
 /// A running subscription. Close it with [`close`](Self::close), which drains it; dropping it
 /// also closes it, draining in the background until the bus closes.

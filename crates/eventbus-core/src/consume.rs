@@ -116,6 +116,7 @@ pub(crate) async fn pump<S, A>(
                         // Transports reconnect on their own; an error here is reported and the
                         // stream keeps being polled.
                         tracing::warn!(topic = route.topic(), group = route.group(), %error, "subscription stream error");
+                        route.record_error(&error);
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
                         let token = acks.insert((ack, Arc::clone(&message)));
@@ -144,6 +145,7 @@ pub(crate) async fn pump<S, A>(
 fn report(route: &Route, settled: Result<()>) {
     if let Err(error) = settled {
         tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
+        route.record_error(&error);
     }
 }
 
@@ -184,6 +186,7 @@ async fn send_dead_letter<A: Acknowledge>(
         }
         Err(error) => {
             tracing::error!(dead_letter_topic = %topic, %error, "could not publish a dead letter; the message stays unacked for redelivery");
+            route.record_error(&format!("dead letter to {topic}: {error}"));
             Outcome::Cancelled
         }
     };

@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backlog;
 mod bus;
 mod consume;
 pub mod dead_letter;
@@ -34,6 +35,7 @@ pub mod envelope;
 mod error;
 pub mod event;
 pub mod handler;
+pub mod health;
 mod message;
 pub mod propagation;
 mod publish;
@@ -49,6 +51,7 @@ pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
+pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};
 pub use message::{Headers, Key, Message, MessageId};
 pub use retry::RetryPolicy;
 pub use transport::{

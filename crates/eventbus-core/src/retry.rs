@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+use crate::error::BoxError;
+
 /// Retry policy for failed handler calls.
 ///
 /// Retries happen *in place*: the message's key waits (no later message of it is handled) while
@@ -21,6 +23,33 @@ pub struct RetryPolicy {
     max_delay: Duration,
     factor: f32,
     jitter: bool,
+    retryable: Retryable,
+}
+
+/// Which errors are worth retrying.
+#[derive(Clone, Copy)]
+struct Retryable(fn(&BoxError) -> bool);
+
+impl Retryable {
+    fn all_but_permanent(_: &BoxError) -> bool {
+        true
+    }
+}
+
+impl PartialEq for Retryable {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl std::fmt::Debug for Retryable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Retryable(Retryable::all_but_permanent) {
+            f.write_str("all but Permanent")
+        } else {
+            f.write_str("custom")
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -31,6 +60,7 @@ impl Default for RetryPolicy {
             max_delay: Duration::from_secs(30),
             factor: 2.0,
             jitter: true,
+            retryable: Retryable(Retryable::all_but_permanent),
         }
     }
 }
@@ -65,6 +95,27 @@ impl RetryPolicy {
     pub fn jitter(mut self, on: bool) -> Self {
         self.jitter = on;
         self
+    }
+    /// Retries only errors for which `retryable` returns true; the others fail the message at
+    /// once (as a [`Permanent`](crate::Permanent) error always does, whatever the predicate).
+    ///
+    /// ```
+    /// use eventbus_core::{RetryPolicy, BoxError};
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("invalid order")]
+    /// struct Invalid;
+    /// let policy = RetryPolicy::default()
+    ///     .max_attempts(5)
+    ///     .retry_if(|e: &BoxError| !e.is::<Invalid>());
+    /// assert!(!policy.is_retryable(&(Box::new(Invalid) as BoxError)));
+    /// ```
+    pub fn retry_if(mut self, retryable: fn(&BoxError) -> bool) -> Self {
+        self.retryable = Retryable(retryable);
+        self
+    }
+    /// Whether `error` may be retried under this policy (attempts left aside).
+    pub fn is_retryable(&self, error: &BoxError) -> bool {
+        !crate::Permanent::is_permanent(error) && (self.retryable.0)(error)
     }
     /// The attempt limit, if any.
     pub fn attempt_limit(&self) -> Option<u32> {

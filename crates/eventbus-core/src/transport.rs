@@ -134,6 +134,12 @@ pub trait Transport: Publisher + Subscriber {
     /// after all subscriptions have drained.
     async fn close(&self) -> Result<()>;
 
+    /// The connection to the broker now; cheap (no I/O): health probes call it. The default
+    /// is for transports without a connection: always connected.
+    fn connection(&self) -> crate::health::Connection {
+        crate::health::Connection::new(crate::health::ConnectionState::Connected)
+    }
+
     /// Messages of `topic` that `group` has not acked yet (its consumer lag).
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         let _ = (topic, group);

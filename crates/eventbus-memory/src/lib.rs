@@ -341,6 +341,14 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
+    fn connection(&self) -> eventbus_core::Connection {
+        eventbus_core::Connection::new(if self.closed.load(Ordering::Acquire) {
+            eventbus_core::ConnectionState::Closed
+        } else {
+            eventbus_core::ConnectionState::Connected
+        })
+    }
+
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         // A group that never subscribed has read nothing: everything retained is its lag.
         Ok(MemoryTransport::lag(self, topic, group).unwrap_or_else(|| self.retained(topic) as u64))

@@ -57,7 +57,7 @@ mod io;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
@@ -77,16 +77,8 @@ const NAME: &str = "nats";
 const HEADER_ID: &str = "Nats-Msg-Id";
 const HEADER_KEY: &str = "eb-key";
 
-/// Connection state, as the client reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionState {
-    /// Connected.
-    Connected,
-    /// Lost; the client is reconnecting on its own.
-    Disconnected,
-    /// Closed.
-    Closed,
-}
+/// Connection state, as the client reports it (the core's type, shared by every transport).
+pub use eventbus_core::ConnectionState;
 
 /// A connection to a NATS server with JetStream.
 ///
@@ -105,6 +97,7 @@ struct Inner {
     ensured: Mutex<HashSet<String>>,
     state: watch::Receiver<ConnectionState>,
     connects: Arc<AtomicU64>,
+    last_error: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
     closed: AtomicBool,
 }
 
@@ -133,6 +126,8 @@ impl NatsTransport {
         let (state_tx, state) = watch::channel(ConnectionState::Disconnected);
         let connects = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&connects);
+        let last_error = Arc::new(Mutex::new(None));
+        let errors = Arc::clone(&last_error);
         let state_tx = Arc::new(state_tx);
         let options = config
             .connect
@@ -141,7 +136,21 @@ impl NatsTransport {
             .event_callback(move |event| {
                 let state_tx = Arc::clone(&state_tx);
                 let counter = Arc::clone(&counter);
+                let errors = Arc::clone(&errors);
                 async move {
+                    let error = match &event {
+                        Event::ServerError(e) => Some(format!("server error: {e}")),
+                        Event::ClientError(e) => Some(format!("client error: {e}")),
+                        Event::SlowConsumer(sid) => {
+                            Some(format!("slow consumer (subscription {sid})"))
+                        }
+                        Event::Disconnected => Some("disconnected".to_owned()),
+                        _ => None,
+                    };
+                    if let Some(error) = error {
+                        *errors.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Some((std::time::SystemTime::now(), error));
+                    }
                     let state = match event {
                         Event::Connected => {
                             counter.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +214,7 @@ impl NatsTransport {
                 ensured: Mutex::default(),
                 state,
                 connects,
+                last_error,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -769,6 +779,18 @@ impl Transport for NatsTransport {
 
     fn capabilities(&self) -> Capabilities {
         Self::CAPABILITIES
+    }
+
+    fn connection(&self) -> eventbus_core::Connection {
+        let last_error = self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        eventbus_core::Connection::new(self.connection_state())
+            .with_reconnects(self.connects().saturating_sub(1))
+            .with_last_error(last_error)
     }
 
     async fn close(&self) -> Result<()> {

@@ -19,7 +19,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
-use crate::handler::{Delivery, Panicked, Permanent};
+use crate::handler::{Delivery, Panicked};
 use crate::message::{Key, Message};
 use crate::retry::RetryPolicy;
 use crate::telemetry::RouteMetrics;
@@ -33,7 +33,7 @@ pub enum Outcome {
         /// Handler calls it took.
         attempts: u32,
     },
-    /// The handler failed for good (last attempt used, or a [`Permanent`] error): nack or
+    /// The handler failed for good (last attempt used, or a [`Permanent`](crate::Permanent) error): nack or
     /// dead-letter it.
     Failed {
         /// Handler calls made.
@@ -71,6 +71,7 @@ pub struct Route {
     closing: CancellationToken,
     abort: CancellationToken,
     pub(crate) metrics: RouteMetrics,
+    last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -112,6 +113,7 @@ impl Route {
             closing,
             abort,
             metrics: RouteMetrics::new(topic, group),
+            last_error: Mutex::new(None),
         }
     }
     /// Sends messages that fail for good to `topic` (see [`dead_letter`](crate::dead_letter)),
@@ -119,6 +121,20 @@ impl Route {
     pub fn with_dead_letter(mut self, topic: &str) -> Self {
         self.dead_letter = Some(Arc::from(topic));
         self
+    }
+    /// Records an error of the subscription (its stream, its acks), for health reports.
+    pub(crate) fn record_error(&self, error: &dyn std::fmt::Display) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((SystemTime::now(), error.to_string()));
+    }
+    /// The last error recorded.
+    pub(crate) fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
     /// The dead-letter topic, if any.
     pub fn dead_letter(&self) -> Option<&str> {
@@ -583,7 +599,7 @@ impl Shared {
             return Some((job, Outcome::Cancelled));
         }
         let first_failure = *job.first_failure.get_or_insert_with(SystemTime::now);
-        let delay = if Permanent::is_permanent(&error) {
+        let delay = if !route.retry.is_retryable(&error) {
             None
         } else {
             job.delays
