@@ -1,5 +1,9 @@
 //! The conformance suite every transport passes (see `shared/docs/conformance.md`).
 //!
+//! Checks 1–28 are the shared list; 29 (`health_reports`) and 30 (`trace_propagation`) cover
+//! operations whose result depends on the broker (lag and connection state as the broker reports
+//! them; W3C trace context carried through its headers).
+//!
 //! Each check is a public async function over a [`Harness`]; a transport's test crate expands
 //! [`conformance_tests!`](crate::conformance_tests) to get one named `#[tokio::test]` per
 //! check, so failures don't hide each other; `CHECKS` lists them for runners (the
@@ -98,4 +102,6 @@ registry! {
     26 publish_confirms,
     27 envelope_roundtrip,
     28 scale_out,
+    29 health_reports,
+    30 trace_propagation,
 }
