@@ -1,12 +1,15 @@
 //! One subscription's consumer: a thread that polls librdkafka, the stream the bus pulls from,
 //! and the acks that record finished offsets.
 //!
-//! The thread owns the `BaseConsumer` and polls it all the time, so librdkafka's liveness rule
-//! (`max.poll.interval.ms`) holds whatever the bus does, and rebalance callbacks run on it. It
-//! hands messages over through a channel bounded by the prefetch; when the channel is full it
-//! pauses the assigned partitions (librdkafka then stops fetching them) and keeps the few
-//! messages polled meanwhile, resuming once the bus has taken them. Nothing buffers without
-//! bound.
+//! The thread owns the `BaseConsumer` and polls its main queue all the time, so librdkafka's
+//! liveness rule (`max.poll.interval.ms`) holds whatever the bus does, and rebalance callbacks
+//! run on it. Each assigned partition's messages go to a queue of their own (librdkafka's
+//! partition queues), which the thread reads only while the channel to the bus (bounded by
+//! the prefetch) has room; when the bus is full the messages stay in librdkafka, which stops
+//! fetching once its own bounded prefetch (`queued.max.messages.kbytes`) is full. Nothing
+//! buffers without bound, and no partition is paused: pausing drops librdkafka's fetched
+//! messages, and resuming was seen (against tansu) to skip some of them and to stall fetching
+//! for seconds.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -18,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use eventbus_core::transport::{Acknowledge, Incoming, Settle};
 use eventbus_core::{Headers, Key, Message, MessageId, Outcome, Result};
 use futures::Stream;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, base_consumer::PartitionQueue,
+};
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -36,9 +41,10 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Signalled when a message is settled (a revoke waits for its partitions' handlers).
     settled: Condvar,
-    /// Set while the poller has paused the partitions; the stream then signals `room`.
-    paused: AtomicBool,
-    room: (Mutex<()>, Condvar),
+    /// Set while the poller waits for the bus to take a message; the stream then wakes it.
+    waiting_room: AtomicBool,
+    /// Wakes the poller: a queue got messages, the bus took one, a stop.
+    wake: (Mutex<bool>, Condvar),
     /// Assignments received so far.
     assignments: tokio::sync::watch::Sender<u64>,
 }
@@ -68,8 +74,8 @@ impl Shared {
             topic,
             state: Mutex::default(),
             settled: Condvar::new(),
-            paused: AtomicBool::new(false),
-            room: (Mutex::new(()), Condvar::new()),
+            waiting_room: AtomicBool::new(false),
+            wake: (Mutex::new(false), Condvar::new()),
             assignments: tokio::sync::watch::Sender::new(0),
         })
     }
@@ -80,11 +86,47 @@ impl Shared {
         let _ = rx.wait_for(|&n| n > 0).await;
     }
 
-    /// Wakes the poller if it waits for room (to notice a stop).
+    /// Wakes the poller.
     pub(crate) fn wake(&self) {
-        let (lock, room) = &self.room;
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        room.notify_one();
+        let (lock, cv) = &self.wake;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_one();
+    }
+
+    /// Waits up to `timeout` for [`wake`](Self::wake).
+    fn sleep(&self, timeout: Duration) {
+        let (lock, cv) = &self.wake;
+        let mut woken = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !*woken {
+            woken = cv
+                .wait_timeout(woken, timeout)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *woken = false;
+    }
+
+    /// Per assigned partition: the offset it would commit now, and the done offsets above it.
+    pub(crate) fn local_marks(&self) -> HashMap<i32, (i64, std::collections::BTreeSet<i64>)> {
+        self.lock()
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.revoked)
+            .filter_map(|(&partition, p)| {
+                let (base, metadata) = p.tracker.watermark()?;
+                Some((partition, (base, crate::offsets::decode(base, &metadata))))
+            })
+            .collect()
+    }
+
+    /// The partitions assigned now.
+    fn assigned_partitions(&self) -> Vec<i32> {
+        self.lock()
+            .parts
+            .iter()
+            .filter(|(_, p)| !p.revoked)
+            .map(|(&p, _)| p)
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -115,15 +157,17 @@ impl Shared {
             let Some(mark) = part.tracker.watermark() else {
                 continue;
             };
+            // Recorded for a hand-over even when this very mark was committed already: the
+            // periodic commits carry it in their metadata only.
+            if !mark.1.is_empty() {
+                finished.push((partition, mark.0, mark.1.clone()));
+            }
             if part.committed.as_ref() == Some(&mark) {
                 continue;
             }
             let (offset, metadata) = mark.clone();
             let mut elem = tpl.add_partition(&self.topic, partition);
             if elem.set_offset(Offset::Offset(offset)).is_ok() {
-                if !metadata.is_empty() {
-                    finished.push((partition, offset, metadata.clone()));
-                }
                 elem.set_metadata(metadata);
                 part.committed = Some(mark);
             }
@@ -268,11 +312,11 @@ impl KafkaContext {
         consumer: &BaseConsumer<Self>,
         (tpl, finished): (TopicPartitionList, Vec<(i32, i64, String)>),
     ) {
-        if tpl.count() == 0 {
-            return;
-        }
         if !self.store.write(&self.group_id, &finished) {
             tracing::warn!(topic = %self.shared.topic, "could not record the finished offsets above the committed ones; the next owner handles them again");
+        }
+        if tpl.count() == 0 {
+            return;
         }
         if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
             tracing::warn!(topic = %self.shared.topic, error = %e, "commit at hand-over failed; finished messages will be delivered again");
@@ -290,22 +334,62 @@ pub(crate) struct Polled {
 
 /// Polls `consumer` until `stop` is set or the stream is gone, then commits and closes it.
 pub(crate) fn poll_loop(
-    consumer: BaseConsumer<KafkaContext>,
+    mut consumer: BaseConsumer<KafkaContext>,
     tx: mpsc::Sender<Polled>,
     stop: &AtomicBool,
     commit_interval: Duration,
 ) {
     let shared = Arc::clone(&consumer.context().shared);
     let topic: Arc<str> = Arc::from(shared.topic.as_str());
+    {
+        let shared = Arc::clone(&shared);
+        consumer.set_nonempty_callback(move || shared.wake());
+    }
+    let consumer = Arc::new(consumer);
+    let mut queues: Vec<PartitionQueue<KafkaContext>> = Vec::new();
+    let mut split_for = 0;
+    // Messages that came on the main queue (fetched before their partition was split off)
+    // while the channel was full: at most what librdkafka had fetched by then.
     let mut held: VecDeque<Polled> = VecDeque::new();
     let mut last_commit = Instant::now();
     while !stop.load(Ordering::Acquire) && !tx.is_closed() {
+        let mut moved = false;
+        // Events, rebalance callbacks, and messages fetched before their partition was split
+        // off: all of them before anything is read from a partition queue, since they precede
+        // what is there. After an assignment the partition queues are split off again and
+        // the main queue drained once more (a fetch may have landed there meanwhile).
+        loop {
+            while let Some(polled) = consumer.poll(Duration::ZERO) {
+                match polled {
+                    Err(e) => tracing::debug!(%topic, error = %e, "consumer error"),
+                    Ok(m) => {
+                        moved = true;
+                        if let Some(p) = track(&shared, &topic, &m) {
+                            held.push_back(p);
+                        }
+                    }
+                }
+            }
+            let assignments = *shared.assignments.borrow();
+            if assignments == split_for {
+                break;
+            }
+            split_for = assignments;
+            queues.clear();
+            for partition in shared.assigned_partitions() {
+                if let Some(mut queue) = consumer.split_partition_queue(&topic, partition) {
+                    let shared = Arc::clone(&shared);
+                    queue.set_nonempty_callback(move || shared.wake());
+                    queues.push(queue);
+                }
+            }
+        }
         while let Some(p) = held.pop_front() {
             if !shared.is_current(p.partition, p.epoch) {
                 continue;
             }
             match tx.try_send(p) {
-                Ok(()) => {}
+                Ok(()) => moved = true,
                 Err(mpsc::error::TrySendError::Full(p)) => {
                     held.push_front(p);
                     break;
@@ -313,69 +397,60 @@ pub(crate) fn poll_loop(
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-        if held.is_empty() && shared.paused.swap(false, Ordering::AcqRel) {
-            set_paused(&consumer, false);
+        // Take from the partition queues, one message of each in turn, while the bus has room.
+        let mut full = !held.is_empty();
+        'fill: while !full {
+            let mut any = false;
+            for queue in &queues {
+                if tx.capacity() == 0 {
+                    full = true;
+                    break 'fill;
+                }
+                match queue.poll(Duration::ZERO) {
+                    None => {}
+                    Some(Err(e)) => tracing::debug!(%topic, error = %e, "consumer error"),
+                    Some(Ok(m)) => {
+                        any = true;
+                        if let Some(p) = track(&shared, &topic, &m) {
+                            if tx.try_send(p).is_err() {
+                                break 'fill;
+                            }
+                            moved = true;
+                        }
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
         }
         if last_commit.elapsed() >= commit_interval {
             last_commit = Instant::now();
             commit(&consumer, &shared, CommitMode::Async);
         }
-        let timeout = if held.is_empty() {
-            Duration::from_millis(100)
-        } else {
-            // Paused: serve callbacks and heartbeats, then wait for the bus to take something.
-            Duration::ZERO
-        };
-        match consumer.poll(timeout) {
-            None => {}
-            Some(Err(e)) => tracing::debug!(%topic, error = %e, "consumer error"),
-            Some(Ok(m)) => {
-                if let Some(p) = track(&shared, &topic, &m) {
-                    held.push_back(p);
-                }
+        if !moved {
+            if full {
+                shared.waiting_room.store(true, Ordering::Release);
             }
-        }
-        if let Some(p) = held.pop_front() {
-            match tx.try_send(p) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(p)) => held.push_front(p),
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
-            }
-        }
-        if !held.is_empty() {
-            if !shared.paused.swap(true, Ordering::AcqRel) {
-                set_paused(&consumer, true);
-            }
-            let (lock, room) = &shared.room;
-            let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-            if tx.capacity() == 0 {
-                let _ = room.wait_timeout(guard, Duration::from_millis(50));
-            }
+            // Woken by new messages, by the bus taking one, or by a stop; the timeout keeps
+            // the main queue (rebalances, commit results) served.
+            shared.sleep(Duration::from_millis(100));
         }
     }
     drop(held);
+    // The queues hold the consumer: drop them first, so it is closed below.
+    drop(queues);
     let last = {
         let mut state = shared.lock();
-        shared.to_commit(&mut state, None)
+        let last = shared.to_commit(&mut state, None);
+        // Handed over here: the revoke that closing the consumer runs has nothing to add.
+        state.parts.clear();
+        last
     };
     consumer.context().hand_over(&consumer, last);
     // Dropping closes the consumer: librdkafka revokes (our callback commits again if
     // anything changed), leaves the group, and ends its threads.
     drop(consumer);
-}
-
-fn set_paused(consumer: &BaseConsumer<KafkaContext>, paused: bool) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let result = if paused {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, paused, "pause/resume failed");
-    }
 }
 
 /// A periodic commit (finished offsets above it go in its metadata only).
@@ -534,10 +609,8 @@ impl Stream for KafkaStream {
             }
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(p)) => {
-                    if this.shared.paused.load(Ordering::Acquire) {
-                        let (lock, room) = &this.shared.room;
-                        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        room.notify_one();
+                    if this.shared.waiting_room.swap(false, Ordering::AcqRel) {
+                        this.shared.wake();
                     }
                     if let Some(incoming) = this.hand_out(p) {
                         return Poll::Ready(Some(Ok(incoming)));

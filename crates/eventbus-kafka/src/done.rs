@@ -125,11 +125,12 @@ impl DoneStore {
             return done;
         }
         let mut tpl = TopicPartitionList::new();
-        if tpl
-            .add_partition_offset(&topic, 0, Offset::Offset(low))
-            .is_err()
-            || reader.assign(&tpl).is_err()
-        {
+        if let Err(e) = tpl.add_partition_offset(&topic, 0, Offset::Offset(low)) {
+            tracing::debug!(%topic, error = %e, "cannot read finished offsets");
+            return done;
+        }
+        if let Err(e) = reader.assign(&tpl) {
+            tracing::debug!(%topic, error = %e, "cannot read finished offsets");
             return done;
         }
         drop(tpl);

@@ -136,6 +136,7 @@ struct Inner {
 
 /// A subscription's consumer thread.
 struct Running {
+    group_id: String,
     stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
     done: tokio::sync::oneshot::Receiver<()>,
@@ -205,7 +206,14 @@ impl KafkaTransport {
         let store = Arc::new(DoneStore {
             producer: producer.clone(),
             admin: Arc::clone(&admin),
-            reader: client_config(&config, &config.consumer_settings),
+            reader: {
+                let mut reader = client_config(&config, &config.consumer_settings);
+                // librdkafka refuses to assign partitions to a consumer without a group; this
+                // one only assigns, so it never joins the group or commits.
+                reader.set("group.id", "__eventbus-done-reader");
+                reader.set("enable.auto.commit", "false");
+                reader
+            },
             replication: config.topic_defaults.replication,
             timeout: config.request_timeout,
         });
@@ -576,6 +584,14 @@ impl KafkaTransport {
         settings.set("enable.auto.commit", "false");
         let consumers = Arc::clone(&self.inner.lag_consumers);
         let store = self.store()?;
+        // What this process's own subscriptions of the group know is newer than the last
+        // commit (and includes the finished offsets a broker may not return).
+        let mut local: HashMap<i32, (i64, std::collections::BTreeSet<i64>)> = HashMap::new();
+        for r in lock(&self.inner.consumers).iter() {
+            if r.group_id == group_id && !r.thread.is_finished() {
+                local.extend(r.shared.local_marks());
+            }
+        }
         let timeout = config.request_timeout;
         let topic = topic.to_owned();
         self.inner
@@ -633,14 +649,19 @@ impl KafkaTransport {
                     .map(|(p, low, high)| {
                         let (committed, metadata) =
                             committed.get(&p).cloned().unwrap_or((None, String::new()));
-                        let from = committed.unwrap_or(low).max(low);
-                        let done = committed.map_or(0, |c| {
+                        let mut from = committed.unwrap_or(low).max(low);
+                        let mut done = committed.map_or_else(Default::default, |c| {
                             let mut done = offsets::decode(c, &metadata);
                             if let Some(more) = recorded.get(&p) {
                                 done.extend(more.iter().copied());
                             }
-                            done.range(from..high).count() as i64
+                            done
                         });
+                        if let Some((base, mine)) = local.remove(&p) {
+                            from = from.max(base);
+                            done.extend(mine);
+                        }
+                        let done = done.range(from..high).count() as i64;
                         (p, (high - from - done).max(0) as u64)
                     })
                     .collect())
@@ -725,6 +746,19 @@ impl Subscriber for KafkaTransport {
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
         ]);
         settings.extend(config.consumer_settings.clone());
+        // A subscription of the group that just closed here may still be handing its
+        // partitions over (committing, leaving the group): a broker that completes the next
+        // rebalance without waiting for it (tansu does) would hand this one offsets from
+        // before that commit. Wait for it, bounded.
+        let group_id = config.group_id(&topic, &group);
+        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        while tokio::time::Instant::now() < deadline
+            && lock(&self.inner.consumers).iter().any(|r| {
+                r.group_id == group_id && r.stop.load(Ordering::Acquire) && !r.thread.is_finished()
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let shared = Shared::new(topic.clone());
         let context = KafkaContext {
             shared: Arc::clone(&shared),
@@ -758,6 +792,7 @@ impl Subscriber for KafkaTransport {
             // Forget the threads of subscriptions that ended (they were joined by exiting).
             consumers.retain(|r| !r.thread.is_finished());
             consumers.push(Running {
+                group_id: config.group_id(&topic, &group),
                 stop: Arc::clone(&stop),
                 shared: Arc::clone(&shared),
                 done,

@@ -331,3 +331,78 @@ async fn an_unknown_librdkafka_setting_is_a_config_error() {
     let err = KafkaTransport::connect(config).await.unwrap_err();
     assert!(matches!(kafka_error(&err), KafkaError::Config(_)), "{err}");
 }
+
+/// One partition; the handler of m3 is still running when the subscription closes (it stops
+/// on cancellation: not done), the others finish. The committed offset stays at m3, but the
+/// next subscription of the group receives m3 alone: the finished offsets above it are
+/// handed over (in the commit metadata, and in the group's finished-offsets topic for brokers
+/// that drop the metadata, as tansu does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_messages_above_an_unfinished_one_are_not_redelivered() {
+    let broker = PrivateBroker::start();
+    let topic = unique("gap");
+    let group = "g";
+    let config =
+        support::config(&broker.brokers()).topic(&topic, TopicOptions::default().partitions(1));
+    let bus = EventBus::new(KafkaTransport::connect(config).await.unwrap());
+    let done = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sub = {
+        let done = Arc::clone(&done);
+        bus.subscribe(
+            &topic,
+            group,
+            handler_fn(move |d: Delivery| {
+                let done = Arc::clone(&done);
+                async move {
+                    let body = String::from_utf8_lossy(d.message().payload()).into_owned();
+                    if body == "m3" {
+                        d.cancellation().cancelled().await;
+                        return Err::<(), BoxError>("stopped by the close".into());
+                    }
+                    done.lock().unwrap().push(body);
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    let messages: Vec<Message> = (0..10)
+        .map(|i| Message::new(&topic, format!("m{i}")).with_key(format!("k{i}")))
+        .collect();
+    bus.publish_batch(messages).await.unwrap();
+    wait_for("the nine other messages", || {
+        done.lock().unwrap().len() >= 9
+    })
+    .await;
+    sub.close().await;
+    wait_for_lag(&bus, &topic, group, 1).await;
+
+    let again = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sub = {
+        let again = Arc::clone(&again);
+        bus.subscribe(
+            &topic,
+            group,
+            handler_fn(move |d: Delivery| {
+                let again = Arc::clone(&again);
+                async move {
+                    let body = String::from_utf8_lossy(d.message().payload()).into_owned();
+                    again.lock().unwrap().push(body);
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    wait_for("m3 again", || !again.lock().unwrap().is_empty()).await;
+    wait_for_lag(&bus, &topic, group, 0).await;
+    sub.close().await;
+    assert_eq!(
+        *again.lock().unwrap(),
+        ["m3"],
+        "what the second subscription got"
+    );
+    bus.close().await.unwrap();
+}
