@@ -1,0 +1,110 @@
+//! Criterion benches of the same workloads as `eventbus-bench run`: the dispatcher alone and
+//! the raw mpsc loop at 1, 100, 10,000 and 1,000,000 keys, the memory bus at 1,000 keys, and
+//! the head-of-line scenario's other keys (no stall / stall, dispatcher / fixed lanes). Time per
+//! message, so criterion's throughput figure is msg/s. The ratios with their spread, from
+//! interleaved rounds, come from `cargo xtask bench`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use eventbus_bench::hol::{Design, Hol};
+use eventbus_bench::{runtime, workload};
+
+fn dispatcher(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("dispatcher_vs_raw_mpsc");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500));
+    for keys in [1usize, 100, 10_000, 1_000_000] {
+        let n = 100_000.max(keys);
+        let pool: Vec<Arc<_>> = workload::messages("bench", keys, n)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        group.throughput(Throughput::Elements(n as u64));
+        group.measurement_time(Duration::from_secs(if keys >= 1_000_000 { 10 } else { 3 }));
+        group.bench_with_input(BenchmarkId::new("raw_mpsc", keys), &pool, |b, pool| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| rt.block_on(workload::raw_mpsc(pool.clone())))
+                    .sum()
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("dispatcher", keys), &pool, |b, pool| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| rt.block_on(workload::dispatcher(pool.clone())))
+                    .sum()
+            });
+        });
+    }
+    group.finish();
+}
+
+fn memory_bus(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("memory_bus_vs_raw_mpsc");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    let n = 100_000;
+    let base = workload::messages("bench", 1_000, n);
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function(BenchmarkId::new("raw_mpsc", 1_000), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(workload::raw_mpsc(base.clone())))
+                .sum()
+        });
+    });
+    group.bench_function(BenchmarkId::new("memory_bus", 1_000), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| rt.block_on(workload::memory_bus(base.clone())))
+                .sum()
+        });
+    });
+    group.finish();
+}
+
+fn head_of_line(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("head_of_line_other_keys");
+    // A stalled fixed-lane run takes the stall's length (2 s per stalled message): few samples.
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(5));
+    let hol = Hol {
+        per_key: 100,
+        stall: Duration::from_millis(200),
+        ..Hol::default()
+    };
+    group.throughput(Throughput::Elements((hol.keys * hol.per_key) as u64));
+    for design in [Design::Dispatcher, Design::Lanes] {
+        for stalled in [false, true] {
+            let name = match design {
+                Design::Dispatcher => "dispatcher",
+                Design::Lanes => "fixed_lanes",
+            };
+            let id = BenchmarkId::new(name, if stalled { "stall" } else { "no_stall" });
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            let r = rt.block_on(hol.run(design, stalled));
+                            Duration::from_secs_f64((hol.keys * hol.per_key) as f64 / r.throughput)
+                        })
+                        .sum()
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dispatcher, memory_bus, head_of_line);
+criterion_main!(benches);

@@ -1,0 +1,149 @@
+//! The NATS bus against raw async-nats, end to end on a real server: JetStream publish with
+//! ack → pull consume → handler → ack, on the same stream settings (the raw side's stream is
+//! provisioned by the transport itself, with `ensure_stream`, then used through a plain
+//! async-nats client).
+//!
+//! Both sides publish in pipelined chunks of [`CHUNK`] (send all, then await every ack: what
+//! the bus's `publish_batch` does) with a `Nats-Msg-Id` header, consume through a durable pull
+//! consumer in batches of [`CHUNK`] with the transport's consumer settings, and ack each
+//! message after the no-op handler. Timed from the first publish to the last handler call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use eventbus_core::{EventBus, Message};
+use eventbus_nats::{NatsConfig, NatsTransport};
+use futures::StreamExt;
+
+use crate::workload::{Counter, Noop, PAYLOAD_LEN};
+
+/// Publish chunk and pull batch of both sides.
+pub const CHUNK: usize = 256;
+
+/// The default server.
+pub const URL: &str = "nats://127.0.0.1:4222";
+
+/// Whether a NATS server answers at `127.0.0.1:4222`.
+pub fn reachable() -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4222));
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+}
+
+fn payload() -> Bytes {
+    Bytes::from_static(&[b'x'; PAYLOAD_LEN])
+}
+
+fn topic(side: &str, run: u32) -> String {
+    format!("bench-{side}-{}-{run}", std::process::id())
+}
+
+fn transport_config(url: &str) -> NatsConfig {
+    NatsConfig::new(url).fetch_batch(CHUNK)
+}
+
+/// Raw async-nats: `n` messages, run number `run` (names are unique per run). Messages/s.
+pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
+    let topic = topic("raw", run);
+    let provisioner = NatsTransport::connect(transport_config(url))
+        .await
+        .expect("connect");
+    provisioner.ensure_stream(&topic).await.expect("stream");
+    let config = provisioner.config().clone();
+    let consumer_options = config.consumer.clone();
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::new(client);
+    let stream = js
+        .get_stream(config.stream_name(&topic))
+        .await
+        .expect("stream");
+    let consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            "bench",
+            pull::Config {
+                durable_name: Some("bench".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ack_wait: consumer_options.ack_wait,
+                max_ack_pending: consumer_options.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let counter = Counter::new(n);
+    let c = Arc::clone(&counter);
+    let consuming = tokio::spawn(async move {
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(CHUNK)
+            .messages()
+            .await
+            .expect("pull");
+        let mut seen = 0;
+        while let Some(Ok(m)) = messages.next().await {
+            std::hint::black_box(m.payload.len());
+            c.hit();
+            m.ack().await.expect("ack");
+            seen += 1;
+            if seen == n {
+                break;
+            }
+        }
+    });
+    let subject = config.subject(&topic);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let mut acks = Vec::with_capacity(CHUNK);
+        for _ in 0..CHUNK.min(n - sent) {
+            let mut headers = async_nats::HeaderMap::new();
+            let id = eventbus_core::MessageId::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            acks.push(
+                js.publish_with_headers(subject.clone(), headers, payload())
+                    .await
+                    .expect("publish"),
+            );
+            sent += 1;
+        }
+        for ack in acks {
+            ack.await.expect("publish ack");
+        }
+    }
+    let finished = counter.wait().await;
+    let _ = consuming.await;
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+    crate::workload::rate(n, finished - started)
+}
+
+/// The NATS bus: `n` messages through `publish_batch` and one subscription. Messages/s.
+pub async fn bus(url: &str, n: usize, run: u32) -> f64 {
+    let topic = topic("bus", run);
+    let transport = NatsTransport::connect(transport_config(url))
+        .await
+        .expect("connect");
+    let js = transport.jetstream().clone();
+    let stream = transport.config().stream_name(&topic);
+    let bus = EventBus::new(transport);
+    let counter = Counter::new(n);
+    let sub = bus
+        .subscribe(&topic, "bench", Noop(Arc::clone(&counter)))
+        .await
+        .expect("subscribe");
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let chunk: Vec<_> = (0..CHUNK.min(n - sent))
+            .map(|_| Message::new(&topic, payload()))
+            .collect();
+        sent += chunk.len();
+        bus.publish_batch(chunk).await.expect("publish");
+    }
+    let finished = counter.wait().await;
+    sub.close().await;
+    bus.close().await.expect("close");
+    let _ = js.delete_stream(stream).await;
+    crate::workload::rate(n, finished - started)
+}

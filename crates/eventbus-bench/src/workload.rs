@@ -1,0 +1,201 @@
+//! The throughput workloads: the dispatcher alone and the memory bus end to end, each with the
+//! raw loop it is compared with.
+//!
+//! Every run is timed from the first send to the last handler call. The messages are built
+//! before the clock starts (only a reference count or a move per message is left inside), so
+//! what is timed is the hand-off and the handler call. The handler does no work
+//! (`black_box` of the payload length), so the figures are the machinery alone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use eventbus_core::{
+    BoxError, Delivery, Dispatch, Dispatcher, DispatcherConfig, EventBus, Key, Message,
+    RetryPolicy, Route,
+};
+use eventbus_memory::MemoryTransport;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
+
+/// Payload bytes of every message (the size the project's baselines use).
+pub const PAYLOAD_LEN: usize = 108;
+static PAYLOAD: [u8; PAYLOAD_LEN] = [b'x'; PAYLOAD_LEN];
+
+/// Capacity of the raw baseline's channel (the baselines' bounded 1024).
+pub const RAW_CAPACITY: usize = 1024;
+
+/// `messages` messages on `topic`, keyed round robin over `keys` keys (`key-0` …).
+pub fn messages(topic: &str, keys: usize, messages: usize) -> Vec<Message> {
+    let keys: Vec<Key> = (0..keys.max(1))
+        .map(|k| Key::from(format!("key-{k}")))
+        .collect();
+    (0..messages)
+        .map(|i| {
+            Message::new(topic, Bytes::from_static(&PAYLOAD)).with_key(keys[i % keys.len()].clone())
+        })
+        .collect()
+}
+
+/// Counts handler calls and says when the last of a run's messages was handled.
+#[derive(Debug)]
+pub struct Counter {
+    expected: usize,
+    seen: AtomicUsize,
+    done: Notify,
+}
+
+impl Counter {
+    /// A counter waiting for `expected` calls.
+    pub fn new(expected: usize) -> Arc<Self> {
+        Arc::new(Counter {
+            expected,
+            seen: AtomicUsize::new(0),
+            done: Notify::new(),
+        })
+    }
+
+    /// One handler call.
+    pub fn hit(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) + 1 == self.expected {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits for the last call; returns when it was seen.
+    pub async fn wait(&self) -> Instant {
+        if self.seen.load(Ordering::Relaxed) < self.expected {
+            self.done.notified().await;
+        }
+        Instant::now()
+    }
+}
+
+/// The no-op handler work, the same on every side: look at the payload.
+#[inline]
+pub fn touch(message: &Message) {
+    std::hint::black_box(message.payload().len());
+}
+
+/// A no-op handler counting its calls: the handler of every bus and dispatcher run here.
+#[derive(Debug, Clone)]
+pub struct Noop(pub Arc<Counter>);
+
+impl Service<Delivery> for Noop {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<(), BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, d: Delivery) -> Self::Future {
+        touch(d.message());
+        self.0.hit();
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The raw baseline: one producer task sends `items` into one bounded `tokio::sync::mpsc`
+/// ([`RAW_CAPACITY`]), one consumer task awaits a no-op async handler per item. Keys do not
+/// matter to it: a single consumer keeps every key's order by construction.
+pub async fn raw_mpsc<T>(items: Vec<T>) -> Duration
+where
+    T: std::borrow::Borrow<Message> + Send + Sync + 'static,
+{
+    let counter = Counter::new(items.len());
+    let (tx, mut rx) = mpsc::channel::<T>(RAW_CAPACITY);
+    let c = Arc::clone(&counter);
+    let consumer = tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            let handler = async {
+                touch(item.borrow());
+                c.hit();
+            };
+            handler.await;
+        }
+    });
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for item in items {
+            if tx.send(item).await.is_err() {
+                panic!("the raw consumer is gone");
+            }
+        }
+    });
+    let finished = counter.wait().await;
+    producer.await.expect("producer");
+    consumer.await.expect("consumer");
+    finished - started
+}
+
+/// The dispatcher alone (default [`DispatcherConfig`]): one producer task drives it as a tower
+/// service (`ready`, then `call`) with a no-op handler. The response futures are dropped
+/// unawaited (the outcome is still sent), so the cost of awaiting them is not counted.
+pub async fn dispatcher(items: Vec<Arc<Message>>) -> Duration {
+    let counter = Counter::new(items.len());
+    let dispatcher = Dispatcher::new(DispatcherConfig::default());
+    let route = Arc::new(Route::new(
+        "bench",
+        "bench",
+        Noop(Arc::clone(&counter)),
+        RetryPolicy::default(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    ));
+    let mut d = dispatcher.clone();
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for message in items {
+            let service = ServiceExt::<Dispatch>::ready(&mut d)
+                .await
+                .expect("dispatcher closed");
+            drop(service.call(Dispatch {
+                route: Arc::clone(&route),
+                message,
+            }));
+        }
+    });
+    let finished = counter.wait().await;
+    producer.await.expect("producer");
+    dispatcher.shutdown().await;
+    finished - started
+}
+
+/// The memory bus end to end: one subscription with a no-op handler, one task publishing
+/// `items` one `publish` at a time. The bus is built and subscribed before the clock starts and
+/// closed after it stops.
+pub async fn memory_bus(items: Vec<Message>) -> Duration {
+    let topic = items
+        .first()
+        .map_or_else(|| "bench".to_owned(), |m| m.topic().to_owned());
+    let counter = Counter::new(items.len());
+    let bus = EventBus::builder(MemoryTransport::new()).build();
+    let sub = bus
+        .subscribe(&topic, "bench", Noop(Arc::clone(&counter)))
+        .await
+        .expect("subscribe");
+    let publisher = bus.clone();
+    let started = Instant::now();
+    let producer = tokio::spawn(async move {
+        for message in items {
+            publisher.publish(message).await.expect("publish");
+        }
+    });
+    let finished = counter.wait().await;
+    producer.await.expect("producer");
+    sub.close().await;
+    bus.close().await.expect("close");
+    finished - started
+}
+
+/// Messages per second.
+pub fn rate(messages: usize, elapsed: Duration) -> f64 {
+    messages as f64 / elapsed.as_secs_f64().max(1e-9)
+}
