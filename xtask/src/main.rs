@@ -13,6 +13,15 @@
 //!   suite per transport (the `conformance` example, release build): a pass/fail table; fails
 //!   when a check fails.
 //!
+//! - `bench [--report] [--quick] [--rounds N] [--no-nats] [--criterion]`: the benchmarks of
+//!   `eventbus-bench` (release build): throughput ratios against raw loops and clients from
+//!   interleaved rounds, and the head-of-line table; `--report` adds the cost per message and
+//!   writes `BENCHMARKS.md` and `docs/bench/*.svg`; `--criterion` runs the criterion benches
+//!   (`cargo bench -p eventbus-bench`) instead.
+//! - `cost [--no-callgrind] [--profile]`: instructions (callgrind) and heap allocations per
+//!   message on a fixed workload, against the dispatcher's targets.
+//!
+//! Cargo runs with this process's environment (`CARGO_TARGET_DIR` included).
 //! Arguments after the command go to the example as they are; naming `nats`, `kafka` or `all`
 //! as the transport turns on the matching cargo features of `eventbus`.
 
@@ -25,11 +34,15 @@ fn main() -> ExitCode {
         Some("report") => report(&args[1..]),
         Some("load") => example("load", &args[1..]),
         Some("conformance") => example("conformance", &args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("cost") => bench_binary("cost", &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | report [-- args] | load [args] | conformance [args]>\n\
+                "usage: cargo xtask <test | report [-- args] | load [args] | conformance [args] | bench [args] | cost [args]>\n\
                  \x20 load        [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]\n\
-                 \x20 conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]"
+                 \x20 conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]\n\
+                 \x20 bench       [--report] [--quick] [--rounds N] [--no-nats] [--criterion]\n\
+                 \x20 cost        [--no-callgrind] [--profile]"
             );
             return ExitCode::from(2);
         }
@@ -192,5 +205,57 @@ fn example(example: &str, args: &[String]) -> Result<(), String> {
     }
     full.push("--");
     full.extend(args);
+    cargo(&full)
+}
+
+/// The benchmarks: `eventbus-bench run` (or the criterion benches with `--criterion`). With
+/// `--report`, the report goes to the workspace root.
+fn bench(args: &[String]) -> Result<(), String> {
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    if args.contains(&"--criterion") {
+        return cargo(&["bench", "-p", "eventbus-bench"]);
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", root.display()))?;
+    let root = root.to_string_lossy().into_owned();
+    let mut full: Vec<String> = Vec::new();
+    for a in &args {
+        full.push((*a).to_owned());
+        if *a == "--report" {
+            full.push(root.clone());
+        }
+    }
+    bench_binary("run", &full)
+}
+
+/// Builds every binary of `eventbus-bench` (the cost command runs two of them under the
+/// first) in release mode, then runs `eventbus-bench <command> <args>`.
+fn bench_binary(command: &str, args: &[String]) -> Result<(), String> {
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "eventbus-bench",
+        "--bins",
+    ])?;
+    let mut full = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "eventbus-bench",
+        "--bin",
+        "eventbus-bench",
+        "--",
+        command,
+    ];
+    full.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
     cargo(&full)
 }
