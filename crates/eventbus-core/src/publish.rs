@@ -31,25 +31,24 @@ pub(crate) struct PublishStats {
     /// The slowest publish since the monitor last looked, in microseconds.
     pub(crate) slowest_us: AtomicU64,
     /// Per-topic metric handles, registered on first use.
-    metrics: RwLock<HashMap<String, PublishMetrics, foldhash::fast::RandomState>>,
+    metrics: RwLock<HashMap<String, Arc<PublishMetrics>, foldhash::fast::RandomState>>,
 }
 
 impl PublishStats {
-    fn metrics(&self, topic: &str) -> PublishMetrics {
+    fn metrics(&self, topic: &str) -> Arc<PublishMetrics> {
         if let Some(m) = self
             .metrics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
         {
-            return m.clone();
+            return Arc::clone(m);
         }
-        self.metrics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(topic.to_owned())
-            .or_insert_with(|| PublishMetrics::new(topic))
-            .clone()
+        let mut all = self.metrics.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            all.entry(topic.to_owned())
+                .or_insert_with(|| Arc::new(PublishMetrics::new(topic))),
+        )
     }
 }
 

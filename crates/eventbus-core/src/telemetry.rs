@@ -93,7 +93,6 @@ impl RouteMetrics {
 }
 
 /// A topic's publish metric handles.
-#[derive(Clone)]
 pub(crate) struct PublishMetrics {
     pub(crate) published: Counter,
     pub(crate) failed: Counter,
