@@ -22,9 +22,10 @@ use eventbus_core::transport::{Acknowledge, Incoming, Settle};
 use eventbus_core::{Headers, Key, Message, MessageId, Outcome, Result};
 use futures::Stream;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, base_consumer::PartitionQueue,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, base_consumer::PartitionQueue,
 };
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -179,21 +180,50 @@ impl Shared {
 /// The consumer's context: rebalance callbacks (they run on the poller thread, inside `poll`).
 pub(crate) struct KafkaContext {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) link: Arc<crate::link::Link>,
     pub(crate) group_id: String,
     pub(crate) store: Arc<DoneStore>,
     pub(crate) revoke_timeout: Duration,
     pub(crate) request_timeout: Duration,
 }
 
-impl ClientContext for KafkaContext {}
+impl ClientContext for KafkaContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.link.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for KafkaContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => self.assign(consumer, tpl),
-            Rebalance::Revoke(tpl) => self.revoke(consumer, tpl),
-            Rebalance::Error(e) => {
-                tracing::warn!(topic = %self.shared.topic, error = %e, "rebalance error")
+    /// The eager protocol's assign and revoke (the default partition assignment strategies;
+    /// cooperative ones are not supported), with the transport's bookkeeping. An assignment
+    /// starts at the committed offsets read for it, given explicitly, so librdkafka need not
+    /// look them up again.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                for (partition, offset) in self.assign(consumer, tpl) {
+                    let _ = tpl.set_partition_offset(
+                        &self.shared.topic,
+                        partition,
+                        Offset::Offset(offset),
+                    );
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::warn!(topic = %self.shared.topic, error = %e, "assign failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, tpl);
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(topic = %self.shared.topic, error = ?other, "rebalance error");
+                let _ = consumer.unassign();
             }
         }
     }
@@ -213,7 +243,8 @@ impl ConsumerContext for KafkaContext {
 impl KafkaContext {
     /// Starts tracking the assigned partitions from their committed offsets and metadata
     /// (librdkafka itself resumes fetching at the committed offset).
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+    /// Returns the committed offsets found, to start from.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> Vec<(i32, i64)> {
         let topic = &self.shared.topic;
         let mut starts: HashMap<i32, (Option<i64>, String)> = tpl
             .elements_for_topic(topic)
@@ -241,6 +272,10 @@ impl KafkaContext {
         } else {
             HashMap::new()
         };
+        let found: Vec<(i32, i64)> = starts
+            .iter()
+            .filter_map(|(&p, (c, _))| c.map(|c| (p, c)))
+            .collect();
         let mut state = self.shared.lock();
         for (partition, (committed, metadata)) in starts {
             state.next_epoch += 1;
@@ -262,6 +297,7 @@ impl KafkaContext {
         }
         drop(state);
         self.shared.assignments.send_modify(|n| *n += 1);
+        found
     }
 
     /// Stops handing out the revoked partitions' messages, waits (up to the revoke timeout)
@@ -340,6 +376,7 @@ pub(crate) fn poll_loop(
     commit_interval: Duration,
 ) {
     let shared = Arc::clone(&consumer.context().shared);
+    let link = Arc::clone(&consumer.context().link);
     let topic: Arc<str> = Arc::from(shared.topic.as_str());
     {
         let shared = Arc::clone(&shared);
@@ -364,6 +401,7 @@ pub(crate) fn poll_loop(
                     Err(e) => tracing::debug!(%topic, error = %e, "consumer error"),
                     Ok(m) => {
                         moved = true;
+                        link.up();
                         if let Some(p) = track(&shared, &topic, &m) {
                             held.push_back(p);
                         }
@@ -411,6 +449,7 @@ pub(crate) fn poll_loop(
                     Some(Err(e)) => tracing::debug!(%topic, error = %e, "consumer error"),
                     Some(Ok(m)) => {
                         any = true;
+                        link.up();
                         if let Some(p) = track(&shared, &topic, &m) {
                             if tx.try_send(p).is_err() {
                                 break 'fill;

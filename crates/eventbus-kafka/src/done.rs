@@ -14,12 +14,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message as _;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::offsets;
@@ -30,8 +29,8 @@ const MAX_TOPIC: usize = 249;
 
 /// Reads and writes the finished offsets of groups.
 pub(crate) struct DoneStore {
-    pub(crate) producer: FutureProducer,
-    pub(crate) admin: Arc<AdminClient<DefaultClientContext>>,
+    pub(crate) producer: crate::Producer,
+    pub(crate) admin: Arc<crate::Admin>,
     /// Settings for a reader: `bootstrap.servers` and the security settings.
     pub(crate) reader: ClientConfig,
     pub(crate) replication: i32,

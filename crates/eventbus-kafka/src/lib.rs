@@ -40,9 +40,12 @@
 //!   `enable.auto.offset.store=false`). Per partition it commits the lowest offset whose
 //!   message is not done, so the committed offset never passes a message that failed, was
 //!   cancelled or is still running (the Go SDK committed past them: its defect 9). Messages
-//!   finished above it are listed in the commit's metadata, and the next owner of the
-//!   partition skips them; a broker that does not return commit metadata (tansu 0.6 does
-//!   not) makes them come again: at least once.
+//!   finished above it are listed in the commit's metadata and, when a partition changes
+//!   hands (revoke, close), also in the group's topic `__eventbus-done.<kafka group>` (one
+//!   partition, written before the commit; brokers such as tansu 0.6 drop commit metadata);
+//!   the next owner skips them, so a close or rebalance hands nothing twice. A process that
+//!   crashes loses what it had not handed over: at least once. Grant the clients access to
+//!   those topics where ACLs apply.
 //! - "Done" is [`Outcome::Handled`]. A message that failed for good ([`Outcome::Failed`],
 //!   with no dead-letter topic) is **not** done: the offset is not committed past it, it is
 //!   delivered again in this subscription after [`ConsumerOptions::redelivery_delay`], and
@@ -64,6 +67,8 @@
 //! - [`Transport::lag`]: per partition, the high watermark minus the committed offset (minus
 //!   the finished offsets its metadata lists); summed. [`KafkaTransport::partition_lag`]
 //!   gives each partition's.
+//! - [`Transport::connection`]: disconnected from librdkafka's "all brokers down" until a
+//!   broker answers again (librdkafka reconnects on its own and reports no "connected").
 //! - librdkafka's threads belong to its clients; `close` drains the subscriptions, commits,
 //!   closes the consumers, flushes and drops the producer on a thread the transport owns,
 //!   and joins every thread: nothing is left, whether the broker is up or not.
@@ -76,6 +81,7 @@ mod config;
 mod consumer;
 mod done;
 mod error;
+mod link;
 mod offsets;
 mod worker;
 
@@ -87,13 +93,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use eventbus_core::transport::{
     Capabilities, Publisher, Started, SubscribeRequest, Subscriber, Transport,
 };
-use eventbus_core::{Error, Message, Result};
+use eventbus_core::{Connection, ConnectionState, Error, Message, Result};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -106,6 +111,12 @@ pub use error::KafkaError;
 
 use consumer::{HEADER_ID, KafkaContext, KafkaStream, Shared};
 use done::DoneStore;
+use link::{Link, LinkContext};
+
+/// The producer, with errors reported to the [`Link`].
+type Producer = FutureProducer<LinkContext>;
+/// The admin client, with errors reported to the [`Link`].
+type Admin = AdminClient<LinkContext>;
 use worker::Worker;
 
 const NAME: &str = "kafka";
@@ -121,8 +132,9 @@ pub struct KafkaTransport {
 
 struct Inner {
     config: KafkaConfig,
-    producer: Mutex<Option<FutureProducer>>,
-    admin: Mutex<Option<Arc<AdminClient<DefaultClientContext>>>>,
+    producer: Mutex<Option<Producer>>,
+    admin: Mutex<Option<Arc<Admin>>>,
+    link: Arc<Link>,
     /// Finished offsets across owners (it holds clones of the producer and admin client).
     store: Mutex<Option<Arc<DoneStore>>>,
     /// Consumers reading committed offsets for `lag`, one per Kafka group; used and dropped
@@ -191,17 +203,19 @@ impl KafkaTransport {
             ),
         ]);
         producer_settings.extend(config.producer.clone());
-        let producer: FutureProducer = client_config(&config, &producer_settings)
-            .create()
+        let link = Arc::new(Link::default());
+        let producer: Producer = client_config(&config, &producer_settings)
+            .create_with_context(LinkContext(Arc::clone(&link)))
             .map_err(KafkaError::Config)?;
-        let admin: AdminClient<DefaultClientContext> =
-            match client_config(&config, &BTreeMap::new()).create() {
-                Ok(admin) => admin,
-                Err(e) => {
-                    drop_blocking(producer).await;
-                    return Err(KafkaError::Config(e).into());
-                }
-            };
+        let admin: Admin = match client_config(&config, &BTreeMap::new())
+            .create_with_context(LinkContext(Arc::clone(&link)))
+        {
+            Ok(admin) => admin,
+            Err(e) => {
+                drop_blocking(producer).await;
+                return Err(KafkaError::Config(e).into());
+            }
+        };
         let admin = Arc::new(admin);
         let store = Arc::new(DoneStore {
             producer: producer.clone(),
@@ -228,6 +242,7 @@ impl KafkaTransport {
             inner: Arc::new(Inner {
                 producer: Mutex::new(Some(producer)),
                 admin: Mutex::new(Some(admin)),
+                link,
                 store: Mutex::new(Some(store)),
                 lag_consumers: Arc::default(),
                 worker,
@@ -275,11 +290,11 @@ impl KafkaTransport {
         }
     }
 
-    fn producer(&self) -> Result<FutureProducer> {
+    fn producer(&self) -> Result<Producer> {
         lock(&self.inner.producer).clone().ok_or(Error::Closed)
     }
 
-    fn admin(&self) -> Result<Arc<AdminClient<DefaultClientContext>>> {
+    fn admin(&self) -> Result<Arc<Admin>> {
         lock(&self.inner.admin).clone().ok_or(Error::Closed)
     }
 
@@ -292,6 +307,7 @@ impl KafkaTransport {
         let producer = self.producer()?;
         let timeout = self.inner.config.request_timeout;
         let name = topic.to_owned();
+        let link = Arc::clone(&self.inner.link);
         self.inner
             .worker
             .run(move || {
@@ -299,6 +315,7 @@ impl KafkaTransport {
                     .client()
                     .fetch_metadata(Some(&name), timeout)
                     .map_err(|e| KafkaError::request("topic metadata", e))?;
+                link.up();
                 let Some(t) = metadata.topics().iter().find(|t| t.name() == name) else {
                     return Ok(None);
                 };
@@ -466,7 +483,7 @@ impl KafkaTransport {
 
     async fn retention_of(
         &self,
-        admin: &AdminClient<DefaultClientContext>,
+        admin: &Admin,
         topic: &str,
         opts: &AdminOptions,
     ) -> Result<Option<String>> {
@@ -503,7 +520,7 @@ impl KafkaTransport {
     }
 
     /// Queues one message at the producer; its future resolves with the delivery report.
-    async fn send(&self, producer: &FutureProducer, message: &Message) -> Result<DeliveryFuture> {
+    async fn send(&self, producer: &Producer, message: &Message) -> Result<DeliveryFuture> {
         let limit = self.inner.config.max_message_bytes;
         let size = message.encoded_len();
         if size > limit {
@@ -566,7 +583,10 @@ impl KafkaTransport {
 
     async fn confirm(&self, message: &Message, delivery: DeliveryFuture) -> Result<()> {
         match delivery.await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => {
+                self.inner.link.up();
+                Ok(())
+            }
             Ok(Err((e, _))) => Err(self.delivery_error(message, e)),
             // The producer was dropped with the message in its queue.
             Err(_) => Err(Error::Closed),
@@ -584,6 +604,7 @@ impl KafkaTransport {
         settings.set("enable.auto.commit", "false");
         let consumers = Arc::clone(&self.inner.lag_consumers);
         let store = self.store()?;
+        let link = Arc::clone(&self.inner.link);
         // What this process's own subscriptions of the group know is newer than the last
         // commit (and includes the finished offsets a broker may not return).
         let mut local: HashMap<i32, (i64, std::collections::BTreeSet<i64>)> = HashMap::new();
@@ -601,6 +622,7 @@ impl KafkaTransport {
                     .client()
                     .fetch_metadata(Some(&topic), timeout)
                     .map_err(|e| KafkaError::request("topic metadata", e))?;
+                link.up();
                 let partitions: Vec<i32> = metadata
                     .topics()
                     .iter()
@@ -762,6 +784,7 @@ impl Subscriber for KafkaTransport {
         let shared = Shared::new(topic.clone());
         let context = KafkaContext {
             shared: Arc::clone(&shared),
+            link: Arc::clone(&self.inner.link),
             group_id: config.group_id(&topic, &group),
             store: self.store()?,
             revoke_timeout: c.revoke_timeout,
@@ -822,6 +845,21 @@ impl Transport for KafkaTransport {
 
     fn capabilities(&self) -> Capabilities {
         Self::CAPABILITIES
+    }
+
+    /// Connected unless librdkafka reported all brokers down and none has answered since.
+    fn connection(&self) -> Connection {
+        let link = &self.inner.link;
+        let state = if self.inner.closed.load(Ordering::Acquire) {
+            ConnectionState::Closed
+        } else if link.is_down() {
+            ConnectionState::Disconnected
+        } else {
+            ConnectionState::Connected
+        };
+        Connection::new(state)
+            .with_reconnects(link.reconnects())
+            .with_last_error(link.last_error())
     }
 
     async fn close(&self) -> Result<()> {

@@ -1,0 +1,65 @@
+//! What the clients say about the connection to the brokers.
+//!
+//! librdkafka has no connection event: it reports errors (all brokers down, a broker's
+//! transport failing) through the client context and reconnects on its own. The transport
+//! counts itself disconnected from "all brokers down" until a broker answers again (a
+//! delivery report, a metadata or offset answer, a fetched message).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
+
+/// The connection as the clients report it.
+#[derive(Debug, Default)]
+pub(crate) struct Link {
+    down: AtomicBool,
+    reconnects: AtomicU64,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+}
+
+impl Link {
+    pub(crate) fn error(&self, error: &RdError, reason: &str) {
+        tracing::debug!(error = %error, reason, "librdkafka error");
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((SystemTime::now(), format!("{error}: {reason}")));
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.down.store(true, Ordering::Release);
+        }
+    }
+
+    /// A broker answered.
+    pub(crate) fn up(&self) {
+        // Relaxed check first: this runs for every delivery.
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::AcqRel) {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_error(&self) -> Option<(SystemTime, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The context of the producer and admin client: errors go to the [`Link`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LinkContext(pub(crate) std::sync::Arc<Link>);
+
+impl ClientContext for LinkContext {
+    fn error(&self, error: RdError, reason: &str) {
+        self.0.error(&error, reason);
+    }
+}
