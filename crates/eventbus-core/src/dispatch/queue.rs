@@ -15,7 +15,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::util::BoxCloneSyncService;
+use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
@@ -57,7 +57,29 @@ impl Outcome {
 
 static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
 
-type Handler = BoxCloneSyncService<Delivery, (), BoxError>;
+/// A subscription's handler, type-erased. One call clones the handler and boxes the future
+/// of `ready` + `call` together: a single allocation per message, where a boxed clonable
+/// service would take two (the clone, then the future).
+trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>>;
+}
+
+struct Erased<H>(H);
+
+impl<H> Handler for Erased<H>
+where
+    H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
+    H::Error: Into<BoxError>,
+    H::Future: Send + 'static,
+{
+    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>> {
+        let mut handler = self.0.clone();
+        Box::pin(async move {
+            handler.ready().await.map_err(Into::into)?;
+            handler.call(delivery).await.map_err(Into::into)
+        })
+    }
+}
 
 /// A subscription as the dispatcher sees it: where its messages go and how they are retried.
 /// Per-key order holds within one route.
@@ -65,7 +87,7 @@ pub struct Route {
     id: u64,
     group: Arc<str>,
     topic: Arc<str>,
-    handler: Handler,
+    handler: Box<dyn Handler>,
     retry: RetryPolicy,
     dead_letter: Option<Arc<str>>,
     closing: CancellationToken,
@@ -107,7 +129,7 @@ impl Route {
             id: NEXT_ROUTE.fetch_add(1, Ordering::Relaxed),
             topic: Arc::from(topic),
             group: Arc::from(group),
-            handler: BoxCloneSyncService::new(handler.map_err(Into::into)),
+            handler: Box::new(Erased(handler)),
             retry,
             dead_letter: None,
             closing,
@@ -192,7 +214,8 @@ pub(super) struct Job {
     route: Arc<Route>,
     message: Arc<Message>,
     attempts: u32,
-    delays: Option<ExponentialBackoff>,
+    /// Boxed: only retried jobs need it, and every job is moved through the queues.
+    delays: Option<Box<ExponentialBackoff>>,
     first_failure: Option<SystemTime>,
     /// Taken when the outcome is sent; a job dropped unfinished (its runtime shut down)
     /// replies `Cancelled` from `Drop`, so no waiter is left hanging.
@@ -540,11 +563,7 @@ impl Shared {
         crate::propagation::restore_parent(&span, &job.message);
         let for_call = Arc::clone(&route);
         let call = AssertUnwindSafe(
-            async move {
-                let mut handler = for_call.handler.clone();
-                handler.ready().await?.call(delivery).await
-            }
-            .instrument(span),
+            async move { for_call.handler.handle(delivery).await }.instrument(span),
         )
         .catch_unwind();
         let started = std::time::Instant::now();
@@ -603,7 +622,7 @@ impl Shared {
             None
         } else {
             job.delays
-                .get_or_insert_with(|| route.retry.delays())
+                .get_or_insert_with(|| Box::new(route.retry.delays()))
                 .next()
         };
         let Some(delay) = delay else {
