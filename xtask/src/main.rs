@@ -1,7 +1,8 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test`: everything CI checks, on a fresh machine: starts a nats-server if none runs on
-//!   127.0.0.1:4222 (and stops it after), then rustfmt, clippy (`-D warnings`), every test of
+//! - `test`: everything CI checks, on a fresh machine: installs tansu (the Kafka tests' broker)
+//!   when missing, starts a nats-server if none runs on 127.0.0.1:4222 (and stops it after),
+//!   then rustfmt, clippy (`-D warnings`), every test of
 //!   the workspace (cargo-nextest when installed, else `cargo test`), and doc tests.
 //! - `report [args]`: the main job on the in-memory default (the README's first command): the
 //!   `throughput` example (bus vs raw mpsc, same run) then the `report` example (leak report).
@@ -79,6 +80,31 @@ fn has_nextest() -> bool {
 
 /// Tests need a nats-server with JetStream on 127.0.0.1:4222. If none answers, start one (with
 /// its store under `target/`) and return it, to be stopped when the tests are done.
+/// The Kafka tests start private tansu brokers (a Kafka-protocol broker from crates.io): build
+/// it when it is missing (about 11 minutes, once per machine).
+fn ensure_tansu() -> Result<(), String> {
+    let program = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
+    let found = Command::new(&program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Ok(());
+    }
+    eprintln!("tansu not found: installing it for the Kafka tests (about 11 minutes)");
+    cargo(&[
+        "install",
+        "--locked",
+        "tansu",
+        "--version",
+        "0.6.0",
+        "--features",
+        "libsql",
+    ])
+}
+
 fn ensure_nats() -> Result<Option<std::process::Child>, String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4222));
     let up = || {
@@ -107,6 +133,7 @@ fn ensure_nats() -> Result<Option<std::process::Child>, String> {
 }
 
 fn test() -> Result<(), String> {
+    ensure_tansu()?;
     let mut nats = ensure_nats()?;
     let result = run_tests();
     if let Some(child) = nats.as_mut() {
