@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use eventbus_bench::hol::{Design, Hol};
 use eventbus_bench::{runtime, workload};
 
@@ -16,6 +18,7 @@ fn dispatcher(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatcher_vs_raw_mpsc");
     group
         .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500));
     for keys in [1usize, 100, 10_000, 1_000_000] {
         let n = 100_000.max(keys);
@@ -73,9 +76,11 @@ fn memory_bus(c: &mut Criterion) {
 fn head_of_line(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("head_of_line_other_keys");
-    // A stalled fixed-lane run takes the stall's length (2 s per stalled message): few samples.
+    // A stalled fixed-lane run lasts as long as its stall (here 2 × 200 ms): flat sampling, so
+    // criterion does not grow the iteration count per sample.
     group
         .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(100))
         .measurement_time(Duration::from_secs(5));
     let hol = Hol {
@@ -95,7 +100,7 @@ fn head_of_line(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     (0..iters)
                         .map(|_| {
-                            let r = rt.block_on(hol.run(design, stalled));
+                            let r = rt.block_on(hol.run(design, stalled, false));
                             Duration::from_secs_f64((hol.keys * hol.per_key) as f64 / r.throughput)
                         })
                         .sum()

@@ -183,23 +183,34 @@ pub fn measure(dir: &Path, with_callgrind: bool) -> Result<Vec<(&'static str, Co
         .collect()
 }
 
-/// The functions with the most instructions of their own in a callgrind file
-/// (`callgrind_annotate`), `top` lines.
-pub fn profile(file: &Path, top: usize) -> Result<String, String> {
+/// The functions with the most instructions of their own in a callgrind file of a
+/// `messages`-message run (`callgrind_annotate --inclusive=no`): `top` lines of instructions
+/// per message, function and source file (where inlined code came from).
+pub fn profile(file: &Path, messages: usize, top: usize) -> Result<String, String> {
     let output = Command::new("callgrind_annotate")
         .arg("--inclusive=no")
         .arg(file)
         .output()
         .map_err(|e| format!("cannot run callgrind_annotate: {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
-    Ok(text
+    let lines: Vec<String> = text
         .lines()
         .skip_while(|l| !l.contains("file:function"))
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
+        .filter_map(|l| {
+            let (count, rest) = l.trim().split_once(' ')?;
+            let count: f64 = count.replace(',', "").parse().ok()?;
+            let (_, place) = rest.split_once(")  ")?;
+            let place = place.split(" [").next()?;
+            let (path, function) = place.split_once(':')?;
+            let file = path.rsplit('/').next().unwrap_or(path);
+            Some(format!(
+                "{:>7.0}  {function}  ({file})",
+                count / messages.max(1) as f64
+            ))
+        })
         .take(top)
-        .collect::<Vec<_>>()
-        .join("\n"))
+        .collect();
+    Ok(lines.join("\n"))
 }
 
 /// Whether valgrind can be run.

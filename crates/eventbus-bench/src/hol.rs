@@ -5,8 +5,14 @@
 //!
 //! One producer task sends the stalled key's messages first, then the other keys' round
 //! robin; a run ends when every other key's message was handled (the stalled key's are then
-//! dropped). Latency runs from just before the send to the handler call. Both designs buffer
-//! the same: the dispatcher's default 4,096 messages, 256 lanes × 16.
+//! dropped). Both designs buffer the same: the dispatcher's default 4,096 messages, 256
+//! lanes × 16.
+//!
+//! Throughput is measured with the producer sending as fast as it can. Latency is measured in
+//! a separate, paced run ([`Hol::rate`]): message `i` is due at `start + i / rate` and its
+//! latency runs from that due time to the handler call, so time the producer spends blocked
+//! (a full lane) counts too. Timing from the send call instead would hide exactly the
+//! head-of-line wait, since a blocked producer sends nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,6 +62,8 @@ pub struct Hol {
     pub stall: Duration,
     /// Messages of the stalled key (sent first).
     pub stalled_messages: usize,
+    /// Messages per second of the paced (latency) runs.
+    pub rate: f64,
 }
 
 impl Default for Hol {
@@ -65,6 +73,7 @@ impl Default for Hol {
             per_key: 200,
             stall: Duration::from_secs(2),
             stalled_messages: 2,
+            rate: 50_000.0,
         }
     }
 }
@@ -102,9 +111,23 @@ impl Observer {
 }
 
 impl Hol {
-    /// Runs the scenario once.
-    pub async fn run(self, design: Design, stalled: bool) -> HolRun {
-        let others = self.keys * self.per_key;
+    /// Other keys' messages in a paced run: one second's worth at [`Hol::rate`] (at most the
+    /// saturated run's count).
+    pub fn paced_messages(&self) -> usize {
+        (self.rate as usize)
+            .min(self.keys * self.per_key)
+            .max(self.keys)
+    }
+
+    /// Runs the scenario once, saturated or, with `paced`, at [`Hol::rate`] with
+    /// [`Hol::paced_messages`] other messages.
+    pub async fn run(self, design: Design, stalled: bool, paced: bool) -> HolRun {
+        let others = if paced {
+            self.paced_messages()
+        } else {
+            self.keys * self.per_key
+        };
+        let rate = paced.then_some(self.rate);
         let observer = Arc::new(Observer {
             epoch: Instant::now(),
             latency: Histogram::new(),
@@ -122,13 +145,28 @@ impl Hol {
                 .chain((0..others).map(move |i| keys[i % keys.len()].clone()))
         };
         let epoch = observer.epoch;
-        let message = move |key: Key| {
+        let started = Instant::now();
+        let start_ns = (started - epoch).as_nanos() as u64;
+        // The send stamp: now, or the message's due time when paced (after waiting for it).
+        let stamp = move |i: usize| async move {
+            match rate {
+                None => epoch.elapsed().as_nanos() as u64,
+                Some(rate) => {
+                    let due = start_ns + (i as f64 * 1e9 / rate) as u64;
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    if due > now + 1_000_000 {
+                        tokio::time::sleep(std::time::Duration::from_nanos(due - now)).await;
+                    }
+                    due
+                }
+            }
+        };
+        let message = move |stamp: u64, key: Key| {
             let mut b = BytesMut::with_capacity(PAYLOAD_LEN);
-            b.put_u64_le(epoch.elapsed().as_nanos() as u64);
+            b.put_u64_le(stamp);
             b.resize(PAYLOAD_LEN, b'x');
             Arc::new(Message::new("hol", b.freeze()).with_key(key))
         };
-        let started = Instant::now();
         let finished = match design {
             Design::Dispatcher => {
                 let dispatcher = Dispatcher::new(DispatcherConfig::default());
@@ -153,8 +191,8 @@ impl Hol {
                 ));
                 let mut d = dispatcher.clone();
                 let producer = tokio::spawn(async move {
-                    for key in plan() {
-                        let message = message(key);
+                    for (i, key) in plan().enumerate() {
+                        let message = message(stamp(i).await, key);
                         let Ok(service) = ServiceExt::<Dispatch>::ready(&mut d).await else {
                             return;
                         };
@@ -183,8 +221,8 @@ impl Hol {
                 }));
                 let l = Arc::clone(&lanes);
                 let producer = tokio::spawn(async move {
-                    for key in plan() {
-                        l.send(message(key)).await;
+                    for (i, key) in plan().enumerate() {
+                        l.send(message(stamp(i).await, key)).await;
                     }
                 });
                 let finished = observer.counter.wait().await;

@@ -32,6 +32,8 @@ impl Samples {
 pub struct Comparison {
     /// What was compared.
     pub name: String,
+    /// A short label for charts.
+    pub label: String,
     /// Messages per run.
     pub messages: usize,
     /// Baseline msg/s per round.
@@ -44,9 +46,10 @@ pub struct Comparison {
 
 impl Comparison {
     /// An empty comparison.
-    pub fn new(name: impl Into<String>, messages: usize) -> Self {
+    pub fn new(name: impl Into<String>, label: impl Into<String>, messages: usize) -> Self {
         Comparison {
             name: name.into(),
+            label: label.into(),
             messages,
             baseline: Samples::default(),
             candidate: Samples::default(),
@@ -112,7 +115,7 @@ mod tests {
     fn median_and_spread() {
         let s = Samples(vec![3.0, 1.0, 2.0]);
         assert_eq!((s.median(), s.min(), s.max()), (2.0, 1.0, 3.0));
-        let mut c = Comparison::new("x", 10);
+        let mut c = Comparison::new("x", "x", 10);
         c.round(2.0, 1.0);
         c.round(4.0, 4.0);
         assert_eq!(c.ratios.0, vec![0.5, 1.0]);
