@@ -17,7 +17,8 @@
 //!
 //! Exits non-zero if any check failed. `--transport nats` (built with the `nats` feature, as
 //! `cargo xtask conformance` does) runs each check against a private nats-server of its own;
-//! `all` runs memory and nats; kafka is not implemented yet.
+//! `--transport kafka` (feature `kafka`) against a private tansu broker of its own; `all` runs
+//! every transport built in.
 
 use std::any::Any;
 use std::process::ExitCode;
@@ -162,6 +163,8 @@ fn harness(transport: &str, scale: Scale, timeout: Duration) -> Harness {
     match transport {
         #[cfg(feature = "nats")]
         "nats" => nats_harness(scale, timeout),
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka_harness(scale, timeout),
         _ => memory_harness(scale, timeout),
     }
 }
@@ -209,6 +212,58 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
     .with_timeout(timeout)
 }
 
+/// A private tansu broker per harness (sqlite storage; `reconnect` kills and restarts it), with
+/// short group timeouts and frequent commits, as the Kafka crate's own tests use.
+#[cfg(feature = "kafka")]
+fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
+    use std::sync::{Arc, Mutex};
+
+    use eventbus::kafka::ConsumerOptions;
+    use eventbus::{KafkaConfig, KafkaTransport};
+    use eventbus_testkit::process::ServerProcess;
+
+    let broker = ServerProcess::tansu(&[])
+        .unwrap_or_else(|e| panic!("cannot start a private tansu (see DEVELOPERS.md): {e}"));
+    let brokers = format!("127.0.0.1:{}", broker.port());
+    let broker = Arc::new(Mutex::new(broker));
+    let capabilities = KafkaTransport::CAPABILITIES.with_broker_restart();
+    let keep = Arc::clone(&broker);
+    Harness::new("kafka", capabilities, move |options| {
+        let brokers = brokers.clone();
+        let _alive = Arc::clone(&keep);
+        async move {
+            let config = KafkaConfig::new(brokers)
+                .consumer(
+                    ConsumerOptions::default()
+                        .session_timeout(Duration::from_secs(6))
+                        .heartbeat_interval(Duration::from_millis(500))
+                        .redelivery_delay(Duration::from_millis(200))
+                        .commit_interval(Duration::from_millis(50))
+                        .revoke_timeout(Duration::from_secs(5)),
+                )
+                .set("reconnect.backoff.ms", "50")
+                .set("reconnect.backoff.max.ms", "500");
+            let transport = KafkaTransport::connect(config)
+                .await
+                .unwrap_or_else(|e| panic!("connect to the private tansu: {e}"));
+            EventBus::builder(transport).options(options).build()
+        }
+    })
+    .with_restart(move || {
+        let broker = Arc::clone(&broker);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                broker.lock().unwrap_or_else(|e| e.into_inner()).restart()
+            })
+            .await
+            .map_err(|e| eventbus::Error::transport("kafka", e))?
+            .map_err(|e| eventbus::Error::transport("kafka", e))
+        }
+    })
+    .with_scale(scale)
+    .with_timeout(timeout)
+}
+
 /// Runs the suite `copies` times over `transport`; `results[check][copy]`.
 fn run_transport(transport: &str, scale: Scale, timeout: Duration, copies: usize) -> Vec<Vec<Run>> {
     let mut results: Vec<Vec<Run>> = vec![Vec::new(); CHECKS.len()];
@@ -249,28 +304,29 @@ fn main() -> ExitCode {
     let Some(args) = parse() else {
         return usage();
     };
-    let nats = cfg!(feature = "nats");
+    let built: Vec<&str> = [
+        Some("memory"),
+        cfg!(feature = "nats").then_some("nats"),
+        cfg!(feature = "kafka").then_some("kafka"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let transports: Vec<&str> = match args.transport.as_str() {
-        "memory" => vec!["memory"],
-        "nats" if nats => vec!["nats"],
-        "all" if nats => {
-            println!("note: kafka is not implemented yet; running memory and nats\n");
-            vec!["memory", "nats"]
-        }
         "all" => {
-            println!(
-                "note: built without the `nats` feature (cargo xtask conformance turns it on); running memory only\n"
-            );
-            vec!["memory"]
+            if built.len() < 3 {
+                println!(
+                    "note: built without some transport features (cargo xtask conformance --transport all turns them on); running {}\n",
+                    built.join(", ")
+                );
+            }
+            built
         }
-        "nats" => {
+        t @ ("memory" | "nats" | "kafka") if built.contains(&t) => vec![t],
+        t @ ("nats" | "kafka") => {
             eprintln!(
-                "conformance: build with the `nats` feature (cargo xtask conformance --transport nats does)"
+                "conformance: build with the `{t}` feature (cargo xtask conformance --transport {t} does)"
             );
-            return ExitCode::FAILURE;
-        }
-        "kafka" => {
-            eprintln!("conformance: the kafka transport is not implemented yet");
             return ExitCode::FAILURE;
         }
         other => {

@@ -94,8 +94,21 @@ fn nats_url() -> String {
     std::env::var("EVENTBUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private tansu
+/// started for the run (and stopped after it).
+#[cfg(feature = "kafka")]
+static KAFKA_BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn build(transport: &str) -> EventBus {
     match transport {
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            let brokers = KAFKA_BROKERS.get().expect("brokers chosen in main");
+            let t = eventbus::KafkaTransport::connect(eventbus::KafkaConfig::new(brokers.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to Kafka at {brokers}: {e}"));
+            EventBus::builder(t).build()
+        }
         #[cfg(feature = "nats")]
         "nats" => {
             let t = eventbus::NatsTransport::connect(eventbus::NatsConfig::new(nats_url()))
@@ -139,17 +152,33 @@ fn main() -> ExitCode {
     match args.transport.as_str() {
         "memory" => {}
         "nats" if cfg!(feature = "nats") => {}
-        "nats" => {
-            eprintln!(
-                "load: build with the `nats` feature (cargo xtask load --transport nats does)"
-            );
+        "kafka" if cfg!(feature = "kafka") => {}
+        t @ ("nats" | "kafka") => {
+            eprintln!("load: build with the `{t}` feature (cargo xtask load --transport {t} does)");
             return ExitCode::from(2);
         }
         other => {
-            eprintln!("load: transport {other:?} not implemented yet (memory and nats are)");
+            eprintln!("load: unknown transport {other:?} (memory, nats, kafka)");
             return ExitCode::from(2);
         }
     }
+    // A private broker lives as long as this guard.
+    #[cfg(feature = "kafka")]
+    let _tansu =
+        (args.transport == "kafka").then(|| match std::env::var("EVENTBUS_KAFKA_BROKERS") {
+            Ok(brokers) => {
+                let _ = KAFKA_BROKERS.set(brokers);
+                None
+            }
+            Err(_) => {
+                let broker =
+                    eventbus_testkit::process::ServerProcess::tansu(&[]).unwrap_or_else(|e| {
+                        panic!("cannot start a private tansu (see DEVELOPERS.md): {e}")
+                    });
+                let _ = KAFKA_BROKERS.set(format!("127.0.0.1:{}", broker.port()));
+                Some(broker)
+            }
+        });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()

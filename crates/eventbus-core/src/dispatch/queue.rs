@@ -11,11 +11,11 @@ use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use futures::future::BoxFuture;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
