@@ -4,14 +4,33 @@
 //! message, so criterion's throughput figure is msg/s. The ratios with their spread, from
 //! interleaved rounds, come from `cargo xtask bench`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
 use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
+    criterion_main,
 };
 use eventbus_bench::hol::{Design, Hol};
 use eventbus_bench::{runtime, workload};
+use tokio::runtime::Runtime;
+
+/// Benches `id`: each iteration is one run of `run()`, timed by the run itself.
+fn bench_runs<F, Fut>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    id: BenchmarkId,
+    run: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(run())).sum());
+    });
+}
 
 fn dispatcher(c: &mut Criterion) {
     let rt = runtime();
@@ -28,20 +47,15 @@ fn dispatcher(c: &mut Criterion) {
             .collect();
         group.throughput(Throughput::Elements(n as u64));
         group.measurement_time(Duration::from_secs(if keys >= 1_000_000 { 10 } else { 3 }));
-        group.bench_with_input(BenchmarkId::new("raw_mpsc", keys), &pool, |b, pool| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| rt.block_on(workload::raw_mpsc(pool.clone())))
-                    .sum()
-            });
+        bench_runs(&mut group, &rt, BenchmarkId::new("raw_mpsc", keys), || {
+            workload::raw_mpsc(pool.clone())
         });
-        group.bench_with_input(BenchmarkId::new("dispatcher", keys), &pool, |b, pool| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| rt.block_on(workload::dispatcher(pool.clone())))
-                    .sum()
-            });
-        });
+        bench_runs(
+            &mut group,
+            &rt,
+            BenchmarkId::new("dispatcher", keys),
+            || workload::dispatcher(pool.clone()),
+        );
     }
     group.finish();
 }
@@ -51,25 +65,21 @@ fn memory_bus(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_bus_vs_raw_mpsc");
     group
         .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let n = 100_000;
     let base = workload::messages("bench", 1_000, n);
     group.throughput(Throughput::Elements(n as u64));
-    group.bench_function(BenchmarkId::new("raw_mpsc", 1_000), |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| rt.block_on(workload::raw_mpsc(base.clone())))
-                .sum()
-        });
+    bench_runs(&mut group, &rt, BenchmarkId::new("raw_mpsc", 1_000), || {
+        workload::raw_mpsc(base.clone())
     });
-    group.bench_function(BenchmarkId::new("memory_bus", 1_000), |b| {
-        b.iter_custom(|iters| {
-            (0..iters)
-                .map(|_| rt.block_on(workload::memory_bus(base.clone())))
-                .sum()
-        });
-    });
+    bench_runs(
+        &mut group,
+        &rt,
+        BenchmarkId::new("memory_bus", 1_000),
+        || workload::memory_bus(base.clone()),
+    );
     group.finish();
 }
 
@@ -88,23 +98,17 @@ fn head_of_line(c: &mut Criterion) {
         stall: Duration::from_millis(200),
         ..Hol::default()
     };
-    group.throughput(Throughput::Elements((hol.keys * hol.per_key) as u64));
-    for design in [Design::Dispatcher, Design::Lanes] {
+    let others = hol.keys * hol.per_key;
+    group.throughput(Throughput::Elements(others as u64));
+    for (design, name) in [
+        (Design::Dispatcher, "dispatcher"),
+        (Design::Lanes, "fixed_lanes"),
+    ] {
         for stalled in [false, true] {
-            let name = match design {
-                Design::Dispatcher => "dispatcher",
-                Design::Lanes => "fixed_lanes",
-            };
             let id = BenchmarkId::new(name, if stalled { "stall" } else { "no_stall" });
-            group.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    (0..iters)
-                        .map(|_| {
-                            let r = rt.block_on(hol.run(design, stalled, false));
-                            Duration::from_secs_f64((hol.keys * hol.per_key) as f64 / r.throughput)
-                        })
-                        .sum()
-                });
+            bench_runs(&mut group, &rt, id, || async move {
+                let r = hol.run(design, stalled, false).await;
+                Duration::from_secs_f64(others as f64 / r.throughput)
             });
         }
     }

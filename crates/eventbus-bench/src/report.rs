@@ -222,9 +222,10 @@ impl Results {
             if let Some((_, c)) = self.cost.iter().find(|(w, _)| *w == "dispatcher") {
                 let _ = writeln!(
                     md,
-                    "Targets (dispatcher): ≤ {TARGET_ALLOCATIONS} allocations per message: {} ({:.2}); ≤ {TARGET_INSTRUCTIONS} instructions per message: {}.\n",
-                    verdict(c.allocations <= TARGET_ALLOCATIONS),
+                    "Targets (dispatcher): ≤ {TARGET_ALLOCATIONS} allocations per message: {} ({:.2}; within {} of the target counts, the raw loop's own reading is 0.01); ≤ {TARGET_INSTRUCTIONS} instructions per message: {}.\n",
+                    verdict(crate::cost::allocations_met(c.allocations)),
                     c.allocations,
+                    crate::cost::ALLOCATION_FLOOR,
                     c.instructions.map_or_else(
                         || "not measured (no valgrind)".to_owned(),
                         |i| format!("{} ({i:.0})", verdict(i <= TARGET_INSTRUCTIONS))
