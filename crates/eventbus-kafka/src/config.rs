@@ -75,7 +75,9 @@ pub struct ConsumerOptions {
     /// comes near it; keep it above [`revoke_timeout`](Self::revoke_timeout).
     pub max_poll_interval: Duration,
     /// On a revoke, how long to wait for the handlers of the revoked partitions before
-    /// committing what is done and letting the rebalance go on (default 10 s).
+    /// committing what is done and letting the rebalance go on (default 30 s). Messages
+    /// still running after it are handled again by the next owner; their queue in the bus
+    /// counts, so with many subscriptions on one bus a short wait means duplicates.
     pub revoke_timeout: Duration,
     /// Delay before a message whose handling failed for good is delivered again (default 1 s).
     pub redelivery_delay: Duration,
@@ -93,7 +95,7 @@ impl Default for ConsumerOptions {
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),
-            revoke_timeout: Duration::from_secs(10),
+            revoke_timeout: Duration::from_secs(30),
             redelivery_delay: Duration::from_secs(1),
             commit_interval: Duration::from_millis(200),
             prefetch: 256,
