@@ -110,10 +110,14 @@ impl Clone for MemoryTransport {
     }
 }
 
+/// Topic and group maps are looked up on every publish and ack: foldhash (seeded per process,
+/// as the dispatcher's key map) costs a fraction of SipHash there.
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Broker {
     config: MemoryConfig,
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    topics: Mutex<HashMap<String, Arc<Topic>, Fast>>,
 }
 
 #[derive(Debug)]
@@ -128,7 +132,7 @@ struct TopicState {
     /// Messages at offsets `base..base + log.len()`.
     log: VecDeque<Arc<Message>>,
     base: u64,
-    groups: HashMap<String, Group>,
+    groups: HashMap<String, Group, Fast>,
     /// Publishers waiting for room; only then does trimming notify `Topic::space`.
     blocked_publishers: usize,
 }

@@ -239,7 +239,7 @@ fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
                         .heartbeat_interval(Duration::from_millis(500))
                         .redelivery_delay(Duration::from_millis(200))
                         .commit_interval(Duration::from_millis(50))
-                        .revoke_timeout(Duration::from_secs(5)),
+                        .revoke_timeout(Duration::from_secs(30)),
                 )
                 .set("reconnect.backoff.ms", "50")
                 .set("reconnect.backoff.max.ms", "500");
