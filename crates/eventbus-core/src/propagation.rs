@@ -8,11 +8,22 @@
 //! back and makes that context the parent of the `eventbus.handle` span, so the consumer's
 //! spans join the producer's trace with no code of yours.
 //!
-//! ```ignore
+//! ```
+//! # #[cfg(feature = "opentelemetry")] {
+//! use opentelemetry::trace::TracerProvider;
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! // Once, at startup: the W3C propagator and a tracing subscriber bridged to OpenTelemetry.
 //! opentelemetry::global::set_text_map_propagator(
 //!     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
 //! );
-//! // plus a tracing subscriber with a `tracing_opentelemetry` layer
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+//! let subscriber = tracing_subscriber::registry()
+//!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("orders-service")));
+//! tracing::subscriber::set_global_default(subscriber).unwrap();
+//! // From here on, `bus.publish(..)` inside a span carries `traceparent`, and handlers of the
+//! // message run in a span whose parent is that one.
+//! # }
 //! ```
 //!
 //! Without the feature both steps compile to nothing.

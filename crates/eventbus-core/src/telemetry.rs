@@ -23,6 +23,26 @@
 //! | `eventbus_publish_backlog` | gauge | | publishes waiting for the broker (sampled) |
 //! | `eventbus_consumer_lag` | gauge | topic, group | messages not yet acked (sampled) |
 //!
+//! ```
+//! use eventbus_core::telemetry::names;
+//! use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+//!
+//! // Any `metrics` recorder works (a Prometheus exporter, say); install it before the bus.
+//! let recorder = DebuggingRecorder::new();
+//! let snapshot = recorder.snapshotter();
+//! recorder.install().unwrap();
+//! // ... build the bus, subscribe, publish ...
+//! # metrics::counter!(names::HANDLED, "topic" => "orders", "group" => "billing").increment(1);
+//! let handled: u64 = snapshot
+//!     .snapshot()
+//!     .into_vec()
+//!     .into_iter()
+//!     .filter(|(key, ..)| key.key().name() == names::HANDLED)
+//!     .map(|(.., value)| match value { DebugValue::Counter(n) => n, _ => 0 })
+//!     .sum();
+//! assert_eq!(handled, 1);
+//! ```
+//!
 //! # Tracing
 //! Every publish runs in a span `eventbus.publish` (topic, key, message id) and every handler
 //! call in a span `eventbus.handle` (topic, group, key, message id, attempt), so a handler's own
