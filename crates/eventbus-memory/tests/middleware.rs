@@ -457,13 +457,39 @@ async fn metrics_count_what_happened() {
         within("handled", done.recv()).await;
     }
     eventually("the letter", || bus.stats().dead_lettered == 1).await;
-    // One backlog sample sets the gauges.
+    // A backlog sample sets the gauges: a held message on another topic makes that sample
+    // report a crossing, so the test knows when it happened.
+    let gate = Arc::new(Gate::default());
+    let g = Arc::clone(&gate);
+    let held = bus
+        .subscribe(
+            "metered-held",
+            "g",
+            handler_fn(move |_d: Delivery| {
+                let g = Arc::clone(&g);
+                async move {
+                    g.wait().await;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    bus.publish(Message::new("metered-held", "x"))
+        .await
+        .unwrap();
     let mut monitor = bus.monitor_backlog(
         BacklogOptions::default()
             .interval(Duration::from_millis(5))
             .lag_threshold(0),
     );
-    let _ = tokio::time::timeout(Duration::from_millis(100), monitor.next()).await;
+    let sampled = within("a backlog sample", monitor.next()).await;
+    assert!(
+        matches!(&sampled, Some(BacklogEvent::ConsumerLag { topic, above: true, .. }) if topic == "metered-held"),
+        "{sampled:?}"
+    );
+    gate.open();
+    held.close().await;
     sub.close().await;
     bus.close().await.unwrap();
 
@@ -744,21 +770,22 @@ async fn backlog_crossings_as_a_stream_and_a_callback() {
     bus.publish_batch(publish_n("lagging", 20, true))
         .await
         .unwrap();
+    // Both monitors must see the lag above before the handler lets it drain.
     let up = within("lag above", changes.next()).await.unwrap();
     assert!(
         matches!(&up, BacklogEvent::ConsumerLag { topic, group, lag, above: true } if topic == "lagging" && group == "g" && *lag > 5),
         "{up:?}"
+    );
+    let cb_up = within("callback up", callback.recv()).await.unwrap();
+    assert!(
+        matches!(cb_up, BacklogEvent::ConsumerLag { above: true, .. }),
+        "{cb_up:?}"
     );
     gate.open();
     let down = within("lag back down", changes.next()).await.unwrap();
     assert!(
         matches!(down, BacklogEvent::ConsumerLag { above: false, .. }),
         "{down:?}"
-    );
-    let cb_up = within("callback up", callback.recv()).await.unwrap();
-    assert!(
-        matches!(cb_up, BacklogEvent::ConsumerLag { above: true, .. }),
-        "{cb_up:?}"
     );
     let cb_down = within("callback down", callback.recv()).await.unwrap();
     assert!(
