@@ -736,17 +736,13 @@ struct Held {
 
 #[derive(Default)]
 struct HeldState {
-    replies: HashMap<u64, async_nats::Subject, Fast>,
+    replies: HashMap<u64, async_nats::Subject>,
     /// Messages held now (with their copy count).
-    seqs: HashMap<CopyKey, u32, Fast>,
+    seqs: HashMap<CopyKey, u32>,
     /// Messages acked last, oldest first, bounded by `ACKED_MEMORY`.
     acked: VecDeque<CopyKey>,
-    acked_set: HashSet<CopyKey, Fast>,
+    acked_set: HashSet<CopyKey>,
 }
-
-/// Every message passes through these maps twice: foldhash (seeded per process) rather than
-/// SipHash.
-type Fast = foldhash::fast::RandomState;
 
 /// Which stream message a delivery is: its stream sequence, and a hash of its message id (after
 /// an unclean server restart a stream may reuse the sequences of messages it lost, so the
