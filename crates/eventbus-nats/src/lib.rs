@@ -44,13 +44,9 @@
 //!   members of one group there is no key affinity: JetStream hands messages to whichever member
 //!   pulls, so one key's messages may be handled concurrently by different members. Use one
 //!   member per group where cross-instance order matters.
-//! - Messages in the bus (queued behind their key, running, backing off) get in-progress acks,
-//!   so the server does not redeliver them while they are ours. Messages prefetched but not
-//!   yet taken by a full bus (at most half its buffer) cannot get them, and past `ack_wait` the
-//!   server sends them again: such a copy of a message the subscription still holds, or acked
-//!   already, is recognised by its stream sequence and dropped (re-acked if it was acked), so it
-//!   is neither handled twice nor out of its key's order
-//!   ([`NatsTransport::copies_dropped`] counts them).
+//! - Messages prefetched for a subscription (at most half the bus's buffer) get in-progress acks
+//!   only once the bus takes them: keep `ack_wait` above the longest time the bus may stay full,
+//!   or the server redelivers them meanwhile.
 //! - The client's own tasks run on a thread the transport owns; `close` drains the client and
 //!   ends that thread, so nothing is left, whether the server is up or not.
 #![warn(missing_docs)]
@@ -59,7 +55,7 @@ mod config;
 mod error;
 mod io;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -86,11 +82,8 @@ pub use eventbus_core::ConnectionState;
 
 /// A connection to a NATS server with JetStream.
 ///
-/// One connection per transport; clones of an [`EventBus`](eventbus_core::EventBus) share it,
-/// and so do clones of the transport (handles to read its state after handing it to a bus;
-/// the bus's `close` closes it for all of them). Two transports are two connections, like two
-/// processes.
-#[derive(Clone)]
+/// One connection per transport; clones of an [`EventBus`](eventbus_core::EventBus) share it.
+/// Two transports are two connections, like two processes.
 pub struct NatsTransport {
     inner: Arc<Inner>,
 }
@@ -105,7 +98,6 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     connects: Arc<AtomicU64>,
     last_error: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
-    copies_dropped: Arc<AtomicU64>,
     closed: AtomicBool,
 }
 
@@ -223,7 +215,6 @@ impl NatsTransport {
                 state,
                 connects,
                 last_error,
-                copies_dropped: Arc::default(),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -242,12 +233,6 @@ impl NatsTransport {
     /// Times the client has (re)connected.
     pub fn connects(&self) -> u64 {
         self.inner.connects.load(Ordering::Relaxed)
-    }
-
-    /// Redelivered copies dropped because this transport's subscriptions still held the
-    /// message or had acked it already (see the crate docs on redelivery).
-    pub fn copies_dropped(&self) -> u64 {
-        self.inner.copies_dropped.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -511,7 +496,6 @@ impl Subscriber for NatsTransport {
             &self.inner.io_handle,
             self.inner.client.clone(),
             config.consumer.shortest_redelivery_wait(),
-            Arc::clone(&self.inner.copies_dropped),
         );
         let source = pull_stream(
             consumer,
@@ -556,8 +540,8 @@ fn consumer_diff(
 /// time and for more only as the bus takes them (the bus polls this stream only when its
 /// dispatcher has room), so at most about one and a half batches wait outside the bus. Made on
 /// the I/O runtime, where its request task lives; dropped (and its task with it) when the
-/// subscription ends. It survives reconnects (async-nats re-requests once connected) and is
-/// made anew only if it ends: there is never more than one puller per subscription.
+/// subscription ends. After a failure (a missed heartbeat across a reconnect, say) it is made
+/// anew: there is never more than one puller per subscription.
 fn pull_stream(
     consumer: jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
@@ -572,8 +556,6 @@ fn pull_stream(
         topic: Arc<str>,
         held: Arc<Held>,
         io: tokio::runtime::Handle,
-        /// Set after an error: the next poll waits a little.
-        pause: bool,
     }
     let state = State {
         consumer,
@@ -581,47 +563,20 @@ fn pull_stream(
         topic: Arc::from(topic),
         held,
         io,
-        pause: false,
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
-            if std::mem::take(&mut st.pause) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
             if let Some(current) = &mut st.current {
                 match current.next().await {
                     Some(Ok(msg)) => {
-                        let Some(seq) = redelivered_key(&msg) else {
-                            let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
-                            return Some((Ok(incoming), st));
-                        };
-                        match st.held.copy_of(seq) {
-                            Redelivery::New => {
-                                let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
-                                return Some((Ok(incoming), st));
-                            }
-                            // Its first copy is still in the bus: that copy settles it.
-                            Redelivery::StillHeld => {}
-                            // Handled and acked already (the ack was lost, or this copy sat
-                            // in the client's buffer past the ack wait): ack again, skip it.
-                            // Not awaited here: a wait would leave the stream unpolled.
-                            Redelivery::Acked => {
-                                drop(st.io.spawn(async move {
-                                    let _ = msg.ack().await;
-                                }));
-                            }
-                        }
+                        let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
+                        return Some((Ok(incoming), st));
                     }
-                    // A failed pull request, across a reconnect say: the stream recovers by
-                    // itself (it re-requests once connected) and keeps the messages it has
-                    // buffered, whose loss would bring them back later, behind newer
-                    // messages of their keys. Report it, and pause before polling again.
                     Some(Err(e)) => {
-                        st.pause = true;
+                        st.current = None;
                         let error = NatsError::request("pull", e);
                         return Some((Err(error.into()), st));
                     }
-                    // Ended for good (its consumer was deleted, say): make another.
                     None => st.current = None,
                 }
             }
@@ -667,15 +622,8 @@ fn incoming(
 ) -> Incoming<NatsAck> {
     let mut id = None;
     let mut key = None;
-    // JetStream's own record of when it stored the message, and its stream sequence (from the
-    // ack subject).
-    let (timestamp, stream_seq) = match msg.info() {
-        Ok(info) => (
-            Some(SystemTime::from(info.published)),
-            Some(info.stream_sequence),
-        ),
-        Err(_) => (None, None),
-    };
+    // JetStream's own record of when it stored the message (from the ack subject).
+    let timestamp = msg.info().ok().map(|info| SystemTime::from(info.published));
     let mut headers = Headers::default();
     if let Some(h) = msg.headers.as_ref() {
         for (name, values) in h.iter() {
@@ -691,7 +639,6 @@ fn incoming(
             }
         }
     }
-    let seq = stream_seq.map(|seq| (seq, id_hash(id.as_ref().map(MessageId::as_str))));
     // A message published without our headers (by another client) still gets an id: the
     // stream sequence would be stabler, but reading it means parsing the reply subject.
     let message = Message::from_parts(
@@ -708,8 +655,7 @@ fn incoming(
             held: msg
                 .reply
                 .clone()
-                .map(|reply| (held.hold(reply, seq), Arc::clone(held))),
-            seq,
+                .map(|reply| (held.hold(reply), Arc::clone(held))),
             msg,
             redelivery_delay,
         },
@@ -718,70 +664,11 @@ fn incoming(
 
 /// Messages a subscription has taken and not settled (queued behind their key, running, or
 /// backing off before a retry). A task on the transport's I/O runtime sends each of them an
-/// in-progress ack every third of the shortest redelivery wait, so the server never redelivers a
-/// message that is still being worked on. The task ends when the subscription's stream and acks
-/// are gone.
-///
-/// Messages the client has received but the bus has not taken yet (at most one pull batch,
-/// while the bus is full) cannot get those acks: past the ack wait the server sends them again.
-/// So `Held` also remembers the stream sequences it holds and the ones it acked last, and the
-/// puller drops a redelivered copy of either: handling it would repeat a message, and out of
-/// its key's order.
+/// in-progress ack every third of the shortest redelivery wait, so the server never redelivers a message that
+/// is still being worked on. The task ends when the subscription's stream and acks are gone.
 struct Held {
-    state: Mutex<HeldState>,
+    replies: Mutex<HashMap<u64, async_nats::Subject>>,
     next: AtomicU64,
-    /// The transport's count of copies dropped.
-    dropped: Arc<AtomicU64>,
-}
-
-#[derive(Default)]
-struct HeldState {
-    replies: HashMap<u64, async_nats::Subject>,
-    /// Messages held now (with their copy count).
-    seqs: HashMap<CopyKey, u32>,
-    /// Messages acked last, oldest first, bounded by `ACKED_MEMORY`.
-    acked: VecDeque<CopyKey>,
-    acked_set: HashSet<CopyKey>,
-}
-
-/// Which stream message a delivery is: its stream sequence, and a hash of its message id (after
-/// an unclean server restart a stream may reuse the sequences of messages it lost, so the
-/// sequence alone could name another message).
-type CopyKey = (u64, u64);
-
-fn id_hash(id: Option<&str>) -> u64 {
-    use std::hash::BuildHasher;
-    // Fixed seed: only compared within this process.
-    foldhash::fast::FixedState::with_seed(0).hash_one(id)
-}
-
-/// How many acked sequences a subscription remembers. A stale copy can only come from messages
-/// that were delivered about the same time as the acked one (at most a pull batch plus the bus
-/// buffer apart), so a few times the largest bus buffer is enough.
-const ACKED_MEMORY: usize = 32 * 1024;
-
-/// What a redelivered message is to this subscription.
-enum Redelivery {
-    /// Not seen: handle it.
-    New,
-    /// Its first copy is still in the bus.
-    StillHeld,
-    /// Acked already.
-    Acked,
-}
-
-/// Which message a delivery is, when the server delivered it more than once.
-fn redelivered_key(msg: &jetstream::Message) -> Option<CopyKey> {
-    let info = msg.info().ok()?;
-    if info.delivered <= 1 {
-        return None;
-    }
-    let id = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_ID))
-        .map(|v| v.as_str());
-    Some((info.stream_sequence, id_hash(id)))
 }
 
 impl Held {
@@ -790,12 +677,10 @@ impl Held {
         client: async_nats::Client,
         // The shortest wait before the server redelivers an unacked message.
         wait: Duration,
-        dropped: Arc<AtomicU64>,
     ) -> Arc<Held> {
         let held = Arc::new(Held {
-            state: Mutex::default(),
+            replies: Mutex::default(),
             next: AtomicU64::new(0),
-            dropped,
         });
         let weak = Arc::downgrade(&held);
         let period = (wait / 3).max(Duration::from_millis(100));
@@ -805,7 +690,13 @@ impl Held {
             loop {
                 tick.tick().await;
                 let Some(held) = weak.upgrade() else { return };
-                let replies: Vec<_> = held.lock().replies.values().cloned().collect();
+                let replies: Vec<_> = held
+                    .replies
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
                 drop(held);
                 for reply in replies {
                     // Best effort: a lost progress ack only risks an early redelivery.
@@ -818,52 +709,20 @@ impl Held {
         held
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HeldState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn hold(&self, reply: async_nats::Subject, seq: Option<CopyKey>) -> u64 {
+    fn hold(&self, reply: async_nats::Subject) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut st = self.lock();
-        st.replies.insert(id, reply);
-        if let Some(seq) = seq {
-            *st.seqs.entry(seq).or_default() += 1;
-        }
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, reply);
         id
     }
 
-    /// Forgets a held message; `acked` when it was acked.
-    fn release(&self, id: u64, seq: Option<CopyKey>, acked: bool) {
-        let mut st = self.lock();
-        st.replies.remove(&id);
-        let Some(seq) = seq else { return };
-        if let std::collections::hash_map::Entry::Occupied(mut e) = st.seqs.entry(seq) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
-        if acked && st.acked_set.insert(seq) {
-            st.acked.push_back(seq);
-            if st.acked.len() > ACKED_MEMORY {
-                if let Some(old) = st.acked.pop_front() {
-                    st.acked_set.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn copy_of(&self, seq: CopyKey) -> Redelivery {
-        let st = self.lock();
-        let copy = if st.seqs.contains_key(&seq) {
-            Redelivery::StillHeld
-        } else if st.acked_set.contains(&seq) {
-            Redelivery::Acked
-        } else {
-            return Redelivery::New;
-        };
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        copy
+    fn release(&self, id: u64) {
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 }
 
@@ -873,8 +732,6 @@ pub struct NatsAck {
     msg: jetstream::Message,
     redelivery_delay: Duration,
     held: Option<(u64, Arc<Held>)>,
-    /// Which stream message it is.
-    seq: Option<CopyKey>,
 }
 
 impl std::fmt::Debug for Held {
@@ -886,7 +743,7 @@ impl std::fmt::Debug for Held {
 impl Drop for NatsAck {
     fn drop(&mut self) {
         if let Some((id, held)) = self.held.take() {
-            held.release(id, self.seq, false);
+            held.release(id);
         }
     }
 }
@@ -894,7 +751,7 @@ impl Drop for NatsAck {
 impl Acknowledge for NatsAck {
     fn settle(mut self, outcome: &Outcome) -> Settle {
         if let Some((id, held)) = self.held.take() {
-            held.release(id, self.seq, outcome.is_handled());
+            held.release(id);
         }
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
