@@ -26,18 +26,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::fmt;
 use std::marker::PhantomData;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tower::Service;
 
 use crate::envelope::Envelope;
-use crate::error::{BoxError, EnvelopeError, Error, Result};
-use crate::handler::{Delivery, Permanent};
+use crate::error::{EnvelopeError, Error, Result};
+use crate::handler::{Decode, Decoded, Delivery, Permanent};
 use crate::message::Key;
 
 /// A domain event type. Serialized as JSON into an [`Envelope`] whose event type is
@@ -130,64 +126,27 @@ impl Delivery {
 /// [`Permanent`] [`EventDecodeError`] (dead-lettered, when the subscription has a
 /// dead-letter topic).
 pub fn event_handler<E, F>(f: F) -> EventHandler<E, F> {
-    EventHandler {
-        f,
-        _event: PhantomData,
-    }
+    Decoded::new(f)
 }
 
 /// See [`event_handler`].
-pub struct EventHandler<E, F> {
-    f: F,
-    _event: PhantomData<fn() -> E>,
-}
+pub type EventHandler<E, F> = Decoded<Typed<E>, F>;
 
-impl<E, F: Clone> Clone for EventHandler<E, F> {
-    fn clone(&self) -> Self {
-        EventHandler {
-            f: self.f.clone(),
-            _event: PhantomData,
-        }
-    }
-}
+/// Envelopes holding an `E` (see [`event_handler`]).
+#[derive(Debug)]
+pub struct Typed<E>(PhantomData<fn() -> E>);
 
-impl<E, F> fmt::Debug for EventHandler<E, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EventHandler")
-            .field("event", &std::any::type_name::<E>())
-            .finish()
-    }
-}
-
-impl<E, F, Fut, Err> Service<Delivery> for EventHandler<E, F>
-where
-    E: Event,
-    F: FnMut(E, Delivery) -> Fut,
-    Fut: Future<Output = Result<(), Err>> + Send + 'static,
-    Err: Into<BoxError>,
-{
-    type Response = ();
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<(), BoxError>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, delivery: Delivery) -> Self::Future {
-        match delivery.event::<E>() {
-            Ok((event, _)) => {
-                let fut = (self.f)(event, delivery);
-                Box::pin(async move { fut.await.map_err(Into::into) })
-            }
-            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
-        }
+impl<E: Event> Decode for Typed<E> {
+    type Output = E;
+    fn decode(delivery: &Delivery) -> Result<E, Permanent> {
+        delivery.event::<E>().map(|(event, _)| event)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::BoxError;
     use tower::ServiceExt;
 
     #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]

@@ -160,39 +160,66 @@ pub fn handler_fn<F>(f: F) -> tower::util::ServiceFn<F> {
 /// # let _ = handler;
 /// ```
 pub fn json_handler<T, F>(f: F) -> JsonHandler<T, F> {
-    JsonHandler {
-        f,
-        _event: PhantomData,
-    }
+    Decoded::new(f)
 }
 
 /// See [`json_handler`].
-pub struct JsonHandler<T, F> {
-    f: F,
-    _event: PhantomData<fn() -> T>,
+pub type JsonHandler<T, F> = Decoded<Json<T>, F>;
+
+/// How a decoding handler turns a delivery into its closure's argument; a failure is
+/// [`Permanent`]: retrying cannot fix it.
+pub trait Decode: 'static {
+    /// What the closure receives.
+    type Output;
+    /// Decodes the delivery.
+    fn decode(delivery: &Delivery) -> Result<Self::Output, Permanent>;
 }
 
-impl<T, F: Clone> Clone for JsonHandler<T, F> {
-    fn clone(&self) -> Self {
-        JsonHandler {
-            f: self.f.clone(),
-            _event: PhantomData,
+/// JSON payloads of type `T` (see [`json_handler`]).
+#[derive(Debug)]
+pub struct Json<T>(PhantomData<fn() -> T>);
+
+impl<T: DeserializeOwned + 'static> Decode for Json<T> {
+    type Output = T;
+    fn decode(delivery: &Delivery) -> Result<T, Permanent> {
+        delivery.json()
+    }
+}
+
+/// A handler that decodes each delivery with `D` and calls `f(decoded, delivery)`
+/// ([`json_handler`], [`event_handler`](crate::event_handler)).
+pub struct Decoded<D, F> {
+    f: F,
+    _decode: PhantomData<fn() -> D>,
+}
+
+impl<D, F> Decoded<D, F> {
+    pub(crate) fn new(f: F) -> Self {
+        Decoded {
+            f,
+            _decode: PhantomData,
         }
     }
 }
 
-impl<T, F> fmt::Debug for JsonHandler<T, F> {
+impl<D, F: Clone> Clone for Decoded<D, F> {
+    fn clone(&self) -> Self {
+        Decoded::new(self.f.clone())
+    }
+}
+
+impl<D, F> fmt::Debug for Decoded<D, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JsonHandler")
-            .field("event", &std::any::type_name::<T>())
+        f.debug_struct("Decoded")
+            .field("decode", &std::any::type_name::<D>())
             .finish()
     }
 }
 
-impl<T, F, Fut, E> Service<Delivery> for JsonHandler<T, F>
+impl<D, F, Fut, E> Service<Delivery> for Decoded<D, F>
 where
-    T: DeserializeOwned,
-    F: FnMut(T, Delivery) -> Fut,
+    D: Decode,
+    F: FnMut(D::Output, Delivery) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError>,
 {
@@ -205,9 +232,9 @@ where
     }
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
-        match delivery.json::<T>() {
-            Ok(event) => {
-                let fut = (self.f)(event, delivery);
+        match D::decode(&delivery) {
+            Ok(decoded) => {
+                let fut = (self.f)(decoded, delivery);
                 Box::pin(async move { fut.await.map_err(Into::into) })
             }
             Err(e) => Box::pin(std::future::ready(Err(e.into()))),
