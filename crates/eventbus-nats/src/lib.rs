@@ -39,14 +39,26 @@
 //!   [`ConsumerOptions::ack_wait`] (messages prefetched but not yet handed to the bus too).
 //! - **Ordering**: within one subscription, messages of a key are handled one at a time in the
 //!   order JetStream delivered them, failures retried in place. A *redelivery* can be overtaken:
-//!   a message that failed for good (nak'd), or one left unacked at a close or lost with a
-//!   connection, comes back after later messages of its key may have been handled. Across the
+//!   a message that failed for good (nak'd), or one left unacked at a close, comes back after
+//!   later messages of its key may have been handled. Across the
 //!   members of one group there is no key affinity: JetStream hands messages to whichever member
 //!   pulls, so one key's messages may be handled concurrently by different members. Use one
 //!   member per group where cross-instance order matters.
-//! - Messages prefetched for a subscription (at most half the bus's buffer) get in-progress acks
-//!   only once the bus takes them: keep `ack_wait` above the longest time the bus may stay full,
-//!   or the server redelivers them meanwhile.
+//! - Messages in the bus (queued behind their key, running, backing off) get in-progress acks,
+//!   so the server does not redeliver them while they are ours. Messages prefetched but not
+//!   yet taken by a full bus (at most half its buffer) cannot get them, and past `ack_wait` the
+//!   server sends them again: such a copy of a message the subscription still holds, or acked
+//!   already, is recognised by its stream sequence and dropped (re-acked if it was acked), so it
+//!   is neither handled twice nor out of its key's order
+//!   ([`NatsTransport::copies_dropped`] counts them).
+//! - **Lost on the way**: messages the server sent while a connection went down (or to a pull
+//!   stream that ended) never arrive, and the server, which counts them as delivered, sends them
+//!   again only after `ack_wait`, behind newer messages of their keys. The puller notices the
+//!   gap in stream sequences at its first new message after a reconnect or a new pull stream,
+//!   reads the missing messages from the stream (at most two pulls' worth) and hands them to
+//!   the bus first, so per-key order holds across server crashes; the server's later copies are
+//!   recognised as copies and acked. In a group with several members the gap may hold messages
+//!   another member took: those are then handled by both (at-least-once).
 //! - The client's own tasks run on a thread the transport owns; `close` drains the client and
 //!   ends that thread, so nothing is left, whether the server is up or not.
 #![warn(missing_docs)]
@@ -55,7 +67,7 @@ mod config;
 mod error;
 mod io;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -82,8 +94,11 @@ pub use eventbus_core::ConnectionState;
 
 /// A connection to a NATS server with JetStream.
 ///
-/// One connection per transport; clones of an [`EventBus`](eventbus_core::EventBus) share it.
-/// Two transports are two connections, like two processes.
+/// One connection per transport; clones of an [`EventBus`](eventbus_core::EventBus) share it,
+/// and so do clones of the transport (handles to read its state after handing it to a bus;
+/// the bus's `close` closes it for all of them). Two transports are two connections, like two
+/// processes.
+#[derive(Clone)]
 pub struct NatsTransport {
     inner: Arc<Inner>,
 }
@@ -98,6 +113,7 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     connects: Arc<AtomicU64>,
     last_error: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
+    copies_dropped: Arc<AtomicU64>,
     closed: AtomicBool,
 }
 
@@ -215,6 +231,7 @@ impl NatsTransport {
                 state,
                 connects,
                 last_error,
+                copies_dropped: Arc::default(),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -233,6 +250,12 @@ impl NatsTransport {
     /// Times the client has (re)connected.
     pub fn connects(&self) -> u64 {
         self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Redelivered copies dropped because this transport's subscriptions still held the
+    /// message or had acked it already (see the crate docs on redelivery).
+    pub fn copies_dropped(&self) -> u64 {
+        self.inner.copies_dropped.load(Ordering::Relaxed)
     }
 
     /// The configuration.
@@ -496,9 +519,15 @@ impl Subscriber for NatsTransport {
             &self.inner.io_handle,
             self.inner.client.clone(),
             config.consumer.shortest_redelivery_wait(),
+            Arc::clone(&self.inner.copies_dropped),
         );
         let source = pull_stream(
-            consumer,
+            Puller {
+                consumer,
+                stream,
+                connects: Arc::clone(&self.inner.connects),
+                recover_limit: 2 * batch as u64,
+            },
             batch,
             topic,
             config.consumer.redelivery_delay,
@@ -540,10 +569,10 @@ fn consumer_diff(
 /// time and for more only as the bus takes them (the bus polls this stream only when its
 /// dispatcher has room), so at most about one and a half batches wait outside the bus. Made on
 /// the I/O runtime, where its request task lives; dropped (and its task with it) when the
-/// subscription ends. After a failure (a missed heartbeat across a reconnect, say) it is made
-/// anew: there is never more than one puller per subscription.
+/// subscription ends. It survives reconnects (async-nats re-requests once connected) and is
+/// made anew only if it ends: there is never more than one puller per subscription.
 fn pull_stream(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    puller: Puller,
     batch: usize,
     topic: String,
     redelivery_delay: Duration,
@@ -551,36 +580,110 @@ fn pull_stream(
     io: tokio::runtime::Handle,
 ) -> impl Stream<Item = Result<Incoming<NatsAck>>> + Send {
     struct State {
-        consumer: jetstream::consumer::Consumer<pull::Config>,
+        puller: Puller,
         current: Option<pull::Stream>,
         topic: Arc<str>,
         held: Arc<Held>,
         io: tokio::runtime::Handle,
+        /// Set after an error: the next poll waits a little.
+        pause: bool,
+        /// The transport's connection count when the puller last looked.
+        generation: u64,
+        /// Set when a pull stream replaces an ended one: what the old one was sent in flight
+        /// went with it.
+        renewed: bool,
+        /// The highest stream sequence first delivered to this puller.
+        highest: u64,
+        /// Messages ready for the bus, oldest first: one as a rule, more after a recovery.
+        ready: VecDeque<Incoming<NatsAck>>,
     }
+    let generation = puller.connects.load(Ordering::Relaxed);
     let state = State {
-        consumer,
+        puller,
         current: None,
         topic: Arc::from(topic),
         held,
         io,
+        pause: false,
+        generation,
+        renewed: false,
+        highest: 0,
+        ready: VecDeque::new(),
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
+            if let Some(incoming) = st.ready.pop_front() {
+                return Some((Ok(incoming), st));
+            }
+            if std::mem::take(&mut st.pause) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             if let Some(current) = &mut st.current {
                 match current.next().await {
                     Some(Ok(msg)) => {
-                        let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
-                        return Some((Ok(incoming), st));
+                        if let Ok(info) = msg.info()
+                            && info.delivered == 1
+                        {
+                            let seq = info.stream_sequence;
+                            let generation = st.puller.connects.load(Ordering::Relaxed);
+                            // The first new message since a reconnect or a new pull stream:
+                            // what went missing on the way is handed to the bus before it.
+                            if generation != st.generation || st.renewed {
+                                st.generation = generation;
+                                st.renewed = false;
+                                if st.highest > 0 && seq > st.highest + 1 {
+                                    let lost = st.highest + 1..seq;
+                                    let recovered =
+                                        st.puller.recover(lost, &st.topic, &st.held, &st.io).await;
+                                    st.ready.extend(recovered);
+                                }
+                            }
+                            st.highest = st.highest.max(seq);
+                        }
+                        let Some(seq) = redelivered_key(&msg) else {
+                            let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
+                            st.ready.push_back(incoming);
+                            continue;
+                        };
+                        match st.held.copy_of(seq) {
+                            Redelivery::New => {
+                                let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
+                                st.ready.push_back(incoming);
+                            }
+                            // Its first copy is still in the bus: that copy settles it.
+                            Redelivery::StillHeld => {}
+                            // Handled and acked already (the ack was lost, or this copy sat
+                            // in the client's buffer past the ack wait): skip it, and ack it
+                            // again with the next progress acks (no task per copy, and the
+                            // stream is not held up by the ack).
+                            Redelivery::Acked => {
+                                if let Some(reply) = msg.reply.clone() {
+                                    st.held.ack_later(reply);
+                                }
+                            }
+                        }
+                        // Same stream, next message: making a new stream here would lose what
+                        // the server is sending to this one.
+                        continue;
                     }
+                    // A failed pull request, across a reconnect say: the stream recovers by
+                    // itself (it re-requests once connected) and keeps the messages it has
+                    // buffered, whose loss would bring them back later, behind newer
+                    // messages of their keys. Report it, and pause before polling again.
                     Some(Err(e)) => {
-                        st.current = None;
+                        st.pause = true;
                         let error = NatsError::request("pull", e);
                         return Some((Err(error.into()), st));
                     }
-                    None => st.current = None,
+                    // Ended (its consumer was deleted, say, or its requests failed for too
+                    // long): make another.
+                    None => {
+                        tracing::debug!(topic = %st.topic, "pull stream ended; pulling anew");
+                        st.current = None;
+                    }
                 }
             }
-            let consumer = st.consumer.clone();
+            let consumer = st.puller.consumer.clone();
             let made = st
                 .io
                 .spawn(async move {
@@ -592,7 +695,10 @@ fn pull_stream(
                 })
                 .await;
             match made {
-                Ok(Ok(stream)) => st.current = Some(stream),
+                Ok(Ok(stream)) => {
+                    st.renewed = st.highest > 0;
+                    st.current = Some(stream);
+                }
                 Ok(Err(e)) => {
                     // Disconnected, say: report it and pull again; the client reconnects.
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -620,12 +726,45 @@ fn incoming(
     redelivery_delay: Duration,
     held: &Arc<Held>,
 ) -> Incoming<NatsAck> {
+    // JetStream's own record of when it stored the message, and its stream sequence (from the
+    // ack subject).
+    let (timestamp, stream_seq) = match msg.info() {
+        Ok(info) => (
+            Some(SystemTime::from(info.published)),
+            Some(info.stream_sequence),
+        ),
+        Err(_) => (None, None),
+    };
+    let (message, seq) = message(
+        topic,
+        msg.headers.as_ref(),
+        msg.payload.clone(),
+        timestamp,
+        stream_seq,
+    );
+    Incoming {
+        message: Arc::new(message),
+        ack: NatsAck {
+            held: Some((held.hold(msg.reply.clone(), seq), Arc::clone(held))),
+            seq,
+            msg: Some(msg),
+            redelivery_delay,
+        },
+    }
+}
+
+/// The bus's message for a stream message, and which stream message it is.
+fn message(
+    topic: &Arc<str>,
+    nats_headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+    timestamp: Option<SystemTime>,
+    stream_seq: Option<u64>,
+) -> (Message, Option<CopyKey>) {
     let mut id = None;
     let mut key = None;
-    // JetStream's own record of when it stored the message (from the ack subject).
-    let timestamp = msg.info().ok().map(|info| SystemTime::from(info.published));
     let mut headers = Headers::default();
-    if let Some(h) = msg.headers.as_ref() {
+    if let Some(h) = nats_headers {
         for (name, values) in h.iter() {
             let Some(value) = values.first() else {
                 continue;
@@ -639,6 +778,7 @@ fn incoming(
             }
         }
     }
+    let seq = stream_seq.map(|seq| (seq, id_hash(id.as_ref().map(MessageId::as_str))));
     // A message published without our headers (by another client) still gets an id: the
     // stream sequence would be stabler, but reading it means parsing the reply subject.
     let message = Message::from_parts(
@@ -646,29 +786,153 @@ fn incoming(
         topic.as_ref(),
         key,
         headers,
-        msg.payload.clone(),
+        payload,
         timestamp.unwrap_or_else(SystemTime::now),
     );
-    Incoming {
-        message: Arc::new(message),
-        ack: NatsAck {
-            held: msg
-                .reply
-                .clone()
-                .map(|reply| (held.hold(reply), Arc::clone(held))),
-            msg,
-            redelivery_delay,
-        },
+    (message, seq)
+}
+
+/// What a subscription's puller pulls from, and how it notices reconnects.
+struct Puller {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    stream: jetstream::stream::Stream<()>,
+    /// The transport's connection count.
+    connects: Arc<AtomicU64>,
+    /// The most messages a connection can lose on their way: what the puller's requests had
+    /// outstanding (about one and a half pulls). A wider gap is not all ours (other members
+    /// of the group took some) and is left to redelivery.
+    recover_limit: u64,
+}
+
+impl Puller {
+    /// Reads from the stream the messages in `lost`: stream sequences first delivered (to this
+    /// puller, as far as the server knows) while a connection went down, and so never received.
+    /// A server killed while sending keeps them as delivered and sends them again only after
+    /// the ack wait, behind newer messages of their keys; read now, they are handed to the bus
+    /// in order. They have no reply subject: the server's later copy is recognised as a copy
+    /// (see [`Held`]) and acked then.
+    async fn recover(
+        &self,
+        lost: std::ops::Range<u64>,
+        topic: &Arc<str>,
+        held: &Arc<Held>,
+        io: &tokio::runtime::Handle,
+    ) -> Vec<Incoming<NatsAck>> {
+        if lost.end - lost.start > self.recover_limit {
+            tracing::warn!(topic = %topic, from = lost.start, to = lost.end, "too many messages missed across a reconnect to read back; they come back with redelivery");
+            return Vec::new();
+        }
+        let stream = self.stream.clone();
+        let read = io
+            .spawn(async move {
+                let mut read = Vec::new();
+                for seq in lost {
+                    read.push((seq, stream.get_raw_message(seq).await));
+                }
+                read
+            })
+            .await
+            .unwrap_or_default();
+        let mut recovered = Vec::new();
+        for (seq, result) in read {
+            match result {
+                Ok(m) => {
+                    let (message, key) = message(
+                        topic,
+                        Some(&m.headers),
+                        m.payload,
+                        Some(SystemTime::from(m.time)),
+                        Some(seq),
+                    );
+                    recovered.push(Incoming {
+                        message: Arc::new(message),
+                        ack: NatsAck {
+                            held: Some((held.hold(None, key), Arc::clone(held))),
+                            seq: key,
+                            msg: None,
+                            redelivery_delay: Duration::ZERO,
+                        },
+                    });
+                }
+                // Deleted (by limits, say) or not ours to read: nothing to hand on.
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => {
+                    tracing::warn!(topic = %topic, seq, error = %e, "could not read back a message missed across a reconnect; it comes back with redelivery");
+                }
+            }
+        }
+        recovered
     }
 }
 
 /// Messages a subscription has taken and not settled (queued behind their key, running, or
 /// backing off before a retry). A task on the transport's I/O runtime sends each of them an
-/// in-progress ack every third of the shortest redelivery wait, so the server never redelivers a message that
-/// is still being worked on. The task ends when the subscription's stream and acks are gone.
+/// in-progress ack every third of the shortest redelivery wait, so the server never redelivers a
+/// message that is still being worked on. The task ends when the subscription's stream and acks
+/// are gone.
+///
+/// Messages the client has received but the bus has not taken yet (at most one pull batch,
+/// while the bus is full) cannot get those acks: past the ack wait the server sends them again.
+/// So `Held` also remembers the stream sequences it holds and the ones it acked last, and the
+/// puller drops a redelivered copy of either: handling it would repeat a message, and out of
+/// its key's order.
 struct Held {
-    replies: Mutex<HashMap<u64, async_nats::Subject>>,
+    state: Mutex<HeldState>,
     next: AtomicU64,
+    /// The transport's count of copies dropped.
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct HeldState {
+    replies: HashMap<u64, async_nats::Subject>,
+    /// Messages held now (with their copy count).
+    seqs: HashMap<CopyKey, u32>,
+    /// Messages acked last, oldest first, bounded by `ACKED_MEMORY`.
+    acked: VecDeque<CopyKey>,
+    acked_set: HashSet<CopyKey>,
+    /// Reply subjects of skipped copies of acked messages, acked on the next tick.
+    ack_later: Vec<async_nats::Subject>,
+}
+
+/// Which stream message a delivery is: its stream sequence, and a hash of its message id (after
+/// an unclean server restart a stream may reuse the sequences of messages it lost, so the
+/// sequence alone could name another message).
+type CopyKey = (u64, u64);
+
+fn id_hash(id: Option<&str>) -> u64 {
+    use std::hash::BuildHasher;
+    // Fixed seed: only compared within this process.
+    foldhash::fast::FixedState::with_seed(0).hash_one(id)
+}
+
+/// How many acked sequences a subscription remembers. A stale copy can only come from messages
+/// that were delivered about the same time as the acked one (at most a pull batch plus the bus
+/// buffer apart), so a few times the largest bus buffer is enough.
+const ACKED_MEMORY: usize = 32 * 1024;
+
+/// What a redelivered message is to this subscription.
+enum Redelivery {
+    /// Not seen: handle it.
+    New,
+    /// Its first copy is still in the bus.
+    StillHeld,
+    /// Acked already.
+    Acked,
+}
+
+/// Which message a delivery is, when the server delivered it more than once.
+fn redelivered_key(msg: &jetstream::Message) -> Option<CopyKey> {
+    let info = msg.info().ok()?;
+    if info.delivered <= 1 {
+        return None;
+    }
+    let id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(HEADER_ID))
+        .map(|v| v.as_str());
+    Some((info.stream_sequence, id_hash(id)))
 }
 
 impl Held {
@@ -677,10 +941,12 @@ impl Held {
         client: async_nats::Client,
         // The shortest wait before the server redelivers an unacked message.
         wait: Duration,
+        dropped: Arc<AtomicU64>,
     ) -> Arc<Held> {
         let held = Arc::new(Held {
-            replies: Mutex::default(),
+            state: Mutex::default(),
             next: AtomicU64::new(0),
+            dropped,
         });
         let weak = Arc::downgrade(&held);
         let period = (wait / 3).max(Duration::from_millis(100));
@@ -690,13 +956,11 @@ impl Held {
             loop {
                 tick.tick().await;
                 let Some(held) = weak.upgrade() else { return };
-                let replies: Vec<_> = held
-                    .replies
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
+                let (replies, acks) = {
+                    let mut st = held.lock();
+                    let replies: Vec<_> = st.replies.values().cloned().collect();
+                    (replies, std::mem::take(&mut st.ack_later))
+                };
                 drop(held);
                 for reply in replies {
                     // Best effort: a lost progress ack only risks an early redelivery.
@@ -704,34 +968,83 @@ impl Held {
                         .publish(reply, bytes::Bytes::from_static(b"+WPI"))
                         .await;
                 }
+                for reply in acks {
+                    // Best effort too: a lost one brings the copy back, to be skipped again.
+                    let _ = client
+                        .publish(reply, bytes::Bytes::from_static(b"+ACK"))
+                        .await;
+                }
             }
         });
         held
     }
 
-    fn hold(&self, reply: async_nats::Subject) -> u64 {
+    /// Acks a skipped copy of an acked message with the next progress acks.
+    fn ack_later(&self, reply: async_nats::Subject) {
+        self.lock().ack_later.push(reply);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HeldState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds a message; `reply` gets its progress acks.
+    fn hold(&self, reply: Option<async_nats::Subject>, seq: Option<CopyKey>) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, reply);
+        let mut st = self.lock();
+        if let Some(reply) = reply {
+            st.replies.insert(id, reply);
+        }
+        if let Some(seq) = seq {
+            *st.seqs.entry(seq).or_default() += 1;
+        }
         id
     }
 
-    fn release(&self, id: u64) {
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+    /// Forgets a held message; `acked` when it was acked.
+    fn release(&self, id: u64, seq: Option<CopyKey>, acked: bool) {
+        let mut st = self.lock();
+        st.replies.remove(&id);
+        let Some(seq) = seq else { return };
+        if let std::collections::hash_map::Entry::Occupied(mut e) = st.seqs.entry(seq) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+        if acked && st.acked_set.insert(seq) {
+            st.acked.push_back(seq);
+            if st.acked.len() > ACKED_MEMORY {
+                if let Some(old) = st.acked.pop_front() {
+                    st.acked_set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn copy_of(&self, seq: CopyKey) -> Redelivery {
+        let st = self.lock();
+        let copy = if st.seqs.contains_key(&seq) {
+            Redelivery::StillHeld
+        } else if st.acked_set.contains(&seq) {
+            Redelivery::Acked
+        } else {
+            return Redelivery::New;
+        };
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        copy
     }
 }
 
 /// Acks, naks or releases one JetStream message.
 #[derive(Debug)]
 pub struct NatsAck {
-    msg: jetstream::Message,
+    /// `None` for a message read back after a reconnect: the server's later copy is acked.
+    msg: Option<jetstream::Message>,
     redelivery_delay: Duration,
     held: Option<(u64, Arc<Held>)>,
+    /// Which stream message it is.
+    seq: Option<CopyKey>,
 }
 
 impl std::fmt::Debug for Held {
@@ -743,7 +1056,7 @@ impl std::fmt::Debug for Held {
 impl Drop for NatsAck {
     fn drop(&mut self) {
         if let Some((id, held)) = self.held.take() {
-            held.release(id);
+            held.release(id, self.seq, false);
         }
     }
 }
@@ -751,7 +1064,7 @@ impl Drop for NatsAck {
 impl Acknowledge for NatsAck {
     fn settle(mut self, outcome: &Outcome) -> Settle {
         if let Some((id, held)) = self.held.take() {
-            held.release(id);
+            held.release(id, self.seq, outcome.is_handled());
         }
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
@@ -762,9 +1075,11 @@ impl Acknowledge for NatsAck {
             // check `subscribe_cancel` caught it.)
             Outcome::Cancelled => return Settle::Done(Ok(())),
         };
+        let Some(msg) = self.msg.take() else {
+            return Settle::Done(Ok(()));
+        };
         Settle::Later(Box::pin(async move {
-            self.msg
-                .ack_with(kind)
+            msg.ack_with(kind)
                 .await
                 .map_err(|e| NatsError::request("ack", ErrorText(e.to_string())).into())
         }))

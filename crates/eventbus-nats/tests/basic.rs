@@ -337,6 +337,80 @@ async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
     let _ = js.delete_stream(config.stream_name(&topic)).await;
 }
 
+/// Messages the client received while the bus was full sit outside it past the ack wait, so
+/// the server sends them again; the copies are dropped (the first copy is still in the bus, or
+/// was already handled and acked), so each message is handled once, in its key's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
+    const N: u64 = 12;
+    let config = NatsConfig::new(SHARED_URL)
+        .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
+    let transport = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = transport.jetstream().clone();
+    // Room for 4: the pull batch is 2, so up to 2 more wait in the client, unseen by the bus.
+    let bus = EventBus::builder(transport.clone())
+        .max_in_flight(1)
+        .max_buffered(4)
+        .build();
+    let topic = unique("stale");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let sub = bus
+        .subscribe(
+            &topic,
+            "slow",
+            handler_fn(move |d: Delivery| {
+                let s = Arc::clone(&s);
+                async move {
+                    let seq: u64 = std::str::from_utf8(d.payload())?.parse()?;
+                    // The first keeps the bus full for three ack waits; the others take long
+                    // enough that a copy arrives while its first copy is still in the bus.
+                    let work = if seq == 0 { 3_000 } else { 50 };
+                    tokio::time::sleep(Duration::from_millis(work)).await;
+                    s.lock().unwrap().push(seq);
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let batch: Vec<_> = (0..N)
+        .map(|i| Message::new(&topic, format!("{i}")).with_key("one-aggregate"))
+        .collect();
+    bus.publish_batch(batch).await.unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    // What waited in the client past the ack wait is redelivered once the puller asks for more
+    // (a pull consumer redelivers only into a pull request); wait until everything is acked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = stream.consumer_info("slow").await.unwrap();
+        if seen.lock().unwrap().len() as u64 >= N
+            && info.num_ack_pending == 0
+            && info.num_pending == 0
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all acked: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let redelivered = transport.copies_dropped();
+    sub.close().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        (0..N).collect::<Vec<_>>(),
+        "each message once, in order"
+    );
+    assert!(
+        redelivered > 0,
+        "no redelivered copy reached the puller: nothing tested"
+    );
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_never_exceed_what_the_bus_can_buffer() {
     let config = NatsConfig::new(SHARED_URL);
