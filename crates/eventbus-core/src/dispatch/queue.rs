@@ -6,15 +6,14 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::Poll;
 use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
@@ -57,11 +56,20 @@ impl Outcome {
 
 static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
 
-/// A subscription's handler, type-erased. One call clones the handler and boxes the future
-/// of `ready` + `call` together: a single allocation per message, where a boxed clonable
-/// service would take two (the clone, then the future).
+/// A subscription's handler, type-erased. One call clones the handler and puts the future of
+/// `ready` + `call` together in the worker's [`Slot`].
 trait Handler: Send + Sync + 'static {
-    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>>;
+    fn handle(&self, delivery: Delivery, slot: &mut Slot);
+}
+
+/// Where a worker keeps the handler call it runs. One box per worker, reused: calls of one
+/// route all have the same layout, so a worker allocates only when it moves to a route whose
+/// handler differs in size, not once per message.
+type Slot = ReusableBoxFuture<'static, Result<(), BoxError>>;
+
+/// An empty slot; it holds nothing and allocates nothing.
+fn empty_slot() -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+    std::future::pending()
 }
 
 struct Erased<H>(H);
@@ -72,12 +80,14 @@ where
     H::Error: Into<BoxError>,
     H::Future: Send + 'static,
 {
-    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn handle(&self, delivery: Delivery, slot: &mut Slot) {
         let mut handler = self.0.clone();
-        Box::pin(async move {
+        // A finished call holds nothing (the async block dropped the handler and its future
+        // when it returned), so the previous call dropped here runs no user code.
+        slot.set(async move {
             handler.ready().await.map_err(Into::into)?;
             handler.call(delivery).await.map_err(Into::into)
-        })
+        });
     }
 }
 
@@ -497,6 +507,7 @@ impl Shared {
         // Started or woken on behalf of a ready job (counted in `State::searching`).
         let mut searching = true;
         let mut done: Option<(Job, Outcome)> = None;
+        let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
         loop {
             let parked = self.work.notified();
             tokio::pin!(parked);
@@ -548,7 +559,7 @@ impl Shared {
                 self.complete(job, outcome);
             }
             match next {
-                Some(job) => done = self.run(job).await,
+                Some(job) => done = self.run(job, &mut slot).await,
                 None if park => {
                     parked.await;
                     searching = true;
@@ -572,7 +583,7 @@ impl Shared {
 
     /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to
     /// back off before a retry (its key stays busy meanwhile).
-    async fn run(self: &Arc<Self>, mut job: Job) -> Option<(Job, Outcome)> {
+    async fn run(self: &Arc<Self>, mut job: Job, slot: &mut Slot) -> Option<(Job, Outcome)> {
         let route = Arc::clone(&job.route);
         if route.scope.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
@@ -595,35 +606,38 @@ impl Shared {
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let for_call = Arc::clone(&route);
-        let call = AssertUnwindSafe(
-            async move { for_call.handler.handle(delivery).await }.instrument(span),
-        )
-        .catch_unwind();
         let started = std::time::Instant::now();
-        let mut call = std::pin::pin!(Some(call));
-
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
-        // Most handlers finish on their first poll; only register with the abort token (a
-        // lock on a token shared by the route) for those that wait.
-        let polled = std::future::poll_fn(|cx| match call.as_mut().as_pin_mut() {
-            Some(fut) => fut.poll(cx),
-            None => Poll::Pending,
-        });
-        let mut polled = std::pin::pin!(polled);
-        let result = match futures::FutureExt::now_or_never(polled.as_mut()) {
-            Some(r) => Some(r),
-            None => tokio::select! {
-                biased;
-                () = route.abort.cancelled() => None,
-                r = polled => Some(r),
-            },
+        let result = {
+            let (handler, slot) = (&route.handler, &mut *slot);
+            let call = AssertUnwindSafe(
+                async move {
+                    handler.handle(delivery, slot);
+                    std::future::poll_fn(|cx| slot.poll(cx)).await
+                }
+                .instrument(span),
+            )
+            .catch_unwind();
+            let mut call = std::pin::pin!(call);
+            // Most handlers finish on their first poll; only register with the abort token (a
+            // lock on a token shared by the route) for those that wait.
+            match futures::FutureExt::now_or_never(call.as_mut()) {
+                Some(r) => Some(r),
+                None => tokio::select! {
+                    biased;
+                    () = route.abort.cancelled() => None,
+                    r = call => Some(r),
+                },
+            }
         };
-        // An aborted handler is dropped here, where a panic in its drop is caught too.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| call.set(None))).is_err() {
-            self.panicked.fetch_add(1, Ordering::Relaxed);
-            route.metrics.panicked.increment(1);
+        if !matches!(result, Some(Ok(_))) {
+            // An aborted (or panicked) call may still hold the handler and its future: they
+            // are dropped here, where a panic in their drop is caught too.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| slot.set(empty_slot()))).is_err() {
+                self.panicked.fetch_add(1, Ordering::Relaxed);
+                route.metrics.panicked.increment(1);
+            }
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         route.metrics.duration.record(started.elapsed());
