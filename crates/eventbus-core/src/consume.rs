@@ -34,7 +34,9 @@ pub(crate) async fn pump<S, A>(
     // Finished messages come back on one queue, tagged with the slot holding their ack: no
     // future per message, one wake per batch.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut acks: Slab<(A, Arc<Message>)> = Slab::new();
+    route.complete_into(done_tx);
+    // Each ack, with its message only where a dead letter may have to be built from it.
+    let mut acks: Slab<(A, Option<Arc<Message>>)> = Slab::new();
     let mut settling = FuturesUnordered::new();
     // Rare (a message that failed for good), so boxed.
     let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
@@ -54,8 +56,10 @@ pub(crate) async fn pump<S, A>(
                 }
                 for Done { token, outcome, room } in done.drain(..) {
                     let (ack, message) = acks.remove(token);
-                    if let (Outcome::Failed { .. }, Some(dlq)) = (&outcome, route.dead_letter()) {
-                        let letter = dead_letter_of(&message, dlq, route.group(), &outcome);
+                    if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
+                        (&outcome, route.dead_letter(), &message)
+                    {
+                        let letter = dead_letter_of(message, dlq, route.group(), &outcome);
                         dead_lettering.push(Box::pin(send_dead_letter(
                             outlet.clone(),
                             letter,
@@ -119,11 +123,9 @@ pub(crate) async fn pump<S, A>(
                         route.record_error(&error);
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
-                        let token = acks.insert((ack, Arc::clone(&message)));
-                        let reply = Reply::Queue {
-                            tx: done_tx.clone(),
-                            token,
-                        };
+                        let kept = route.dead_letter().map(|_| Arc::clone(&message));
+                        let token = acks.insert((ack, kept));
+                        let reply = Reply::Queue { token };
                         let route = Arc::clone(&route);
                         dispatcher.submit(Dispatch { route, message }, reply);
                         progress = true;

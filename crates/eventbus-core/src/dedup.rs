@@ -126,7 +126,10 @@ where
     }
 
     fn call(&mut self, delivery: Delivery) -> Self::Future {
-        let key = (Arc::clone(&delivery.group), delivery.message().id().clone());
+        let key = (
+            Arc::clone(&delivery.scope.group),
+            delivery.message().id().clone(),
+        );
         if self.store.seen.contains_key(&key) {
             self.store.skipped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(message_id = %key.1, group = %key.0, "duplicate skipped");

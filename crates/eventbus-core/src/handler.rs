@@ -27,6 +27,13 @@ use crate::message::Message;
 pub struct Delivery {
     pub(crate) message: Arc<Message>,
     pub(crate) attempt: u32,
+    pub(crate) scope: Arc<Scope>,
+}
+
+/// What every delivery of one subscription shares, behind one reference count: cloning the
+/// token for each delivery would take its lock twice per message.
+#[derive(Debug)]
+pub(crate) struct Scope {
     pub(crate) group: Arc<str>,
     pub(crate) closing: CancellationToken,
 }
@@ -37,8 +44,10 @@ impl Delivery {
         Delivery {
             message: Arc::new(message),
             attempt: 1,
-            group: Arc::from(group),
-            closing: CancellationToken::new(),
+            scope: Arc::new(Scope {
+                group: Arc::from(group),
+                closing: CancellationToken::new(),
+            }),
         }
     }
     /// The message.
@@ -59,13 +68,13 @@ impl Delivery {
     }
     /// The consumer group this delivery is for.
     pub fn group(&self) -> &str {
-        &self.group
+        &self.scope.group
     }
     /// Fires when the subscription or the bus starts closing. A handler may finish its work or
     /// stop early; an error it returns after this fired is not a failure: the message is left
     /// unacked for redelivery, never retried or dead-lettered.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.closing
+        &self.scope.closing
     }
     /// Decodes the message as an [`Envelope`].
     pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {

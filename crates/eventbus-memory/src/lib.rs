@@ -40,7 +40,7 @@
 //! [`close`]: eventbus_core::Transport::close
 #![warn(missing_docs)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -52,10 +52,11 @@ use eventbus_core::transport::{
 use eventbus_core::{Error, Message, Outcome, Result};
 use futures::Stream;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
-use tokio::sync::futures::Notified;
-use tokio::time::Instant;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
 
 const NAME: &str = "memory";
 
@@ -132,9 +133,71 @@ struct TopicState {
     /// Messages at offsets `base..base + log.len()`.
     log: VecDeque<Arc<Message>>,
     base: u64,
-    groups: HashMap<String, Group, Fast>,
+    /// Indexed by the numbers in `group_ids`: groups live as long as the broker, so members
+    /// and acks hold an index and no lookup by name is made per message.
+    groups: Vec<Group>,
+    group_ids: HashMap<String, usize, Fast>,
     /// Publishers waiting for room; only then does trimming notify `Topic::space`.
     blocked_publishers: usize,
+}
+
+/// Offsets delivered and not settled. Deliveries are almost always in offset order and acks
+/// close behind, so a window of flags over `start..` (its front always set) does in O(1) and
+/// without allocating per message what a sorted set would do in O(log n) with node allocations.
+#[derive(Debug, Default)]
+struct Unsettled {
+    start: u64,
+    flags: VecDeque<bool>,
+    count: usize,
+}
+
+impl Unsettled {
+    fn insert(&mut self, offset: u64) {
+        if self.flags.is_empty() {
+            self.start = offset;
+        }
+        if offset < self.start {
+            // A redelivery below the window: widen it down to the offset.
+            for _ in offset + 1..self.start {
+                self.flags.push_front(false);
+            }
+            self.flags.push_front(true);
+            self.start = offset;
+        } else {
+            let i = (offset - self.start) as usize;
+            if i >= self.flags.len() {
+                self.flags.resize(i + 1, false);
+            }
+            debug_assert!(!self.flags[i], "offset {offset} delivered twice");
+            self.flags[i] = true;
+        }
+        self.count += 1;
+    }
+
+    /// Whether `offset` was unsettled (it is not any more).
+    fn remove(&mut self, offset: u64) -> bool {
+        let Some(i) = offset.checked_sub(self.start) else {
+            return false;
+        };
+        match self.flags.get_mut(i as usize) {
+            Some(flag) if *flag => *flag = false,
+            _ => return false,
+        }
+        self.count -= 1;
+        while self.flags.front() == Some(&false) {
+            self.flags.pop_front();
+            self.start += 1;
+        }
+        true
+    }
+
+    fn first(&self) -> Option<u64> {
+        (!self.flags.is_empty()).then_some(self.start)
+    }
+
+    fn len(&self) -> usize {
+        self.count
+    }
 }
 
 #[derive(Debug)]
@@ -142,7 +205,7 @@ struct Group {
     /// Next offset never delivered to this group.
     cursor: u64,
     /// Delivered and not settled.
-    pending: BTreeSet<u64>,
+    pending: Unsettled,
     /// To deliver again, not before the instant given; served before newer messages.
     redeliver: BTreeMap<u64, Instant>,
     /// Wakes members waiting for messages.
@@ -156,7 +219,7 @@ impl Group {
     /// Lowest offset this group still needs.
     fn floor(&self) -> u64 {
         let mut floor = self.cursor;
-        if let Some(&p) = self.pending.first() {
+        if let Some(p) = self.pending.first() {
             floor = floor.min(p);
         }
         if let Some((&r, _)) = self.redeliver.first_key_value() {
@@ -206,7 +269,7 @@ impl MemoryTransport {
     pub fn lag(&self, topic: &str, group: &str) -> Option<u64> {
         let topic = lock(&self.broker.topics).get(topic).cloned()?;
         let st = lock(&topic.state);
-        let g = st.groups.get(group)?;
+        let g = &st.groups[*st.group_ids.get(group)?];
         let end = st.base + st.log.len() as u64;
         Some(end - g.cursor + g.pending.len() as u64 + g.redeliver.len() as u64)
     }
@@ -216,6 +279,21 @@ impl MemoryTransport {
         lock(&self.broker.topics)
             .get(topic)
             .map_or(0, |t| lock(&t.state).log.len())
+    }
+
+    /// Appends `message` if its topic has room; gives it back if the topic is full.
+    fn try_append(&self, message: Message) -> Append {
+        let topic = self.topic(message.topic());
+        let mut st = lock(&topic.state);
+        if self.closed.load(Ordering::Acquire) {
+            return Append::Done(Err(Error::Closed));
+        }
+        if st.log.len() >= self.broker.config.topic_capacity {
+            return Append::Full(message);
+        }
+        st.log.push_back(Arc::new(message));
+        st.wake_members();
+        Append::Done(Ok(()))
     }
 
     /// Appends messages of one topic, waiting for room as needed.
@@ -241,9 +319,7 @@ impl MemoryTransport {
                 let room = capacity.saturating_sub(st.log.len());
                 if room > 0 {
                     st.log.extend(messages.by_ref().take(room));
-                    for g in st.groups.values().filter(|g| g.waiting > 0) {
-                        g.ready.notify_waiters();
-                    }
+                    st.wake_members();
                     continue;
                 }
                 // Registered under the topic lock, so room freed after we looked wakes us.
@@ -255,6 +331,22 @@ impl MemoryTransport {
         }
         Ok(())
     }
+}
+
+impl TopicState {
+    /// Wakes the members waiting for messages.
+    fn wake_members(&self) {
+        for g in self.groups.iter().filter(|g| g.waiting > 0) {
+            g.ready.notify_waiters();
+        }
+    }
+}
+
+/// What [`MemoryTransport::try_append`] did.
+enum Append {
+    Done(Result<()>),
+    /// The topic is full: the message back, to wait for room with.
+    Full(Message),
 }
 
 /// Counts a publisher waiting for room for as long as it waits (a timed-out publish included).
@@ -269,7 +361,12 @@ impl Drop for Blocked<'_> {
 #[async_trait::async_trait]
 impl Publisher for MemoryTransport {
     async fn publish(&self, message: Message) -> Result<()> {
-        self.append(std::iter::once(message)).await
+        // The waiting append lives in its own box, made only when the topic is full, so the
+        // future boxed for every publish holds little more than the message.
+        match self.try_append(message) {
+            Append::Done(appended) => appended,
+            Append::Full(message) => Box::pin(self.append(std::iter::once(message))).await,
+        }
     }
 
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
@@ -295,33 +392,38 @@ impl Subscriber for MemoryTransport {
             return Err(Error::Closed);
         }
         let topic = self.topic(request.topic());
-        let group: Arc<str> = Arc::from(request.group());
-        let ready = {
+        let (group, ready) = {
             let mut st = lock(&topic.state);
-            let base = st.base;
-            Arc::clone(
-                &st.groups
-                    .entry(group.to_string())
-                    .or_insert_with(|| Group {
-                        cursor: base,
-                        pending: BTreeSet::new(),
+            let st = &mut *st;
+            let group = match st.group_ids.get(request.group()) {
+                Some(&group) => group,
+                None => {
+                    st.groups.push(Group {
+                        cursor: st.base,
+                        pending: Unsettled::default(),
                         redeliver: BTreeMap::new(),
                         ready: Arc::new(Notify::new()),
                         waiting: 0,
-                    })
-                    .ready,
-            )
+                    });
+                    st.group_ids
+                        .insert(request.group().to_owned(), st.groups.len() - 1);
+                    st.groups.len() - 1
+                }
+            };
+            (group, Arc::clone(&st.groups[group].ready))
         };
         let member = Member {
+            wake: Box::pin(Arc::clone(&ready).notified_owned()),
             topic,
             group,
             ready,
             redelivery_delay: self.broker.config.redelivery_delay,
             registered: false,
+            due: None,
             taken: VecDeque::new(),
             batch: request.max_buffered().clamp(1, TAKE_BATCH),
         };
-        Ok(request.start(Box::pin(member.into_stream())))
+        Ok(request.start(member))
     }
 }
 
@@ -362,8 +464,12 @@ impl Transport for MemoryTransport {
 /// One subscription's view of its group.
 struct Member {
     topic: Arc<Topic>,
-    group: Arc<str>,
+    group: usize,
     ready: Arc<Notify>,
+    /// Registered with `ready` while `registered`; one box per member, refilled in place.
+    wake: Pin<Box<OwnedNotified>>,
+    /// The timer of the next redelivery falling due, made the first time one is waited for.
+    due: Option<Pin<Box<Sleep>>>,
     redelivery_delay: Duration,
     /// Counted in its group's `waiting`.
     registered: bool,
@@ -380,9 +486,7 @@ const TAKE_BATCH: usize = 32;
 impl Drop for Member {
     fn drop(&mut self) {
         if self.registered {
-            if let Some(g) = lock(&self.topic.state).groups.get_mut(&*self.group) {
-                g.waiting -= 1;
-            }
+            lock(&self.topic.state).groups[self.group].waiting -= 1;
         }
     }
 }
@@ -398,7 +502,7 @@ impl Member {
     /// Takes the next message, or registers `wake` for when one may be there. Takes up to
     /// `batch` at once under one lock; the rest wait in `taken` (pending at the broker,
     /// released for redelivery if the subscription ends first).
-    fn try_next(&mut self, wake: Pin<&mut Notified<'_>>) -> Next {
+    fn try_next(&mut self) -> Next {
         if let Some(incoming) = self.taken.pop_front() {
             return Next::Message(incoming);
         }
@@ -406,9 +510,7 @@ impl Member {
         let TopicState {
             log, base, groups, ..
         } = &mut *st;
-        let Some(g) = groups.get_mut(&*self.group) else {
-            return Next::Wait;
-        };
+        let g = &mut groups[self.group];
         if std::mem::take(&mut self.registered) {
             g.waiting -= 1;
         }
@@ -438,7 +540,7 @@ impl Member {
                 message: Arc::clone(&log[(offset - *base) as usize]),
                 ack: MemoryAck {
                     topic: Arc::clone(&self.topic),
-                    group: Arc::clone(&self.group),
+                    group: self.group,
                     offset,
                     redelivery_delay: self.redelivery_delay,
                     settled: false,
@@ -449,7 +551,8 @@ impl Member {
             return Next::Message(incoming);
         }
         // Registered under the topic lock, so a publish after we looked wakes us.
-        wake.enable();
+        self.wake.set(Arc::clone(&self.ready).notified_owned());
+        self.wake.as_mut().enable();
         g.waiting += 1;
         self.registered = true;
         match g.redeliver.values().min() {
@@ -457,25 +560,33 @@ impl Member {
             None => Next::Wait,
         }
     }
+}
 
-    fn into_stream(self) -> impl Stream<Item = Result<Incoming<MemoryAck>>> + Send {
-        futures::stream::unfold(self, |mut member| async move {
-            loop {
-                let ready = Arc::clone(&member.ready);
-                let wake = ready.notified();
-                tokio::pin!(wake);
-                match member.try_next(wake.as_mut()) {
-                    Next::Message(incoming) => return Some((Ok(incoming), member)),
-                    Next::Wait => wake.await,
-                    Next::WaitUntil(at) => {
-                        tokio::select! {
-                            () = wake => {}
-                            () = tokio::time::sleep_until(at) => {}
-                        }
+impl Stream for Member {
+    type Item = Result<Incoming<MemoryAck>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_next() {
+                Next::Message(incoming) => return Poll::Ready(Some(Ok(incoming))),
+                Next::Wait => {}
+                Next::WaitUntil(at) => {
+                    let due = this
+                        .due
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if due.deadline() != at {
+                        due.as_mut().reset(at);
+                    }
+                    if due.as_mut().poll(cx).is_ready() {
+                        continue;
                     }
                 }
             }
-        })
+            if this.wake.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
     }
 }
 
@@ -484,7 +595,7 @@ impl Member {
 #[derive(Debug)]
 pub struct MemoryAck {
     topic: Arc<Topic>,
-    group: Arc<str>,
+    group: usize,
     offset: u64,
     redelivery_delay: Duration,
     settled: bool,
@@ -497,10 +608,8 @@ impl MemoryAck {
         let TopicState {
             log, base, groups, ..
         } = &mut *st;
-        let Some(g) = groups.get_mut(&*self.group) else {
-            return;
-        };
-        if !g.pending.remove(&self.offset) {
+        let g = &mut groups[self.group];
+        if !g.pending.remove(self.offset) {
             return;
         }
         match redeliver_at {
@@ -511,7 +620,7 @@ impl MemoryAck {
                 }
             }
             None => {
-                let floor = groups.values().map(Group::floor).min().unwrap_or(*base);
+                let floor = groups.iter().map(Group::floor).min().unwrap_or(*base);
                 let before = log.len();
                 while *base < floor && log.pop_front().is_some() {
                     *base += 1;
@@ -541,5 +650,51 @@ impl Drop for MemoryAck {
         if !self.settled {
             self.finish(Some(Instant::now()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Unsettled;
+    use std::collections::BTreeSet;
+
+    /// The window answers as the sorted set it replaces, over acks out of order and
+    /// redeliveries below, inside and above the window.
+    #[test]
+    fn unsettled_window_matches_a_sorted_set() {
+        let mut window = Unsettled::default();
+        let mut set = BTreeSet::new();
+        // A fixed pseudo-random walk: deliver the next offset, settle one at random, or
+        // redeliver a settled one.
+        let (mut next, mut seed) = (0u64, 0x9E37_79B9_7F4A_7C15u64);
+        let mut settled: Vec<u64> = Vec::new();
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match seed % 5 {
+                0 | 1 => {
+                    window.insert(next);
+                    set.insert(next);
+                    next += 1;
+                }
+                2 | 3 if !set.is_empty() => {
+                    let pick = *set.iter().nth((seed >> 8) as usize % set.len()).unwrap();
+                    assert!(window.remove(pick));
+                    assert!(!window.remove(pick), "{pick} removed twice");
+                    set.remove(&pick);
+                    settled.push(pick);
+                }
+                _ if !settled.is_empty() => {
+                    let o = settled.swap_remove((seed >> 8) as usize % settled.len());
+                    window.insert(o);
+                    set.insert(o);
+                }
+                _ => {}
+            }
+            assert_eq!(window.first(), set.first().copied());
+            assert_eq!(window.len(), set.len());
+        }
+        assert!(!window.remove(next), "never delivered");
     }
 }

@@ -5,21 +5,20 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::error::BoxError;
-use crate::handler::{Delivery, Panicked};
+use crate::handler::{Delivery, Panicked, Scope};
 use crate::message::{Key, Message};
 use crate::retry::RetryPolicy;
 use crate::telemetry::RouteMetrics;
@@ -57,11 +56,20 @@ impl Outcome {
 
 static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
 
-/// A subscription's handler, type-erased. One call clones the handler and boxes the future
-/// of `ready` + `call` together: a single allocation per message, where a boxed clonable
-/// service would take two (the clone, then the future).
+/// A subscription's handler, type-erased. One call clones the handler and puts the future of
+/// `ready` + `call` together in the worker's [`Slot`].
 trait Handler: Send + Sync + 'static {
-    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>>;
+    fn handle(&self, delivery: Delivery, slot: &mut Slot);
+}
+
+/// Where a worker keeps the handler call it runs. One box per worker, reused: calls of one
+/// route all have the same layout, so a worker allocates only when it moves to a route whose
+/// handler differs in size, not once per message.
+type Slot = ReusableBoxFuture<'static, Result<(), BoxError>>;
+
+/// An empty slot; it holds nothing and allocates nothing.
+fn empty_slot() -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
+    std::future::pending()
 }
 
 struct Erased<H>(H);
@@ -72,12 +80,14 @@ where
     H::Error: Into<BoxError>,
     H::Future: Send + 'static,
 {
-    fn handle(&self, delivery: Delivery) -> BoxFuture<'static, Result<(), BoxError>> {
+    fn handle(&self, delivery: Delivery, slot: &mut Slot) {
         let mut handler = self.0.clone();
-        Box::pin(async move {
+        // A finished call holds nothing (the async block dropped the handler and its future
+        // when it returned), so the previous call dropped here runs no user code.
+        slot.set(async move {
             handler.ready().await.map_err(Into::into)?;
             handler.call(delivery).await.map_err(Into::into)
-        })
+        });
     }
 }
 
@@ -85,13 +95,16 @@ where
 /// Per-key order holds within one route.
 pub struct Route {
     id: u64,
-    group: Arc<str>,
+    /// Group and closing token, shared with every delivery.
+    scope: Arc<Scope>,
     topic: Arc<str>,
     handler: Box<dyn Handler>,
     retry: RetryPolicy,
     dead_letter: Option<Arc<str>>,
-    closing: CancellationToken,
     abort: CancellationToken,
+    /// The completion queue of the consuming loop that feeds this route, if one does: jobs
+    /// reply through it, so a job carries no sender of its own.
+    completions: OnceLock<mpsc::UnboundedSender<Done>>,
     pub(crate) metrics: RouteMetrics,
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
@@ -101,7 +114,7 @@ impl std::fmt::Debug for Route {
         f.debug_struct("Route")
             .field("id", &self.id)
             .field("topic", &self.topic)
-            .field("group", &self.group)
+            .field("group", &self.scope.group)
             .field("retry", &self.retry)
             .field("dead_letter", &self.dead_letter)
             .finish_non_exhaustive()
@@ -128,12 +141,15 @@ impl Route {
         Route {
             id: NEXT_ROUTE.fetch_add(1, Ordering::Relaxed),
             topic: Arc::from(topic),
-            group: Arc::from(group),
+            scope: Arc::new(Scope {
+                group: Arc::from(group),
+                closing,
+            }),
             handler: Box::new(Erased(handler)),
             retry,
             dead_letter: None,
-            closing,
             abort,
+            completions: OnceLock::new(),
             metrics: RouteMetrics::new(topic, group),
             last_error: Mutex::new(None),
         }
@@ -168,11 +184,19 @@ impl Route {
     }
     /// The consumer group.
     pub fn group(&self) -> &str {
-        &self.group
+        &self.scope.group
     }
     /// Fires when the route stops taking messages.
     pub fn closing(&self) -> &CancellationToken {
-        &self.closing
+        &self.scope.closing
+    }
+    /// Makes `completions` the queue of every [`Reply::Queue`] of this route (once: one
+    /// consuming loop feeds a route).
+    pub(crate) fn complete_into(&self, completions: mpsc::UnboundedSender<Done>) {
+        assert!(
+            self.completions.set(completions).is_ok(),
+            "one consuming loop per route"
+        );
     }
     /// Fires when running handlers of the route are dropped.
     pub fn abort(&self) -> &CancellationToken {
@@ -225,7 +249,7 @@ pub(super) struct Job {
 impl Job {
     fn finish(mut self, outcome: Outcome) {
         if let Some((reply, room)) = self.reply.take() {
-            reply.send(outcome, room);
+            reply.send(&self.route, outcome, room);
         }
     }
 }
@@ -233,13 +257,13 @@ impl Job {
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some((reply, room)) = self.reply.take() {
-            reply.send(Outcome::Cancelled, room);
+            reply.send(&self.route, Outcome::Cancelled, room);
         }
     }
 }
 
 impl Reply {
-    fn send(self, outcome: Outcome, room: Reservation) {
+    fn send(self, route: &Route, outcome: Outcome, room: Reservation) {
         // The receiver may be gone (the transport stopped caring): the room is freed either way.
         match self {
             Reply::Oneshot(tx) => {
@@ -247,12 +271,15 @@ impl Reply {
                 drop(room);
                 let _ = tx.send(outcome);
             }
-            Reply::Queue { tx, token } => {
-                let _ = tx.send(Done {
+            Reply::Queue { token } => {
+                let done = Done {
                     token,
                     outcome,
                     room,
-                });
+                };
+                if let Some(tx) = route.completions.get() {
+                    let _ = tx.send(done);
+                }
             }
         }
     }
@@ -262,12 +289,11 @@ impl Reply {
 pub(crate) enum Reply {
     /// To a [`ResponseFuture`](super::ResponseFuture) (the tower `call` path).
     Oneshot(oneshot::Sender<Outcome>),
-    /// To a consuming loop's completion queue, tagged with the loop's token for the message.
-    /// The room the message held travels along and is freed once the loop has settled it, so
-    /// the dispatcher's bounds also cover messages waiting to be acked.
+    /// To the completion queue of the consuming loop feeding the route (see
+    /// [`Route::complete_into`]), tagged with the loop's token for the message. The room the
+    /// message held travels along and is freed once the loop has settled it, so the
+    /// dispatcher's bounds also cover messages waiting to be acked.
     Queue {
-        /// The loop's queue.
-        tx: mpsc::UnboundedSender<Done>,
         /// The loop's tag for the message.
         token: usize,
     },
@@ -349,6 +375,9 @@ struct State {
     /// Hashed with foldhash (seeded per process): keys come from message data, so the hash must
     /// not be predictable, but SipHash costs twice as much on this path.
     keys: HashMap<(u64, Key), VecDeque<Job>, foldhash::fast::RandomState>,
+    /// Emptied queues of `keys`, kept for the next key that gets a waiting job: in a burst
+    /// most busy keys get one, and a fresh queue would allocate for each.
+    spare: Vec<VecDeque<Job>>,
     /// Jobs that may run now; at most one per key.
     ready: VecDeque<Job>,
     workers: usize,
@@ -358,6 +387,10 @@ struct State {
     idle: usize,
     closed: bool,
 }
+
+/// Most emptied key queues kept for reuse, and the largest capacity kept.
+const MAX_SPARE_QUEUES: usize = 1024;
+const MAX_SPARE_CAPACITY: usize = 8;
 
 pub(super) struct Shared {
     state: Mutex<State>,
@@ -409,7 +442,8 @@ impl Shared {
 
     /// Admits a job: it runs now if its key is idle, else it waits behind its key.
     pub(super) fn submit(self: &Arc<Self>, job: Job) {
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         if let Some(id) = job.key() {
             match st.keys.entry(id) {
                 Entry::Occupied(mut waiting) => {
@@ -417,10 +451,11 @@ impl Shared {
                     return;
                 }
                 Entry::Vacant(idle) => {
-                    idle.insert(VecDeque::new());
+                    idle.insert(st.spare.pop().unwrap_or_default());
                 }
             }
         }
+        let mut st = guard;
         st.ready.push_back(job);
         self.wake_worker(st);
     }
@@ -472,6 +507,7 @@ impl Shared {
         // Started or woken on behalf of a ready job (counted in `State::searching`).
         let mut searching = true;
         let mut done: Option<(Job, Outcome)> = None;
+        let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
         loop {
             let parked = self.work.notified();
             tokio::pin!(parked);
@@ -483,11 +519,21 @@ impl Shared {
                 }
                 if let Some((job, _)) = &done {
                     if let Some(id) = job.key() {
-                        if let Entry::Occupied(mut e) = st.keys.entry(id) {
+                        let State {
+                            keys, ready, spare, ..
+                        } = &mut *st;
+                        if let Entry::Occupied(mut e) = keys.entry(id) {
                             match e.get_mut().pop_front() {
-                                Some(next) => st.ready.push_back(next),
+                                Some(next) => ready.push_back(next),
                                 None => {
-                                    e.remove();
+                                    let queue = e.remove();
+                                    // Bounded, and only small queues: a key that once had a
+                                    // long backlog does not pin its memory here.
+                                    if spare.len() < MAX_SPARE_QUEUES
+                                        && queue.capacity() <= MAX_SPARE_CAPACITY
+                                    {
+                                        spare.push(queue);
+                                    }
                                 }
                             }
                         }
@@ -513,7 +559,7 @@ impl Shared {
                 self.complete(job, outcome);
             }
             match next {
-                Some(job) => done = self.run(job).await,
+                Some(job) => done = self.run(job, &mut slot).await,
                 None if park => {
                     parked.await;
                     searching = true;
@@ -537,17 +583,16 @@ impl Shared {
 
     /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to
     /// back off before a retry (its key stays busy meanwhile).
-    async fn run(self: &Arc<Self>, mut job: Job) -> Option<(Job, Outcome)> {
+    async fn run(self: &Arc<Self>, mut job: Job, slot: &mut Slot) -> Option<(Job, Outcome)> {
         let route = Arc::clone(&job.route);
-        if route.closing.is_cancelled() {
+        if route.scope.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
         }
         job.attempts += 1;
         let delivery = Delivery {
             message: Arc::clone(&job.message),
             attempt: job.attempts,
-            group: Arc::clone(&route.group),
-            closing: route.closing.clone(),
+            scope: Arc::clone(&route.scope),
         };
         // Everything that runs user code (cloning the handler, polling it, dropping it) stays
         // inside `catch_unwind`, so a panic anywhere in it is counted and the job still gets
@@ -555,41 +600,44 @@ impl Shared {
         let span = tracing::info_span!(
             "eventbus.handle",
             topic = %route.topic,
-            group = %route.group,
+            group = %route.scope.group,
             key = job.message.key().map(|k| k.as_str()),
             message_id = %job.message.id(),
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let for_call = Arc::clone(&route);
-        let call = AssertUnwindSafe(
-            async move { for_call.handler.handle(delivery).await }.instrument(span),
-        )
-        .catch_unwind();
         let started = std::time::Instant::now();
-        let mut call = std::pin::pin!(Some(call));
-
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
-        // Most handlers finish on their first poll; only register with the abort token (a
-        // lock on a token shared by the route) for those that wait.
-        let polled = std::future::poll_fn(|cx| match call.as_mut().as_pin_mut() {
-            Some(fut) => fut.poll(cx),
-            None => Poll::Pending,
-        });
-        let mut polled = std::pin::pin!(polled);
-        let result = match futures::FutureExt::now_or_never(polled.as_mut()) {
-            Some(r) => Some(r),
-            None => tokio::select! {
-                biased;
-                () = route.abort.cancelled() => None,
-                r = polled => Some(r),
-            },
+        let result = {
+            let (handler, slot) = (&route.handler, &mut *slot);
+            let call = AssertUnwindSafe(
+                async move {
+                    handler.handle(delivery, slot);
+                    std::future::poll_fn(|cx| slot.poll(cx)).await
+                }
+                .instrument(span),
+            )
+            .catch_unwind();
+            let mut call = std::pin::pin!(call);
+            // Most handlers finish on their first poll; only register with the abort token (a
+            // lock on a token shared by the route) for those that wait.
+            match futures::FutureExt::now_or_never(call.as_mut()) {
+                Some(r) => Some(r),
+                None => tokio::select! {
+                    biased;
+                    () = route.abort.cancelled() => None,
+                    r = call => Some(r),
+                },
+            }
         };
-        // An aborted handler is dropped here, where a panic in its drop is caught too.
-        if std::panic::catch_unwind(AssertUnwindSafe(|| call.set(None))).is_err() {
-            self.panicked.fetch_add(1, Ordering::Relaxed);
-            route.metrics.panicked.increment(1);
+        if !matches!(result, Some(Ok(_))) {
+            // An aborted (or panicked) call may still hold the handler and its future: they
+            // are dropped here, where a panic in their drop is caught too.
+            if std::panic::catch_unwind(AssertUnwindSafe(|| slot.set(empty_slot()))).is_err() {
+                self.panicked.fetch_add(1, Ordering::Relaxed);
+                route.metrics.panicked.increment(1);
+            }
         }
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         route.metrics.duration.record(started.elapsed());
@@ -609,12 +657,12 @@ impl Shared {
                     .map(|s| s.to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".into());
-                tracing::error!(topic = %route.topic, group = %route.group, message_id = %job.message.id(), panic = %what, "handler panicked");
+                tracing::error!(topic = %route.topic, group = %route.scope.group, message_id = %job.message.id(), panic = %what, "handler panicked");
                 Box::new(Panicked(what))
             }
         };
         // Shutdown is not failure: an error once closing began leaves the message for redelivery.
-        if route.closing.is_cancelled() {
+        if route.scope.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
         }
         let first_failure = *job.first_failure.get_or_insert_with(SystemTime::now);
@@ -626,7 +674,7 @@ impl Shared {
                 .next()
         };
         let Some(delay) = delay else {
-            tracing::warn!(topic = %route.topic, group = %route.group, message_id = %job.message.id(), attempts = job.attempts, error = %error, "handler failed for good");
+            tracing::warn!(topic = %route.topic, group = %route.scope.group, message_id = %job.message.id(), attempts = job.attempts, error = %error, "handler failed for good");
             let attempts = job.attempts;
             return Some((
                 job,
@@ -645,7 +693,7 @@ impl Shared {
             async move {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = route.closing.cancelled() => {}
+                    () = route.scope.closing.cancelled() => {}
                 }
                 shared.resume(job);
             },
