@@ -5,6 +5,7 @@
 //! - [`lanes`]: the fixed-lane baseline (256 lanes chosen by hashing the key, the Go SDK's
 //!   design) and [`hol`], the head-of-line scenario that compares it with the dispatcher;
 //! - [`nats`]: the NATS bus against raw async-nats on the same stream settings;
+//! - [`kafka`]: the Kafka bus against raw rdkafka on the same client settings;
 //! - [`stats`]: interleaved rounds (A B A B …), medians, spreads and ratios;
 //! - [`cost`]: instructions (callgrind) and heap allocations per message on a fixed workload;
 //! - [`report`]: BENCHMARKS.md and its SVG charts.
@@ -15,6 +16,7 @@
 
 pub mod cost;
 pub mod hol;
+pub mod kafka;
 pub mod lanes;
 pub mod nats;
 pub mod report;

@@ -1,8 +1,9 @@
 //! Runs the benchmarks of eventbus-bench and prints (or writes) the report.
 //!
-//! - `eventbus-bench run [--rounds N] [--quick] [--no-nats] [--report ROOT]`: throughput
+//! - `eventbus-bench run [--rounds N] [--quick] [--no-nats] [--no-kafka] [--report ROOT]`: throughput
 //!   ratios (dispatcher and memory bus against the raw mpsc loop, NATS bus against raw
-//!   async-nats when a server answers on 127.0.0.1:4222), interleaved rounds, and the
+//!   async-nats when a server answers on 127.0.0.1:4222, Kafka bus against raw rdkafka on a
+//!   private tansu or `EVENTBUS_KAFKA_BROKERS`), interleaved rounds, and the
 //!   head-of-line table; with `--report`, also the cost per message, then
 //!   `ROOT/BENCHMARKS.md` and `ROOT/docs/bench/*.svg`.
 //! - `eventbus-bench cost [--no-callgrind] [--profile]`: instructions and allocations per
@@ -18,7 +19,7 @@ use eventbus_bench::cost::{self, TARGET_ALLOCATIONS, TARGET_INSTRUCTIONS};
 use eventbus_bench::hol::{Design, Hol};
 use eventbus_bench::report::{HolRow, Results};
 use eventbus_bench::stats::{Comparison, Rate, Ratio, Samples};
-use eventbus_bench::{nats, report, runtime, workload};
+use eventbus_bench::{kafka, nats, report, runtime, workload};
 
 struct Args(Vec<String>);
 
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: eventbus-bench run [--rounds N] [--quick] [--no-nats] [--report ROOT]\n\
+                "usage: eventbus-bench run [--rounds N] [--quick] [--no-nats] [--no-kafka] [--report ROOT]\n\
                  \x20      eventbus-bench cost [--no-callgrind] [--profile]"
             );
             ExitCode::from(2)
@@ -184,14 +185,38 @@ fn run(args: &Args) -> ExitCode {
             .notes
             .push("NATS not measured: no server answered on 127.0.0.1:4222.".into());
     }
-    results.notes.push(
-        "Kafka bus vs raw rdkafka: TODO, not in this report. The Kafka transport is still \
-         in progress (another engineer's); its own comparison on the same broker is \
-         `cargo run --release -p eventbus-kafka --example kafka_throughput`. It belongs here \
-         (produce with delivery report, consume, commit; ≥ 0.90× target) once the transport's \
-         tests pass in full."
-            .into(),
-    );
+    // Kafka.
+    if args.flag("--no-kafka") {
+        results
+            .notes
+            .push("Kafka not measured (`--no-kafka`).".into());
+    } else {
+        match kafka::Broker::start() {
+            Ok(broker) => {
+                let n = 5_000 / scale;
+                let mut c = Comparison::new("Kafka bus vs raw rdkafka, end to end", "Kafka", n);
+                for run in 0..rounds as u32 {
+                    // The broker's store grows with every run: alternate which side goes
+                    // first, so neither always meets the larger one.
+                    let (raw, bus) = if run % 2 == 0 {
+                        let raw = runtime.block_on(kafka::raw(broker.brokers(), n, run));
+                        (raw, runtime.block_on(kafka::bus(broker.brokers(), n, run)))
+                    } else {
+                        let bus = runtime.block_on(kafka::bus(broker.brokers(), n, run));
+                        (runtime.block_on(kafka::raw(broker.brokers(), n, run)), bus)
+                    };
+                    c.round(raw, bus);
+                    eprintln!("Kafka round {run}: raw {raw:.0} msg/s, bus {bus:.0} msg/s");
+                }
+                print_comparison(&c);
+                results.comparisons.push((c, Some(0.90)));
+            }
+            Err(e) => results.notes.push(format!(
+                "Kafka not measured: no broker ({e}; set EVENTBUS_KAFKA_BROKERS or install \
+                 tansu, see DEVELOPERS.md)."
+            )),
+        }
+    }
 
     // Head-of-line.
     let hol = Hol {
@@ -370,7 +395,7 @@ fn command(args: &Args) -> String {
     if args.value("--report").is_some() {
         c.push_str(" --report");
     }
-    for flag in ["--quick", "--no-nats"] {
+    for flag in ["--quick", "--no-nats", "--no-kafka"] {
         if args.flag(flag) {
             c.push(' ');
             c.push_str(flag);

@@ -1,7 +1,9 @@
 //! End-to-end throughput over a Kafka-protocol broker: the bus (idempotent publish awaiting the
 //! delivery reports → handler → tracked commit) against raw rdkafka doing the same work (the
-//! same producer settings, a group consumer committing its offsets by hand), in the same run,
-//! interleaved (raw, bus, raw, bus, ...); prints medians and the ratio.
+//! same producer and consumer settings, a group consumer storing each offset and committing
+//! every 200 ms, the transport's default interval), in the same run, interleaved (raw, bus,
+//! bus, raw, ...: the broker's store grows, so neither side always goes first); prints
+//! medians and the ratio.
 //!
 //! `cargo run --release -p eventbus-kafka --example kafka_throughput [-- --messages N --rounds N --brokers B]`
 //!
@@ -23,7 +25,7 @@ use eventbus_kafka::{KafkaConfig, KafkaTransport};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use tokio::sync::Notify;
 
 const CHUNK: usize = 256;
@@ -56,40 +58,72 @@ async fn raw(brokers: &str, n: u64, run: u32) -> f64 {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", "1065536")
         .create()
         .expect("producer");
+    // Before the clock, as the bus's producer does when it provisions the topic (it has
+    // also had its producer id since connecting): the topic's metadata, so the first send
+    // does not wait for a lookup.
+    {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(10))
+                .map(drop)
+        })
+        .await
+        .expect("metadata")
+        .expect("metadata");
+    }
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-{run}"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("queued.max.messages.kbytes", "4096")
         .set("fetch.wait.max.ms", "100")
         .create()
         .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    // The topic's 4 partitions from offset 0 (the topic is new), committed under the group.
+    // The bus's `subscribe` returns once the group assigned it and it read the committed
+    // offsets it starts from; a raw `subscribe` would still be looking its offsets up (an
+    // offset fetch, then the reset to the earliest) with the clock running.
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(0))
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
     let got = Arc::new(AtomicU64::new(0));
     let assigned = Arc::new(AtomicBool::new(false));
     let done = Arc::new(Notify::new());
     let reader = {
         let (got, assigned, done) = (Arc::clone(&got), Arc::clone(&assigned), Arc::clone(&done));
         std::thread::spawn(move || {
-            let mut since_commit = 0;
-            while got.load(Ordering::Relaxed) < n {
+            let mut last_commit = Instant::now();
+            // n and the warm-up message.
+            while got.load(Ordering::Relaxed) < n + 1 {
                 match consumer.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
                         // A trivial handler, then the offset stored for the next commit.
                         std::hint::black_box(m.payload());
                         let _ = consumer.store_offset_from_message(&m);
-                        since_commit += 1;
-                        if since_commit >= CHUNK {
-                            since_commit = 0;
-                            let _ = consumer.commit_consumer_state(CommitMode::Async);
-                        }
                         got.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(Err(_)) => {}
                     None => {}
+                }
+                // The transport's default commit interval.
+                if last_commit.elapsed() >= Duration::from_millis(200) {
+                    last_commit = Instant::now();
+                    let _ = consumer.commit_consumer_state(CommitMode::Async);
                 }
                 if !assigned.load(Ordering::Relaxed)
                     && consumer.assignment().is_ok_and(|a| a.count() > 0)
@@ -101,23 +135,41 @@ async fn raw(brokers: &str, n: u64, run: u32) -> f64 {
             done.notify_one();
         })
     };
-    // Like the bus's subscribe: measure from a joined consumer.
+    // Like the bus after subscribe: measure with the partitions assigned.
     while !assigned.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = Instant::now();
     let body = payload();
+    // One message, its delivery report awaited, before the clock, on both sides: a new
+    // producer gets its producer id and broker connection on its first send.
+    let id = eventbus_core::MessageId::new();
+    let warm_up = FutureRecord::to(&topic)
+        .key("warm-up")
+        .payload(&body)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "eb-id",
+            value: Some(id.as_str()),
+        }));
+    producer
+        .send_result(warm_up)
+        .map_err(|(e, _)| e)
+        .expect("queue")
+        .await
+        .expect("report")
+        .map_err(|(e, _)| e)
+        .expect("warm-up delivery");
+    let started = Instant::now();
     let mut sent = 0;
     while sent < n {
         let mut deliveries = Vec::with_capacity(CHUNK);
         for i in sent..(sent + CHUNK as u64).min(n) {
             let key = format!("k{}", i % 100);
-            // The one header the bus adds to a plain message: its id (tansu stores headers
-            // slowly, so leaving it out would measure the broker, not the transport).
-            let id = format!("{run}-{i}");
+            // The one header the bus adds to a plain message: its id, of the same length
+            // (tansu stores headers slowly, so leaving it out would measure the broker).
+            let id = eventbus_core::MessageId::new();
             let headers = OwnedHeaders::new().insert(Header {
                 key: "eb-id",
-                value: Some(&id),
+                value: Some(id.as_str()),
             });
             let record = FutureRecord::to(&topic)
                 .key(&key)
@@ -140,7 +192,7 @@ async fn raw(brokers: &str, n: u64, run: u32) -> f64 {
     }
     let published = started.elapsed();
     let notified = done.notified();
-    if got.load(Ordering::Relaxed) < n {
+    if got.load(Ordering::Relaxed) < n + 1 {
         notified.await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -169,7 +221,7 @@ async fn bus(brokers: &str, n: u64, run: u32) -> f64 {
                 let (got, done) = (Arc::clone(&got), Arc::clone(&done));
                 async move {
                     std::hint::black_box(d.message().payload());
-                    if got.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    if got.fetch_add(1, Ordering::Relaxed) == n {
                         done.notify_one();
                     }
                     Ok::<_, BoxError>(())
@@ -179,8 +231,12 @@ async fn bus(brokers: &str, n: u64, run: u32) -> f64 {
         .await
         .expect("subscribe")
     };
-    let started = Instant::now();
     let body = payload();
+    // See `raw`.
+    bus.publish(Message::new(&topic, body.clone()).with_key("warm-up"))
+        .await
+        .expect("warm-up publish");
+    let started = Instant::now();
     let mut sent = 0;
     while sent < n {
         let batch: Vec<Message> = (sent..(sent + CHUNK as u64).min(n))
@@ -191,7 +247,7 @@ async fn bus(brokers: &str, n: u64, run: u32) -> f64 {
     }
     let published = started.elapsed();
     let notified = done.notified();
-    if got.load(Ordering::Relaxed) < n {
+    if got.load(Ordering::Relaxed) < n + 1 {
         notified.await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -223,8 +279,15 @@ async fn main() {
     };
     let (mut raws, mut buses) = (Vec::new(), Vec::new());
     for run in 0..rounds {
-        let r = raw(&brokers, n, run).await;
-        let b = bus(&brokers, n, run).await;
+        // The broker's store grows with every run: alternate which side goes first, so
+        // neither always meets the larger one.
+        let (r, b) = if run % 2 == 0 {
+            let r = raw(&brokers, n, run).await;
+            (r, bus(&brokers, n, run).await)
+        } else {
+            let b = bus(&brokers, n, run).await;
+            (raw(&brokers, n, run).await, b)
+        };
         println!("round {run}: raw rdkafka {r:.0} msg/s, bus {b:.0} msg/s");
         raws.push(r);
         buses.push(b);

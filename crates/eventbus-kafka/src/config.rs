@@ -71,7 +71,7 @@ pub struct ConsumerOptions {
     /// `heartbeat.interval.ms` (default 1 s).
     pub heartbeat_interval: Duration,
     /// `max.poll.interval.ms` (default 5 min). The transport polls all the time, also while
-    /// the bus is full (with the partitions paused), so only a revoke waiting for handlers
+    /// the bus is full (leaving messages in librdkafka), so only a revoke waiting for handlers
     /// comes near it; keep it above [`revoke_timeout`](Self::revoke_timeout).
     pub max_poll_interval: Duration,
     /// On a revoke, how long to wait for the handlers of the revoked partitions before
@@ -85,7 +85,7 @@ pub struct ConsumerOptions {
     /// also committed on every revoke and at close.
     pub commit_interval: Duration,
     /// Most messages polled from librdkafka and not yet taken by the bus (default 256, and
-    /// never more than the bus's `max_buffered`); past it, the partitions are paused.
+    /// never more than the bus's `max_buffered`); past it, messages stay in librdkafka.
     pub prefetch: usize,
 }
 

@@ -469,7 +469,14 @@ pub(crate) fn poll_loop(
         }
         if !moved {
             if full {
-                shared.waiting_room.store(true, Ordering::Release);
+                shared.waiting_room.store(true, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                // The bus may have taken a message between the check above and the flag
+                // (its wake-up was then skipped): look again rather than sleep through it.
+                if tx.capacity() > 0 {
+                    shared.waiting_room.store(false, Ordering::Relaxed);
+                    continue;
+                }
             }
             // Woken by new messages, by the bus taking one, or by a stop; the timeout keeps
             // the main queue (rebalances, commit results) served.
@@ -648,7 +655,7 @@ impl Stream for KafkaStream {
             }
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(p)) => {
-                    if this.shared.waiting_room.swap(false, Ordering::AcqRel) {
+                    if this.shared.waiting_room.swap(false, Ordering::SeqCst) {
                         this.shared.wake();
                     }
                     if let Some(incoming) = this.hand_out(p) {

@@ -58,8 +58,9 @@
 //!   (except for the redeliveries above).
 //! - Backpressure: the bus pulls only when it has room; the consumer thread hands over at
 //!   most [`ConsumerOptions::prefetch`] messages (never more than the bus buffers) and
-//!   pauses its partitions past that, while it keeps polling (so `max.poll.interval.ms` is
-//!   never exceeded).
+//!   leaves the rest in librdkafka (whose own prefetch is bounded by
+//!   `queued.max.messages.kbytes`, 4 MB here), while it keeps polling (so
+//!   `max.poll.interval.ms` is never exceeded). No partition is paused.
 //! - Rebalance: on a revoke the transport stops handing out the revoked partitions, waits up
 //!   to [`ConsumerOptions::revoke_timeout`] for their handlers, commits, then lets the
 //!   rebalance go on; an assigned partition starts at its committed offset (a new group at
