@@ -99,7 +99,12 @@ async fn publish_consume_close_leaves_nothing() {
         tokio::task::yield_now().await;
     }
     assert_eq!(after, before, "tasks left after close");
-    assert_eq!(support::threads(), threads, "threads left after close");
+    assert_eq!(
+        support::threads_after_close(threads).await,
+        threads,
+        "threads left after close: {:?}",
+        support::thread_names()
+    );
     // Clean up the stream (it is file-backed on the shared server).
     let _ = js.delete_stream(config.stream_name(&topic)).await;
 }
@@ -295,7 +300,12 @@ async fn close_with_the_server_dead_leaves_no_task_or_thread() {
         tokio::task::yield_now().await;
     }
     assert_eq!(after, before, "tasks left after close");
-    assert_eq!(support::threads(), threads, "threads left after close");
+    assert_eq!(
+        support::threads_after_close(threads).await,
+        threads,
+        "threads left after close: {:?}",
+        support::thread_names()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
