@@ -14,7 +14,7 @@
 //!   suite per transport (the `conformance` example, release build): a pass/fail table; fails
 //!   when a check fails.
 //!
-//! - `bench [--report] [--quick] [--rounds N] [--no-nats] [--criterion]`: the benchmarks of
+//! - `bench [--report] [--quick] [--rounds N] [--no-nats] [--no-kafka] [--criterion]`: the benchmarks of
 //!   `eventbus-bench` (release build): throughput ratios against raw loops and clients from
 //!   interleaved rounds, and the head-of-line table; `--report` adds the cost per message and
 //!   writes `BENCHMARKS.md` and `docs/bench/*.svg`; `--criterion` runs the criterion benches
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                 "usage: cargo xtask <test | report [-- args] | load [args] | conformance [args] | bench [args] | cost [args]>\n\
                  \x20 load        [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]\n\
                  \x20 conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]\n\
-                 \x20 bench       [--report] [--quick] [--rounds N] [--no-nats] [--criterion]\n\
+                 \x20 bench       [--report] [--quick] [--rounds N] [--no-nats] [--no-kafka] [--criterion]\n\
                  \x20 cost        [--no-callgrind] [--profile]"
             );
             return ExitCode::from(2);
