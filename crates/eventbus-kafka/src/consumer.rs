@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ConsumerOptions;
 use crate::done::DoneStore;
+use crate::handover::{self, PartitionOf};
 use crate::offsets::{Taken, Tracker};
 
 /// The header carrying the message id.
@@ -39,6 +40,8 @@ pub(crate) const HEADER_ID: &str = "eb-id";
 /// What the poller thread, the stream, the acks and the rebalance callbacks share.
 pub(crate) struct Shared {
     topic: String,
+    /// This member, in the process's registry of partition owners (see `handover`).
+    member: u64,
     state: Mutex<State>,
     /// Signalled when a message is settled (a revoke waits for its partitions' handlers).
     settled: Condvar,
@@ -73,6 +76,7 @@ impl Shared {
     pub(crate) fn new(topic: String) -> Arc<Self> {
         Arc::new(Shared {
             topic,
+            member: handover::new_member(),
             state: Mutex::default(),
             settled: Condvar::new(),
             waiting_room: AtomicBool::new(false),
@@ -141,13 +145,17 @@ impl Shared {
             .is_some_and(|p| p.epoch == epoch && !p.revoked)
     }
 
-    /// The offsets to commit for `partitions` (all when `None`) that changed since the last
-    /// commit, recorded as committed; with (partition, offset, metadata) of those whose
-    /// metadata lists finished offsets.
+    /// The offsets to commit for `partitions` (all when `None`), recorded as committed; with
+    /// (partition, offset, metadata) of those whose metadata lists finished offsets.
+    /// `Changed` leaves out what the last commit sent already; `All` (a hand-over) does not:
+    /// an asynchronous commit that was sent may not have landed (against tansu, a new owner
+    /// was seen reading an offset from before the previous owner's last periodic commit, and
+    /// handling hundreds of messages again).
     fn to_commit(
         &self,
         state: &mut State,
         partitions: Option<&[i32]>,
+        which: Marks,
     ) -> (TopicPartitionList, Vec<(i32, i64, String)>) {
         let mut tpl = TopicPartitionList::new();
         let mut finished = Vec::new();
@@ -163,7 +171,7 @@ impl Shared {
             if !mark.1.is_empty() {
                 finished.push((partition, mark.0, mark.1.clone()));
             }
-            if part.committed.as_ref() == Some(&mark) {
+            if which == Marks::Changed && part.committed.as_ref() == Some(&mark) {
                 continue;
             }
             let (offset, metadata) = mark.clone();
@@ -177,6 +185,15 @@ impl Shared {
     }
 }
 
+/// Which watermarks [`Shared::to_commit`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marks {
+    /// Those that moved since the last commit (periodic commits).
+    Changed,
+    /// Every one (a hand-over, committed synchronously).
+    All,
+}
+
 /// The consumer's context: rebalance callbacks (they run on the poller thread, inside `poll`).
 pub(crate) struct KafkaContext {
     pub(crate) shared: Arc<Shared>,
@@ -185,6 +202,17 @@ pub(crate) struct KafkaContext {
     pub(crate) store: Arc<DoneStore>,
     pub(crate) revoke_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// The bootstrap servers: which cluster the group is on.
+    pub(crate) cluster: String,
+    /// How long an assignment waits for the member of this process that had a partition to
+    /// hand it over.
+    pub(crate) handover_wait: Duration,
+}
+
+impl Drop for KafkaContext {
+    fn drop(&mut self) {
+        handover::owners().release_all(self.shared.member);
+    }
 }
 
 impl ClientContext for KafkaContext {
@@ -224,6 +252,7 @@ impl ConsumerContext for KafkaContext {
             other => {
                 tracing::warn!(topic = %self.shared.topic, error = ?other, "rebalance error");
                 let _ = consumer.unassign();
+                handover::owners().release_all(self.shared.member);
             }
         }
     }
@@ -231,11 +260,20 @@ impl ConsumerContext for KafkaContext {
     fn commit_callback(
         &self,
         result: rdkafka::error::KafkaResult<()>,
-        _offsets: &TopicPartitionList,
+        offsets: &TopicPartitionList,
     ) {
         if let Err(e) = result {
-            // The next commit carries the same or a later watermark.
             tracing::debug!(topic = %self.shared.topic, error = %e, "offset commit failed");
+            // Not committed after all: the next periodic commit sends these marks again.
+            let mut state = self.shared.lock();
+            for e in offsets.elements_for_topic(&self.shared.topic) {
+                if let (Some(part), Offset::Offset(o)) =
+                    (state.parts.get_mut(&e.partition()), e.offset())
+                    && part.committed.as_ref().is_some_and(|(c, _)| *c == o)
+                {
+                    part.committed = None;
+                }
+            }
         }
     }
 }
@@ -251,6 +289,16 @@ impl KafkaContext {
             .iter()
             .map(|e| (e.partition(), (None, String::new())))
             .collect();
+        // The committed offsets are read once the member of this process that had these
+        // partitions has committed them (see `handover`).
+        let claimed: Vec<PartitionOf> = starts.keys().map(|&p| self.partition_of(p)).collect();
+        let waited = Instant::now();
+        let late = handover::owners().claim(self.shared.member, &claimed, self.handover_wait);
+        tracing::debug!(%topic, member = self.shared.member, partitions = ?starts.keys().collect::<Vec<_>>(), waited = ?waited.elapsed(), "assigned");
+        if !late.is_empty() {
+            let late: Vec<i32> = late.iter().map(|p| p.partition).collect();
+            tracing::warn!(%topic, partitions = ?late, "assigned partitions their previous owner here has not handed over in time; messages it is handling may be handled again");
+        }
         // Owned values only: a list returned by the consumer and still alive when the consumer
         // is dropped makes the drop hang.
         match consumer.committed_offsets(tpl.clone(), self.request_timeout) {
@@ -296,6 +344,7 @@ impl KafkaContext {
             );
         }
         drop(state);
+        tracing::debug!(%topic, member = self.shared.member, committed = ?found, "starting at");
         self.shared.assignments.send_modify(|n| *n += 1);
         found
     }
@@ -333,12 +382,28 @@ impl KafkaContext {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let commit = self.shared.to_commit(&mut state, Some(&revoked));
+        let commit = self
+            .shared
+            .to_commit(&mut state, Some(&revoked), Marks::All);
+        tracing::debug!(topic = %self.shared.topic, member = self.shared.member, partitions = ?revoked, waited = ?(Instant::now() + self.revoke_timeout - deadline), "revoked");
         for p in &revoked {
             state.parts.remove(p);
         }
         drop(state);
         self.hand_over(consumer, commit);
+        handover::owners().release(
+            self.shared.member,
+            revoked.iter().map(|&p| self.partition_of(p)),
+        );
+    }
+
+    fn partition_of(&self, partition: i32) -> PartitionOf {
+        PartitionOf {
+            cluster: self.cluster.clone(),
+            group_id: self.group_id.clone(),
+            topic: self.shared.topic.clone(),
+            partition,
+        }
     }
 
     /// Commits for a new owner: the finished offsets above each committed one are recorded
@@ -354,7 +419,9 @@ impl KafkaContext {
         if tpl.count() == 0 {
             return;
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+        let committed = consumer.commit(&tpl, CommitMode::Sync);
+        tracing::debug!(topic = %self.shared.topic, member = self.shared.member, offsets = ?tpl.to_topic_map(), ok = committed.is_ok(), "handed over");
+        if let Err(e) = committed {
             tracing::warn!(topic = %self.shared.topic, error = %e, "commit at hand-over failed; finished messages will be delivered again");
         }
     }
@@ -488,12 +555,13 @@ pub(crate) fn poll_loop(
     drop(queues);
     let last = {
         let mut state = shared.lock();
-        let last = shared.to_commit(&mut state, None);
+        let last = shared.to_commit(&mut state, None, Marks::All);
         // Handed over here: the revoke that closing the consumer runs has nothing to add.
         state.parts.clear();
         last
     };
     consumer.context().hand_over(&consumer, last);
+    handover::owners().release_all(shared.member);
     // Dropping closes the consumer: librdkafka revokes (our callback commits again if
     // anything changed), leaves the group, and ends its threads.
     drop(consumer);
@@ -503,7 +571,7 @@ pub(crate) fn poll_loop(
 fn commit(consumer: &BaseConsumer<KafkaContext>, shared: &Shared, mode: CommitMode) {
     let (tpl, _) = {
         let mut state = shared.lock();
-        shared.to_commit(&mut state, None)
+        shared.to_commit(&mut state, None, Marks::Changed)
     };
     if tpl.count() == 0 {
         return;
@@ -616,6 +684,7 @@ impl KafkaStream {
             }
             part.in_flight += 1;
         }
+        tracing::trace!(topic = %self.shared.topic, partition = p.partition, offset = p.offset, id = %p.message.id(), member = self.shared.member, "to the bus");
         Some(Incoming {
             message: Arc::clone(&p.message),
             ack: KafkaAck {

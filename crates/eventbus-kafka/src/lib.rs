@@ -62,9 +62,13 @@
 //!   `queued.max.messages.kbytes`, 4 MB here), while it keeps polling (so
 //!   `max.poll.interval.ms` is never exceeded). No partition is paused.
 //! - Rebalance: on a revoke the transport stops handing out the revoked partitions, waits up
-//!   to [`ConsumerOptions::revoke_timeout`] for their handlers, commits, then lets the
-//!   rebalance go on; an assigned partition starts at its committed offset (a new group at
-//!   the earliest).
+//!   to [`ConsumerOptions::revoke_timeout`] for their handlers, commits synchronously, then
+//!   lets the rebalance go on; an assigned partition starts at its committed offset (a new
+//!   group at the earliest). Kafka's coordinator assigns a partition anew only once every
+//!   member has rejoined, so after that commit. tansu 0.6 does not wait: within one process
+//!   the transport makes up for it (an assignment waits, bounded, until the subscription
+//!   here that had the partition has committed it); members in different processes can
+//!   then overlap for a moment during a rebalance, and handle a few messages twice.
 //! - [`Transport::lag`]: per partition, the high watermark minus the committed offset (minus
 //!   the finished offsets its metadata lists); summed. [`KafkaTransport::partition_lag`]
 //!   gives each partition's.
@@ -82,6 +86,7 @@ mod config;
 mod consumer;
 mod done;
 mod error;
+mod handover;
 mod link;
 mod offsets;
 mod worker;
@@ -769,19 +774,8 @@ impl Subscriber for KafkaTransport {
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
         ]);
         settings.extend(config.consumer_settings.clone());
-        // A subscription of the group that just closed here may still be handing its
-        // partitions over (committing, leaving the group): a broker that completes the next
-        // rebalance without waiting for it (tansu does) would hand this one offsets from
-        // before that commit. Wait for it, bounded.
-        let group_id = config.group_id(&topic, &group);
-        let deadline = tokio::time::Instant::now() + config.request_timeout;
-        while tokio::time::Instant::now() < deadline
-            && lock(&self.inner.consumers).iter().any(|r| {
-                r.group_id == group_id && r.stop.load(Ordering::Acquire) && !r.thread.is_finished()
-            })
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // A subscription of this group that just closed here may still be handing its
+        // partitions over: the new one's assignment waits for it (see `handover`).
         let shared = Shared::new(topic.clone());
         let context = KafkaContext {
             shared: Arc::clone(&shared),
@@ -790,6 +784,10 @@ impl Subscriber for KafkaTransport {
             store: self.store()?,
             revoke_timeout: c.revoke_timeout,
             request_timeout: config.request_timeout,
+            cluster: config.brokers.clone(),
+            // The old owner notices the rebalance within a session, drains for up to the
+            // revoke timeout, then commits.
+            handover_wait: c.session_timeout + c.revoke_timeout + config.request_timeout,
         };
         let consumer: BaseConsumer<KafkaContext> = client_config(config, &settings)
             .create_with_context(context)

@@ -20,3 +20,12 @@ pub mod load;
 pub mod order;
 pub mod process;
 pub mod scenario;
+
+/// Sends the `tracing` events of the code under test to the test's captured output (shown
+/// for a failed test), filtered by the `EVENTBUS_LOG` variable, a `tracing` filter such as
+/// `eventbus_kafka=debug`; does nothing when it is unset. The conformance tests call it.
+pub fn log_to_test_output() {
+    if let Ok(filter) = std::env::var("EVENTBUS_LOG") {
+        conformance::checks::install_global_subscriber(Some(filter));
+    }
+}

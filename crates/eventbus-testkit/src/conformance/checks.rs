@@ -2999,16 +2999,36 @@ async fn until_health(
 /// propagator (handlers run on the runtime's worker threads, so a thread-local one would not
 /// see them).
 fn install_otel() {
+    OTEL.store(true, SeqCst);
+    install_global_subscriber(None);
+}
+
+/// Whether the OpenTelemetry bridge is on: only once check 30 runs, since it adds trace
+/// headers to every message published in a span (which other checks compare).
+static OTEL: AtomicBool = AtomicBool::new(false);
+
+/// The process's global subscriber, installed once: OpenTelemetry's bridge (on for check 30)
+/// and, given a filter, events to the test output (`crate::log_to_test_output`).
+pub(crate) fn install_global_subscriber(log: Option<String>) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use opentelemetry::trace::TracerProvider;
+        use tracing_subscriber::Layer;
         use tracing_subscriber::layer::SubscriberExt;
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("conformance")));
+        let output = log.map(|filter| {
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::new(filter))
+        });
+        let subscriber = tracing_subscriber::registry().with(output).with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("conformance"))
+                .with_filter(tracing_subscriber::filter::filter_fn(|_| OTEL.load(SeqCst))),
+        );
         // A runner that installed its own subscriber keeps it; the check then says so.
         let _ = tracing::subscriber::set_global_default(subscriber);
     });

@@ -17,7 +17,7 @@
 //!
 //! Not a semver-stable API: it is a yardstick for implementations.
 
-mod checks;
+pub(crate) mod checks;
 mod support;
 
 pub use checks::*;
@@ -56,6 +56,7 @@ macro_rules! registry {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     $(#[ignore = $ignore])?
                     async fn $name() {
+                        $crate::log_to_test_output();
                         let harness = $make;
                         $crate::conformance::$name(&harness).await;
                     }

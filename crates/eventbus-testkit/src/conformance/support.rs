@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use eventbus_core::{
-    BoxError, BusOptions, Capabilities, Delivery, Error, EventBus, Message, RetryPolicy,
+    BoxError, BusOptions, Capabilities, Delivery, Error, EventBus, Message, MessageId, RetryPolicy,
     Subscription, handler_fn,
 };
 use futures::future::BoxFuture;
@@ -344,18 +344,24 @@ impl Counter {
 /// Every message a handler was given, in the order the calls recorded them.
 #[derive(Debug, Default)]
 pub(crate) struct Record {
-    messages: Mutex<Vec<Arc<Message>>>,
+    messages: Mutex<(Vec<Arc<Message>>, BTreeSet<MessageId>)>,
     /// How many were recorded.
     pub(crate) count: Counter,
+    /// How many different messages (by message id) were recorded.
+    distinct: Counter,
 }
 
 impl Record {
     /// Records a delivery.
     pub(crate) fn push(&self, d: &Delivery) -> usize {
-        self.messages
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(d.message_arc()));
+        let new = {
+            let mut messages = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
+            messages.0.push(Arc::clone(d.message_arc()));
+            messages.1.insert(d.message().id().clone())
+        };
+        if new {
+            self.distinct.add();
+        }
         self.count.add()
     }
     /// How many were recorded.
@@ -367,15 +373,18 @@ impl Record {
         self.messages
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .clone()
     }
     /// The suite ids of the recorded messages, in order.
     pub(crate) fn ids(&self) -> Vec<String> {
         self.messages().iter().map(|m| id_of(m)).collect()
     }
-    /// Waits until `n` were recorded.
+    /// Waits until `n` different messages were recorded. Duplicates do not count, so a check
+    /// that then asserts "exactly once" reports them as duplicates, not as messages missing
+    /// because the duplicates made up the count early.
     pub(crate) async fn wait_for(&self, h: &Harness, n: usize, what: &str) {
-        self.count.wait_for(h, n, what).await;
+        self.distinct.wait_for(h, n, what).await;
     }
 }
 
