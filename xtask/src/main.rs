@@ -58,10 +58,15 @@ fn main() -> ExitCode {
 }
 
 fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_with_env(args, &[])
+}
+
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if status.success() {
@@ -155,13 +160,19 @@ fn run_tests() -> Result<(), String> {
         "warnings",
     ])?;
     if has_nextest() {
-        cargo(&[
-            "nextest",
-            "run",
-            "--workspace",
-            "--all-features",
-            "--no-fail-fast",
-        ])?;
+        // A failed conformance test then shows the Kafka consumer's assignments, revokes and
+        // hand-overs (DEVELOPERS.md: logs of a failing test); passing tests print nothing.
+        let log = std::env::var("EVENTBUS_LOG").unwrap_or_else(|_| "eventbus_kafka=debug".into());
+        cargo_with_env(
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
+            &[("EVENTBUS_LOG", &log)],
+        )?;
     } else {
         eprintln!("cargo-nextest not installed: running cargo test");
         cargo(&[
