@@ -621,7 +621,9 @@ fn pull_stream(
             if let Some(current) = &mut st.current {
                 match current.next().await {
                     Some(Ok(msg)) => {
-                        if let Ok(info) = msg.info()
+                        // Parsed once: the reply subject is split and its numbers read.
+                        let info = Delivered::of(&msg);
+                        if let Some(info) = info
                             && info.delivered == 1
                         {
                             let seq = info.stream_sequence;
@@ -640,14 +642,16 @@ fn pull_stream(
                             }
                             st.highest = st.highest.max(seq);
                         }
-                        let Some(seq) = redelivered_key(&msg) else {
-                            let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
+                        let Some(seq) = redelivered_key(&msg, info) else {
+                            let incoming =
+                                incoming(&st.topic, msg, info, redelivery_delay, &st.held);
                             st.ready.push_back(incoming);
                             continue;
                         };
                         match st.held.copy_of(seq) {
                             Redelivery::New => {
-                                let incoming = incoming(&st.topic, msg, redelivery_delay, &st.held);
+                                let incoming =
+                                    incoming(&st.topic, msg, info, redelivery_delay, &st.held);
                                 st.ready.push_back(incoming);
                             }
                             // Its first copy is still in the bus: that copy settles it.
@@ -723,17 +727,15 @@ impl std::error::Error for ErrorText {}
 fn incoming(
     topic: &Arc<str>,
     msg: jetstream::Message,
+    info: Option<Delivered>,
     redelivery_delay: Duration,
     held: &Arc<Held>,
 ) -> Incoming<NatsAck> {
     // JetStream's own record of when it stored the message, and its stream sequence (from the
     // ack subject).
-    let (timestamp, stream_seq) = match msg.info() {
-        Ok(info) => (
-            Some(SystemTime::from(info.published)),
-            Some(info.stream_sequence),
-        ),
-        Err(_) => (None, None),
+    let (timestamp, stream_seq) = match info {
+        Some(info) => (Some(info.published), Some(info.stream_sequence)),
+        None => (None, None),
     };
     let (message, seq) = message(
         topic,
@@ -888,9 +890,12 @@ struct HeldState {
     replies: HashMap<u64, async_nats::Subject>,
     /// Messages held now (with their copy count).
     seqs: HashMap<CopyKey, u32>,
-    /// Messages acked last, oldest first, bounded by `ACKED_MEMORY`.
-    acked: VecDeque<CopyKey>,
-    acked_set: HashSet<CopyKey>,
+    /// Messages acked last: slot `seq % ACKED_MEMORY` holds the last acked message whose stream
+    /// sequence falls there (sequences start at 1, so `(0, 0)` is an empty slot). Direct-mapped
+    /// rather than a set with an eviction queue: one write per ack, no hashing, no growth.
+    /// Made at the first ack, zeroed by the allocator (pages are touched as sequences reach
+    /// them).
+    acked: Vec<CopyKey>,
     /// Reply subjects of skipped copies of acked messages, acked on the next tick.
     ack_later: Vec<async_nats::Subject>,
 }
@@ -906,10 +911,34 @@ fn id_hash(id: Option<&str>) -> u64 {
     foldhash::fast::FixedState::with_seed(0).hash_one(id)
 }
 
-/// How many acked sequences a subscription remembers. A stale copy can only come from messages
-/// that were delivered about the same time as the acked one (at most a pull batch plus the bus
-/// buffer apart), so a few times the largest bus buffer is enough.
+/// How many acked sequences a subscription remembers (the last this many stream sequences'
+/// worth). A stale copy can only come from messages that were delivered about the same time as
+/// the acked one (at most a pull batch plus the bus buffer apart), so a few times the largest
+/// bus buffer is enough.
 const ACKED_MEMORY: usize = 32 * 1024;
+
+fn acked_slot((seq, _): CopyKey) -> usize {
+    (seq % ACKED_MEMORY as u64) as usize
+}
+
+/// What a delivery's reply subject says.
+#[derive(Debug, Clone, Copy)]
+struct Delivered {
+    stream_sequence: u64,
+    delivered: i64,
+    published: SystemTime,
+}
+
+impl Delivered {
+    fn of(msg: &jetstream::Message) -> Option<Self> {
+        let info = msg.info().ok()?;
+        Some(Delivered {
+            stream_sequence: info.stream_sequence,
+            delivered: info.delivered,
+            published: SystemTime::from(info.published),
+        })
+    }
+}
 
 /// What a redelivered message is to this subscription.
 enum Redelivery {
@@ -922,8 +951,8 @@ enum Redelivery {
 }
 
 /// Which message a delivery is, when the server delivered it more than once.
-fn redelivered_key(msg: &jetstream::Message) -> Option<CopyKey> {
-    let info = msg.info().ok()?;
+fn redelivered_key(msg: &jetstream::Message, info: Option<Delivered>) -> Option<CopyKey> {
+    let info = info?;
     if info.delivered <= 1 {
         return None;
     }
@@ -1012,13 +1041,11 @@ impl Held {
                 e.remove();
             }
         }
-        if acked && st.acked_set.insert(seq) {
-            st.acked.push_back(seq);
-            if st.acked.len() > ACKED_MEMORY {
-                if let Some(old) = st.acked.pop_front() {
-                    st.acked_set.remove(&old);
-                }
+        if acked {
+            if st.acked.is_empty() {
+                st.acked = vec![(0, 0); ACKED_MEMORY];
             }
+            st.acked[acked_slot(seq)] = seq;
         }
     }
 
@@ -1026,7 +1053,7 @@ impl Held {
         let st = self.lock();
         let copy = if st.seqs.contains_key(&seq) {
             Redelivery::StillHeld
-        } else if st.acked_set.contains(&seq) {
+        } else if st.acked.get(acked_slot(seq)) == Some(&seq) {
             Redelivery::Acked
         } else {
             return Redelivery::New;
