@@ -3,10 +3,11 @@
 //!
 //! The eager rebalance protocol promises that a partition's new owner is assigned it only
 //! after every member has rejoined, that is after the old owner's revoke (drain, commit) is
-//! done. Kafka's coordinator keeps that promise by waiting for every member; tansu 0.6 answers
-//! the joins it has without waiting for the others, so a new owner was seen reading the
-//! committed offset while the old owner was still draining and committing, and handling
-//! hundreds of messages a second time. Members in one process (a bus with many subscriptions
+//! done. Kafka's coordinator keeps that promise by waiting for every member; tansu 0.6 does
+//! not (its coordinator answers each JoinGroup at once and makes a generation stable on the
+//! leader's SyncGroup, and it accepts offset commits from any generation), so a new owner was
+//! seen reading the committed offset while the old owner was still draining and committing,
+//! and handling hundreds of messages a second time. Members in one process (a bus with many subscriptions
 //! of one group, or several buses) know of each other: an assignment waits, bounded, until
 //! no other member here owns the partition. Across processes, the broker's protocol is all
 //! there is.
