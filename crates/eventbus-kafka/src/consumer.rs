@@ -266,9 +266,9 @@ impl ConsumerContext for KafkaContext {
             tracing::debug!(topic = %self.shared.topic, error = %e, "offset commit failed");
             // Not committed after all: the next periodic commit sends these marks again.
             let mut state = self.shared.lock();
-            for e in offsets.elements_for_topic(&self.shared.topic) {
+            for elem in offsets.elements_for_topic(&self.shared.topic) {
                 if let (Some(part), Offset::Offset(o)) =
-                    (state.parts.get_mut(&e.partition()), e.offset())
+                    (state.parts.get_mut(&elem.partition()), elem.offset())
                     && part.committed.as_ref().is_some_and(|(c, _)| *c == o)
                 {
                     part.committed = None;
@@ -357,7 +357,8 @@ impl KafkaContext {
             .iter()
             .map(|e| e.partition())
             .collect();
-        let deadline = Instant::now() + self.revoke_timeout;
+        let started = Instant::now();
+        let deadline = started + self.revoke_timeout;
         let mut state = self.shared.lock();
         for p in &revoked {
             if let Some(part) = state.parts.get_mut(p) {
@@ -385,7 +386,7 @@ impl KafkaContext {
         let commit = self
             .shared
             .to_commit(&mut state, Some(&revoked), Marks::All);
-        tracing::debug!(topic = %self.shared.topic, member = self.shared.member, partitions = ?revoked, waited = ?(Instant::now() + self.revoke_timeout - deadline), "revoked");
+        tracing::debug!(topic = %self.shared.topic, member = self.shared.member, partitions = ?revoked, waited = ?started.elapsed(), "revoked");
         for p in &revoked {
             state.parts.remove(p);
         }

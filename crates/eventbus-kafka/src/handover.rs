@@ -7,10 +7,10 @@
 //! not (its coordinator answers each JoinGroup at once and makes a generation stable on the
 //! leader's SyncGroup, and it accepts offset commits from any generation), so a new owner was
 //! seen reading the committed offset while the old owner was still draining and committing,
-//! and handling hundreds of messages a second time. Members in one process (a bus with many subscriptions
-//! of one group, or several buses) know of each other: an assignment waits, bounded, until
-//! no other member here owns the partition. Across processes, the broker's protocol is all
-//! there is.
+//! and handling hundreds of messages a second time. Members in one process (a bus with many
+//! subscriptions of one group, or several buses) know of each other: an assignment waits,
+//! bounded, until no other member here owns the partition. Across processes, the broker's
+//! protocol is all there is.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -344,20 +344,26 @@ impl Counter {
 /// Every message a handler was given, in the order the calls recorded them.
 #[derive(Debug, Default)]
 pub(crate) struct Record {
-    messages: Mutex<(Vec<Arc<Message>>, BTreeSet<MessageId>)>,
+    recorded: Mutex<Recorded>,
     /// How many were recorded.
     pub(crate) count: Counter,
     /// How many different messages (by message id) were recorded.
     distinct: Counter,
 }
 
+#[derive(Debug, Default)]
+struct Recorded {
+    messages: Vec<Arc<Message>>,
+    ids: BTreeSet<MessageId>,
+}
+
 impl Record {
     /// Records a delivery.
     pub(crate) fn push(&self, d: &Delivery) -> usize {
         let new = {
-            let mut messages = self.messages.lock().unwrap_or_else(PoisonError::into_inner);
-            messages.0.push(Arc::clone(d.message_arc()));
-            messages.1.insert(d.message().id().clone())
+            let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+            recorded.messages.push(Arc::clone(d.message_arc()));
+            recorded.ids.insert(d.message().id().clone())
         };
         if new {
             self.distinct.add();
@@ -370,10 +376,10 @@ impl Record {
     }
     /// The recorded messages.
     pub(crate) fn messages(&self) -> Vec<Arc<Message>> {
-        self.messages
+        self.recorded
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .0
+            .messages
             .clone()
     }
     /// The suite ids of the recorded messages, in order.
