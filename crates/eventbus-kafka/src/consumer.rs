@@ -216,6 +216,10 @@ impl Drop for KafkaContext {
 }
 
 impl ClientContext for KafkaContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::link::log(level, facility, message);
+    }
+
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.link.error(&error, reason);
     }

@@ -68,7 +68,10 @@
 //!   member has rejoined, so after that commit. tansu 0.6 does not wait: within one process
 //!   the transport makes up for it (an assignment waits, bounded, until the subscription
 //!   here that had the partition has committed it); members in different processes can
-//!   then overlap for a moment during a rebalance, and handle a few messages twice.
+//!   then overlap for a moment during a rebalance, and handle a few messages twice. tansu 0.6
+//!   also keeps a member that left a forming group as its leader; a member joining next is a
+//!   follower whose SyncGroup is refused until tansu reloads the group, so it can wait for
+//!   an assignment indefinitely (not seen with Kafka, which elects a new leader).
 //! - [`Transport::lag`]: per partition, the high watermark minus the committed offset (minus
 //!   the finished offsets its metadata lists); summed. [`KafkaTransport::partition_lag`]
 //!   gives each partition's.
@@ -171,6 +174,10 @@ impl std::fmt::Debug for KafkaTransport {
 
 fn client_config(config: &KafkaConfig, own: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // rdkafka takes librdkafka's log level from the `log` crate's filter, which a `tracing`
+    // subscriber does not set: without this, the lines a `debug` setting asks for are dropped
+    // inside librdkafka before they reach `link::log`.
+    c.set_log_level(link::log_level());
     c.set("bootstrap.servers", &config.brokers);
     for (k, v) in config.client.iter().chain(own) {
         c.set(k, v);

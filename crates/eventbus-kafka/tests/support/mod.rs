@@ -42,8 +42,17 @@ impl PrivateBroker {
 /// wait stays long: with 50 subscriptions on one bus (`concurrent_subscribe`), handlers of a
 /// revoked partition were seen to need more than 5 s, and a shorter wait hands their
 /// messages to the next owner again.
+///
+/// `EVENTBUS_KAFKA_DEBUG` sets the consumers' librdkafka `debug` contexts (`cgrp` for the
+/// group protocol): their lines are `tracing` events of target `librdkafka`, which
+/// `EVENTBUS_LOG=librdkafka=debug` shows.
 pub fn config(brokers: &str) -> KafkaConfig {
-    KafkaConfig::new(brokers)
+    let config = KafkaConfig::new(brokers);
+    let config = match std::env::var("EVENTBUS_KAFKA_DEBUG") {
+        Ok(contexts) => config.set_consumer("debug", contexts),
+        Err(_) => config,
+    };
+    config
         .consumer(
             ConsumerOptions::default()
                 .session_timeout(Duration::from_secs(6))
