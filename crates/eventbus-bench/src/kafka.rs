@@ -2,8 +2,7 @@
 //! produce awaiting each delivery report → group consumer → handler → committed offsets.
 //!
 //! Both sides publish keyed messages (100 keys) with an `eb-id` header (the bus adds its
-//! message id there; tansu stores headers slowly, so leaving it out of the raw side would
-//! measure the broker) in pipelined chunks of [`CHUNK`] (queue all, then await every delivery
+//! message id there, so both send the same bytes) in pipelined chunks of [`CHUNK`] (queue all, then await every delivery
 //! report: what the bus's `publish_batch` does) to a fresh 4-partition topic, with the
 //! transport's producer settings. One consumer of a fresh group reads it with the transport's
 //! consumer settings on a thread of its own, calls the no-op handler, stores each offset and
@@ -12,8 +11,8 @@
 //! group joined and one warm-up message published (its delivery report awaited) before the
 //! clock starts.
 //!
-//! The broker is `EVENTBUS_KAFKA_BROKERS` if set, else a private tansu (sqlite storage)
-//! started for the case.
+//! The broker is `EVENTBUS_KAFKA_BROKERS` if set, else a private Apache Kafka started for the
+//! case.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +22,7 @@ use bytes::Bytes;
 use eventbus_core::transport::Transport as _;
 use eventbus_core::{EventBus, Message, MessageId};
 use eventbus_kafka::{KafkaConfig, KafkaTransport};
-use eventbus_testkit::process::ServerProcess;
+use eventbus_testkit::brokers::ServerProcess;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
@@ -38,7 +37,7 @@ pub const KEYS: usize = 100;
 /// How often the raw consumer commits (the transport's default `commit_interval`).
 pub const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Where the brokers are: given, or a private tansu that lives as long as this.
+/// Where the brokers are: given, or a private Kafka that lives as long as this.
 #[derive(Debug)]
 pub struct Broker {
     brokers: String,
@@ -46,8 +45,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// `EVENTBUS_KAFKA_BROKERS`, else a private tansu (`$TANSU` or `tansu` on the `PATH`);
-    /// the error says why there is none.
+    /// `EVENTBUS_KAFKA_BROKERS`, else a private Apache Kafka (installed by `cargo xtask brokers
+    /// install`); the error says why there is none.
     pub fn start() -> Result<Broker, String> {
         if let Ok(brokers) = std::env::var("EVENTBUS_KAFKA_BROKERS") {
             return Ok(Broker {
@@ -55,19 +54,10 @@ impl Broker {
                 _private: None,
             });
         }
-        // Said at once, rather than after waiting for a port nothing will open.
-        let program = std::env::var_os("TANSU").unwrap_or_else(|| "tansu".into());
-        let found = std::path::Path::new(&program).is_file()
-            || std::env::var_os("PATH").is_some_and(|path| {
-                std::env::split_paths(&path).any(|dir| dir.join(&program).is_file())
-            });
-        if !found {
-            return Err(format!("{} not found", program.to_string_lossy()));
-        }
-        let tansu = ServerProcess::tansu(&[]).map_err(|e| format!("cannot start tansu: {e}"))?;
+        let kafka = ServerProcess::kafka().map_err(|e| format!("cannot start Kafka: {e}"))?;
         Ok(Broker {
-            brokers: format!("127.0.0.1:{}", tansu.port()),
-            _private: Some(tansu),
+            brokers: format!("127.0.0.1:{}", kafka.port()),
+            _private: Some(kafka),
         })
     }
 

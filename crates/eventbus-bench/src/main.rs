@@ -3,7 +3,7 @@
 //! - `eventbus-bench run [--rounds N] [--quick] [--no-nats] [--no-kafka] [--report ROOT]`: throughput
 //!   ratios (dispatcher and memory bus against the raw mpsc loop, NATS bus against raw
 //!   async-nats when a server answers on 127.0.0.1:4222, Kafka bus against raw rdkafka on a
-//!   private tansu or `EVENTBUS_KAFKA_BROKERS`), interleaved rounds, and the
+//!   private Apache Kafka or `EVENTBUS_KAFKA_BROKERS`), interleaved rounds, and the
 //!   head-of-line table; with `--report`, also the cost per message, then
 //!   `ROOT/BENCHMARKS.md` and `ROOT/docs/bench/*.svg`.
 //! - `eventbus-bench cost [--no-callgrind] [--profile]`: instructions and allocations per
@@ -209,11 +209,11 @@ fn run(args: &Args) -> ExitCode {
                     eprintln!("Kafka round {run}: raw {raw:.0} msg/s, bus {bus:.0} msg/s");
                 }
                 print_comparison(&c);
-                results.comparisons.push((c, Some(0.90)));
+                results.comparisons.push((c, Some(0.95)));
             }
             Err(e) => results.notes.push(format!(
-                "Kafka not measured: no broker ({e}; set EVENTBUS_KAFKA_BROKERS or install \
-                 tansu, see DEVELOPERS.md)."
+                "Kafka not measured: no broker ({e}; set EVENTBUS_KAFKA_BROKERS or run \
+                 `cargo xtask brokers install`, see DEVELOPERS.md)."
             )),
         }
     }

@@ -220,7 +220,12 @@ impl KafkaTransport {
         let producer: Producer = client_config(&config, &producer_settings)
             .create_with_context(LinkContext(Arc::clone(&link)))
             .map_err(KafkaError::Config)?;
-        let admin: Admin = match client_config(&config, &BTreeMap::new())
+        // The admin client also describes topics. A metadata request that names a missing
+        // topic makes a broker with `auto.create.topics.enable` (Kafka's default) create it
+        // with its default partitions: asking must not create.
+        let admin_settings =
+            BTreeMap::from([("allow.auto.create.topics".to_owned(), "false".to_owned())]);
+        let admin: Admin = match client_config(&config, &admin_settings)
             .create_with_context(LinkContext(Arc::clone(&link)))
         {
             Ok(admin) => admin,
@@ -317,15 +322,15 @@ impl KafkaTransport {
 
     /// Partitions and replication factor of `topic`, `None` when it does not exist.
     async fn describe(&self, topic: &str) -> Result<Option<(i32, i32)>> {
-        let producer = self.producer()?;
+        let admin = self.admin()?;
         let timeout = self.inner.config.request_timeout;
         let name = topic.to_owned();
         let link = Arc::clone(&self.inner.link);
         self.inner
             .worker
             .run(move || {
-                let metadata = producer
-                    .client()
+                let metadata = admin
+                    .inner()
                     .fetch_metadata(Some(&name), timeout)
                     .map_err(|e| KafkaError::request("topic metadata", e))?;
                 link.up();

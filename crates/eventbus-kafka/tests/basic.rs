@@ -1,5 +1,6 @@
-//! The Kafka transport against a private tansu broker: publishing, provisioning, commits that
-//! never pass a failed message, faults, close.
+//! The Kafka transport against Apache Kafka (the shared broker; a private one where a test
+//! kills it): publishing, provisioning, commits that never pass a failed message, faults,
+//! close.
 
 mod support;
 
@@ -12,7 +13,7 @@ use eventbus_core::{
     BoxError, Delivery, Error, EventBus, Limits, Message, RetryPolicy, handler_fn,
 };
 use eventbus_kafka::{KafkaConfig, KafkaError, KafkaTransport, Provision, TopicOptions};
-use support::{PrivateBroker, unique};
+use support::{PrivateBroker, SharedBroker, unique};
 
 fn kafka_error(e: &Error) -> &KafkaError {
     match e {
@@ -69,7 +70,7 @@ async fn tasks_back_to(before: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_consume_close_leaves_nothing() {
-    let broker = PrivateBroker::start();
+    let broker = SharedBroker::get();
     let before = alive_tasks();
     let threads = support::threads();
     let transport = KafkaTransport::connect(support::config(&broker.brokers()))
@@ -148,7 +149,7 @@ async fn close_with_the_broker_dead_leaves_no_task_or_thread() {
 /// (a new bus in the group) it comes back, and nothing below it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_message_is_never_committed_past() {
-    let broker = PrivateBroker::start();
+    let broker = SharedBroker::get();
     let topic = unique("failed-middle");
     let group = "g";
     let config =
@@ -238,7 +239,7 @@ async fn a_failed_message_is_never_committed_past() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_message_is_a_typed_error_before_sending() {
-    let broker = PrivateBroker::start();
+    let broker = SharedBroker::get();
     let transport =
         KafkaTransport::connect(support::config(&broker.brokers()).max_message_bytes(1024))
             .await
@@ -261,7 +262,7 @@ async fn oversized_message_is_a_typed_error_before_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_only_reports_missing_and_mismatched_topics() {
-    let broker = PrivateBroker::start();
+    let broker = SharedBroker::get();
     let topic = unique("validate");
     let validating = KafkaTransport::connect(
         support::config(&broker.brokers()).provision(Provision::ValidateOnly),
@@ -272,6 +273,13 @@ async fn validate_only_reports_missing_and_mismatched_topics() {
     assert!(
         matches!(kafka_error(&err), KafkaError::TopicMissing { topic: t } if *t == topic),
         "{err}"
+    );
+    // Asking did not create it: the broker auto-creates topics a metadata request names
+    // (Kafka's default), with its default partition count.
+    let err = validating.ensure_topic(&topic).await.unwrap_err();
+    assert!(
+        matches!(kafka_error(&err), KafkaError::TopicMissing { .. }),
+        "validating a missing topic created it: {err}"
     );
     let creating = KafkaTransport::connect(
         support::config(&broker.brokers()).topic(&topic, TopicOptions::default().partitions(2)),
@@ -335,11 +343,10 @@ async fn an_unknown_librdkafka_setting_is_a_config_error() {
 /// One partition; the handler of m3 is still running when the subscription closes (it stops
 /// on cancellation: not done), the others finish. The committed offset stays at m3, but the
 /// next subscription of the group receives m3 alone: the finished offsets above it are
-/// handed over (in the commit metadata, and in the group's finished-offsets topic for brokers
-/// that drop the metadata, as tansu does).
+/// handed over in the commit metadata, which Kafka keeps with the offset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_messages_above_an_unfinished_one_are_not_redelivered() {
-    let broker = PrivateBroker::start();
+    let broker = SharedBroker::get();
     let topic = unique("gap");
     let group = "g";
     let config =

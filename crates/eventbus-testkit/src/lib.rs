@@ -14,11 +14,11 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod brokers;
 pub mod conformance;
 pub mod leak;
 pub mod load;
 pub mod order;
-pub mod process;
 pub mod scenario;
 
 /// Sends the `tracing` events of the code under test to the test's captured output (shown

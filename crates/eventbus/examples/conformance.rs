@@ -17,7 +17,7 @@
 //!
 //! Exits non-zero if any check failed. `--transport nats` (built with the `nats` feature, as
 //! `cargo xtask conformance` does) runs each check against a private nats-server of its own;
-//! `--transport kafka` (feature `kafka`) against a private tansu broker of its own; `all` runs
+//! `--transport kafka` (feature `kafka`) against a private Apache Kafka of its own; `all` runs
 //! every transport built in.
 
 use std::any::Any;
@@ -177,7 +177,7 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
 
     use eventbus::nats::ConsumerOptions;
     use eventbus::{NatsConfig, NatsTransport};
-    use eventbus_testkit::process::ServerProcess;
+    use eventbus_testkit::brokers::ServerProcess;
 
     let server = ServerProcess::nats(&[])
         .unwrap_or_else(|e| panic!("cannot start a private nats-server: {e}"));
@@ -212,7 +212,7 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
     .with_timeout(timeout)
 }
 
-/// A private tansu broker per harness (sqlite storage; `reconnect` kills and restarts it), with
+/// A private Apache Kafka per harness (`reconnect` kills and restarts it), with
 /// short group timeouts and frequent commits, as the Kafka crate's own tests use.
 #[cfg(feature = "kafka")]
 fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
@@ -220,10 +220,10 @@ fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
 
     use eventbus::kafka::ConsumerOptions;
     use eventbus::{KafkaConfig, KafkaTransport};
-    use eventbus_testkit::process::ServerProcess;
+    use eventbus_testkit::brokers::ServerProcess;
 
-    let broker = ServerProcess::tansu(&[])
-        .unwrap_or_else(|e| panic!("cannot start a private tansu (see DEVELOPERS.md): {e}"));
+    let broker = ServerProcess::kafka()
+        .unwrap_or_else(|e| panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}"));
     let brokers = format!("127.0.0.1:{}", broker.port());
     let broker = Arc::new(Mutex::new(broker));
     let capabilities = KafkaTransport::CAPABILITIES.with_broker_restart();
@@ -245,7 +245,7 @@ fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
                 .set("reconnect.backoff.max.ms", "500");
             let transport = KafkaTransport::connect(config)
                 .await
-                .unwrap_or_else(|e| panic!("connect to the private tansu: {e}"));
+                .unwrap_or_else(|e| panic!("connect to the private Kafka: {e}"));
             EventBus::builder(transport).options(options).build()
         }
     })

@@ -94,7 +94,7 @@ fn nats_url() -> String {
     std::env::var("EVENTBUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private tansu
+/// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private Kafka
 /// started for the run (and stopped after it).
 #[cfg(feature = "kafka")]
 static KAFKA_BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -164,7 +164,7 @@ fn main() -> ExitCode {
     }
     // A private broker lives as long as this guard.
     #[cfg(feature = "kafka")]
-    let _tansu =
+    let _private_kafka =
         (args.transport == "kafka").then(|| match std::env::var("EVENTBUS_KAFKA_BROKERS") {
             Ok(brokers) => {
                 let _ = KAFKA_BROKERS.set(brokers);
@@ -172,8 +172,8 @@ fn main() -> ExitCode {
             }
             Err(_) => {
                 let broker =
-                    eventbus_testkit::process::ServerProcess::tansu(&[]).unwrap_or_else(|e| {
-                        panic!("cannot start a private tansu (see DEVELOPERS.md): {e}")
+                    eventbus_testkit::brokers::ServerProcess::kafka().unwrap_or_else(|e| {
+                        panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}")
                     });
                 let _ = KAFKA_BROKERS.set(format!("127.0.0.1:{}", broker.port()));
                 Some(broker)

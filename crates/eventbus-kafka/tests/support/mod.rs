@@ -1,22 +1,94 @@
-//! What the Kafka tests share: a private tansu broker per test, test-friendly settings, unique
-//! names and a thread count.
+//! What the Kafka tests share: the shared broker (with a guard that cleans up after this
+//! process), a private broker for tests that kill theirs, test-friendly settings, unique names
+//! and a thread count.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 
 use eventbus_kafka::{ConsumerOptions, KafkaConfig};
-use eventbus_testkit::process::ServerProcess;
+use eventbus_testkit::brokers::{ServerProcess, shared};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
-/// A private tansu broker (its own port and sqlite store), stopped by pid on drop.
+/// The shared broker (`cargo xtask brokers up`; `EVENTBUS_KAFKA_BROKERS` names another). When
+/// dropped (also when the test fails) it deletes the topics and groups whose names this
+/// process made (every [`unique`] name holds the process id).
+pub struct SharedBroker {
+    brokers: String,
+}
+
+impl SharedBroker {
+    pub fn get() -> Self {
+        SharedBroker {
+            brokers: shared::kafka_brokers(),
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        self.brokers.clone()
+    }
+}
+
+impl Drop for SharedBroker {
+    fn drop(&mut self) {
+        // rdkafka's futures complete on its own threads; a thread of our own blocks on them
+        // without blocking a runtime this may be dropped in.
+        let brokers = self.brokers.clone();
+        let _ = std::thread::spawn(move || delete_this_process_names(&brokers)).join();
+    }
+}
+
+fn delete_this_process_names(brokers: &str) {
+    let mine = format!("-{}-", std::process::id());
+    let timeout = Duration::from_secs(10);
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let Ok(consumer) = config.create::<BaseConsumer>() else {
+        return;
+    };
+    let Ok(admin) = config.create::<AdminClient<DefaultClientContext>>() else {
+        return;
+    };
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    if let Ok(groups) = consumer.fetch_group_list(None, timeout) {
+        let groups: Vec<String> = groups
+            .groups()
+            .iter()
+            .map(|g| g.name().to_owned())
+            .filter(|g| g.contains(&mine))
+            .collect();
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        if !groups.is_empty() {
+            let _ = futures::executor::block_on(admin.delete_groups(&groups, &options));
+        }
+    }
+    if let Ok(metadata) = consumer.fetch_metadata(None, timeout) {
+        let topics: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name())
+            .filter(|t| t.contains(&mine))
+            .collect();
+        if !topics.is_empty() {
+            let _ = futures::executor::block_on(admin.delete_topics(&topics, &options));
+        }
+    }
+}
+
+/// A private broker (its own ports and store), for tests that kill or restart it; stopped by
+/// pid on drop, its log and store kept if the test failed.
 pub struct PrivateBroker(ServerProcess);
 
 impl PrivateBroker {
-    /// Starts `tansu broker` on a free port with sqlite storage in a fresh directory.
+    /// Starts Apache Kafka on free ports with a fresh store.
     pub fn start() -> Self {
         PrivateBroker(
-            ServerProcess::tansu(&[])
-                .unwrap_or_else(|e| panic!("cannot start tansu (see DEVELOPERS.md): {e}")),
+            ServerProcess::kafka().unwrap_or_else(|e| {
+                panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}")
+            }),
         )
     }
 
@@ -29,11 +101,11 @@ impl PrivateBroker {
         self.0.kill();
     }
 
-    /// Starts it again on the same port and store.
+    /// Starts it again on the same ports and store.
     pub fn restart(&mut self) {
         self.0
             .restart()
-            .unwrap_or_else(|e| panic!("cannot restart tansu: {e}"));
+            .unwrap_or_else(|e| panic!("cannot restart Kafka: {e}"));
     }
 }
 

@@ -3,9 +3,12 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use eventbus_testkit::process::ServerProcess;
+use eventbus_testkit::brokers::{ServerProcess, shared};
 
-pub const SHARED_URL: &str = "nats://127.0.0.1:4222";
+/// The shared server (`cargo xtask brokers up`; `EVENTBUS_NATS_URL` names another).
+pub fn shared_url() -> String {
+    shared::nats_url()
+}
 
 /// A private nats-server (its own port and store), stopped by pid on drop.
 pub struct PrivateServer(ServerProcess);

@@ -46,11 +46,33 @@ macro_rules! registry {
         /// `$make` evaluates to (an expression, evaluated inside each test's runtime). Pending
         /// checks (see [`PENDING`](crate::conformance::PENDING)) are `#[ignore]`d with their reason.
         ///
+        /// A transport with an out-of-process broker names two harnesses: checks in
+        /// [`PRIVATE_BROKER`](crate::conformance::PRIVATE_BROKER) (they kill or reconfigure
+        /// the broker) get the `private` one, every other check the `shared` one.
+        ///
         /// ```ignore
         /// eventbus_testkit::conformance_tests!(my_transport_harness());
+        /// eventbus_testkit::conformance_tests!(shared = shared_harness(), private = private_harness());
         /// ```
         #[macro_export]
         macro_rules! conformance_tests {
+            (shared = $shared:expr, private = $private:expr) => {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    $(#[ignore = $ignore])?
+                    async fn $name() {
+                        $crate::log_to_test_output();
+                        let harness = if $crate::conformance::PRIVATE_BROKER
+                            .contains(&stringify!($name))
+                        {
+                            $private
+                        } else {
+                            $shared
+                        };
+                        $crate::conformance::$name(&harness).await;
+                    }
+                )*
+            };
             ($make:expr) => {
                 $(
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,6 +92,11 @@ macro_rules! registry {
 /// run them while nothing else runs in the process (nextest runs every test in a process of
 /// its own; the `conformance` example runs them alone).
 pub const RUN_ALONE: &[&str] = &["zero_leaks"];
+
+/// Checks that kill or restart the broker: a transport with an out-of-process broker runs them
+/// on a private one (see [`conformance_tests!`](crate::conformance_tests)), every other check on
+/// a broker it shares with other tests.
+pub const PRIVATE_BROKER: &[&str] = &["reconnect"];
 
 // A check waiting for a feature not implemented yet is marked
 // `#[pending = "why", ignore = "pending: why"]` (both literals: libtest prints only a literal

@@ -1,0 +1,259 @@
+//! One broker as a child process: its own ports and directory (store and log), stopped by its
+//! pid. Dropped after a passing test it takes its directory with it; dropped while the test
+//! panics it keeps the directory and prints where it is, so a failure leaves evidence.
+
+use std::fs::OpenOptions;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{kafka, nats};
+
+/// Which broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// nats-server with JetStream.
+    Nats,
+    /// Apache Kafka in KRaft mode, one node that is broker and controller.
+    Kafka,
+}
+
+impl ServerKind {
+    /// Its name, as in paths and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Nats => "nats",
+            ServerKind::Kafka => "kafka",
+        }
+    }
+
+    /// How long a start may take before it counts as failed (a JVM on a busy 2-core machine
+    /// takes seconds).
+    fn start_timeout(self) -> Duration {
+        match self {
+            ServerKind::Nats => Duration::from_secs(10),
+            ServerKind::Kafka => Duration::from_secs(90),
+        }
+    }
+}
+
+/// A broker process on `127.0.0.1`.
+#[derive(Debug)]
+pub struct ServerProcess {
+    kind: ServerKind,
+    extra: Vec<String>,
+    port: u16,
+    /// Kafka's controller listener (unused by NATS).
+    controller_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    /// Left running when this is dropped (a shared broker).
+    detached: bool,
+}
+
+impl ServerProcess {
+    /// A private nats-server with JetStream on a free port, plus `extra` arguments (e.g.
+    /// `--auth secret`).
+    pub fn nats(extra: &[&str]) -> std::io::Result<Self> {
+        Self::private(ServerKind::Nats, extra)
+    }
+
+    /// A private Kafka broker on free ports, its store copied from the formatted template.
+    pub fn kafka() -> std::io::Result<Self> {
+        Self::private(ServerKind::Kafka, &[])
+    }
+
+    fn private(kind: ServerKind, extra: &[&str]) -> std::io::Result<Self> {
+        let port = free_port()?;
+        let controller_port = free_port()?;
+        let dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
+            "{}-{}-{port}",
+            kind.name(),
+            std::process::id()
+        ));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        Self::start_in(kind, extra, port, controller_port, dir, false)
+    }
+
+    /// Starts `kind` on the given ports with `dir` for its store and log (a store already there
+    /// is used as it is), and waits until it answers.
+    pub(crate) fn start_in(
+        kind: ServerKind,
+        extra: &[&str],
+        port: u16,
+        controller_port: u16,
+        dir: PathBuf,
+        detached: bool,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut server = ServerProcess {
+            kind,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            port,
+            controller_port,
+            dir,
+            child: None,
+            detached,
+        };
+        if let Err(e) = server.spawn() {
+            // Whatever it logged is the evidence: keep it.
+            server.detached = true;
+            server.kill();
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    /// Which broker it is.
+    pub fn kind(&self) -> ServerKind {
+        self.kind
+    }
+
+    /// Its client port (Kafka's broker listener, NATS's client port).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its directory: the store (`store/`) and the log (`server.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its store directory.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    /// Its log: everything the process wrote, across restarts.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let store = self.store();
+        let mut command = match self.kind {
+            ServerKind::Nats => nats::command(self.port, &store, &self.extra)?,
+            ServerKind::Kafka => {
+                kafka::command(self.port, self.controller_port, &self.dir, &store)?
+            }
+        };
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if self.detached {
+            // Its own process group: a Ctrl-C meant for the command that started it does not
+            // reach it.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        }
+        let mut child = command.spawn().map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.kind.name()))
+        })?;
+        let deadline = Instant::now() + self.kind.start_timeout();
+        loop {
+            let ready = match self.kind {
+                ServerKind::Nats => nats::answers(self.port),
+                ServerKind::Kafka => kafka::answers(self.port),
+            };
+            if ready {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "{} exited ({status}) before it answered on port {}; its log: {}",
+                    self.kind.name(),
+                    self.port,
+                    self.log().display()
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::io::Error::other(format!(
+                    "{} did not answer on port {} within {:?}; its log: {}",
+                    self.kind.name(),
+                    self.port,
+                    self.kind.start_timeout(),
+                    self.log().display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts it again on the same ports and store.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Leaves it running after this is dropped; returns its pid.
+    pub(crate) fn detach(mut self) -> Option<u32> {
+        self.detached = true;
+        let pid = self.pid();
+        // Not waited for: it outlives this process, and init reaps it.
+        drop(self.child.take());
+        pid
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "{} broker of the failed test kept: log {}, store {}",
+                self.kind.name(),
+                self.log().display(),
+                self.store().display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A command whose output is its error message when it fails.
+pub(super) fn run_quietly(command: &mut Command) -> std::io::Result<()> {
+    let out = command.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{:?} failed ({}): {}{}",
+            command.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
