@@ -1,9 +1,14 @@
 //! Project automation: `cargo xtask <command>`.
 //!
-//! - `test`: everything CI checks, on a fresh machine: installs tansu (the Kafka tests' broker)
-//!   when missing, starts a nats-server if none runs on 127.0.0.1:4222 (and stops it after),
-//!   then rustfmt, clippy (`-D warnings`), every test of
-//!   the workspace (cargo-nextest when installed, else `cargo test`), and doc tests.
+//! - `test`: everything CI checks, on a fresh machine: installs the brokers when missing
+//!   (nats-server with `go install`, Apache Kafka with Maven, into a cache outside the
+//!   checkout), starts the shared ones that do not answer yet (and stops those after), then
+//!   rustfmt, clippy (`-D warnings`), every test of the workspace (cargo-nextest when
+//!   installed, else `cargo test`), and doc tests.
+//! - `brokers [install|up|down|status] [nats] [kafka]`: the tests' brokers (the
+//!   `eventbus-brokers` binary of `eventbus-testkit`): `up` starts the shared nats-server
+//!   (127.0.0.1:4222) and Kafka (127.0.0.1:9092) in the background for a working session,
+//!   `down` stops them, `status` says whether they answer.
 //! - `report [args]`: the main job on the in-memory default (the README's first command): the
 //!   `throughput` example (bus vs raw mpsc, same run) then the `report` example (leak report).
 //! - `load [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]`: the
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("brokers") => brokers(&args[1..]).map(drop),
         Some("report") => report(&args[1..]),
         Some("load") => example("load", &args[1..]),
         Some("conformance") => example("conformance", &args[1..]),
@@ -39,7 +45,8 @@ fn main() -> ExitCode {
         Some("cost") => bench_binary("cost", &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test | report [-- args] | load [args] | conformance [args] | bench [args] | cost [args]>\n\
+                "usage: cargo xtask <test | brokers [args] | report [-- args] | load [args] | conformance [args] | bench [args] | cost [args]>\n\
+                 \x20 brokers     [install|up|down|status] [nats] [kafka]\n\
                  \x20 load        [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]\n\
                  \x20 conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]\n\
                  \x20 bench       [--report] [--quick] [--rounds N] [--no-nats] [--no-kafka] [--criterion]\n\
@@ -83,67 +90,52 @@ fn has_nextest() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Tests need a nats-server with JetStream on 127.0.0.1:4222. If none answers, start one (with
-/// its store under `target/`) and return it, to be stopped when the tests are done.
-/// The Kafka tests start private tansu brokers (a Kafka-protocol broker from crates.io): build
-/// it when it is missing (about 11 minutes, once per machine).
-fn ensure_tansu() -> Result<(), String> {
-    let program = std::env::var("TANSU").unwrap_or_else(|_| "tansu".into());
-    let found = Command::new(&program)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if found {
-        return Ok(());
-    }
-    eprintln!("tansu not found: installing it for the Kafka tests (about 11 minutes)");
-    cargo(&[
-        "install",
-        "--locked",
-        "tansu",
-        "--version",
-        "0.6.0",
-        "--features",
-        "libsql",
-    ])
-}
-
-fn ensure_nats() -> Result<Option<std::process::Child>, String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 4222));
-    let up = || {
-        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok()
+/// Runs `eventbus-brokers <args>` (built from `eventbus-testkit`); returns what it printed.
+fn brokers(args: &[String]) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = if args.is_empty() {
+        vec!["status".to_owned()]
+    } else {
+        args.to_vec()
     };
-    if up() {
-        return Ok(None);
+    eprintln!("$ eventbus-brokers {}", args.join(" "));
+    let out = Command::new(&cargo)
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "eventbus-testkit",
+            "--bin",
+            "eventbus-brokers",
+            "--",
+        ])
+        .args(&args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{stdout}");
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "`eventbus-brokers {}` failed ({})",
+            args.join(" "),
+            out.status
+        ))
     }
-    eprintln!("no nats-server on 127.0.0.1:4222: starting one");
-    let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/nats-store");
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
-        .arg(&store)
-        .spawn()
-        .map_err(|e| {
-            format!("cannot start nats-server (install it: apt-get install nats-server): {e}")
-        })?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !up() {
-        if std::time::Instant::now() > deadline {
-            return Err("nats-server did not start listening on 127.0.0.1:4222".into());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    Ok(Some(child))
 }
 
+/// Installs the brokers if missing and starts the shared ones that do not answer yet; the
+/// tests run; then it stops what it started (a session's `cargo xtask brokers up` stays up).
 fn test() -> Result<(), String> {
-    ensure_tansu()?;
-    let mut nats = ensure_nats()?;
+    let started = brokers(&["up".to_owned()])?;
     let result = run_tests();
-    if let Some(child) = nats.as_mut() {
-        let _ = child.kill();
-        let _ = child.wait();
+    let started: Vec<String> = started.lines().map(str::to_owned).collect();
+    if !started.is_empty() {
+        let mut down = vec!["down".to_owned()];
+        down.extend(started);
+        brokers(&down)?;
     }
     result
 }

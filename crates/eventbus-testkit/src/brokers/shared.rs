@@ -41,7 +41,7 @@ pub fn answers(kind: ServerKind) -> bool {
 }
 
 /// Starts each of `kinds` that does not answer yet, on a fresh store in `dir/<kind>/`; returns
-/// the ones it started (to be stopped by [`down`]).
+/// the ones it started (to be stopped by [`down`]). On an error it stops what it started.
 pub fn up(dir: &Path, kinds: &[ServerKind]) -> std::io::Result<Vec<ServerKind>> {
     let mut started = Vec::new();
     for &kind in kinds {
@@ -56,7 +56,15 @@ pub fn up(dir: &Path, kinds: &[ServerKind]) -> std::io::Result<Vec<ServerKind>> 
             ServerKind::Nats => (NATS_PORT, 0),
             ServerKind::Kafka => (KAFKA_PORT, KAFKA_CONTROLLER_PORT),
         };
-        let server = ServerProcess::start_in(kind, &[], port, controller, home.clone(), true)?;
+        let server = match ServerProcess::start_in(kind, &[], port, controller, home.clone(), true)
+        {
+            Ok(server) => server,
+            Err(e) => {
+                // All or nothing: the caller learns of no broker to stop.
+                down(dir, &started)?;
+                return Err(e);
+            }
+        };
         let log = server.log();
         let pid = server.detach().expect("a started server has a pid");
         std::fs::write(home.join("pid"), pid.to_string())?;
