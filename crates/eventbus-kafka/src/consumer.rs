@@ -8,12 +8,11 @@
 //! the prefetch) has room; when the bus is full the messages stay in librdkafka, which stops
 //! fetching once its own bounded prefetch (`queued.max.messages.kbytes`) is full. Nothing
 //! buffers without bound, and no partition is paused: pausing drops librdkafka's fetched
-//! messages, and resuming was seen (against tansu) to skip some of them and to stall fetching
-//! for seconds.
+//! messages, to be fetched again on resume.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,17 +29,17 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use crate::config::ConsumerOptions;
-use crate::done::DoneStore;
-use crate::handover::{self, PartitionOf};
 use crate::offsets::{Taken, Tracker};
 
 /// The header carrying the message id.
 pub(crate) const HEADER_ID: &str = "eb-id";
 
+static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
+
 /// What the poller thread, the stream, the acks and the rebalance callbacks share.
 pub(crate) struct Shared {
     topic: String,
-    /// This member, in the process's registry of partition owners (see `handover`).
+    /// This member's number in this process, for logs.
     member: u64,
     state: Mutex<State>,
     /// Signalled when a message is settled (a revoke waits for its partitions' handlers).
@@ -76,7 +75,7 @@ impl Shared {
     pub(crate) fn new(topic: String) -> Arc<Self> {
         Arc::new(Shared {
             topic,
-            member: handover::new_member(),
+            member: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
             state: Mutex::default(),
             settled: Condvar::new(),
             waiting_room: AtomicBool::new(false),
@@ -145,20 +144,17 @@ impl Shared {
             .is_some_and(|p| p.epoch == epoch && !p.revoked)
     }
 
-    /// The offsets to commit for `partitions` (all when `None`), recorded as committed; with
-    /// (partition, offset, metadata) of those whose metadata lists finished offsets.
+    /// The offsets to commit for `partitions` (all when `None`), recorded as committed.
     /// `Changed` leaves out what the last commit sent already; `All` (a hand-over) does not:
-    /// an asynchronous commit that was sent may not have landed (against tansu, a new owner
-    /// was seen reading an offset from before the previous owner's last periodic commit, and
-    /// handling hundreds of messages again).
+    /// an asynchronous commit that was sent may not have landed yet, and the next owner reads
+    /// the committed offset as soon as the revoke returns.
     fn to_commit(
         &self,
         state: &mut State,
         partitions: Option<&[i32]>,
         which: Marks,
-    ) -> (TopicPartitionList, Vec<(i32, i64, String)>) {
+    ) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
-        let mut finished = Vec::new();
         for (&partition, part) in state.parts.iter_mut() {
             if partitions.is_some_and(|ps| !ps.contains(&partition)) {
                 continue;
@@ -166,11 +162,6 @@ impl Shared {
             let Some(mark) = part.tracker.watermark() else {
                 continue;
             };
-            // Recorded for a hand-over even when this very mark was committed already: the
-            // periodic commits carry it in their metadata only.
-            if !mark.1.is_empty() {
-                finished.push((partition, mark.0, mark.1.clone()));
-            }
             if which == Marks::Changed && part.committed.as_ref() == Some(&mark) {
                 continue;
             }
@@ -181,7 +172,7 @@ impl Shared {
                 part.committed = Some(mark);
             }
         }
-        (tpl, finished)
+        tpl
     }
 }
 
@@ -198,21 +189,8 @@ enum Marks {
 pub(crate) struct KafkaContext {
     pub(crate) shared: Arc<Shared>,
     pub(crate) link: Arc<crate::link::Link>,
-    pub(crate) group_id: String,
-    pub(crate) store: Arc<DoneStore>,
     pub(crate) revoke_timeout: Duration,
     pub(crate) request_timeout: Duration,
-    /// The bootstrap servers: which cluster the group is on.
-    pub(crate) cluster: String,
-    /// How long an assignment waits for the member of this process that had a partition to
-    /// hand it over.
-    pub(crate) handover_wait: Duration,
-}
-
-impl Drop for KafkaContext {
-    fn drop(&mut self) {
-        handover::owners().release_all(self.shared.member);
-    }
 }
 
 impl ClientContext for KafkaContext {
@@ -256,7 +234,6 @@ impl ConsumerContext for KafkaContext {
             other => {
                 tracing::warn!(topic = %self.shared.topic, error = ?other, "rebalance error");
                 let _ = consumer.unassign();
-                handover::owners().release_all(self.shared.member);
             }
         }
     }
@@ -293,16 +270,10 @@ impl KafkaContext {
             .iter()
             .map(|e| (e.partition(), (None, String::new())))
             .collect();
-        // The committed offsets are read once the member of this process that had these
-        // partitions has committed them (see `handover`).
-        let claimed: Vec<PartitionOf> = starts.keys().map(|&p| self.partition_of(p)).collect();
-        let waited = Instant::now();
-        let late = handover::owners().claim(self.shared.member, &claimed, self.handover_wait);
-        tracing::debug!(%topic, member = self.shared.member, partitions = ?starts.keys().collect::<Vec<_>>(), waited = ?waited.elapsed(), "assigned");
-        if !late.is_empty() {
-            let late: Vec<i32> = late.iter().map(|p| p.partition).collect();
-            tracing::warn!(%topic, partitions = ?late, "assigned partitions their previous owner here has not handed over in time; messages it is handling may be handled again");
-        }
+        // Kafka assigns a partition anew only once every member has rejoined, that is after
+        // its previous owner's revoke (drain, then a synchronous commit) has returned: the
+        // committed offsets read here are that owner's last.
+        tracing::debug!(%topic, member = self.shared.member, partitions = ?starts.keys().collect::<Vec<_>>(), "assigned");
         // Owned values only: a list returned by the consumer and still alive when the consumer
         // is dropped makes the drop hang.
         match consumer.committed_offsets(tpl.clone(), self.request_timeout) {
@@ -319,11 +290,6 @@ impl KafkaContext {
                 tracing::warn!(%topic, error = %e, "cannot read committed offsets at assignment; done offsets above them will be handled again");
             }
         }
-        let mut recorded = if starts.values().any(|(c, _)| c.is_some()) {
-            self.store.read(&self.group_id)
-        } else {
-            HashMap::new()
-        };
         let found: Vec<(i32, i64)> = starts
             .iter()
             .filter_map(|(&p, (c, _))| c.map(|c| (p, c)))
@@ -332,10 +298,7 @@ impl KafkaContext {
         for (partition, (committed, metadata)) in starts {
             state.next_epoch += 1;
             let epoch = state.next_epoch;
-            let mut tracker = Tracker::starting_at(committed, &metadata);
-            if let (Some(c), Some(done)) = (committed, recorded.remove(&partition)) {
-                tracker.add_done(c, done);
-            }
+            let tracker = Tracker::starting_at(committed, &metadata);
             state.parts.insert(
                 partition,
                 Part {
@@ -396,31 +359,11 @@ impl KafkaContext {
         }
         drop(state);
         self.hand_over(consumer, commit);
-        handover::owners().release(
-            self.shared.member,
-            revoked.iter().map(|&p| self.partition_of(p)),
-        );
     }
 
-    fn partition_of(&self, partition: i32) -> PartitionOf {
-        PartitionOf {
-            cluster: self.cluster.clone(),
-            group_id: self.group_id.clone(),
-            topic: self.shared.topic.clone(),
-            partition,
-        }
-    }
-
-    /// Commits for a new owner: the finished offsets above each committed one are recorded
-    /// first (see `done`), then the offsets are committed, synchronously.
-    fn hand_over(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        (tpl, finished): (TopicPartitionList, Vec<(i32, i64, String)>),
-    ) {
-        if !self.store.write(&self.group_id, &finished) {
-            tracing::warn!(topic = %self.shared.topic, "could not record the finished offsets above the committed ones; the next owner handles them again");
-        }
+    /// Commits for a new owner, synchronously: the offsets with, in their metadata, the
+    /// finished offsets above them (see `offsets`).
+    fn hand_over(&self, consumer: &BaseConsumer<Self>, tpl: TopicPartitionList) {
         if tpl.count() == 0 {
             return;
         }
@@ -566,7 +509,6 @@ pub(crate) fn poll_loop(
         last
     };
     consumer.context().hand_over(&consumer, last);
-    handover::owners().release_all(shared.member);
     // Dropping closes the consumer: librdkafka revokes (our callback commits again if
     // anything changed), leaves the group, and ends its threads.
     drop(consumer);
@@ -574,7 +516,7 @@ pub(crate) fn poll_loop(
 
 /// A periodic commit (finished offsets above it go in its metadata only).
 fn commit(consumer: &BaseConsumer<KafkaContext>, shared: &Shared, mode: CommitMode) {
-    let (tpl, _) = {
+    let tpl = {
         let mut state = shared.lock();
         shared.to_commit(&mut state, None, Marks::Changed)
     };

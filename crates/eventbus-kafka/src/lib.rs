@@ -22,8 +22,9 @@
 //!
 //! # Mapping
 //! - A topic is a Kafka topic, created or checked through the admin client per
-//!   [`Provision`] and [`TopicOptions`] (partitions, replication, retention); brokers without
-//!   auto-creation (tansu) need it.
+//!   [`Provision`] and [`TopicOptions`] (partitions, replication, retention), never by a
+//!   broker's auto-creation (which would give it the broker's default partition count): the
+//!   transport's metadata requests do not ask for it.
 //! - Key → the record key, so one aggregate stays on one partition (librdkafka's
 //!   `murmur2_random` partitioner: the partition a Java client picks). Message id → header
 //!   `eb-id`; every other header (envelope fields included) → a Kafka header of the same
@@ -40,12 +41,9 @@
 //!   `enable.auto.offset.store=false`). Per partition it commits the lowest offset whose
 //!   message is not done, so the committed offset never passes a message that failed, was
 //!   cancelled or is still running (the Go SDK committed past them: its defect 9). Messages
-//!   finished above it are listed in the commit's metadata and, when a partition changes
-//!   hands (revoke, close), also in the group's topic `__eventbus-done.<kafka group>` (one
-//!   partition, written before the commit; brokers such as tansu 0.6 drop commit metadata);
+//!   finished above it are listed in the commit's metadata (Kafka keeps it with the offset);
 //!   the next owner skips them, so a close or rebalance hands nothing twice. A process that
-//!   crashes loses what it had not handed over: at least once. Grant the clients access to
-//!   those topics where ACLs apply.
+//!   crashes loses what it had not committed: at least once.
 //! - "Done" is [`Outcome::Handled`]. A message that failed for good ([`Outcome::Failed`],
 //!   with no dead-letter topic) is **not** done: the offset is not committed past it, it is
 //!   delivered again in this subscription after [`ConsumerOptions::redelivery_delay`], and
@@ -61,17 +59,15 @@
 //!   leaves the rest in librdkafka (whose own prefetch is bounded by
 //!   `queued.max.messages.kbytes`, 4 MB here), while it keeps polling (so
 //!   `max.poll.interval.ms` is never exceeded). No partition is paused.
-//! - Rebalance: on a revoke the transport stops handing out the revoked partitions, waits up
-//!   to [`ConsumerOptions::revoke_timeout`] for their handlers, commits synchronously, then
-//!   lets the rebalance go on; an assigned partition starts at its committed offset (a new
-//!   group at the earliest). Kafka's coordinator assigns a partition anew only once every
-//!   member has rejoined, so after that commit. tansu 0.6 does not wait: within one process
-//!   the transport makes up for it (an assignment waits, bounded, until the subscription
-//!   here that had the partition has committed it); members in different processes can
-//!   then overlap for a moment during a rebalance, and handle a few messages twice. tansu 0.6
-//!   also keeps a member that left a forming group as its leader; a member joining next is a
-//!   follower whose SyncGroup is refused until tansu reloads the group, so it can wait for
-//!   an assignment indefinitely (not seen with Kafka, which elects a new leader).
+//! - Rebalance (the eager protocol): on a revoke the transport stops handing out the revoked
+//!   partitions, waits up to [`ConsumerOptions::revoke_timeout`] for their handlers, commits
+//!   synchronously, then lets the rebalance go on; an assigned partition starts at its
+//!   committed offset (a new group at the earliest). Kafka's coordinator assigns a partition
+//!   anew only once every member has rejoined, so after that commit: two members, in one
+//!   process or in several, never hold one partition at once. Exceptions, both at least
+//!   once: a handler still running when the revoke timeout ends (its message goes to the next
+//!   owner too), and a member removed without being waited for (one that did not poll within
+//!   `max.poll.interval.ms`; the poller thread polls all the time, so a stuck process).
 //! - [`Transport::lag`]: per partition, the high watermark minus the committed offset (minus
 //!   the finished offsets its metadata lists); summed. [`KafkaTransport::partition_lag`]
 //!   gives each partition's.
@@ -87,9 +83,7 @@
 
 mod config;
 mod consumer;
-mod done;
 mod error;
-mod handover;
 mod link;
 mod offsets;
 mod worker;
@@ -119,7 +113,6 @@ pub use consumer::KafkaAck;
 pub use error::KafkaError;
 
 use consumer::{HEADER_ID, KafkaContext, KafkaStream, Shared};
-use done::DoneStore;
 use link::{Link, LinkContext};
 
 /// The producer, with errors reported to the [`Link`].
@@ -144,8 +137,6 @@ struct Inner {
     producer: Mutex<Option<Producer>>,
     admin: Mutex<Option<Arc<Admin>>>,
     link: Arc<Link>,
-    /// Finished offsets across owners (it holds clones of the producer and admin client).
-    store: Mutex<Option<Arc<DoneStore>>>,
     /// Consumers reading committed offsets for `lag`, one per Kafka group; used and dropped
     /// on the worker thread only.
     lag_consumers: Arc<Mutex<HashMap<String, BaseConsumer>>>,
@@ -235,24 +226,10 @@ impl KafkaTransport {
             }
         };
         let admin = Arc::new(admin);
-        let store = Arc::new(DoneStore {
-            producer: producer.clone(),
-            admin: Arc::clone(&admin),
-            reader: {
-                let mut reader = client_config(&config, &config.consumer_settings);
-                // librdkafka refuses to assign partitions to a consumer without a group; this
-                // one only assigns, so it never joins the group or commits.
-                reader.set("group.id", "__eventbus-done-reader");
-                reader.set("enable.auto.commit", "false");
-                reader
-            },
-            replication: config.topic_defaults.replication,
-            timeout: config.request_timeout,
-        });
         let worker = match Worker::start() {
             Ok(worker) => worker,
             Err(e) => {
-                drop_blocking((producer, admin, store)).await;
+                drop_blocking((producer, admin)).await;
                 return Err(Error::transport(NAME, e));
             }
         };
@@ -261,7 +238,6 @@ impl KafkaTransport {
                 producer: Mutex::new(Some(producer)),
                 admin: Mutex::new(Some(admin)),
                 link,
-                store: Mutex::new(Some(store)),
                 lag_consumers: Arc::default(),
                 worker,
                 ensured: tokio::sync::Mutex::default(),
@@ -314,10 +290,6 @@ impl KafkaTransport {
 
     fn admin(&self) -> Result<Arc<Admin>> {
         lock(&self.inner.admin).clone().ok_or(Error::Closed)
-    }
-
-    fn store(&self) -> Result<Arc<DoneStore>> {
-        lock(&self.inner.store).clone().ok_or(Error::Closed)
     }
 
     /// Partitions and replication factor of `topic`, `None` when it does not exist.
@@ -614,17 +586,16 @@ impl KafkaTransport {
     /// Lag of `group` on `topic` per partition: (partition, messages not done).
     pub async fn partition_lag(&self, topic: &str, group: &str) -> Result<Vec<(i32, u64)>> {
         self.check_open()?;
-        let producer = self.producer()?;
+        let admin = self.admin()?;
         let config = &self.inner.config;
         let group_id = config.group_id(topic, group);
         let mut settings = client_config(config, &config.consumer_settings);
         settings.set("group.id", &group_id);
         settings.set("enable.auto.commit", "false");
         let consumers = Arc::clone(&self.inner.lag_consumers);
-        let store = self.store()?;
         let link = Arc::clone(&self.inner.link);
         // What this process's own subscriptions of the group know is newer than the last
-        // commit (and includes the finished offsets a broker may not return).
+        // commit.
         let mut local: HashMap<i32, (i64, std::collections::BTreeSet<i64>)> = HashMap::new();
         for r in lock(&self.inner.consumers).iter() {
             if r.group_id == group_id && !r.thread.is_finished() {
@@ -636,8 +607,9 @@ impl KafkaTransport {
         self.inner
             .worker
             .run(move || -> Result<Vec<(i32, u64)>> {
-                let metadata = producer
-                    .client()
+                // The admin client's: asking must not create the topic (see `connect`).
+                let metadata = admin
+                    .inner()
                     .fetch_metadata(Some(&topic), timeout)
                     .map_err(|e| KafkaError::request("topic metadata", e))?;
                 link.up();
@@ -650,14 +622,13 @@ impl KafkaTransport {
                 drop(metadata);
                 let mut marks = Vec::with_capacity(partitions.len());
                 for &p in &partitions {
-                    let (low, high) = producer
-                        .client()
+                    let (low, high) = admin
+                        .inner()
                         .fetch_watermarks(&topic, p, timeout)
                         .map_err(|e| KafkaError::request("watermarks", e))?;
                     marks.push((p, low, high));
                 }
                 let mut consumers = lock(&consumers);
-                let recorded = store.read(&group_id);
                 let consumer = match consumers.entry(group_id) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => v.insert(
@@ -690,13 +661,8 @@ impl KafkaTransport {
                         let (committed, metadata) =
                             committed.get(&p).cloned().unwrap_or((None, String::new()));
                         let mut from = committed.unwrap_or(low).max(low);
-                        let mut done = committed.map_or_else(Default::default, |c| {
-                            let mut done = offsets::decode(c, &metadata);
-                            if let Some(more) = recorded.get(&p) {
-                                done.extend(more.iter().copied());
-                            }
-                            done
-                        });
+                        let mut done = committed
+                            .map_or_else(Default::default, |c| offsets::decode(c, &metadata));
                         if let Some((base, mine)) = local.remove(&p) {
                             from = from.max(base);
                             done.extend(mine);
@@ -786,20 +752,12 @@ impl Subscriber for KafkaTransport {
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
         ]);
         settings.extend(config.consumer_settings.clone());
-        // A subscription of this group that just closed here may still be handing its
-        // partitions over: the new one's assignment waits for it (see `handover`).
         let shared = Shared::new(topic.clone());
         let context = KafkaContext {
             shared: Arc::clone(&shared),
             link: Arc::clone(&self.inner.link),
-            group_id: config.group_id(&topic, &group),
-            store: self.store()?,
             revoke_timeout: c.revoke_timeout,
             request_timeout: config.request_timeout,
-            cluster: config.brokers.clone(),
-            // The old owner notices the rebalance within a session, drains for up to the
-            // revoke timeout, then commits.
-            handover_wait: c.session_timeout + c.revoke_timeout + config.request_timeout,
         };
         let consumer: BaseConsumer<KafkaContext> = client_config(config, &settings)
             .create_with_context(context)
@@ -889,7 +847,6 @@ impl Transport for KafkaTransport {
         }
         let producer = lock(&self.inner.producer).take();
         let admin = lock(&self.inner.admin).take();
-        let store = lock(&self.inner.store).take();
         let lag_consumers = std::mem::take(&mut *lock(&self.inner.lag_consumers));
         let flush = self.inner.config.delivery_timeout;
         let _ = self
@@ -902,7 +859,6 @@ impl Transport for KafkaTransport {
                     }
                     drop(producer);
                 }
-                drop(store);
                 drop(admin);
                 drop(lag_consumers);
             })

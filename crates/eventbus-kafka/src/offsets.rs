@@ -5,8 +5,7 @@
 //! The tracker commits the lowest offset not yet done (never past a failed, cancelled or
 //! running message: the Go SDK's defect 9) and, as the commit's metadata, the offsets above it
 //! that are done already, so whoever gets the partition next skips them instead of handling
-//! them twice (brokers that keep commit metadata, as Kafka does, honour this; without it they
-//! are redelivered: at least once).
+//! them twice (Kafka keeps a commit's metadata with its offset).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -51,12 +50,6 @@ impl Tracker {
             next: None,
             done_before,
         }
-    }
-
-    /// Adds offsets known to be done (recorded by an earlier owner) at or above `committed`.
-    pub(crate) fn add_done(&mut self, committed: i64, done: impl IntoIterator<Item = i64>) {
-        self.done_before
-            .extend(done.into_iter().filter(|&o| o >= committed));
     }
 
     /// Records a polled offset.
