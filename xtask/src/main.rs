@@ -14,7 +14,8 @@
 //! - `load [--transport memory|nats|kafka] [--level low|medium|high|extreme|large|go|all]`: the
 //!   Go SDK's load scenarios A and B per level (the `load` example, release build): prints the
 //!   table, writes `target/load/<transport>.json` and `.svg`; fails on loss, order violations
-//!   or leaked tasks.
+//!   or leaked tasks. NATS runs on the shared server (started if down, stopped after), Kafka
+//!   on a private broker (or `EVENTBUS_KAFKA_BROKERS`).
 //! - `conformance [--transport memory|nats|kafka|all] [--quick] [--stress N]`: the conformance
 //!   suite per transport (the `conformance` example, release build): a pass/fail table; fails
 //!   when a check fails.
@@ -23,7 +24,8 @@
 //!   `eventbus-bench` (release build): throughput ratios against raw loops and clients from
 //!   interleaved rounds, and the head-of-line table; `--report` adds the cost per message and
 //!   writes `BENCHMARKS.md` and `docs/bench/*.svg`; `--criterion` runs the criterion benches
-//!   (`cargo bench -p eventbus-bench`) instead.
+//!   (`cargo bench -p eventbus-bench`) instead. NATS is measured on the shared server (started
+//!   if down, stopped after), Kafka on a private broker (or `EVENTBUS_KAFKA_BROKERS`).
 //! - `cost [--no-callgrind] [--profile]`: instructions (callgrind) and heap allocations per
 //!   message on a fixed workload, against the dispatcher's targets.
 //!
@@ -39,9 +41,11 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("brokers") => brokers(&args[1..]).map(drop),
         Some("report") => report(&args[1..]),
-        Some("load") => example("load", &args[1..]),
+        // The load levels and the benchmarks measure NATS on the shared server; Kafka on a
+        // private broker of their own (or `EVENTBUS_KAFKA_BROKERS`).
+        Some("load") => with_shared_brokers(&["nats"], || example("load", &args[1..])),
         Some("conformance") => example("conformance", &args[1..]),
-        Some("bench") => bench(&args[1..]),
+        Some("bench") => with_shared_brokers(&["nats"], || bench(&args[1..])),
         Some("cost") => bench_binary("cost", &args[1..]),
         _ => {
             eprintln!(
@@ -129,8 +133,19 @@ fn brokers(args: &[String]) -> Result<String, String> {
 /// Installs the brokers if missing and starts the shared ones that do not answer yet; the
 /// tests run; then it stops what it started (a session's `cargo xtask brokers up` stays up).
 fn test() -> Result<(), String> {
-    let started = brokers(&["up".to_owned()])?;
-    let result = run_tests();
+    with_shared_brokers(&["nats", "kafka"], run_tests)
+}
+
+/// Runs `f` with the shared brokers `kinds` up: installs and starts those that do not answer,
+/// and stops those afterwards.
+fn with_shared_brokers(
+    kinds: &[&str],
+    f: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    let mut up = vec!["up".to_owned()];
+    up.extend(kinds.iter().map(|k| (*k).to_owned()));
+    let started = brokers(&up)?;
+    let result = f();
     let started: Vec<String> = started.lines().map(str::to_owned).collect();
     if !started.is_empty() {
         let mut down = vec!["down".to_owned()];

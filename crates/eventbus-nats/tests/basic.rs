@@ -10,7 +10,7 @@ use eventbus_core::{BoxError, Delivery, Error, EventBus, Limits, Message, handle
 use eventbus_nats::{
     ConsumerOptions, NatsConfig, NatsError, NatsTransport, Provision, Storage, StreamOptions,
 };
-use support::{PrivateServer, shared_url, unique};
+use support::{PrivateServer, SharedServer, unique};
 
 fn nats_error(e: &Error) -> &NatsError {
     match e {
@@ -60,11 +60,12 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_consume_close_leaves_nothing() {
+    let shared = SharedServer::get();
     let before = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();
     let threads = support::threads();
-    let t = NatsTransport::connect(NatsConfig::new(shared_url()))
+    let t = NatsTransport::connect(NatsConfig::new(shared.url()))
         .await
         .unwrap();
     let js = t.jetstream().clone();
@@ -111,7 +112,8 @@ async fn publish_consume_close_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_publish_is_deduplicated_by_message_id() {
-    let t = NatsTransport::connect(NatsConfig::new(shared_url()))
+    let shared = SharedServer::get();
+    let t = NatsTransport::connect(NatsConfig::new(shared.url()))
         .await
         .unwrap();
     let js = t.jetstream().clone();
@@ -130,11 +132,12 @@ async fn retried_publish_is_deduplicated_by_message_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_runs_with_the_configured_settings() {
+    let shared = SharedServer::get();
     let consumer = ConsumerOptions::default()
         .ack_wait(Duration::from_secs(7))
         .max_ack_pending(123)
         .max_deliver(9);
-    let config = NatsConfig::new(shared_url()).consumer(consumer);
+    let config = NatsConfig::new(shared.url()).consumer(consumer);
     let t = NatsTransport::connect(config.clone()).await.unwrap();
     let js = t.jetstream().clone();
     let bus = EventBus::new(t);
@@ -154,8 +157,9 @@ async fn consumer_runs_with_the_configured_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_only_reports_missing_and_mismatched_streams() {
+    let shared = SharedServer::get();
     let topic = unique("validate");
-    let strict = NatsConfig::new(shared_url()).provision(Provision::ValidateOnly);
+    let strict = NatsConfig::new(shared.url()).provision(Provision::ValidateOnly);
     let t = NatsTransport::connect(strict.clone()).await.unwrap();
     let err = t.ensure_stream(&topic).await.unwrap_err();
     assert!(
@@ -164,7 +168,7 @@ async fn validate_only_reports_missing_and_mismatched_streams() {
     );
 
     // Created with file storage by a default transport...
-    let creator = NatsTransport::connect(NatsConfig::new(shared_url()))
+    let creator = NatsTransport::connect(NatsConfig::new(shared.url()))
         .await
         .unwrap();
     creator.ensure_stream(&topic).await.unwrap();
@@ -198,7 +202,8 @@ async fn validate_only_reports_missing_and_mismatched_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payload_is_a_typed_error_before_sending() {
-    let t = NatsTransport::connect(NatsConfig::new(shared_url()))
+    let shared = SharedServer::get();
+    let t = NatsTransport::connect(NatsConfig::new(shared.url()))
         .await
         .unwrap();
     // Let the bus accept it, so the server's max_payload (1 MB by default) is what refuses.
@@ -310,7 +315,8 @@ async fn close_with_the_server_dead_leaves_no_task_or_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
-    let config = NatsConfig::new(shared_url())
+    let shared = SharedServer::get();
+    let config = NatsConfig::new(shared.url())
         .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
     let t = NatsTransport::connect(config.clone()).await.unwrap();
     let js = t.jetstream().clone();
@@ -352,8 +358,9 @@ async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
 /// was already handled and acked), so each message is handled once, in its key's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
+    let shared = SharedServer::get();
     const N: u64 = 12;
-    let config = NatsConfig::new(shared_url())
+    let config = NatsConfig::new(shared.url())
         .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
     let transport = NatsTransport::connect(config.clone()).await.unwrap();
     let js = transport.jetstream().clone();
@@ -423,7 +430,8 @@ async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_never_exceed_what_the_bus_can_buffer() {
-    let config = NatsConfig::new(shared_url());
+    let shared = SharedServer::get();
+    let config = NatsConfig::new(shared.url());
     let t = NatsTransport::connect(config.clone()).await.unwrap();
     let js = t.jetstream().clone();
     let bus = EventBus::builder(t)
@@ -470,9 +478,10 @@ async fn pulls_never_exceed_what_the_bus_can_buffer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_with_other_settings_is_updated_or_refused() {
+    let shared = SharedServer::get();
     let topic = unique("reconfigure");
     let with_ack_wait = |secs, provision| {
-        NatsConfig::new(shared_url())
+        NatsConfig::new(shared.url())
             .provision(provision)
             .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(secs)))
     };
@@ -491,7 +500,7 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
     first.close().await.unwrap();
 
     // Looks at the server through a connection of its own, open until the end.
-    let inspector = NatsTransport::connect(NatsConfig::new(shared_url()))
+    let inspector = NatsTransport::connect(NatsConfig::new(shared.url()))
         .await
         .unwrap();
     let js = inspector.jetstream().clone();
@@ -545,10 +554,11 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
+    let shared = SharedServer::get();
     let backoff = vec![Duration::from_secs(1), Duration::from_secs(5)];
     // No max_deliver: the server refuses a backoff.
     let err = NatsTransport::connect(
-        NatsConfig::new(shared_url()).consumer(ConsumerOptions::default().backoff(backoff.clone())),
+        NatsConfig::new(shared.url()).consumer(ConsumerOptions::default().backoff(backoff.clone())),
     )
     .await
     .unwrap_err();
@@ -558,7 +568,7 @@ async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
     );
     // ack_wait different from backoff[0]: the server would silently use backoff[0].
     let err = NatsTransport::connect(
-        NatsConfig::new(shared_url()).consumer(
+        NatsConfig::new(shared.url()).consumer(
             ConsumerOptions::default()
                 .backoff(backoff.clone())
                 .max_deliver(5),
@@ -571,7 +581,7 @@ async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
         "{err}"
     );
     // Consistent: the consumer runs with it.
-    let config = NatsConfig::new(shared_url()).consumer(
+    let config = NatsConfig::new(shared.url()).consumer(
         ConsumerOptions::default()
             .backoff(backoff.clone())
             .max_deliver(5)

@@ -1,5 +1,6 @@
-//! The conformance suite against a real nats-server: each check gets a private server (its own
-//! port and store directory, removed afterwards), so `reconnect` can kill and restart it.
+//! The conformance suite against nats-server: every check runs on the shared server (streams
+//! of this process deleted afterwards), but `reconnect`, which kills and restarts its server,
+//! on a private one.
 
 mod support;
 
@@ -7,30 +8,43 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventbus_core::EventBus;
+use eventbus_core::transport::Capabilities;
 use eventbus_nats::{ConsumerOptions, NatsConfig, NatsTransport};
 use eventbus_testkit::conformance::Harness;
-use support::PrivateServer;
+use support::{PrivateServer, SharedServer};
 
-fn harness() -> Harness {
-    let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
-    let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
-    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
-    let for_restart = Arc::clone(&server);
+/// Buses on `url`; `keep` lives as long as the harness.
+fn harness_on<K>(url: String, capabilities: Capabilities, keep: Arc<K>) -> Harness
+where
+    K: Send + Sync + 'static,
+{
     Harness::new("nats", capabilities, move |options| {
         let url = url.clone();
+        let _keep = Arc::clone(&keep);
         async move {
             // A short ack wait: messages left unacked at a subscription's close (by design)
             // come back in seconds rather than the default 30 s.
-            let config = NatsConfig::new(url)
+            let config = NatsConfig::new(url.clone())
                 .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(3)));
             let transport = NatsTransport::connect(config)
                 .await
-                .unwrap_or_else(|e| panic!("connect to the private nats-server: {e}"));
+                .unwrap_or_else(|e| panic!("connect to nats-server at {url}: {e}"));
             EventBus::builder(transport).options(options).build()
         }
     })
-    .with_restart(move || {
-        let server = Arc::clone(&for_restart);
+}
+
+fn shared() -> Harness {
+    let server = SharedServer::get();
+    harness_on(server.url(), NatsTransport::CAPABILITIES, Arc::new(server))
+}
+
+fn private() -> Harness {
+    let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
+    let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
+    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
+    harness_on(url, capabilities, Arc::clone(&server)).with_restart(move || {
+        let server = Arc::clone(&server);
         async move {
             // SIGKILL and start again on the same port and store, as a crash would.
             tokio::task::spawn_blocking(move || {
@@ -42,4 +56,4 @@ fn harness() -> Harness {
     })
 }
 
-eventbus_testkit::conformance_tests!(harness());
+eventbus_testkit::conformance_tests!(shared = shared(), private = private());
