@@ -94,6 +94,7 @@ pub async fn raw(brokers: &str, n: usize, run: u32) -> f64 {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
+        .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", "1065536")
         .create()

@@ -34,7 +34,8 @@
 //!
 //! # Guarantees
 //! - The producer is idempotent (`enable.idempotence=true`, `acks=all`): its own retries
-//!   never duplicate or reorder a partition's messages. A publish returns after the delivery
+//!   never duplicate or reorder a partition's messages. It sends at once (`linger.ms=0`): a
+//!   publish waits for its report, so lingering would cost every single publish. A publish returns after the delivery
 //!   report; a failed delivery is [`KafkaError::Delivery`] and a message above
 //!   [`KafkaConfig::max_message_bytes`] is [`Error::PayloadTooLarge`], before anything is sent.
 //! - Offsets are committed by the transport only (`enable.auto.commit=false`,
@@ -194,6 +195,11 @@ impl KafkaTransport {
             ("enable.idempotence".to_owned(), "true".to_owned()),
             ("acks".to_owned(), "all".to_owned()),
             ("partitioner".to_owned(), "murmur2_random".to_owned()),
+            // A publish waits for its delivery report, so librdkafka's default wait of 5 ms
+            // for more messages to batch with is paid by every caller that publishes one at a
+            // time (a third of the throughput in `cargo xtask load`). Messages queued
+            // together (`publish_batch`, concurrent publishers) still share requests.
+            ("linger.ms".to_owned(), "0".to_owned()),
             (
                 "message.timeout.ms".to_owned(),
                 millis(config.delivery_timeout),
