@@ -36,6 +36,15 @@ pub enum Error {
         /// Why it was rejected.
         reason: NameError,
     },
+    /// A header of the message cannot be carried by every transport, or is one the
+    /// transports use for their own purposes: fix or rename the header.
+    #[error("invalid header {name:?}: {reason}")]
+    InvalidHeader {
+        /// The header's name (truncated to 64 characters).
+        name: String,
+        /// Why it was rejected.
+        reason: HeaderError,
+    },
     /// The message is larger than the configured limit: split it, or raise
     /// [`Limits::max_message_bytes`](crate::Limits) (and the broker's limit).
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
@@ -141,6 +150,60 @@ pub enum NameError {
     /// to the handler that gave up on them).
     #[error("a dead-letter topic must differ from the topic it serves")]
     DeadLetterLoop,
+}
+
+/// Why a message header was rejected (see [`validate_header`](crate::validate::validate_header)).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderError {
+    /// The name is empty.
+    #[error("its name is empty")]
+    EmptyName,
+    /// The name is too long.
+    #[error("its name is {len} bytes long, at most {max} are allowed")]
+    NameTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The name has a character outside the HTTP token set (RFC 9110), which NATS and Kafka
+    /// both carry.
+    #[error(
+        "its name has character {ch:?} at byte {at} (allowed: letters, digits and !#$%&'*+-.^_`|~)"
+    )]
+    InvalidNameChar {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// The value is too long.
+    #[error("its value is {len} bytes long, at most {max} are allowed")]
+    ValueTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The value has a CR, LF or NUL, which end a header on NATS.
+    #[error("its value has character {ch:?} at byte {at} (CR, LF and NUL are not allowed)")]
+    InvalidValueChar {
+        /// The offending character.
+        ch: char,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// The value starts or ends with whitespace (Unicode's), which the NATS client strips.
+    #[error("its value starts or ends with whitespace, which NATS strips")]
+    ValueEdgeWhitespace,
+    /// A transport writes this header for its own purposes; a user value would be dropped or
+    /// would change how the message is routed.
+    #[error("it is reserved: {purpose}")]
+    Reserved {
+        /// What the transports use it for.
+        purpose: &'static str,
+    },
 }
 
 /// Why an envelope could not be decoded from a message.

@@ -48,7 +48,7 @@ pub use bus::{BusOptions, EventBus, EventBusBuilder, SubscribeOptions, Subscript
 pub use dead_letter::DeadLetter;
 pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Outcome, Route};
 pub use envelope::Envelope;
-pub use error::{BoxError, EnvelopeError, Error, NameError, Result};
+pub use error::{BoxError, EnvelopeError, Error, HeaderError, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
 pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};

@@ -13,7 +13,7 @@ use crate::message::Message;
 use crate::propagation;
 use crate::telemetry::PublishMetrics;
 use crate::transport::Transport;
-use crate::validate::{Limits, validate_key, validate_topic};
+use crate::validate::{Limits, validate_header, validate_key, validate_topic};
 
 #[derive(Clone)]
 pub(crate) struct Outlet {
@@ -98,6 +98,9 @@ impl Outlet {
         validate_topic(message.topic())?;
         if let Some(key) = message.key() {
             validate_key(key.as_str())?;
+        }
+        for (name, value) in message.headers().iter() {
+            validate_header(name, value)?;
         }
         self.limits.check_size(message.encoded_len())
     }

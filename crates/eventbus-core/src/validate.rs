@@ -3,7 +3,7 @@
 //! A topic valid here is valid as a NATS subject (a sequence of non-empty tokens, no wildcards)
 //! and as a Kafka topic name, so moving between transports never renames anything.
 
-use crate::error::{Error, NameError};
+use crate::error::{Error, HeaderError, NameError};
 
 /// Longest topic name (Kafka's limit).
 pub const MAX_TOPIC_LEN: usize = 249;
@@ -80,6 +80,95 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     })
 }
 
+/// Longest header name.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_LEN: usize = 16 * 1024;
+
+/// Header names the transports write on the wire for their own purposes, with what for. A
+/// message may not carry them as user headers: [`validate_header`] refuses them.
+pub const RESERVED_HEADERS: &[(&str, &str)] = &[
+    ("eb-id", "the message id on Kafka"),
+    ("eb-key", "the message key on NATS"),
+];
+
+/// Prefixes of reserved header names (compared ignoring ASCII case), with what for.
+pub const RESERVED_HEADER_PREFIXES: &[(&str, &str)] = &[(
+    "Nats-",
+    "NATS JetStream acts on `Nats-*` headers (`Nats-Msg-Id` is the message id)",
+)];
+
+/// Checks a message header, as every publish does before anything is sent: a name of 1 to 256
+/// HTTP token characters (RFC 9110: letters, digits and ``!#$%&'*+-.^_`|~``), not reserved
+/// ([`RESERVED_HEADERS`], [`RESERVED_HEADER_PREFIXES`]); a value of at most 16 KiB without CR,
+/// LF or NUL, not starting or ending with whitespace. What passes is carried intact by every
+/// transport.
+pub fn validate_header(name: &str, value: &str) -> Result<(), Error> {
+    header_rule(name, value).map_err(|reason| Error::InvalidHeader {
+        name: name.chars().take(64).collect(),
+        reason,
+    })
+}
+
+fn header_rule(name: &str, value: &str) -> Result<(), HeaderError> {
+    if name.is_empty() {
+        return Err(HeaderError::EmptyName);
+    }
+    if name.len() > MAX_HEADER_NAME_LEN {
+        return Err(HeaderError::NameTooLong {
+            len: name.len(),
+            max: MAX_HEADER_NAME_LEN,
+        });
+    }
+    let token = |c: char| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '!' | '#'
+                    | '$'
+                    | '%'
+                    | '&'
+                    | '\''
+                    | '*'
+                    | '+'
+                    | '-'
+                    | '.'
+                    | '^'
+                    | '_'
+                    | '`'
+                    | '|'
+                    | '~'
+            )
+    };
+    if let Some((at, ch)) = name.char_indices().find(|&(_, c)| !token(c)) {
+        return Err(HeaderError::InvalidNameChar { ch, at });
+    }
+    if let Some(&(_, purpose)) = RESERVED_HEADERS.iter().find(|(n, _)| *n == name) {
+        return Err(HeaderError::Reserved { purpose });
+    }
+    if let Some(&(_, purpose)) = RESERVED_HEADER_PREFIXES.iter().find(|(p, _)| {
+        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+    }) {
+        return Err(HeaderError::Reserved { purpose });
+    }
+    if value.len() > MAX_HEADER_VALUE_LEN {
+        return Err(HeaderError::ValueTooLong {
+            len: value.len(),
+            max: MAX_HEADER_VALUE_LEN,
+        });
+    }
+    if let Some((at, ch)) = value
+        .char_indices()
+        .find(|&(_, c)| matches!(c, '\r' | '\n' | '\0'))
+    {
+        return Err(HeaderError::InvalidValueChar { ch, at });
+    }
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Err(HeaderError::ValueEdgeWhitespace);
+    }
+    Ok(())
+}
+
 /// Size limits checked before anything is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -114,6 +203,89 @@ impl Limits {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn headers() {
+        for (name, value) in [
+            ("x-trace", "abc"),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("a!#$%&'*+-.^_`|~9", "tab\tand é"),
+            ("eb-event-type", ""),
+            ("EB-KEY", "case differs: not reserved"),
+        ] {
+            assert!(validate_header(name, value).is_ok(), "{name:?}: {value:?}");
+        }
+        let reason = |name: &str, value: &str| match validate_header(name, value) {
+            Err(Error::InvalidHeader { reason, .. }) => reason,
+            other => panic!("{name:?}: expected InvalidHeader, got {other:?}"),
+        };
+        assert_eq!(reason("", "v"), HeaderError::EmptyName);
+        assert_eq!(
+            reason("a b", "v"),
+            HeaderError::InvalidNameChar { ch: ' ', at: 1 }
+        );
+        assert_eq!(
+            reason("a:", "v"),
+            HeaderError::InvalidNameChar { ch: ':', at: 1 }
+        );
+        assert_eq!(
+            reason("a ", "v"),
+            HeaderError::InvalidNameChar { ch: ' ', at: 1 }
+        );
+        assert_eq!(
+            reason("é", "v"),
+            HeaderError::InvalidNameChar { ch: 'é', at: 0 }
+        );
+        assert!(matches!(
+            reason(&"n".repeat(MAX_HEADER_NAME_LEN + 1), "v"),
+            HeaderError::NameTooLong { .. }
+        ));
+        for bad in ["a\rb", "a\nb", "a\0b"] {
+            assert!(
+                matches!(
+                    reason("n", bad),
+                    HeaderError::InvalidValueChar { at: 1, .. }
+                ),
+                "{bad:?}"
+            );
+        }
+        for edge in [" v", "v ", "\tv", "v\t", "\u{b}v", "v\u{a0}"] {
+            assert_eq!(
+                reason("n", edge),
+                HeaderError::ValueEdgeWhitespace,
+                "{edge:?}"
+            );
+        }
+        assert!(matches!(
+            reason("n", &"v".repeat(MAX_HEADER_VALUE_LEN + 1)),
+            HeaderError::ValueTooLong { .. }
+        ));
+        for reserved in [
+            "eb-id",
+            "eb-key",
+            "Nats-Msg-Id",
+            "nats-expected-stream",
+            "NATS-x",
+        ] {
+            assert!(
+                matches!(reason(reserved, "v"), HeaderError::Reserved { .. }),
+                "{reserved}"
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever passes is what the NATS client accepts without panicking (its own rule:
+        /// printable ASCII names without ':', values without CR or LF).
+        #[test]
+        fn valid_headers_are_valid_for_nats(name in "(?s).{0,12}", value in "(?s).{0,12}") {
+            if validate_header(&name, &value).is_ok() {
+                prop_assert!(!name.is_empty());
+                prop_assert!(name.chars().all(|c| c.is_ascii_graphic() && c != ':'));
+                prop_assert!(!value.contains(['\r', '\n']));
+            }
+        }
+    }
 
     #[test]
     fn topics() {

@@ -766,3 +766,21 @@ impl Drop for KafkaAck {
         self.finish(false);
     }
 }
+
+#[cfg(test)]
+mod wire_tests {
+    use eventbus_core::{Error, HeaderError};
+
+    /// The id header this transport writes is reserved in the core, so no user header can
+    /// take its place.
+    #[test]
+    fn the_id_header_is_reserved() {
+        assert!(matches!(
+            eventbus_core::validate::validate_header(super::HEADER_ID, "x"),
+            Err(Error::InvalidHeader {
+                reason: HeaderError::Reserved { .. },
+                ..
+            })
+        ));
+    }
+}

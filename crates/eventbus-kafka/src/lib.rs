@@ -27,8 +27,9 @@
 //!   transport's metadata requests do not ask for it.
 //! - Key → the record key, so one aggregate stays on one partition (librdkafka's
 //!   `murmur2_random` partitioner: the partition a Java client picks). Message id → header
-//!   `eb-id`; every other header (envelope fields included) → a Kafka header of the same
-//!   name and value. The message timestamp → the record timestamp (milliseconds).
+//!   `eb-id` (reserved: a user header of that name is refused with
+//!   [`Error::InvalidHeader`]); every other header (envelope fields included) → a Kafka
+//!   header of the same name and value. The message timestamp → the record timestamp (milliseconds).
 //! - A bus group on a topic is the Kafka consumer group [`KafkaConfig::group_id`]
 //!   (`<group>.<topic>`); its subscriptions, in any process, share the topic's partitions.
 //!

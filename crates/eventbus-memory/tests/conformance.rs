@@ -22,3 +22,9 @@ fn harness() -> Harness {
 }
 
 eventbus_testkit::conformance_tests!(harness());
+
+/// Arbitrary header names and values, keys and payloads through every publish path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_arbitrary_input() {
+    eventbus_testkit::conformance::publish_arbitrary(&harness(), 10_000).await;
+}

@@ -25,8 +25,12 @@
 //! - A consumer group is a durable pull consumer named after the group on the topic's stream;
 //!   the subscriptions of a group, in any process, pull from it and share its messages.
 //! - Message id → `Nats-Msg-Id` (so the stream's duplicate window drops a retried publish),
-//!   key → `eb-key`, other headers (envelope fields
-//!   included) as they are. A received message's timestamp is when JetStream stored it.
+//!   key → `eb-key`, other headers (envelope fields included) as they are. `eb-key` and every
+//!   `Nats-*` name are reserved ([`validate::RESERVED_HEADERS`](eventbus_core::validate)): a
+//!   user header with one of those names is refused with [`Error::InvalidHeader`], so a header
+//!   never decides a message's key; a received message's `Nats-*` headers (JetStream's own,
+//!   from other clients) are not handed to handlers. A received message's timestamp is when
+//!   JetStream stored it.
 //!
 //! # Guarantees
 //! - Publishing returns after JetStream's ack; a message larger than the server's
@@ -356,6 +360,9 @@ impl NatsTransport {
         }
         let mut headers = HeaderMap::new();
         for (name, value) in message.headers().iter() {
+            // The bus validated them already; a transport used on its own must not panic in
+            // async-nats's header constructors either (the core's rule is the stricter one).
+            eventbus_core::validate::validate_header(name, value)?;
             headers.insert(name, value);
         }
         headers.insert(HEADER_ID, message.id().as_str());
@@ -774,6 +781,10 @@ fn message(
             match name.as_ref() {
                 HEADER_ID => id = Some(MessageId::from(value.as_str())),
                 HEADER_KEY => key = Some(Key::from(value.as_str())),
+                // JetStream's own (`Nats-Expected-*`, `Nats-Rollup`, ...): acted on when the
+                // message was published, and acted on again if it were republished (a dead
+                // letter, a replay). Not user headers: the bus refuses them as reserved.
+                name if is_nats_header(name) => {}
                 name => {
                     headers.insert(name, value.as_str());
                 }
@@ -792,6 +803,10 @@ fn message(
         timestamp.unwrap_or_else(SystemTime::now),
     );
     (message, seq)
+}
+
+fn is_nats_header(name: &str) -> bool {
+    name.len() >= 5 && name.as_bytes()[..5].eq_ignore_ascii_case(b"Nats-")
 }
 
 /// What a subscription's puller pulls from, and how it notices reconnects.
@@ -1167,5 +1182,30 @@ impl Transport for NatsTransport {
             .await
             .map_err(|e| NatsError::request("consumer info", e))?;
         Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use eventbus_core::{Error, HeaderError};
+
+    /// The headers this transport writes for itself are reserved in the core, so no user
+    /// header can take their place.
+    #[test]
+    fn the_wire_headers_are_reserved() {
+        for name in [super::HEADER_ID, super::HEADER_KEY] {
+            assert!(
+                matches!(
+                    eventbus_core::validate::validate_header(name, "x"),
+                    Err(Error::InvalidHeader {
+                        reason: HeaderError::Reserved { .. },
+                        ..
+                    })
+                ),
+                "{name}"
+            );
+        }
+        assert!(super::is_nats_header("Nats-Expected-Stream"));
+        assert!(!super::is_nats_header("eb-key"));
     }
 }

@@ -17,9 +17,11 @@
 //!
 //! Not a semver-stable API: it is a yardstick for implementations.
 
+mod arbitrary;
 pub(crate) mod checks;
 mod support;
 
+pub use arbitrary::publish_arbitrary;
 pub use checks::*;
 pub use support::{Harness, Scale, assert_all_received, assert_exactly_once, unique};
 
