@@ -2,7 +2,9 @@
 //!
 //! Checks 1–28 are the shared list; 29 (`health_reports`) and 30 (`trace_propagation`) cover
 //! operations whose result depends on the broker (lag and connection state as the broker reports
-//! them; W3C trace context carried through its headers).
+//! them; W3C trace context carried through its headers); 31 (`reserved_headers`) that no user
+//! header takes the place of what a transport writes for itself. [`publish_arbitrary`], a
+//! property test over every publish path, is run by each transport with its own case count.
 //!
 //! Each check is a public async function over a [`Harness`]; a transport's test crate expands
 //! [`conformance_tests!`](crate::conformance_tests) to get one named `#[tokio::test]` per
@@ -19,10 +21,12 @@
 
 mod arbitrary;
 pub(crate) mod checks;
+mod headers;
 mod support;
 
 pub use arbitrary::publish_arbitrary;
 pub use checks::*;
+pub use headers::reserved_headers;
 pub use support::{Harness, Scale, assert_all_received, assert_exactly_once, unique};
 
 use futures::future::BoxFuture;
@@ -134,4 +138,5 @@ registry! {
     28 scale_out,
     29 health_reports,
     30 trace_propagation,
+    31 reserved_headers,
 }
