@@ -4,7 +4,8 @@
 //!   (nats-server with `go install`, Apache Kafka with Maven, into a cache outside the
 //!   checkout), starts the shared ones that do not answer yet (and stops those after), then
 //!   rustfmt, clippy (`-D warnings`), every test of the workspace (cargo-nextest when
-//!   installed, else `cargo test`), and doc tests.
+//!   installed, else `cargo test`), doc tests, and the conformance runner over every transport
+//!   in one process (`conformance --transport all --quick`, debug build).
 //! - `brokers [install|up|down|status] [nats] [kafka]`: the tests' brokers (the
 //!   `eventbus-brokers` binary of `eventbus-testkit`): `up` starts the shared nats-server
 //!   (127.0.0.1:4222) and Kafka (127.0.0.1:9092) in the background for a working session,
@@ -193,7 +194,24 @@ fn run_tests() -> Result<(), String> {
             "--examples",
         ])?;
     }
-    cargo(&["test", "--workspace", "--all-features", "--doc"])
+    cargo(&["test", "--workspace", "--all-features", "--doc"])?;
+    // The suite's own runner, as users run it: every transport in one process, so a check
+    // that leaks process-wide state into the next one fails here (nextest runs each test in a
+    // process of its own and cannot see it).
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "eventbus",
+        "--example",
+        "conformance",
+        "--features",
+        "nats,kafka",
+        "--",
+        "--transport",
+        "all",
+        "--quick",
+    ])
 }
 
 /// The throughput comparison (no heap counter), then the leak report (with one).

@@ -45,7 +45,11 @@ mod otel {
     struct Inject<'a>(&'a mut Headers);
     impl Injector for Inject<'_> {
         fn set(&mut self, key: &str, value: String) {
-            self.0.insert(key, value);
+            // The W3C propagator writes `tracestate` even when there is no vendor state; an
+            // empty header says nothing and is not sent.
+            if !value.is_empty() {
+                self.0.insert(key, value);
+            }
         }
     }
 
@@ -96,4 +100,39 @@ pub(crate) fn restore_parent(span: &tracing::Span, message: &Message) {
     otel::restore_parent(span, message);
     #[cfg(not(feature = "opentelemetry"))]
     let _ = (span, message);
+}
+
+#[cfg(all(test, feature = "opentelemetry"))]
+mod tests {
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Inside a traced span a message gets `traceparent`, and no `tracestate` when there is no
+    /// vendor state (the propagator hands an empty one over).
+    #[test]
+    fn injects_traceparent_and_no_empty_tracestate() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let mut message = Message::new("orders", "x");
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = tracing::info_span!("producer").entered();
+            inject(&mut message);
+        });
+        assert!(
+            message.headers().get(TRACEPARENT).is_some(),
+            "{:?}",
+            message.headers()
+        );
+        assert_eq!(
+            message.headers().get(TRACESTATE),
+            None,
+            "an empty tracestate is not sent"
+        );
+    }
 }

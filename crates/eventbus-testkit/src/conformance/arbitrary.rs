@@ -22,6 +22,7 @@ use proptest::test_runner::{Config, TestRng, TestRunner};
 
 use super::support::{
     Harness, ID_HEADER, Record, close_bus, close_subs, id_of, recorder, subscribe, unique,
+    user_headers,
 };
 
 /// A drawn message: key, headers and payload.
@@ -178,8 +179,8 @@ pub async fn publish_arbitrary(h: &Harness, cases: usize) {
         assert_eq!(g.key(), m.key(), "{}: key of {id}", h.name());
         assert_eq!(g.payload(), m.payload(), "{}: payload of {id}", h.name());
         assert_eq!(
-            g.headers().iter().collect::<Vec<_>>(),
-            m.headers().iter().collect::<Vec<_>>(),
+            user_headers(g),
+            user_headers(m),
             "{}: headers of {id} (left: got, right: sent)",
             h.name()
         );
