@@ -25,14 +25,18 @@
 //!   once every consumer group of the topic has acked it.
 //! - **Consumer groups**: every group receives every message; the members (subscriptions) of a
 //!   group share them. A group lives as long as the transport, so a group whose members all
-//!   closed resumes where it stopped, and a new group starts from the oldest message still in the
-//!   log (with no group yet, that is every message published so far).
+//!   closed resumes where it stopped, and a new group receives the messages the topic still
+//!   holds (with no group yet, that is every message published so far).
 //! - **At least once**: a message is delivered again when its handler did not finish (closed
 //!   subscription, dropped bus) — at once, before newer messages — or failed for good —
 //!   after [`MemoryConfig::redelivery_delay`].
-//! - **Bounded**: a topic's log holds at most [`MemoryConfig::topic_capacity`] messages; a
-//!   publish into a full topic waits (up to the bus's publish timeout), so backpressure from the
-//!   slowest group reaches publishers.
+//! - **Bounded**: a topic holds at most [`MemoryConfig::topic_capacity`] messages that some
+//!   group has not acked yet (or, with no group, that were not consumed yet); a publish into a
+//!   full topic waits (up to the bus's publish timeout), so backpressure from the slowest group
+//!   reaches publishers. What counts is what is held, not the distance from the oldest held
+//!   message to the newest: a message stuck in its handler holds only itself (and its key's
+//!   later messages, which wait behind it), never the other keys of its topic. Each message
+//!   acked after a stuck one leaves an empty slot (8 bytes) until the stuck one is settled.
 //! - **No tasks, no threads**: consumers are streams polled by the bus; [`close`] leaves
 //!   nothing behind.
 //! - Nothing survives the process: [`Capabilities::persistent`] is false.
@@ -64,8 +68,9 @@ const NAME: &str = "memory";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MemoryConfig {
-    /// Most messages a topic's log holds (default 10,000); publishing into a full topic waits,
-    /// so memory stays bounded (about 1 KB per envelope) and slow consumers slow publishers.
+    /// Most messages a topic holds that are not yet acked by every group (default 10,000);
+    /// publishing into a full topic waits, so memory stays bounded (about 1 KB per envelope)
+    /// and slow consumers slow publishers.
     pub topic_capacity: usize,
     /// Delay before a message that failed for good is delivered again (default 1 s).
     pub redelivery_delay: Duration,
@@ -130,9 +135,12 @@ struct Topic {
 
 #[derive(Debug, Default)]
 struct TopicState {
-    /// Messages at offsets `base..base + log.len()`.
-    log: VecDeque<Arc<Message>>,
+    /// Slots of offsets `base..base + log.len()`: a message some group still needs, or `None`
+    /// once every group has acked it. Emptied slots at the front are dropped.
+    log: VecDeque<Option<Arc<Message>>>,
     base: u64,
+    /// The slots of `log` that hold a message: what the capacity bounds.
+    held: usize,
     /// Indexed by the numbers in `group_ids`: groups live as long as the broker, so members
     /// and acks hold an index and no lookup by name is made per message.
     groups: Vec<Group>,
@@ -191,8 +199,16 @@ impl Unsettled {
         true
     }
 
+    #[cfg(test)]
     fn first(&self) -> Option<u64> {
         (!self.flags.is_empty()).then_some(self.start)
+    }
+
+    fn contains(&self, offset: u64) -> bool {
+        offset
+            .checked_sub(self.start)
+            .and_then(|i| self.flags.get(i as usize))
+            .is_some_and(|&flag| flag)
     }
 
     fn len(&self) -> usize {
@@ -216,16 +232,12 @@ struct Group {
 }
 
 impl Group {
-    /// Lowest offset this group still needs.
-    fn floor(&self) -> u64 {
-        let mut floor = self.cursor;
-        if let Some(p) = self.pending.first() {
-            floor = floor.min(p);
-        }
-        if let Some((&r, _)) = self.redeliver.first_key_value() {
-            floor = floor.min(r);
-        }
-        floor
+    /// Whether this group has yet to settle `offset`: not delivered yet, delivered and not
+    /// settled, or waiting to be delivered again.
+    fn needs(&self, offset: u64) -> bool {
+        offset >= self.cursor
+            || self.pending.contains(offset)
+            || self.redeliver.contains_key(&offset)
     }
 }
 
@@ -270,15 +282,18 @@ impl MemoryTransport {
         let topic = lock(&self.broker.topics).get(topic).cloned()?;
         let st = lock(&topic.state);
         let g = &st.groups[*st.group_ids.get(group)?];
-        let end = st.base + st.log.len() as u64;
-        Some(end - g.cursor + g.pending.len() as u64 + g.redeliver.len() as u64)
+        // Messages not delivered yet: the held slots from the cursor on (a group that joined
+        // after others acked messages has empty slots ahead of it).
+        let from = g.cursor.saturating_sub(st.base) as usize;
+        let unread = st.log.range(from.min(st.log.len())..).flatten().count();
+        Some(unread as u64 + g.pending.len() as u64 + g.redeliver.len() as u64)
     }
 
-    /// Messages held in `topic`'s log.
+    /// Messages `topic` holds (not yet acked by every group).
     pub fn retained(&self, topic: &str) -> usize {
         lock(&self.broker.topics)
             .get(topic)
-            .map_or(0, |t| lock(&t.state).log.len())
+            .map_or(0, |t| lock(&t.state).held)
     }
 
     /// Appends `message` if its topic has room; gives it back if the topic is full.
@@ -288,10 +303,11 @@ impl MemoryTransport {
         if self.closed.load(Ordering::Acquire) {
             return Append::Done(Err(Error::Closed));
         }
-        if st.log.len() >= self.broker.config.topic_capacity {
+        if st.held >= self.broker.config.topic_capacity {
             return Append::Full(message);
         }
-        st.log.push_back(Arc::new(message));
+        st.log.push_back(Some(Arc::new(message)));
+        st.held += 1;
         st.wake_members();
         Append::Done(Ok(()))
     }
@@ -316,9 +332,11 @@ impl MemoryTransport {
                 if self.closed.load(Ordering::Acquire) {
                     return Err(Error::Closed);
                 }
-                let room = capacity.saturating_sub(st.log.len());
+                let room = capacity.saturating_sub(st.held);
                 if room > 0 {
-                    st.log.extend(messages.by_ref().take(room));
+                    let before = st.log.len();
+                    st.log.extend(messages.by_ref().take(room).map(Some));
+                    st.held += st.log.len() - before;
                     st.wake_members();
                     continue;
                 }
@@ -535,9 +553,13 @@ impl Member {
                 }
                 None => break,
             };
+            // An empty slot: acked by every group before this one joined.
+            let Some(message) = &log[(offset - *base) as usize] else {
+                continue;
+            };
             g.pending.insert(offset);
             self.taken.push_back(Incoming {
-                message: Arc::clone(&log[(offset - *base) as usize]),
+                message: Arc::clone(message),
                 ack: MemoryAck {
                     topic: Arc::clone(&self.topic),
                     group: self.group,
@@ -606,7 +628,11 @@ impl MemoryAck {
         self.settled = true;
         let mut st = lock(&self.topic.state);
         let TopicState {
-            log, base, groups, ..
+            log,
+            base,
+            held,
+            groups,
+            ..
         } = &mut *st;
         let g = &mut groups[self.group];
         if !g.pending.remove(self.offset) {
@@ -620,12 +646,24 @@ impl MemoryAck {
                 }
             }
             None => {
-                let floor = groups.iter().map(Group::floor).min().unwrap_or(*base);
-                let before = log.len();
-                while *base < floor && log.pop_front().is_some() {
+                if groups.iter().any(|g| g.needs(self.offset)) {
+                    return;
+                }
+                let slot = &mut log[(self.offset - *base) as usize];
+                if slot.take().is_none() {
+                    return;
+                }
+                *held -= 1;
+                while log.front().is_some_and(Option::is_none) {
+                    log.pop_front();
                     *base += 1;
                 }
-                if log.len() < before && st.blocked_publishers > 0 {
+                // A group that joined after others acked messages may have its cursor on
+                // empty slots just dropped.
+                for g in groups.iter_mut() {
+                    g.cursor = g.cursor.max(*base);
+                }
+                if st.blocked_publishers > 0 {
                     self.topic.space.notify_waiters();
                 }
             }

@@ -629,6 +629,79 @@ async fn full_topic_pushes_back_on_publishers() {
     bus.close().await.unwrap();
 }
 
+/// A message stuck in its handler holds only itself: with room for 10 messages, 100 more of
+/// other keys go through behind it, `retained` counts what is held, a group that joins then
+/// gets only what is held, and each group's lag counts what it has yet to settle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_message_holds_only_itself() {
+    let transport = MemoryTransport::with_config(MemoryConfig::default().topic_capacity(10));
+    let bus = EventBus::builder(transport.clone())
+        .publish_timeout(WAIT)
+        .build();
+    let release = Arc::new(Notify::new());
+    let rec = Arc::new(Recorder::default());
+    let sub = {
+        let (release, rec) = (Arc::clone(&release), Arc::clone(&rec));
+        bus.subscribe(
+            "stuck",
+            "first",
+            handler_fn(move |d: Delivery| {
+                let (release, rec) = (Arc::clone(&release), Arc::clone(&rec));
+                async move {
+                    if d.payload().as_ref() == b"stuck" {
+                        release.notified().await;
+                    }
+                    rec.record(d.message());
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    bus.publish(Message::new("stuck", "stuck").with_key("slow"))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let m = Message::new("stuck", format!("m{i}")).with_key(format!("k{i}"));
+        within("a publish behind the stuck message", bus.publish(m))
+            .await
+            .unwrap();
+    }
+    rec.count.wait_for(100).await;
+    eventually("only the stuck message to be held", || {
+        transport.retained("stuck") == 1
+    })
+    .await;
+    assert_eq!(transport.lag("stuck", "first"), Some(1));
+
+    let late = Arc::new(Recorder::default());
+    let late_sub = bus
+        .subscribe("stuck", "late", handler_fn(recording(&late)))
+        .await
+        .unwrap();
+    late.count.wait_for(1).await;
+    eventually("the late group to settle", || {
+        transport.lag("stuck", "late") == Some(0)
+    })
+    .await;
+    let payloads: Vec<_> = late
+        .messages()
+        .iter()
+        .map(|m| m.payload().clone())
+        .collect();
+    assert_eq!(payloads, ["stuck"], "the late group gets what is held");
+    assert_eq!(transport.lag("stuck", "first"), Some(1));
+
+    release.notify_one();
+    rec.count.wait_for(101).await;
+    eventually("the topic to empty", || transport.retained("stuck") == 0).await;
+    assert_eq!(transport.lag("stuck", "first"), Some(0));
+    sub.close().await;
+    late_sub.close().await;
+    bus.close().await.unwrap();
+}
+
 // 8. -----------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
