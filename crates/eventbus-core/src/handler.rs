@@ -76,7 +76,9 @@ impl Delivery {
     pub fn cancellation(&self) -> &CancellationToken {
         &self.scope.closing
     }
-    /// Decodes the message as an [`Envelope`].
+    /// Decodes the message as an [`Envelope`]. Returned from a handler, the error is
+    /// permanent (see [`Permanent::is_permanent`]): a message that is not an envelope fails
+    /// at once, it is never retried.
     pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
         Envelope::from_message(&self.message)
     }
@@ -105,9 +107,18 @@ impl Permanent {
     pub fn into_inner(self) -> BoxError {
         self.0
     }
-    /// Whether a handler error is [`Permanent`].
+    /// Whether a handler error is not worth retrying: a [`Permanent`] one, or an error decoding
+    /// the message ([`EnvelopeError`], [`Error::MalformedEnvelope`](crate::Error), a
+    /// [`DecodeError`]), whichever accessor produced it: the same bytes decode the same way on
+    /// every attempt.
     pub fn is_permanent(error: &BoxError) -> bool {
         error.is::<Permanent>()
+            || error.is::<EnvelopeError>()
+            || error.is::<DecodeError>()
+            || matches!(
+                error.downcast_ref::<crate::Error>(),
+                Some(crate::Error::MalformedEnvelope(_))
+            )
     }
 }
 

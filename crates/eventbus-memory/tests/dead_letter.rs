@@ -168,3 +168,73 @@ async fn a_dead_letter_topic_is_validated_at_subscribe() {
     }
     bus.close().await.unwrap();
 }
+
+/// The README's handler (`d.envelope()?`) given a message that is not an envelope, with the
+/// default retry policy and `DeadLetter::default()`: the decode error is permanent, so the
+/// message is dead-lettered after one call, and a valid envelope of the same key after it is
+/// handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_envelope_is_dead_lettered_at_once() {
+    use std::sync::atomic::AtomicUsize;
+
+    let bus = EventBus::new(MemoryTransport::new());
+    let (letter_tx, mut letters) = mpsc::unbounded_channel();
+    let reader = bus
+        .subscribe(
+            "orders.dlq",
+            "reader",
+            handler_fn(move |d: Delivery| {
+                let letter_tx = letter_tx.clone();
+                async move {
+                    letter_tx.send(d.message().clone())?;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (event_tx, mut events) = mpsc::unbounded_channel();
+    let sub = {
+        let calls = Arc::clone(&calls);
+        bus.subscribe_with(
+            "orders",
+            "billing",
+            SubscribeOptions::new().dead_letter(DeadLetter::default()),
+            handler_fn(move |d: Delivery| {
+                let (calls, event_tx) = (Arc::clone(&calls), event_tx.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let event = d.envelope()?;
+                    event_tx.send(event.event_type)?;
+                    Ok::<_, BoxError>(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+    };
+    bus.publish(Message::new("orders", "x").with_key("k"))
+        .await
+        .unwrap();
+    bus.publish_envelope(
+        "orders",
+        &eventbus_core::Envelope::new("k", "OrderPlaced", 1, "{}").unwrap(),
+    )
+    .await
+    .unwrap();
+    let letter = tokio::time::timeout(WAIT, letters.recv())
+        .await
+        .expect("the malformed message to be dead-lettered")
+        .unwrap();
+    assert_eq!(letter.payload().as_ref(), b"x");
+    let handled = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("the valid envelope of the same key to be handled")
+        .unwrap();
+    assert_eq!(handled, "OrderPlaced");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "one call each, no retry");
+    sub.close().await;
+    reader.close().await;
+    bus.close().await.unwrap();
+}
