@@ -10,7 +10,7 @@ use eventbus_core::transport::{
 };
 use eventbus_core::{
     BoxError, DeadLetter, Delivery, Error, EventBus, Message, Result, RetryPolicy,
-    SubscribeOptions, handler_fn,
+    SubscribeOptions, Subscription, handler_fn,
 };
 use eventbus_memory::{MemoryConfig, MemoryTransport};
 use tokio::sync::mpsc;
@@ -61,19 +61,9 @@ impl Transport for RefusingDlq {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_letter_leaves_the_message_unacked_until_it_is_taken() {
-    let refuse = Arc::new(AtomicBool::new(true));
-    let refused = Arc::new(AtomicU32::new(0));
-    let memory = MemoryTransport::with_config(
-        MemoryConfig::default().redelivery_delay(Duration::from_millis(10)),
-    );
-    let bus = EventBus::new(RefusingDlq {
-        inner: memory,
-        refuse: Arc::clone(&refuse),
-        refused: Arc::clone(&refused),
-    });
-    let (letter_tx, mut letters) = mpsc::unbounded_channel();
+/// A subscription to `orders.dlq` and the letters it receives.
+async fn letters_of(bus: &EventBus) -> (Subscription, mpsc::UnboundedReceiver<Message>) {
+    let (letter_tx, letters) = mpsc::unbounded_channel();
     let reader = bus
         .subscribe(
             "orders.dlq",
@@ -88,6 +78,22 @@ async fn a_refused_letter_leaves_the_message_unacked_until_it_is_taken() {
         )
         .await
         .unwrap();
+    (reader, letters)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_letter_leaves_the_message_unacked_until_it_is_taken() {
+    let refuse = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicU32::new(0));
+    let memory = MemoryTransport::with_config(
+        MemoryConfig::default().redelivery_delay(Duration::from_millis(10)),
+    );
+    let bus = EventBus::new(RefusingDlq {
+        inner: memory,
+        refuse: Arc::clone(&refuse),
+        refused: Arc::clone(&refused),
+    });
+    let (reader, mut letters) = letters_of(&bus).await;
     let deliveries = Arc::new(AtomicU32::new(0));
     let seen = Arc::clone(&deliveries);
     let options = SubscribeOptions::new()
@@ -178,21 +184,7 @@ async fn a_malformed_envelope_is_dead_lettered_at_once() {
     use std::sync::atomic::AtomicUsize;
 
     let bus = EventBus::new(MemoryTransport::new());
-    let (letter_tx, mut letters) = mpsc::unbounded_channel();
-    let reader = bus
-        .subscribe(
-            "orders.dlq",
-            "reader",
-            handler_fn(move |d: Delivery| {
-                let letter_tx = letter_tx.clone();
-                async move {
-                    letter_tx.send(d.message().clone())?;
-                    Ok::<_, BoxError>(())
-                }
-            }),
-        )
-        .await
-        .unwrap();
+    let (reader, mut letters) = letters_of(&bus).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let sub = {
