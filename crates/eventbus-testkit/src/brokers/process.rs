@@ -99,9 +99,8 @@ impl ServerProcess {
             detached,
         };
         if let Err(e) = server.spawn() {
-            // Whatever it logged is the evidence: keep it.
+            // `spawn` has stopped the process; what it logged is the evidence: keep it.
             server.detached = true;
-            server.kill();
             return Err(e);
         }
         Ok(server)
