@@ -98,6 +98,18 @@ pub const RESERVED_HEADER_PREFIXES: &[(&str, &str)] = &[(
     "NATS JetStream acts on `Nats-*` headers (`Nats-Msg-Id` is the message id)",
 )];
 
+/// What the reserved prefix that `name` starts with is for, if it starts with one (ignoring
+/// ASCII case): a transport that receives such headers from other clients keeps them from
+/// handlers, since the broker acts on them.
+pub fn reserved_prefix(name: &str) -> Option<&'static str> {
+    RESERVED_HEADER_PREFIXES
+        .iter()
+        .find(|(p, _)| {
+            name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        })
+        .map(|&(_, purpose)| purpose)
+}
+
 /// Checks a message header, as every publish does before anything is sent: a name of 1 to 256
 /// HTTP token characters (RFC 9110: letters, digits and ``!#$%&'*+-.^_`|~``), not reserved
 /// ([`RESERVED_HEADERS`], [`RESERVED_HEADER_PREFIXES`]); a value of at most 16 KiB without CR,
@@ -146,9 +158,7 @@ fn header_rule(name: &str, value: &str) -> Result<(), HeaderError> {
     if let Some(&(_, purpose)) = RESERVED_HEADERS.iter().find(|(n, _)| *n == name) {
         return Err(HeaderError::Reserved { purpose });
     }
-    if let Some(&(_, purpose)) = RESERVED_HEADER_PREFIXES.iter().find(|(p, _)| {
-        name.len() >= p.len() && name.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-    }) {
+    if let Some(purpose) = reserved_prefix(name) {
         return Err(HeaderError::Reserved { purpose });
     }
     if value.len() > MAX_HEADER_VALUE_LEN {

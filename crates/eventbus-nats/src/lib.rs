@@ -805,8 +805,9 @@ fn message(
     (message, seq)
 }
 
+/// JetStream's own headers: the core's reserved prefix (`Nats-`).
 fn is_nats_header(name: &str) -> bool {
-    name.len() >= 5 && name.as_bytes()[..5].eq_ignore_ascii_case(b"Nats-")
+    eventbus_core::validate::reserved_prefix(name).is_some()
 }
 
 /// What a subscription's puller pulls from, and how it notices reconnects.

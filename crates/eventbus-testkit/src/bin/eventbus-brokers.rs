@@ -23,24 +23,21 @@ fn main() -> ExitCode {
     if kinds.is_empty() {
         kinds = vec![ServerKind::Nats, ServerKind::Kafka];
     }
+    // One spelling of the directory, as `up` records it in the brokers' command lines and
+    // `down` looks for it there.
     let dir = shared::default_dir();
+    let dir = || std::fs::create_dir_all(&dir).and_then(|()| dir.canonicalize());
     let result = match command.as_str() {
         "install" => install::install(),
         "up" => install::install()
-            .and_then(|()| std::fs::create_dir_all(&dir))
-            .and_then(|()| dir.canonicalize())
-            .and_then(|dir| shared::up(&dir, &kinds))
+            .and_then(|()| shared::up(&dir()?, &kinds))
             .map(|started| {
                 for kind in started {
                     println!("{}", kind.name());
                 }
             }),
-        "down" => std::fs::create_dir_all(&dir)
-            .and_then(|()| dir.canonicalize())
-            .and_then(|dir| shared::down(&dir, &kinds)),
-        "status" => std::fs::create_dir_all(&dir)
-            .and_then(|()| dir.canonicalize())
-            .map(|dir| shared::status(&dir).iter().for_each(|l| println!("{l}"))),
+        "down" => dir().and_then(|dir| shared::down(&dir, &kinds)),
+        "status" => dir().map(|dir| shared::status(&dir).iter().for_each(|l| println!("{l}"))),
         _ => return usage(),
     };
     match result {
