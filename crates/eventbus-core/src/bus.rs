@@ -23,13 +23,15 @@ use crate::transport::{Capabilities, SubscribeRequest, Transport};
 use crate::validate::{Limits, validate_group, validate_topic};
 
 /// Options of an [`EventBus`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct BusOptions {
     /// Bounds of the shared dispatcher.
     pub dispatcher: DispatcherConfig,
     /// Default retry policy of subscriptions.
     pub retry: RetryPolicy,
+    /// Where subscriptions send messages that failed for good (default: `<topic>.dlq`).
+    pub dead_letter: DeadLetter,
     /// Size limits checked before publishing.
     pub limits: Limits,
     /// How long closing waits for running handlers before dropping them (default 30 s).
@@ -43,6 +45,7 @@ impl Default for BusOptions {
         BusOptions {
             dispatcher: DispatcherConfig::default(),
             retry: RetryPolicy::default(),
+            dead_letter: DeadLetter::default(),
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(30),
@@ -56,8 +59,8 @@ impl Default for BusOptions {
 pub struct SubscribeOptions {
     /// Retry policy (default: the bus's).
     pub retry: Option<RetryPolicy>,
-    /// Where messages go after their last attempt (default: nowhere; the transport's
-    /// redelivery of failed messages applies).
+    /// Where messages go after their last attempt (default: the bus's, `<topic>.dlq` unless
+    /// set otherwise; [`DeadLetter::off`] leaves them to the transport's redelivery).
     pub dead_letter: Option<DeadLetter>,
 }
 
@@ -111,6 +114,12 @@ impl<T: Transport> EventBusBuilder<T> {
     /// Default retry policy of subscriptions.
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.options.retry = retry;
+        self
+    }
+    /// Where subscriptions send messages that failed for good, unless they say otherwise
+    /// (default: `<topic>.dlq`; [`DeadLetter::off`] for none).
+    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.options.dead_letter = dead_letter;
         self
     }
     /// Size limits.
@@ -341,8 +350,8 @@ impl EventBus {
         let dead_letter = options
             .dead_letter
             .as_ref()
-            .map(|d| d.topic_for(topic))
-            .transpose()?;
+            .unwrap_or(&self.inner.options.dead_letter)
+            .topic_for(topic)?;
         let mut route = Route::new(
             topic,
             group,
@@ -399,7 +408,11 @@ impl EventBus {
                 outlet.publish(original).await.map_err(BoxError::from)
             }
         });
-        self.subscribe(dead_letter_topic, group, replay).await
+        // A message there that is not a letter is left to the transport, not dead-lettered
+        // once more.
+        let options = SubscribeOptions::new().dead_letter(DeadLetter::off());
+        self.subscribe_with(dead_letter_topic, group, options, replay)
+            .await
     }
 
     /// Messages of `topic` that `group` has not acked yet (its consumer lag), from the broker.
@@ -419,12 +432,19 @@ impl EventBus {
             .lags(PROBE_DEADLINE)
             .await
             .into_iter()
-            .map(|(route, running, lag)| SubscriptionHealth {
-                topic: route.topic().to_owned(),
-                group: route.group().to_owned(),
-                running,
-                lag,
-                last_error: route.last_error(),
+            .map(|(route, running, lag)| {
+                let mut retrying = route.retrying();
+                let retrying_total = retrying.len();
+                retrying.truncate(crate::health::MAX_RETRYING_LISTED);
+                SubscriptionHealth {
+                    topic: route.topic().to_owned(),
+                    group: route.group().to_owned(),
+                    running,
+                    lag,
+                    last_error: route.last_error(),
+                    retrying,
+                    retrying_total,
+                }
             })
             .collect();
         Health {

@@ -1,25 +1,26 @@
 //! Dead letters: where a message goes after its last attempt, and how to replay it.
 //!
-//! A subscription with a [`DeadLetter`] policy (see
-//! [`SubscribeOptions::dead_letter`](crate::SubscribeOptions::dead_letter)) publishes a message
-//! that failed for good (its last attempt used, or a [`Permanent`](crate::Permanent) error) to
-//! its dead-letter topic, `<topic>.dlq` unless configured otherwise, with [`header`]s saying
-//! why; only once the broker has the letter is the original acked, and its key moves on. If the
-//! letter cannot be published, the original is left unacked, for redelivery: nothing is lost.
+//! A subscription publishes a message that failed for good (its last attempt used, or a
+//! [`Permanent`](crate::Permanent) error) to its dead-letter topic, `<topic>.dlq` unless
+//! configured otherwise (per bus, [`EventBusBuilder::dead_letter`](crate::EventBusBuilder::dead_letter),
+//! or per subscription, [`SubscribeOptions::dead_letter`](crate::SubscribeOptions::dead_letter);
+//! [`DeadLetter::off`] for none), with [`header`]s saying why; only once the broker has the
+//! letter is the original acked, and its key moves on. If the letter cannot be published, the
+//! original is left unacked, for redelivery: nothing is lost.
 //!
 //! ```
 //! use eventbus_core::{EventBus, SubscribeOptions, RetryPolicy, DeadLetter, handler_fn, Delivery, BoxError};
 //! # async fn demo(bus: EventBus) -> eventbus_core::Result<()> {
 //! let options = SubscribeOptions::new()
 //!     .retry(RetryPolicy::default().max_attempts(5))
-//!     .dead_letter(DeadLetter::default()); // to "orders.dlq"
+//!     .dead_letter(DeadLetter::to("orders.poison")); // instead of "orders.dlq"
 //! let sub = bus
 //!     .subscribe_with("orders", "billing", options, handler_fn(|_d: Delivery| async move {
 //!         Err::<(), BoxError>("always fails".into())
 //!     }))
 //!     .await?;
 //! // Later, once the cause is fixed: send the letters back to "orders".
-//! let replay = bus.replay_dead_letters("orders.dlq", "replayer").await?;
+//! let replay = bus.replay_dead_letters("orders.poison", "replayer").await?;
 //! # sub.close().await; replay.close().await;
 //! # Ok(()) }
 //! ```
@@ -53,9 +54,22 @@ pub mod header {
 }
 
 /// Where a subscription's messages go after their last attempt.
+///
+/// On by default: a message that failed for good goes to `<topic>.dlq`, so a poison message
+/// costs its key a bounded number of attempts, never its order and never the message.
+/// [`DeadLetter::off`] hands such a message back to the transport as failed instead (it is
+/// redelivered later, and later messages of its key may be handled before it).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeadLetter {
-    topic: Option<String>,
+    target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Target {
+    #[default]
+    Suffixed,
+    Topic(String),
+    Off,
 }
 
 impl DeadLetter {
@@ -66,15 +80,27 @@ impl DeadLetter {
     /// To the given topic.
     pub fn to(topic: impl Into<String>) -> Self {
         DeadLetter {
-            topic: Some(topic.into()),
+            target: Target::Topic(topic.into()),
         }
     }
-    /// The dead-letter topic for messages of `topic`; validated like any topic, and never
-    /// `topic` itself (a letter would come back to the handler that gave up on it).
-    pub fn topic_for(&self, topic: &str) -> Result<String> {
-        let dlq = match &self.topic {
-            Some(t) => t.clone(),
-            None => format!("{topic}.dlq"),
+    /// Nowhere: a message that failed for good is handed back to the transport as failed.
+    pub fn off() -> Self {
+        DeadLetter {
+            target: Target::Off,
+        }
+    }
+    /// Whether messages are dead-lettered at all.
+    pub fn is_on(&self) -> bool {
+        self.target != Target::Off
+    }
+    /// The dead-letter topic for messages of `topic` (`None` when [`off`](Self::off));
+    /// validated like any topic, and never `topic` itself (a letter would come back to the
+    /// handler that gave up on it).
+    pub fn topic_for(&self, topic: &str) -> Result<Option<String>> {
+        let dlq = match &self.target {
+            Target::Off => return Ok(None),
+            Target::Topic(t) => t.clone(),
+            Target::Suffixed => format!("{topic}.dlq"),
         };
         validate_topic(&dlq)?;
         if dlq == topic {
@@ -83,7 +109,7 @@ impl DeadLetter {
                 reason: crate::NameError::DeadLetterLoop,
             });
         }
-        Ok(dlq)
+        Ok(Some(dlq))
     }
 }
 
@@ -222,11 +248,18 @@ mod tests {
 
     #[test]
     fn topic_defaults_and_checks() {
-        assert_eq!(DeadLetter::new().topic_for("orders").unwrap(), "orders.dlq");
         assert_eq!(
-            DeadLetter::to("poison").topic_for("orders").unwrap(),
-            "poison"
+            DeadLetter::new().topic_for("orders").unwrap().as_deref(),
+            Some("orders.dlq")
         );
+        assert_eq!(
+            DeadLetter::to("poison")
+                .topic_for("orders")
+                .unwrap()
+                .as_deref(),
+            Some("poison")
+        );
+        assert_eq!(DeadLetter::off().topic_for("orders").unwrap(), None);
         assert!(DeadLetter::to("orders").topic_for("orders").is_err());
         assert!(DeadLetter::to("bad topic").topic_for("orders").is_err());
     }

@@ -12,6 +12,7 @@
 use std::time::SystemTime;
 
 use crate::dispatch::DispatcherStats;
+use crate::retry::Retrying;
 
 /// A transport's connection to its broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +74,15 @@ pub struct SubscriptionHealth {
     pub lag: Option<u64>,
     /// The last error its stream or its acks reported, with when.
     pub last_error: Option<(SystemTime, String)>,
+    /// Its messages waiting out a backoff before another attempt (each holds its key), the
+    /// longest failing first; at most [`MAX_RETRYING_LISTED`].
+    pub retrying: Vec<Retrying>,
+    /// How many are retrying in all.
+    pub retrying_total: usize,
 }
+
+/// Most retrying messages a [`SubscriptionHealth`] lists.
+pub const MAX_RETRYING_LISTED: usize = 32;
 
 /// The bus's health.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +106,15 @@ impl Health {
         !self.closed
             && self.connection.state == ConnectionState::Connected
             && self.subscriptions.iter().all(|s| s.running)
+    }
+    /// Messages of every subscription waiting for another attempt, each with its topic and
+    /// group: keys that are stuck on a failing message right now.
+    pub fn retrying(&self) -> impl Iterator<Item = (&str, &str, &Retrying)> {
+        self.subscriptions.iter().flat_map(|s| {
+            s.retrying
+                .iter()
+                .map(move |r| (s.topic.as_str(), s.group.as_str(), r))
+        })
     }
     /// The last error seen anywhere (connection or subscription), with when.
     pub fn last_error(&self) -> Option<&(SystemTime, String)> {

@@ -53,7 +53,7 @@ pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
 pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};
 pub use message::{Headers, Key, Message, MessageId};
-pub use retry::RetryPolicy;
+pub use retry::{RetryPolicy, Retrying};
 pub use transport::{
     Acknowledge, Capabilities, Incoming, Publisher, SubscribeRequest, Subscriber, Transport,
 };

@@ -1,21 +1,43 @@
 //! How failed handler calls are retried in place.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 use crate::error::BoxError;
+use crate::message::{Key, MessageId};
+
+/// A message waiting out its backoff before another attempt: its key is held meanwhile.
+/// [`EventBus::health`](crate::EventBus::health) lists them, so a key that keeps failing is
+/// never stuck in silence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retrying {
+    /// The key it holds (`None`: a message without a key, which holds nothing else).
+    pub key: Option<Key>,
+    /// The message.
+    pub message_id: MessageId,
+    /// Handler calls made so far.
+    pub attempts: u32,
+    /// When its first attempt failed.
+    pub first_failure: SystemTime,
+    /// The last attempt's error, as text.
+    pub last_error: String,
+}
 
 /// Retry policy for failed handler calls.
 ///
 /// Retries happen *in place*: the message's key waits (no later message of it is handled) while
 /// every other key keeps flowing, and the waiting message holds no worker.
 ///
-/// The default retries without limit, with exponential backoff from 100 ms to 30 s and jitter:
-/// a failing message blocks only its own key, is never lost and never overtaken.
-/// With [`max_attempts`](Self::max_attempts) set, the message is handed back to the transport
-/// as failed after its last attempt.
+/// The default makes [`DEFAULT_MAX_ATTEMPTS`](Self::DEFAULT_MAX_ATTEMPTS) handler calls, with exponential backoff from
+/// 100 ms to 30 s and jitter (about a minute of retries in all), and then the message has
+/// failed for good: the subscription's [`DeadLetter`](crate::DeadLetter) topic takes it (on by
+/// default), and its key moves on. A failing message blocks only its own key while it is
+/// retried, is never lost and never overtaken; [`EventBus::health`](crate::EventBus::health)
+/// names it meanwhile. With dead-lettering off, it is handed back to the transport as failed
+/// after its last attempt; keep order then with [`unlimited`](Self::unlimited).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     max_attempts: Option<NonZeroU32>,
@@ -55,7 +77,7 @@ impl std::fmt::Debug for Retryable {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: None,
+            max_attempts: NonZeroU32::new(Self::DEFAULT_MAX_ATTEMPTS),
             min_delay: Duration::from_millis(100),
             max_delay: Duration::from_secs(30),
             factor: 2.0,
@@ -66,6 +88,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Handler calls the default policy makes per delivery.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+
     /// No retries: the first failure is final.
     pub fn never() -> Self {
         Self::default().max_attempts(1)
@@ -75,7 +100,8 @@ impl RetryPolicy {
         self.max_attempts = Some(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
         self
     }
-    /// Retry without limit (the default).
+    /// Retry without limit: a message that keeps failing holds its key until it succeeds (or
+    /// fails with a [`Permanent`](crate::Permanent) error).
     pub fn unlimited(mut self) -> Self {
         self.max_attempts = None;
         self
@@ -156,6 +182,17 @@ mod tests {
             [10, 20, 25].map(Duration::from_millis).to_vec(),
             "exponential, capped"
         );
-        assert!(RetryPolicy::default().delays().take(1000).count() == 1000);
+        assert_eq!(
+            RetryPolicy::default().delays().count(),
+            RetryPolicy::DEFAULT_MAX_ATTEMPTS as usize - 1
+        );
+        assert!(
+            RetryPolicy::default()
+                .unlimited()
+                .delays()
+                .take(1000)
+                .count()
+                == 1000
+        );
     }
 }

@@ -329,7 +329,10 @@ fn assert_closed(ready: Result<(), Error>) {
 
 /// Retries after a fixed, jitter-free delay, without limit.
 fn retry_every(delay: Duration) -> RetryPolicy {
-    RetryPolicy::default().backoff(delay, delay).jitter(false)
+    RetryPolicy::default()
+        .unlimited()
+        .backoff(delay, delay)
+        .jitter(false)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventbus_core::{
-    BoxError, Delivery, Error, EventBus, Limits, Message, RetryPolicy, handler_fn,
+    BoxError, DeadLetter, Delivery, Error, EventBus, Limits, Message, RetryPolicy,
+    SubscribeOptions, handler_fn,
 };
 use eventbus_kafka::{KafkaConfig, KafkaError, KafkaTransport, Provision, TopicOptions};
 use support::{PrivateBroker, SharedBroker, unique};
@@ -160,10 +161,12 @@ async fn a_failed_message_is_never_committed_past() {
     let sub = {
         let (seen, failures) = (Arc::clone(&seen), Arc::clone(&failures));
         first
-            .subscribe_with_retry(
+            .subscribe_with(
                 &topic,
                 group,
-                RetryPolicy::never(),
+                SubscribeOptions::new()
+                    .retry(RetryPolicy::never())
+                    .dead_letter(DeadLetter::off()),
                 handler_fn(move |d: Delivery| {
                     let (seen, failures) = (Arc::clone(&seen), Arc::clone(&failures));
                     async move {

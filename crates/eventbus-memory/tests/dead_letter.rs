@@ -189,10 +189,10 @@ async fn a_malformed_envelope_is_dead_lettered_at_once() {
     let (event_tx, mut events) = mpsc::unbounded_channel();
     let sub = {
         let calls = Arc::clone(&calls);
-        bus.subscribe_with(
+        // The defaults: dead-lettering is on.
+        bus.subscribe(
             "orders",
             "billing",
-            SubscribeOptions::new().dead_letter(DeadLetter::default()),
             handler_fn(move |d: Delivery| {
                 let (calls, event_tx) = (Arc::clone(&calls), event_tx.clone());
                 async move {
@@ -226,6 +226,97 @@ async fn a_malformed_envelope_is_dead_lettered_at_once() {
         .unwrap();
     assert_eq!(handled, "OrderPlaced");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one call each, no retry");
+    sub.close().await;
+    reader.close().await;
+    bus.close().await.unwrap();
+}
+
+/// The defaults, whole (retry policy and dead-lettering): a message whose handler keeps failing
+/// with an error that is not permanent is called `RetryPolicy::DEFAULT_MAX_ATTEMPTS` times,
+/// named by `health()` while it holds its key, then dead-lettered, and the next message of its
+/// key is handled after it: bounded, in order, nothing lost. Runs on paused time, so the
+/// minute of backoff passes at once.
+#[tokio::test(start_paused = true)]
+async fn a_message_that_keeps_failing_is_dead_lettered_under_the_defaults() {
+    let bus = EventBus::new(MemoryTransport::new());
+    let (reader, mut letters) = letters_of(&bus).await;
+    let (call_tx, mut calls) = mpsc::unbounded_channel::<(String, u32)>();
+    let sub = bus
+        .subscribe(
+            "orders",
+            "billing",
+            handler_fn(move |d: Delivery| {
+                let body = String::from_utf8_lossy(d.message().payload()).into_owned();
+                let sent = call_tx.send((body.clone(), d.attempt()));
+                async move {
+                    sent?;
+                    if body == "poison" {
+                        return Err::<(), BoxError>("the database is down".into());
+                    }
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let poison = Message::new("orders", "poison").with_key("k");
+    let poison_id = poison.id().clone();
+    bus.publish(poison).await.unwrap();
+    bus.publish(Message::new("orders", "next").with_key("k"))
+        .await
+        .unwrap();
+
+    // After the first failure the message backs off, holding its key, and health says so.
+    assert_eq!(calls.recv().await.unwrap(), ("poison".to_owned(), 1));
+    let retrying = loop {
+        let health = bus.health().await;
+        let listed: Vec<_> = health
+            .retrying()
+            .map(|(t, g, r)| (t.to_owned(), g.to_owned(), r.clone()))
+            .collect();
+        if !listed.is_empty() {
+            break listed;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(retrying.len(), 1, "{retrying:?}");
+    let (topic, group, r) = &retrying[0];
+    assert_eq!((topic.as_str(), group.as_str()), ("orders", "billing"));
+    assert_eq!(r.key.as_ref().map(|k| k.as_str()), Some("k"));
+    assert_eq!(r.message_id, poison_id);
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.last_error, "the database is down");
+
+    let letter = tokio::time::timeout(Duration::from_secs(600), letters.recv())
+        .await
+        .expect("the failing message to be dead-lettered")
+        .unwrap();
+    assert_eq!(letter.payload().as_ref(), b"poison");
+    let attempts = RetryPolicy::DEFAULT_MAX_ATTEMPTS;
+    assert_eq!(
+        letter
+            .headers()
+            .get(eventbus_core::dead_letter::header::ATTEMPTS),
+        Some(attempts.to_string().as_str())
+    );
+    let mut order = Vec::new();
+    while order.last().is_none_or(|(body, _)| body != "next") {
+        let call = tokio::time::timeout(Duration::from_secs(600), calls.recv())
+            .await
+            .expect("the next message of the key to be handled");
+        order.extend(call);
+    }
+    let expected: Vec<_> = (2..=attempts)
+        .map(|a| ("poison".to_owned(), a))
+        .chain([("next".to_owned(), 1)])
+        .collect();
+    assert_eq!(
+        order, expected,
+        "every retry, then the next message of the key"
+    );
+    let health = bus.health().await;
+    assert_eq!(health.retrying().count(), 0, "{health:?}");
+    assert_eq!(health.dispatcher.dead_lettered, 1);
     sub.close().await;
     reader.close().await;
     bus.close().await.unwrap();

@@ -211,8 +211,9 @@ async fn tower_rate_limit_spaces_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_load_shed_rejections_are_retried_not_lost() {
     const N: usize = 30;
+    // Without limit: with 1–5 ms backoff, ten attempts could all be shed.
     let bus = EventBus::builder(MemoryTransport::new())
-        .retry(fast_retry())
+        .retry(fast_retry().unlimited())
         .build();
     let handled = Arc::new(Mutex::new(Vec::new()));
     let h = Arc::clone(&handled);

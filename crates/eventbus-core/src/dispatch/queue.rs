@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
+use slab::Slab;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use tower::{Service, ServiceExt};
 use crate::error::BoxError;
 use crate::handler::{Delivery, Panicked, Scope};
 use crate::message::{Key, Message};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Retrying};
 use crate::telemetry::RouteMetrics;
 use tracing::Instrument;
 
@@ -107,6 +108,8 @@ pub struct Route {
     completions: OnceLock<mpsc::UnboundedSender<Done>>,
     pub(crate) metrics: RouteMetrics,
     last_error: Mutex<Option<(SystemTime, String)>>,
+    /// Messages backing off before a retry, each at the slot its job remembers.
+    retrying: Mutex<Slab<Retrying>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -152,6 +155,7 @@ impl Route {
             completions: OnceLock::new(),
             metrics: RouteMetrics::new(topic, group),
             last_error: Mutex::new(None),
+            retrying: Mutex::new(Slab::new()),
         }
     }
     /// Sends messages that fail for good to `topic` (see [`dead_letter`](crate::dead_letter)),
@@ -173,6 +177,34 @@ impl Route {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+    /// Messages of the route waiting out a backoff before another attempt, longest failing
+    /// first.
+    pub fn retrying(&self) -> Vec<Retrying> {
+        let mut all: Vec<Retrying> = self
+            .retrying
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
+        all.sort_by_key(|r| r.first_failure);
+        all
+    }
+    /// Records that `job` backs off after its attempt failed with `error`.
+    fn note_retrying(&self, job: &mut Job, first_failure: SystemTime, error: &BoxError) {
+        let mut retrying = self.retrying.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = Retrying {
+            key: job.message.key().cloned(),
+            message_id: job.message.id().clone(),
+            attempts: job.attempts,
+            first_failure,
+            last_error: error.to_string(),
+        };
+        match job.retrying.and_then(|slot| retrying.get_mut(slot)) {
+            Some(known) => *known = entry,
+            None => job.retrying = Some(retrying.insert(entry)),
+        }
     }
     /// The dead-letter topic, if any.
     pub fn dead_letter(&self) -> Option<&str> {
@@ -241,6 +273,8 @@ pub(super) struct Job {
     /// Boxed: only retried jobs need it, and every job is moved through the queues.
     delays: Option<Box<ExponentialBackoff>>,
     first_failure: Option<SystemTime>,
+    /// Its entry in the route's list of retrying messages, while it has one.
+    retrying: Option<usize>,
     /// Taken when the outcome is sent; a job dropped unfinished (its runtime shut down)
     /// replies `Cancelled` from `Drop`, so no waiter is left hanging.
     reply: Option<(Reply, Reservation)>,
@@ -248,6 +282,15 @@ pub(super) struct Job {
 
 impl Job {
     fn finish(mut self, outcome: Outcome) {
+        self.reply_once(outcome);
+    }
+
+    /// Sends the outcome (once) and takes the job off the route's retrying list.
+    fn reply_once(&mut self, outcome: Outcome) {
+        if let Some(slot) = self.retrying.take() {
+            let mut retrying = (self.route.retrying.lock()).unwrap_or_else(PoisonError::into_inner);
+            retrying.try_remove(slot);
+        }
         if let Some((reply, room)) = self.reply.take() {
             reply.send(&self.route, outcome, room);
         }
@@ -256,9 +299,7 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        if let Some((reply, room)) = self.reply.take() {
-            reply.send(&self.route, Outcome::Cancelled, room);
-        }
+        self.reply_once(Outcome::Cancelled);
     }
 }
 
@@ -320,6 +361,7 @@ impl Job {
             attempts: 0,
             delays: None,
             first_failure: None,
+            retrying: None,
             reply: Some((reply, reservation)),
         }
     }
@@ -686,6 +728,7 @@ impl Shared {
             ));
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
+        route.note_retrying(&mut job, first_failure, &error);
         self.retried.fetch_add(1, Ordering::Relaxed);
         route.metrics.retried.increment(1);
         let shared = Arc::clone(self);

@@ -43,6 +43,14 @@ fn with_retry(retry: RetryPolicy) -> eventbus_core::BusOptions {
     o
 }
 
+/// Subscription options under which a message that failed for good goes back to the
+/// transport as failed (no dead-letter topic), for checks of the transport's redelivery.
+fn handed_back(retry: RetryPolicy) -> eventbus_core::SubscribeOptions {
+    eventbus_core::SubscribeOptions::new()
+        .retry(retry)
+        .dead_letter(eventbus_core::DeadLetter::off())
+}
+
 /// Waits until `cond` holds on the bus's counters (which have no notification), polling.
 async fn until_stats(
     h: &Harness,
@@ -282,8 +290,8 @@ async fn fail_first(st: Arc<FailFirst>, d: eventbus_core::Delivery) -> HandlerRe
 
 /// Check 4, `resend_on_error`: handlers that fail the first delivery of every message still handle
 /// every message, exactly once. One group retries in place (the bus's retry policy); the other
-/// never retries (`RetryPolicy::never()`), so each failure goes back to the transport as failed
-/// (nack) and the transport must deliver the message again.
+/// never retries (`RetryPolicy::never()`) and has no dead-letter topic, so each failure goes
+/// back to the transport as failed (nack) and the transport must deliver the message again.
 pub async fn resend_on_error(h: &Harness) {
     let n = h.count(100);
     let topic = unique("resend-on-error");
@@ -293,16 +301,16 @@ pub async fn resend_on_error(h: &Harness) {
     let b = Arc::new(FailFirst::default());
     let sub_a = subscribe(&bus, &topic, &in_place, handler(&a, fail_first)).await;
     let sub_b = match bus
-        .subscribe_with_retry(
+        .subscribe_with(
             &topic,
             &redelivered,
-            RetryPolicy::never(),
+            handed_back(RetryPolicy::never()),
             handler(&b, fail_first),
         )
         .await
     {
         Ok(sub) => sub,
-        Err(e) => panic!("subscribe_with_retry: expected Ok, got {e:?}"),
+        Err(e) => panic!("subscribe_with: expected Ok, got {e:?}"),
     };
 
     let messages: Vec<Message> = (0..n)
@@ -583,8 +591,8 @@ pub async fn concurrent_close(h: &Harness) {
 
 /// Check 8, `continue_after_errors`: three subscriptions of one group in turn fail 100 deliveries
 /// each and close: the first retries in place without limit, the second never retries (each
-/// failure goes back to the transport, which redelivers), the third gives up after 3 attempts
-/// (then back to the transport). A final subscription in the group still receives all 50
+/// failure goes back to the transport, which redelivers: no dead-letter topic), the third gives
+/// up after 3 attempts (then back to the transport). A final subscription in the group still receives all 50
 /// messages and handles each exactly once.
 pub async fn continue_after_errors(h: &Harness) {
     let n = h.count(50);
@@ -613,10 +621,10 @@ pub async fn continue_after_errors(h: &Harness) {
     for (what, policy) in policies {
         let failed = Arc::new(Counter::default());
         let sub = match bus
-            .subscribe_with_retry(
+            .subscribe_with(
                 &topic,
                 &group,
-                policy,
+                handed_back(policy),
                 handler(&failed, |failed, d| async move {
                     failed.add();
                     Err::<(), BoxError>(
@@ -627,7 +635,7 @@ pub async fn continue_after_errors(h: &Harness) {
             .await
         {
             Ok(sub) => sub,
-            Err(e) => panic!("subscribe_with_retry: expected Ok, got {e:?}"),
+            Err(e) => panic!("subscribe_with: expected Ok, got {e:?}"),
         };
         failed
             .wait_for(
@@ -1772,16 +1780,16 @@ pub async fn handler_panic(h: &Harness) {
     )
     .await;
     let sub_b = match bus
-        .subscribe_with_retry(
+        .subscribe_with(
             &topic,
             &redelivered,
-            RetryPolicy::never(),
+            handed_back(RetryPolicy::never()),
             handler(&b, |st, d| panic_once(st, d, "panic-b")),
         )
         .await
     {
         Ok(sub) => sub,
-        Err(e) => panic!("subscribe_with_retry: expected Ok, got {e:?}"),
+        Err(e) => panic!("subscribe_with: expected Ok, got {e:?}"),
     };
 
     let (mut panics_a, mut panics_b) = (0, 0);
