@@ -51,10 +51,20 @@
 //! - Messages in the bus (queued behind their key, running, backing off) get in-progress acks,
 //!   so the server does not redeliver them while they are ours. Messages prefetched but not
 //!   yet taken by a full bus (at most half its buffer) cannot get them, and past `ack_wait` the
-//!   server sends them again: such a copy of a message the subscription still holds, or acked
-//!   already, is recognised by its stream sequence and dropped (re-acked if it was acked), so it
-//!   is neither handled twice nor out of its key's order
-//!   ([`NatsTransport::copies_dropped`] counts them).
+//!   server sends them again.
+//! - **Copies**: a subscription recognises a message it holds or acked among its last 32,768
+//!   stream sequences by stream sequence, message id and store time, and drops any further copy
+//!   (re-acking it if it was acked), so it is neither handled twice nor out of its key's order
+//!   ([`NatsTransport::copies_dropped`] counts them). That covers copies the server counts as
+//!   redeliveries (ack wait passed, ack lost) and those it sends as first deliveries again: a
+//!   server killed before it stored its consumer's state (acks and deliveries) forgets them.
+//!   Measured with the conformance check `reconnect` (10,000 keyed messages, the server killed
+//!   with SIGKILL and restarted twice): 270 messages handled twice before copies sent as first
+//!   deliveries were recognised, none since. Not deduplicated: copies reaching *another*
+//!   subscription (another member of the group, or the same service after a restart: the
+//!   memory of a subscription goes with it), and copies more than 32,768 sequences behind the
+//!   newest acked one. Use a
+//!   [`DedupLayer`](eventbus_core::dedup::DedupLayer) where those matter.
 //! - **Lost on the way**: messages the server sent while a connection went down (or to a pull
 //!   stream that ended) never arrive, and the server, which counts them as delivered, sends them
 //!   again only after `ack_wait`, behind newer messages of their keys. The puller notices the
@@ -649,29 +659,13 @@ fn pull_stream(
                             }
                             st.highest = st.highest.max(seq);
                         }
-                        let Some(seq) = redelivered_key(&msg, info) else {
-                            let incoming =
-                                incoming(&st.topic, msg, info, redelivery_delay, &st.held);
+                        // Every delivery, not only those the server counts as redelivered: a
+                        // server that crashed before it stored its consumer's state sends
+                        // messages again as first deliveries.
+                        if let Some(incoming) =
+                            incoming(&st.topic, msg, info, redelivery_delay, &st.held)
+                        {
                             st.ready.push_back(incoming);
-                            continue;
-                        };
-                        match st.held.copy_of(seq) {
-                            Redelivery::New => {
-                                let incoming =
-                                    incoming(&st.topic, msg, info, redelivery_delay, &st.held);
-                                st.ready.push_back(incoming);
-                            }
-                            // Its first copy is still in the bus: that copy settles it.
-                            Redelivery::StillHeld => {}
-                            // Handled and acked already (the ack was lost, or this copy sat
-                            // in the client's buffer past the ack wait): skip it, and ack it
-                            // again with the next progress acks (no task per copy, and the
-                            // stream is not held up by the ack).
-                            Redelivery::Acked => {
-                                if let Some(reply) = msg.reply.clone() {
-                                    st.held.ack_later(reply);
-                                }
-                            }
                         }
                         // Same stream, next message: making a new stream here would lose what
                         // the server is sending to this one.
@@ -731,13 +725,16 @@ impl std::fmt::Display for ErrorText {
 }
 impl std::error::Error for ErrorText {}
 
+/// The bus's incoming message for a delivery, unless the delivery is a copy of a message the
+/// subscription holds (its first copy settles it) or acked already (the copy is acked again
+/// with the next progress acks: no task per copy, and the stream is not held up by the ack).
 fn incoming(
     topic: &Arc<str>,
     msg: jetstream::Message,
     info: Option<Delivered>,
     redelivery_delay: Duration,
     held: &Arc<Held>,
-) -> Incoming<NatsAck> {
+) -> Option<Incoming<NatsAck>> {
     // JetStream's own record of when it stored the message, and its stream sequence (from the
     // ack subject).
     let (timestamp, stream_seq) = match info {
@@ -751,15 +748,25 @@ fn incoming(
         timestamp,
         stream_seq,
     );
-    Incoming {
+    let id = match held.hold(msg.reply.clone(), seq) {
+        Ok(id) => id,
+        Err(Redelivery::StillHeld) => return None,
+        Err(Redelivery::Acked) => {
+            if let Some(reply) = msg.reply.clone() {
+                held.ack_later(reply);
+            }
+            return None;
+        }
+    };
+    Some(Incoming {
         message: Arc::new(message),
         ack: NatsAck {
-            held: Some((held.hold(msg.reply.clone(), seq), Arc::clone(held))),
+            held: Some((id, Arc::clone(held))),
             seq,
             msg: Some(msg),
             redelivery_delay,
         },
-    }
+    })
 }
 
 /// The bus's message for a stream message, and which stream message it is.
@@ -791,7 +798,10 @@ fn message(
             }
         }
     }
-    let seq = stream_seq.map(|seq| (seq, id_hash(id.as_ref().map(MessageId::as_str))));
+    let seq = stream_seq.map(|seq| {
+        let id = id.as_ref().map(MessageId::as_str);
+        (seq, identity_hash(id, timestamp))
+    });
     // A message published without our headers (by another client) still gets an id: the
     // stream sequence would be stabler, but reading it means parsing the reply subject.
     let message = Message::from_parts(
@@ -862,10 +872,14 @@ impl Puller {
                         Some(SystemTime::from(m.time)),
                         Some(seq),
                     );
+                    // Held or acked already (it did arrive after all): nothing to hand on.
+                    let Ok(id) = held.hold(None, key) else {
+                        continue;
+                    };
                     recovered.push(Incoming {
                         message: Arc::new(message),
                         ack: NatsAck {
-                            held: Some((held.hold(None, key), Arc::clone(held))),
+                            held: Some((id, Arc::clone(held))),
                             seq: key,
                             msg: None,
                             redelivery_delay: Duration::ZERO,
@@ -916,21 +930,23 @@ struct HeldState {
     ack_later: Vec<async_nats::Subject>,
 }
 
-/// Which stream message a delivery is: its stream sequence, and a hash of its message id (after
-/// an unclean server restart a stream may reuse the sequences of messages it lost, so the
-/// sequence alone could name another message).
+/// Which stream message a delivery is: its stream sequence, and a hash of its message id and
+/// of when the stream stored it. After an unclean server restart a stream may reuse the
+/// sequences of messages it lost, so the sequence alone could name another message; the store
+/// time tells such messages apart also when they carry no id (published by another client).
 type CopyKey = (u64, u64);
 
-fn id_hash(id: Option<&str>) -> u64 {
+fn identity_hash(id: Option<&str>, stored: Option<SystemTime>) -> u64 {
     use std::hash::BuildHasher;
     // Fixed seed: only compared within this process.
-    foldhash::fast::FixedState::with_seed(0).hash_one(id)
+    foldhash::fast::FixedState::with_seed(0).hash_one((id, stored))
 }
 
 /// How many acked sequences a subscription remembers (the last this many stream sequences'
-/// worth). A stale copy can only come from messages that were delivered about the same time as
-/// the acked one (at most a pull batch plus the bus buffer apart), so a few times the largest
-/// bus buffer is enough.
+/// worth). A stale copy comes from messages delivered about the same time as the acked one (at
+/// most a pull batch plus the bus buffer apart), or from what a crashed server had not stored
+/// of its consumer's state (in the check `reconnect`, a few hundred messages); 32 Ki slots of
+/// 16 bytes (512 KiB per subscription, touched only as sequences reach them) cover both.
 const ACKED_MEMORY: usize = 32 * 1024;
 
 fn acked_slot((seq, _): CopyKey) -> usize {
@@ -956,28 +972,12 @@ impl Delivered {
     }
 }
 
-/// What a redelivered message is to this subscription.
+/// What a copy of a message is to the subscription that receives it.
 enum Redelivery {
-    /// Not seen: handle it.
-    New,
     /// Its first copy is still in the bus.
     StillHeld,
     /// Acked already.
     Acked,
-}
-
-/// Which message a delivery is, when the server delivered it more than once.
-fn redelivered_key(msg: &jetstream::Message, info: Option<Delivered>) -> Option<CopyKey> {
-    let info = info?;
-    if info.delivered <= 1 {
-        return None;
-    }
-    let id = msg
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(HEADER_ID))
-        .map(|v| v.as_str());
-    Some((info.stream_sequence, id_hash(id)))
 }
 
 impl Held {
@@ -1033,17 +1033,33 @@ impl Held {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds a message; `reply` gets its progress acks.
-    fn hold(&self, reply: Option<async_nats::Subject>, seq: Option<CopyKey>) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Holds a message (`reply` gets its progress acks), unless `seq` names one held or acked
+    /// already: then the delivery is a copy, counted and not held.
+    fn hold(
+        &self,
+        reply: Option<async_nats::Subject>,
+        seq: Option<CopyKey>,
+    ) -> std::result::Result<u64, Redelivery> {
         let mut st = self.lock();
+        if let Some(seq) = seq {
+            let copy = if st.seqs.contains_key(&seq) {
+                Some(Redelivery::StillHeld)
+            } else if st.acked.get(acked_slot(seq)) == Some(&seq) {
+                Some(Redelivery::Acked)
+            } else {
+                None
+            };
+            if let Some(copy) = copy {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return Err(copy);
+            }
+            *st.seqs.entry(seq).or_default() += 1;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Some(reply) = reply {
             st.replies.insert(id, reply);
         }
-        if let Some(seq) = seq {
-            *st.seqs.entry(seq).or_default() += 1;
-        }
-        id
+        Ok(id)
     }
 
     /// Forgets a held message; `acked` when it was acked.
@@ -1063,19 +1079,6 @@ impl Held {
             }
             st.acked[acked_slot(seq)] = seq;
         }
-    }
-
-    fn copy_of(&self, seq: CopyKey) -> Redelivery {
-        let st = self.lock();
-        let copy = if st.seqs.contains_key(&seq) {
-            Redelivery::StillHeld
-        } else if st.acked.get(acked_slot(seq)) == Some(&seq) {
-            Redelivery::Acked
-        } else {
-            return Redelivery::New;
-        };
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        copy
     }
 }
 

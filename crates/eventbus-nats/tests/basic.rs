@@ -602,3 +602,40 @@ async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
     sub.close().await;
     bus.close().await.unwrap();
 }
+
+/// A message read back from the stream after a reconnect (see the crate docs on messages lost
+/// on the way) is recognised when the server sends it again by its stream sequence, id and
+/// store time: the time a delivery carries (its timestamp) and the one a read-back gives must
+/// be the same, to the nanosecond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_and_a_read_back_agree_on_the_store_time() {
+    let shared = SharedServer::get();
+    let config = NatsConfig::new(shared.url());
+    let transport = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = transport.jetstream().clone();
+    let bus = EventBus::new(transport);
+    let topic = unique("store-time");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sub = bus
+        .subscribe(
+            &topic,
+            "g",
+            handler_fn(move |d: Delivery| {
+                let sent = tx.send(d.message().timestamp());
+                async move { sent.map_err(BoxError::from) }
+            }),
+        )
+        .await
+        .unwrap();
+    bus.publish(Message::new(&topic, "x")).await.unwrap();
+    let delivered = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the message to be delivered")
+        .unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    let read_back = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(delivered, std::time::SystemTime::from(read_back.time));
+    sub.close().await;
+    bus.close().await.unwrap();
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+}

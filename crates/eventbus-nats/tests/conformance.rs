@@ -43,17 +43,21 @@ fn private() -> Harness {
     let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
     let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
     let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
-    harness_on(url, capabilities, Arc::clone(&server)).with_restart(move || {
-        let server = Arc::clone(&server);
-        async move {
-            // SIGKILL and start again on the same port and store, as a crash would.
-            tokio::task::spawn_blocking(move || {
-                server.lock().unwrap_or_else(|e| e.into_inner()).restart()
-            })
-            .await
-            .map_err(|e| eventbus_core::Error::transport("nats", e))
-        }
-    })
+    // One subscription across crashes: copies the server sends again are recognised by stream
+    // sequence, id and store time, and dropped.
+    harness_on(url, capabilities, Arc::clone(&server))
+        .once_across_restarts_promised()
+        .with_restart(move || {
+            let server = Arc::clone(&server);
+            async move {
+                // SIGKILL and start again on the same port and store, as a crash would.
+                tokio::task::spawn_blocking(move || {
+                    server.lock().unwrap_or_else(|e| e.into_inner()).restart()
+                })
+                .await
+                .map_err(|e| eventbus_core::Error::transport("nats", e))
+            }
+        })
 }
 
 eventbus_testkit::conformance_tests!(shared = shared(), private = private());

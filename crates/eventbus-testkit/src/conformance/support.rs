@@ -37,6 +37,7 @@ pub struct Harness {
     capabilities: Capabilities,
     make: Arc<MakeBus>,
     restart: Option<Arc<Restart>>,
+    once_across_restarts: bool,
     scale: Scale,
     timeout: Duration,
 }
@@ -63,6 +64,7 @@ impl Harness {
             capabilities,
             make: Arc::new(move |o| Box::pin(make(o))),
             restart: None,
+            once_across_restarts: false,
             scale: Scale::Full,
             timeout: Duration::from_secs(60),
         }
@@ -76,6 +78,18 @@ impl Harness {
     {
         self.restart = Some(Arc::new(move || Box::pin(restart())));
         self
+    }
+
+    /// Promises that a subscription living across broker restarts handles each message once
+    /// (the check `reconnect` then counts a second call as a failure, not as a redelivery).
+    pub fn once_across_restarts_promised(mut self) -> Self {
+        self.once_across_restarts = true;
+        self
+    }
+
+    /// Whether [`once_across_restarts_promised`](Self::once_across_restarts_promised) was.
+    pub fn once_across_restarts(&self) -> bool {
+        self.once_across_restarts
     }
 
     /// Message counts to use.
