@@ -385,7 +385,7 @@ pub(crate) struct Polled {
 
 /// Polls `consumer` until `stop` is set or the stream is gone, then commits and closes it.
 pub(crate) fn poll_loop(
-    mut consumer: BaseConsumer<KafkaContext>,
+    consumer: Arc<BaseConsumer<KafkaContext>>,
     tx: mpsc::Sender<Polled>,
     stop: &AtomicBool,
     commit_interval: Duration,
@@ -393,11 +393,6 @@ pub(crate) fn poll_loop(
     let shared = Arc::clone(&consumer.context().shared);
     let link = Arc::clone(&consumer.context().link);
     let topic: Arc<str> = Arc::from(shared.topic.as_str());
-    {
-        let shared = Arc::clone(&shared);
-        consumer.set_nonempty_callback(move || shared.wake());
-    }
-    let consumer = Arc::new(consumer);
     let mut queues: Vec<PartitionQueue<KafkaContext>> = Vec::new();
     let mut split_for = 0;
     // Messages that came on the main queue (fetched before their partition was split off)
@@ -509,8 +504,10 @@ pub(crate) fn poll_loop(
         last
     };
     consumer.context().hand_over(&consumer, last);
-    // Dropping closes the consumer: librdkafka revokes (our callback commits again if
-    // anything changed), leaves the group, and ends its threads.
+    // Dropping the last handle closes the consumer: librdkafka revokes (our callback commits
+    // again if anything changed), leaves the group, and ends its threads. (A `lag` query
+    // running now holds another handle, on the transport's worker thread, which then closes
+    // it.)
     drop(consumer);
 }
 

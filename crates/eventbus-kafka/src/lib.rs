@@ -46,11 +46,11 @@
 //!   finished above it are listed in the commit's metadata (Kafka keeps it with the offset);
 //!   the next owner skips them, so a close or rebalance hands nothing twice. A process that
 //!   crashes loses what it had not committed: at least once.
-//! - "Done" is [`Outcome::Handled`]. A message that failed for good ([`Outcome::Failed`],
+//! - "Done" is [`Outcome::Handled`](eventbus_core::Outcome::Handled). A message that failed for good ([`Outcome::Failed`](eventbus_core::Outcome::Failed),
 //!   with no dead-letter topic) is **not** done: the offset is not committed past it, it is
 //!   delivered again in this subscription after [`ConsumerOptions::redelivery_delay`], and
 //!   after a restart it comes back. Later messages of its key may be handled before that
-//!   redelivery. [`Outcome::Cancelled`] (shutdown) is not done either and is left for the
+//!   redelivery. [`Outcome::Cancelled`](eventbus_core::Outcome::Cancelled) (shutdown) is not done either and is left for the
 //!   next owner.
 //! - Within a partition, messages go to the bus in offset order; the bus handles them one
 //!   at a time per key and concurrently across keys. One key is on one partition and one
@@ -75,9 +75,23 @@
 //!   gives each partition's.
 //! - [`Transport::connection`]: disconnected from librdkafka's "all brokers down" until a
 //!   broker answers again (librdkafka reconnects on its own and reports no "connected").
-//! - librdkafka's threads belong to its clients; `close` drains the subscriptions, commits,
-//!   closes the consumers, flushes and drops the producer on a thread the transport owns,
-//!   and joins every thread: nothing is left, whether the broker is up or not.
+//! - **Cost**: librdkafka's threads belong to its clients (a main thread and one per broker
+//!   connection, plus two of its own). A transport has one producer, one admin client and a
+//!   worker thread; each subscription has its consumer and the thread that polls it: five
+//!   threads and two connections to a one-broker cluster. [`Transport::lag`] asks the
+//!   group's consumer in this process, or, for a group with no subscription here, a client
+//!   made for that query and closed after it. Measured with
+//!   `cargo run --release -p eventbus --features kafka --example subscription_cost` (threads /
+//!   TCP connections with every subscription consuming and its lag asked): 1 subscription
+//!   17 / 4, 10 subscriptions 62 / 22, 100 subscriptions 512 / 202 (before lag reused the
+//!   consumers: 21 / 5, 102 / 42, 912 / 402). Consumers are not shared across topics: a Kafka
+//!   group is one per (topic, bus group), so that one topic's rebalance never stops another
+//!   (under the eager protocol a rebalance revokes all of a consumer's partitions), and a
+//!   consumer has one group. Sharing one per bus group across its topics would mean moving
+//!   the committed offsets of `<group>.<topic>` groups to it.
+//! - `close` drains the subscriptions, commits, closes the consumers, flushes and drops the
+//!   producer on a thread the transport owns, and joins every thread: nothing is left,
+//!   whether the broker is up or not.
 //!
 //! # Security
 //! SASL and TLS settings are raw librdkafka settings: see [`KafkaConfig`].
@@ -92,7 +106,7 @@ mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use eventbus_core::transport::{
@@ -139,9 +153,6 @@ struct Inner {
     producer: Mutex<Option<Producer>>,
     admin: Mutex<Option<Arc<Admin>>>,
     link: Arc<Link>,
-    /// Consumers reading committed offsets for `lag`, one per Kafka group; used and dropped
-    /// on the worker thread only.
-    lag_consumers: Arc<Mutex<HashMap<String, BaseConsumer>>>,
     worker: Worker,
     ensured: tokio::sync::Mutex<HashSet<String>>,
     consumers: Mutex<Vec<Running>>,
@@ -151,6 +162,9 @@ struct Inner {
 /// A subscription's consumer thread.
 struct Running {
     group_id: String,
+    /// Its consumer, for `lag` (committed offsets are asked of a client of the group): the
+    /// consumer thread holds it, and closes it when it ends.
+    consumer: Weak<BaseConsumer<KafkaContext>>,
     stop: Arc<AtomicBool>,
     shared: Arc<Shared>,
     done: tokio::sync::oneshot::Receiver<()>,
@@ -245,7 +259,6 @@ impl KafkaTransport {
                 producer: Mutex::new(Some(producer)),
                 admin: Mutex::new(Some(admin)),
                 link,
-                lag_consumers: Arc::default(),
                 worker,
                 ensured: tokio::sync::Mutex::default(),
                 consumers: Mutex::default(),
@@ -596,19 +609,22 @@ impl KafkaTransport {
         let admin = self.admin()?;
         let config = &self.inner.config;
         let group_id = config.group_id(topic, group);
-        let mut settings = client_config(config, &config.consumer_settings);
-        settings.set("group.id", &group_id);
-        settings.set("enable.auto.commit", "false");
-        let consumers = Arc::clone(&self.inner.lag_consumers);
-        let link = Arc::clone(&self.inner.link);
         // What this process's own subscriptions of the group know is newer than the last
-        // commit.
+        // commit; and one of them, if any, answers for the group's committed offsets.
         let mut local: HashMap<i32, (i64, std::collections::BTreeSet<i64>)> = HashMap::new();
+        let mut member = None;
         for r in lock(&self.inner.consumers).iter() {
             if r.group_id == group_id && !r.thread.is_finished() {
                 local.extend(r.shared.local_marks());
+                member = member.or_else(|| r.consumer.upgrade());
             }
         }
+        // Without one, a client of the group for this query only: one per group held for
+        // later queries would cost a client's threads and connections for each.
+        let mut settings = client_config(config, &config.consumer_settings);
+        settings.set("group.id", &group_id);
+        settings.set("enable.auto.commit", "false");
+        let link = Arc::clone(&self.inner.link);
         let timeout = config.request_timeout;
         let topic = topic.to_owned();
         self.inner
@@ -635,33 +651,19 @@ impl KafkaTransport {
                         .map_err(|e| KafkaError::request("watermarks", e))?;
                     marks.push((p, low, high));
                 }
-                let mut consumers = lock(&consumers);
-                let consumer = match consumers.entry(group_id) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        settings
-                            .create_with_context(DefaultConsumerContext)
-                            .map_err(KafkaError::Config)?,
-                    ),
-                };
                 let mut tpl = TopicPartitionList::new();
                 for &p in &partitions {
                     tpl.add_partition(&topic, p);
                 }
-                // Owned values only: a list from the consumer outliving it hangs its drop.
-                let committed: HashMap<i32, (Option<i64>, String)> = consumer
-                    .committed_offsets(tpl, timeout)
-                    .map_err(|e| KafkaError::request("committed offsets", e))?
-                    .elements()
-                    .iter()
-                    .map(|e| {
-                        let offset = match e.offset() {
-                            Offset::Offset(o) => Some(o),
-                            _ => None,
-                        };
-                        (e.partition(), (offset, e.metadata().to_owned()))
-                    })
-                    .collect();
+                let committed = match &member {
+                    Some(member) => committed_offsets(member, tpl, timeout)?,
+                    None => {
+                        let asked: BaseConsumer = settings
+                            .create_with_context(DefaultConsumerContext)
+                            .map_err(KafkaError::Config)?;
+                        committed_offsets(&asked, tpl, timeout)?
+                    }
+                };
                 Ok(marks
                     .into_iter()
                     .map(|(p, low, high)| {
@@ -681,6 +683,28 @@ impl KafkaTransport {
             })
             .await?
     }
+}
+
+/// The committed offset (if any) and metadata of each partition in `tpl`, as owned values: a
+/// list from the consumer outliving it hangs its drop.
+fn committed_offsets<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    tpl: TopicPartitionList,
+    timeout: Duration,
+) -> Result<HashMap<i32, (Option<i64>, String)>> {
+    Ok(consumer
+        .committed_offsets(tpl, timeout)
+        .map_err(|e| KafkaError::request("committed offsets", e))?
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), (offset, e.metadata().to_owned()))
+        })
+        .collect())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -766,13 +790,19 @@ impl Subscriber for KafkaTransport {
             revoke_timeout: c.revoke_timeout,
             request_timeout: config.request_timeout,
         };
-        let consumer: BaseConsumer<KafkaContext> = client_config(config, &settings)
+        let mut consumer: BaseConsumer<KafkaContext> = client_config(config, &settings)
             .create_with_context(context)
             .map_err(KafkaError::Config)?;
+        {
+            let shared = Arc::clone(&shared);
+            consumer.set_nonempty_callback(move || shared.wake());
+        }
         if let Err(e) = consumer.subscribe(&[&topic]) {
             drop_blocking(consumer).await;
             return Err(KafkaError::request("subscribe", e).into());
         }
+        let consumer = Arc::new(consumer);
+        let for_lag = Arc::downgrade(&consumer);
         let capacity = c.prefetch.min(request.max_buffered()).max(1);
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
         let stop = Arc::new(AtomicBool::new(false));
@@ -792,6 +822,7 @@ impl Subscriber for KafkaTransport {
             consumers.retain(|r| !r.thread.is_finished());
             consumers.push(Running {
                 group_id: config.group_id(&topic, &group),
+                consumer: for_lag,
                 stop: Arc::clone(&stop),
                 shared: Arc::clone(&shared),
                 done,
@@ -854,7 +885,6 @@ impl Transport for KafkaTransport {
         }
         let producer = lock(&self.inner.producer).take();
         let admin = lock(&self.inner.admin).take();
-        let lag_consumers = std::mem::take(&mut *lock(&self.inner.lag_consumers));
         let flush = self.inner.config.delivery_timeout;
         let _ = self
             .inner
@@ -867,7 +897,6 @@ impl Transport for KafkaTransport {
                     drop(producer);
                 }
                 drop(admin);
-                drop(lag_consumers);
             })
             .await;
         self.inner.worker.stop().await;

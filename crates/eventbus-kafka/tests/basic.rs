@@ -416,3 +416,49 @@ async fn finished_messages_above_an_unfinished_one_are_not_redelivered() {
     );
     bus.close().await.unwrap();
 }
+
+/// `lag` of a group this process subscribes asks that subscription's consumer for the
+/// committed offsets: no client of its own (a client is four librdkafka threads and two
+/// connections, and a health probe asks for every subscription's lag). A group with no
+/// subscription here gets a client for the query only, gone when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_opens_no_client_for_a_group_subscribed_here() {
+    let broker = SharedBroker::get();
+    let transport = KafkaTransport::connect(support::config(&broker.brokers()))
+        .await
+        .unwrap();
+    let bus = EventBus::new(transport);
+    let topic = unique("lag-client");
+    let (n, handler) = {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = Arc::clone(&n);
+        (
+            n,
+            handler_fn(move |_d: Delivery| {
+                m.fetch_add(1, Ordering::SeqCst);
+                async { Ok::<_, BoxError>(()) }
+            }),
+        )
+    };
+    let sub = bus.subscribe(&topic, "g", handler).await.unwrap();
+    bus.publish(Message::new(&topic, "m").with_key("k"))
+        .await
+        .unwrap();
+    wait_for("the delivery", || n.load(Ordering::SeqCst) >= 1).await;
+    let threads = support::threads();
+    wait_for_lag(&bus, &topic, "g", 0).await;
+    assert_eq!(
+        support::threads(),
+        threads,
+        "lag of a subscribed group made a client"
+    );
+    // A group nobody here subscribes: its whole topic is its lag, and its client is gone.
+    assert_eq!(bus.lag(&topic, "other").await.unwrap(), 1);
+    assert_eq!(
+        support::threads(),
+        threads,
+        "the query's client outlived it"
+    );
+    sub.close().await;
+    bus.close().await.unwrap();
+}
