@@ -181,14 +181,13 @@ impl Hol {
                         Ok::<_, BoxError>(())
                     }
                 });
-                let route = Arc::new(Route::new(
-                    "hol",
-                    "hol",
-                    handler,
-                    RetryPolicy::default(),
-                    closing.clone(),
-                    abort.clone(),
-                ));
+                let route = Arc::new(
+                    Route::builder("hol", "hol", handler)
+                        .retry(RetryPolicy::default())
+                        .closing(closing.clone())
+                        .abort(abort.clone())
+                        .build(),
+                );
                 let mut d = dispatcher.clone();
                 let producer = tokio::spawn(async move {
                     for (i, key) in plan().enumerate() {

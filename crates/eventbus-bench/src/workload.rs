@@ -17,7 +17,6 @@ use eventbus_core::{
 };
 use eventbus_memory::MemoryTransport;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
 /// Payload bytes of every message (the size the project's baselines use).
@@ -141,14 +140,11 @@ where
 pub async fn dispatcher(items: Vec<Arc<Message>>) -> Duration {
     let counter = Counter::new(items.len());
     let dispatcher = Dispatcher::new(DispatcherConfig::default());
-    let route = Arc::new(Route::new(
-        "bench",
-        "bench",
-        Noop(Arc::clone(&counter)),
-        RetryPolicy::default(),
-        CancellationToken::new(),
-        CancellationToken::new(),
-    ));
+    let route = Arc::new(
+        Route::builder("bench", "bench", Noop(Arc::clone(&counter)))
+            .retry(RetryPolicy::default())
+            .build(),
+    );
     let mut d = dispatcher.clone();
     let started = Instant::now();
     let producer = tokio::spawn(async move {

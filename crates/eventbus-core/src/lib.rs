@@ -1,11 +1,34 @@
-//! Core of eventbus: the message and envelope model, the transport traits, and the unified
-//! keyed dispatcher that every transport feeds.
-//!
-//! Most users depend on the `eventbus` facade crate instead, which re-exports this crate.
+//! Core of eventbus: the [`EventBus`] and what it is made of. Users depend on the `eventbus`
+//! facade crate, which re-exports this crate together with the transports.
 //!
 //! ```
-//! use eventbus_core::{Dispatcher, DispatcherConfig, Dispatch, Route, RetryPolicy, Message, Outcome, handler_fn, Delivery, BoxError};
-//! use tokio_util::sync::CancellationToken;
+//! use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
+//! # async fn demo(bus: EventBus) -> eventbus_core::Result<()> {
+//! // `bus` is `EventBus::new(transport)`, over memory, NATS or Kafka.
+//! let sub = bus
+//!     .subscribe("orders", "billing", handler_fn(|d: Delivery| async move {
+//!         println!("{:?}: {:?}", d.message().key(), d.payload());
+//!         Ok::<_, BoxError>(())
+//!     }))
+//!     .await?;
+//! bus.publish(Message::new("orders", "placed").with_key("order-1")).await?;
+//! sub.close().await;
+//! bus.close().await
+//! # }
+//! ```
+//!
+//! # Map
+//! - The user's side: [`EventBus`] (publish, subscribe with [`SubscribeOptions`], health,
+//!   backlog, close), [`Message`] and [`Envelope`], handlers as tower services ([`handler`],
+//!   [`event`] for typed events), [`RetryPolicy`], [`dead_letter`], [`dedup`], [`health`],
+//!   [`backlog`], [`telemetry`], [`propagation`], [`validate`].
+//! - A transport's side: [`transport`] (the traits a transport implements, what it hands the
+//!   bus for each message, how it settles an [`Outcome`]).
+//! - Between them: [`dispatch`], the one keyed dispatcher per bus that runs every handler
+//!   call: per-key order, no head-of-line blocking, bounds, backpressure. It can be used alone:
+//!
+//! ```
+//! use eventbus_core::{BoxError, Delivery, Dispatch, Dispatcher, DispatcherConfig, Message, Route, handler_fn};
 //! use tower::{Service, ServiceExt};
 //! use std::sync::Arc;
 //!
@@ -15,8 +38,7 @@
 //!     assert_eq!(d.payload(), "hello");
 //!     Ok::<_, BoxError>(())
 //! });
-//! let route = Arc::new(Route::new("orders", "billing", handler, RetryPolicy::default(),
-//!     CancellationToken::new(), CancellationToken::new()));
+//! let route = Arc::new(Route::builder("orders", "billing", handler).build());
 //! let message = Arc::new(Message::new("orders", "hello").with_key("order-1"));
 //! let outcome = dispatcher.ready().await.unwrap().call(Dispatch { route, message }).await.unwrap();
 //! assert!(outcome.is_handled());
@@ -27,7 +49,6 @@
 
 pub mod backlog;
 mod bus;
-mod consume;
 pub mod dead_letter;
 pub mod dedup;
 pub mod dispatch;
@@ -37,8 +58,8 @@ pub mod event;
 pub mod handler;
 pub mod health;
 mod message;
+mod outcome;
 pub mod propagation;
-mod publish;
 mod retry;
 pub mod telemetry;
 pub mod transport;
@@ -46,13 +67,14 @@ pub mod validate;
 
 pub use bus::{BusOptions, EventBus, EventBusBuilder, SubscribeOptions, Subscription};
 pub use dead_letter::DeadLetter;
-pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Outcome, Route};
+pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Route, RouteBuilder};
 pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, HeaderError, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
 pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};
 pub use message::{Headers, Key, Message, MessageId};
+pub use outcome::Outcome;
 pub use retry::{RetryPolicy, Retrying};
 pub use transport::{
     Acknowledge, Capabilities, Incoming, Publisher, SubscribeRequest, Subscriber, Transport,

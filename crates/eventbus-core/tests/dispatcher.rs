@@ -26,7 +26,6 @@ use proptest::prelude::*;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok};
-use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 use tower_test::mock;
 
@@ -202,14 +201,7 @@ impl Probe {
     fn route(&self, topic: &str, retry: RetryPolicy) -> Arc<Route> {
         let probe = self.clone();
         let handler = handler_fn(move |d: Delivery| probe.clone().handle(d));
-        Arc::new(Route::new(
-            topic,
-            "group",
-            handler,
-            retry,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ))
+        Arc::new(Route::builder(topic, "group", handler).retry(retry).build())
     }
 }
 
@@ -944,14 +936,11 @@ fn a_panic_while_an_aborted_handler_is_dropped_is_contained() {
             let _guard = PanicsWhenDroppedEarly;
             std::future::pending::<Result<(), BoxError>>().await
         });
-        let aborted = Arc::new(Route::new(
-            "orders",
-            "group",
-            stalling,
-            RetryPolicy::never(),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ));
+        let aborted = Arc::new(
+            Route::builder("orders", "group", stalling)
+                .retry(RetryPolicy::never())
+                .build(),
+        );
         let probe = Probe::new();
         let other = probe.route("audit", RetryPolicy::never());
         // One worker: losing it would stop the dispatcher altogether.
@@ -1198,14 +1187,11 @@ fn deliveries_carry_the_message_group_attempt_and_closing_token() {
                 }
             }
         });
-        let route = Arc::new(Route::new(
-            "orders",
-            "billing",
-            handler,
-            retry_every(Duration::from_millis(5)),
-            CancellationToken::new(),
-            CancellationToken::new(),
-        ));
+        let route = Arc::new(
+            Route::builder("orders", "billing", handler)
+                .retry(retry_every(Duration::from_millis(5)))
+                .build(),
+        );
         let mut d = Dispatcher::new(DispatcherConfig::default());
         assert_handled(submit(&mut d, &route, msg(Some("K"), "m1")).await.await, 2);
         assert_eq!(
@@ -1266,14 +1252,11 @@ async fn per_key_order_holds_across_threads() {
             }
         })
     };
-    let route = Arc::new(Route::new(
-        "orders",
-        "group",
-        handler,
-        RetryPolicy::never(),
-        CancellationToken::new(),
-        CancellationToken::new(),
-    ));
+    let route = Arc::new(
+        Route::builder("orders", "group", handler)
+            .retry(RetryPolicy::never())
+            .build(),
+    );
     let mut d = Dispatcher::new(config(8, 32, usize::MAX));
 
     let outcomes = watchdog(async {
@@ -1317,14 +1300,11 @@ async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
         tokio::task::yield_now().await;
         Ok::<_, BoxError>(())
     });
-    let route = Arc::new(Route::new(
-        "orders",
-        "group",
-        handler,
-        RetryPolicy::never(),
-        CancellationToken::new(),
-        CancellationToken::new(),
-    ));
+    let route = Arc::new(
+        Route::builder("orders", "group", handler)
+            .retry(RetryPolicy::never())
+            .build(),
+    );
     let len = msg(None, "0000").encoded_len();
     // Room for about two messages: nearly every admission waits for bytes to be freed.
     let d = Dispatcher::new(config(4, 64, 2 * len));
@@ -1422,16 +1402,15 @@ async fn run_scenario(specs: Vec<Spec>) -> Result<(), TestCaseError> {
                     Ok(())
                 }
             });
-            Arc::new(Route::new(
-                if r == 0 { "orders" } else { "audit" },
-                "group",
-                handler,
-                RetryPolicy::default()
-                    .backoff(Duration::from_millis(1), Duration::from_millis(4))
-                    .jitter(false),
-                CancellationToken::new(),
-                CancellationToken::new(),
-            ))
+            Arc::new(
+                Route::builder(if r == 0 { "orders" } else { "audit" }, "group", handler)
+                    .retry(
+                        RetryPolicy::default()
+                            .backoff(Duration::from_millis(1), Duration::from_millis(4))
+                            .jitter(false),
+                    )
+                    .build(),
+            )
         })
         .collect();
 

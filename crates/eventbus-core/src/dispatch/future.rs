@@ -4,8 +4,8 @@ use std::task::{Context, Poll, ready};
 
 use tokio::sync::oneshot;
 
-use super::Outcome;
 use crate::error::Error;
+use crate::outcome::Outcome;
 
 pin_project_lite::pin_project! {
     /// Resolves with the message's final [`Outcome`].

@@ -24,9 +24,9 @@
 //!   most `max_buffered`). Nothing depends on the number of topics or keys; a key that has no
 //!   message in the dispatcher has no state at all. Messages without a key run concurrently.
 //!   [`Dispatcher::shutdown`] (or dropping the last handle) ends every task.
-//! - **Outcome.** The response future resolves with the final [`Outcome`]: transports ack on
-//!   [`Outcome::Handled`], nack on [`Outcome::Failed`] and leave the message for redelivery on
-//!   [`Outcome::Cancelled`]. A handler panic is caught, counted and treated as an error.
+//! - **Outcome.** The response future resolves with the final [`Outcome`](crate::Outcome): transports ack on
+//!   [`Outcome::Handled`](crate::Outcome::Handled), nack on [`Outcome::Failed`](crate::Outcome::Failed) and leave the message for redelivery on
+//!   [`Outcome::Cancelled`](crate::Outcome::Cancelled). A handler panic is caught, counted and treated as an error.
 //!
 //! # Why no loom model
 //! The per-key hand-off (a key is busy while it has an entry in the key map; finishing a job pops
@@ -35,11 +35,16 @@
 //! counter after registering for wake-ups (the pattern `tokio::sync::Notify` documents).
 //! Ordering under random delays, errors and panics is checked by property tests instead.
 
+mod budget;
 mod future;
 mod queue;
+mod route;
 mod service;
+mod stats;
 
+pub(crate) use budget::Reservation;
 pub use future::ResponseFuture;
-pub use queue::{DispatcherStats, Outcome, Route};
-pub(crate) use queue::{Done, Reply, Reservation};
+pub(crate) use route::{Done, Reply};
+pub use route::{Route, RouteBuilder};
 pub use service::{Dispatch, Dispatcher, DispatcherConfig};
+pub use stats::DispatcherStats;

@@ -2,269 +2,26 @@
 
 use std::collections::VecDeque;
 use std::collections::hash_map::{Entry, HashMap};
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
-use slab::Slab;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
-use tower::{Service, ServiceExt};
-
-use crate::error::BoxError;
-use crate::handler::{Delivery, Panicked, Scope};
-use crate::message::{Key, Message};
-use crate::retry::{RetryPolicy, Retrying};
-use crate::telemetry::RouteMetrics;
 use tracing::Instrument;
 
-/// The final result of dispatching one message.
-#[derive(Debug)]
-pub enum Outcome {
-    /// The handler succeeded: ack the message.
-    Handled {
-        /// Handler calls it took.
-        attempts: u32,
-    },
-    /// The handler failed for good (last attempt used, or a [`Permanent`](crate::Permanent) error): nack or
-    /// dead-letter it.
-    Failed {
-        /// Handler calls made.
-        attempts: u32,
-        /// The last error.
-        error: BoxError,
-        /// When the first attempt failed (dead letters carry it).
-        first_failure: SystemTime,
-    },
-    /// Not (fully) handled because its subscription or bus is closing. Not a failure: leave it
-    /// unacked for redelivery; never ack, retry or dead-letter it.
-    Cancelled,
-}
-
-impl Outcome {
-    /// Whether the message was handled.
-    pub fn is_handled(&self) -> bool {
-        matches!(self, Outcome::Handled { .. })
-    }
-}
-
-static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
-
-/// A subscription's handler, type-erased. One call clones the handler and puts the future of
-/// `ready` + `call` together in the worker's [`Slot`].
-trait Handler: Send + Sync + 'static {
-    fn handle(&self, delivery: Delivery, slot: &mut Slot);
-}
-
-/// Where a worker keeps the handler call it runs. One box per worker, reused: calls of one
-/// route all have the same layout, so a worker allocates only when it moves to a route whose
-/// handler differs in size, not once per message.
-type Slot = ReusableBoxFuture<'static, Result<(), BoxError>>;
-
-/// An empty slot; it holds nothing and allocates nothing.
-fn empty_slot() -> impl Future<Output = Result<(), BoxError>> + Send + 'static {
-    std::future::pending()
-}
-
-struct Erased<H>(H);
-
-impl<H> Handler for Erased<H>
-where
-    H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-    H::Error: Into<BoxError>,
-    H::Future: Send + 'static,
-{
-    fn handle(&self, delivery: Delivery, slot: &mut Slot) {
-        let mut handler = self.0.clone();
-        // A finished call holds nothing (the async block dropped the handler and its future
-        // when it returned), so the previous call dropped here runs no user code.
-        slot.set(async move {
-            handler.ready().await.map_err(Into::into)?;
-            handler.call(delivery).await.map_err(Into::into)
-        });
-    }
-}
-
-/// A subscription as the dispatcher sees it: where its messages go and how they are retried.
-/// Per-key order holds within one route.
-pub struct Route {
-    id: u64,
-    /// Group and closing token, shared with every delivery.
-    scope: Arc<Scope>,
-    topic: Arc<str>,
-    handler: Box<dyn Handler>,
-    retry: RetryPolicy,
-    dead_letter: Option<Arc<str>>,
-    abort: CancellationToken,
-    /// The completion queue of the consuming loop that feeds this route, if one does: jobs
-    /// reply through it, so a job carries no sender of its own.
-    completions: OnceLock<mpsc::UnboundedSender<Done>>,
-    pub(crate) metrics: RouteMetrics,
-    last_error: Mutex<Option<(SystemTime, String)>>,
-    /// Messages backing off before a retry, each at the slot its job remembers.
-    retrying: Mutex<Slab<Retrying>>,
-}
-
-impl std::fmt::Debug for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route")
-            .field("id", &self.id)
-            .field("topic", &self.topic)
-            .field("group", &self.scope.group)
-            .field("retry", &self.retry)
-            .field("dead_letter", &self.dead_letter)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Route {
-    /// A route to `handler`. `closing` fires when intake stops (deliveries see it; queued
-    /// messages are then cancelled, not run); `abort` fires when running handlers must be
-    /// dropped (the drain deadline passed).
-    pub fn new<H>(
-        topic: &str,
-        group: &str,
-        handler: H,
-        retry: RetryPolicy,
-        closing: CancellationToken,
-        abort: CancellationToken,
-    ) -> Self
-    where
-        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-        H::Error: Into<BoxError>,
-        H::Future: Send + 'static,
-    {
-        Route {
-            id: NEXT_ROUTE.fetch_add(1, Ordering::Relaxed),
-            topic: Arc::from(topic),
-            scope: Arc::new(Scope {
-                group: Arc::from(group),
-                closing,
-            }),
-            handler: Box::new(Erased(handler)),
-            retry,
-            dead_letter: None,
-            abort,
-            completions: OnceLock::new(),
-            metrics: RouteMetrics::new(topic, group),
-            last_error: Mutex::new(None),
-            retrying: Mutex::new(Slab::new()),
-        }
-    }
-    /// Sends messages that fail for good to `topic` (see [`dead_letter`](crate::dead_letter)),
-    /// when the route is fed by a bus subscription.
-    pub fn with_dead_letter(mut self, topic: &str) -> Self {
-        self.dead_letter = Some(Arc::from(topic));
-        self
-    }
-    /// Records an error of the subscription (its stream, its acks), for health reports.
-    pub(crate) fn record_error(&self, error: &dyn std::fmt::Display) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((SystemTime::now(), error.to_string()));
-    }
-    /// The last error recorded.
-    pub(crate) fn last_error(&self) -> Option<(SystemTime, String)> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-    /// Messages of the route waiting out a backoff before another attempt, longest failing
-    /// first.
-    pub fn retrying(&self) -> Vec<Retrying> {
-        let mut all: Vec<Retrying> = self
-            .retrying
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(_, r)| r.clone())
-            .collect();
-        all.sort_by_key(|r| r.first_failure);
-        all
-    }
-    /// Records that `job` backs off after its attempt failed with `error`.
-    fn note_retrying(&self, job: &mut Job, first_failure: SystemTime, error: &BoxError) {
-        let mut retrying = self.retrying.lock().unwrap_or_else(PoisonError::into_inner);
-        let entry = Retrying {
-            key: job.message.key().cloned(),
-            message_id: job.message.id().clone(),
-            attempts: job.attempts,
-            first_failure,
-            last_error: error.to_string(),
-        };
-        match job.retrying.and_then(|slot| retrying.get_mut(slot)) {
-            Some(known) => *known = entry,
-            None => job.retrying = Some(retrying.insert(entry)),
-        }
-    }
-    /// The dead-letter topic, if any.
-    pub fn dead_letter(&self) -> Option<&str> {
-        self.dead_letter.as_deref()
-    }
-    /// The topic.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-    /// The consumer group.
-    pub fn group(&self) -> &str {
-        &self.scope.group
-    }
-    /// Fires when the route stops taking messages.
-    pub fn closing(&self) -> &CancellationToken {
-        &self.scope.closing
-    }
-    /// Makes `completions` the queue of every [`Reply::Queue`] of this route (once: one
-    /// consuming loop feeds a route).
-    pub(crate) fn complete_into(&self, completions: mpsc::UnboundedSender<Done>) {
-        assert!(
-            self.completions.set(completions).is_ok(),
-            "one consuming loop per route"
-        );
-    }
-    /// Fires when running handlers of the route are dropped.
-    pub fn abort(&self) -> &CancellationToken {
-        &self.abort
-    }
-}
-
-/// Counters of a dispatcher, read with [`Dispatcher::stats`](super::Dispatcher::stats).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DispatcherStats {
-    /// Handler calls running now.
-    pub in_flight: usize,
-    /// Most handler calls ever running at once.
-    pub peak_in_flight: usize,
-    /// Worker tasks alive now.
-    pub workers: usize,
-    /// Messages admitted and not finished (queued, running or backing off).
-    pub buffered: usize,
-    /// Their encoded bytes.
-    pub buffered_bytes: usize,
-    /// Keys with at least one message in the dispatcher.
-    pub active_keys: usize,
-    /// Messages handled successfully.
-    pub handled: u64,
-    /// Messages that failed for good.
-    pub failed: u64,
-    /// Retries scheduled.
-    pub retried: u64,
-    /// Handler panics caught.
-    pub panicked: u64,
-    /// Messages cancelled by a closing subscription or bus.
-    pub cancelled: u64,
-    /// Messages published to a dead-letter topic (and then acked).
-    pub dead_lettered: u64,
-}
+use super::budget::Reservation;
+use super::route::{Reply, Route, Slot, empty_slot};
+use super::stats::DispatcherStats;
+use crate::handler::{Delivery, Panicked};
+use crate::message::{Key, Message};
+use crate::outcome::Outcome;
+use crate::retry::Retrying;
 
 pub(super) struct Job {
     route: Arc<Route>,
@@ -288,8 +45,7 @@ impl Job {
     /// Sends the outcome (once) and takes the job off the route's retrying list.
     fn reply_once(&mut self, outcome: Outcome) {
         if let Some(slot) = self.retrying.take() {
-            let mut retrying = (self.route.retrying.lock()).unwrap_or_else(PoisonError::into_inner);
-            retrying.try_remove(slot);
+            self.route.done_retrying(slot);
         }
         if let Some((reply, room)) = self.reply.take() {
             reply.send(&self.route, outcome, room);
@@ -301,51 +57,6 @@ impl Drop for Job {
     fn drop(&mut self) {
         self.reply_once(Outcome::Cancelled);
     }
-}
-
-impl Reply {
-    fn send(self, route: &Route, outcome: Outcome, room: Reservation) {
-        // The receiver may be gone (the transport stopped caring): the room is freed either way.
-        match self {
-            Reply::Oneshot(tx) => {
-                // Room first, so whoever sees the outcome also sees the room it freed.
-                drop(room);
-                let _ = tx.send(outcome);
-            }
-            Reply::Queue { token } => {
-                let done = Done {
-                    token,
-                    outcome,
-                    room,
-                };
-                if let Some(tx) = route.completions.get() {
-                    let _ = tx.send(done);
-                }
-            }
-        }
-    }
-}
-
-/// Where a job's final outcome goes.
-pub(crate) enum Reply {
-    /// To a [`ResponseFuture`](super::ResponseFuture) (the tower `call` path).
-    Oneshot(oneshot::Sender<Outcome>),
-    /// To the completion queue of the consuming loop feeding the route (see
-    /// [`Route::complete_into`]), tagged with the loop's token for the message. The room the
-    /// message held travels along and is freed once the loop has settled it, so the
-    /// dispatcher's bounds also cover messages waiting to be acked.
-    Queue {
-        /// The loop's tag for the message.
-        token: usize,
-    },
-}
-
-/// A finished job, as a consuming loop receives it.
-pub(crate) struct Done {
-    pub(crate) token: usize,
-    pub(crate) outcome: Outcome,
-    /// Frees the message's room in the dispatcher when dropped.
-    pub(crate) room: Reservation,
 }
 
 impl Job {
@@ -367,46 +78,6 @@ impl Job {
     }
     fn key(&self) -> Option<(u64, Key)> {
         self.message.key().map(|k| (self.route.id, k.clone()))
-    }
-}
-
-/// Room a job holds from admission to completion: one buffer slot and its bytes.
-/// Released on drop, so every path out (done, cancelled, dropped at runtime shutdown) frees it.
-pub(crate) struct Reservation {
-    pub(super) _slot: OwnedSemaphorePermit,
-    pub(super) bytes: usize,
-    pub(super) budget: Arc<ByteBudget>,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.budget.release(self.bytes);
-    }
-}
-
-/// Soft byte cap: admission needs `used < max`. Callers check and add separately, so each
-/// concurrent caller may overshoot by one message: at most `max` plus one message per
-/// subscription.
-pub(super) struct ByteBudget {
-    pub(super) used: AtomicUsize,
-    pub(super) max: usize,
-    pub(super) freed: Arc<Notify>,
-}
-
-impl ByteBudget {
-    pub(super) fn has_room(&self) -> bool {
-        // Acquire pairs with the Release in `release`, so a waiter that sees room also sees the
-        // freed state; a stale read only delays admission until the next notification.
-        self.used.load(Ordering::Acquire) < self.max
-    }
-    pub(super) fn take(&self, n: usize) {
-        self.used.fetch_add(n, Ordering::AcqRel);
-    }
-    fn release(&self, n: usize) {
-        let before = self.used.fetch_sub(n, Ordering::AcqRel);
-        if before >= self.max && before - n < self.max {
-            self.freed.notify_waiters();
-        }
     }
 }
 
@@ -728,7 +399,16 @@ impl Shared {
             ));
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
-        route.note_retrying(&mut job, first_failure, &error);
+        job.retrying = Some(route.note_retrying(
+            job.retrying,
+            Retrying {
+                key: job.message.key().cloned(),
+                message_id: job.message.id().clone(),
+                attempts: job.attempts,
+                first_failure,
+                last_error: error.to_string(),
+            },
+        ));
         self.retried.fetch_add(1, Ordering::Relaxed);
         route.metrics.retried.increment(1);
         let shared = Arc::clone(self);

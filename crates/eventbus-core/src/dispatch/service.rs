@@ -10,8 +10,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::PollSemaphore;
 use tower::Service;
 
+use super::budget::{ByteBudget, Reservation};
 use super::future::ResponseFuture;
-use super::queue::{ByteBudget, Job, Reply, Reservation, Shared};
+use super::queue::{Job, Shared};
+use super::route::Reply;
 use super::{DispatcherStats, Route};
 use crate::error::Error;
 use crate::message::Message;
@@ -55,7 +57,7 @@ pub struct Dispatch {
 ///
 /// Clones share one dispatcher. Each clone is driven like any tower service: `poll_ready`
 /// reserves room for one message (or returns `Pending` at a bound, or `Err(Closed)` once
-/// closed), `call` admits the message and returns a future of its [`Outcome`](super::Outcome).
+/// closed), `call` admits the message and returns a future of its [`Outcome`](crate::Outcome).
 /// Construct it inside a tokio runtime: its workers run there.
 pub struct Dispatcher {
     shared: Arc<Shared>,
@@ -192,7 +194,7 @@ impl Drop for Handles {
 }
 
 impl Service<Dispatch> for Dispatcher {
-    type Response = super::Outcome;
+    type Response = crate::outcome::Outcome;
     type Error = Error;
     type Future = ResponseFuture;
 

@@ -12,12 +12,15 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::propagation;
 use crate::telemetry::PublishMetrics;
-use crate::transport::Transport;
+use crate::transport::publisher::Publisher;
 use crate::validate::{Limits, validate_header, validate_key, validate_topic};
 
 #[derive(Clone)]
 pub(crate) struct Outlet {
-    pub(crate) transport: Arc<dyn Transport>,
+    /// The transport, as a publisher.
+    pub(crate) transport: Arc<dyn Publisher>,
+    /// Its name, for errors and reports.
+    pub(crate) transport_name: &'static str,
     pub(crate) limits: Limits,
     pub(crate) timeout: Duration,
     pub(crate) stats: Arc<PublishStats>,
@@ -88,7 +91,7 @@ impl Drop for InFlight<'_> {
 impl std::fmt::Debug for Outlet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outlet")
-            .field("transport", &self.transport.name())
+            .field("transport", &self.transport_name)
             .finish_non_exhaustive()
     }
 }

@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 
 use futures::future::BoxFuture;
 
-use crate::dispatch::{Dispatch, Dispatcher, Done, Outcome, Reply, Reservation, Route};
+use super::publish::Outlet;
+use super::subscribed::Subscribed;
+use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Reservation};
 use crate::error::Result;
 use crate::message::Message;
-use crate::publish::Outlet;
-use crate::transport::{Acknowledge, Incoming, Settle};
+use crate::outcome::Outcome;
+use crate::transport::incoming::{Acknowledge, Incoming, Settle};
 
 /// Pulls from `source` while the dispatcher has room, dispatches, and settles each message on
 /// its outcome. Ends when the route is closing (or the source ends) and every message taken
@@ -25,7 +27,7 @@ use crate::transport::{Acknowledge, Incoming, Settle};
 pub(crate) async fn pump<S, A>(
     mut source: S,
     mut dispatcher: Dispatcher,
-    route: Arc<Route>,
+    subscribed: Arc<Subscribed>,
     outlet: Outlet,
 ) where
     S: Stream<Item = Result<Incoming<A>>> + Send + Unpin + 'static,
@@ -34,6 +36,7 @@ pub(crate) async fn pump<S, A>(
     // Finished messages come back on one queue, tagged with the slot holding their ack: no
     // future per message, one wake per batch.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let route = &subscribed.route;
     route.complete_into(done_tx);
     // Each ack, with its message only where a dead letter may have to be built from it.
     let mut acks: Slab<(A, Option<Arc<Message>>)> = Slab::new();
@@ -57,7 +60,7 @@ pub(crate) async fn pump<S, A>(
                 for Done { token, outcome, room } in done.drain(..) {
                     let (ack, message) = acks.remove(token);
                     if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
-                        (&outcome, route.dead_letter(), &message)
+                        (&outcome, subscribed.dead_letter.as_deref(), &message)
                     {
                         let letter = dead_letter_of(message, dlq, route.group(), &outcome);
                         dead_lettering.push(Box::pin(send_dead_letter(
@@ -67,13 +70,13 @@ pub(crate) async fn pump<S, A>(
                             outcome,
                             room,
                             dispatcher.clone(),
-                            Arc::clone(&route),
+                            Arc::clone(&subscribed),
                         )));
                         continue;
                     }
                     // The room is freed only once the message is settled.
                     match ack.settle(&outcome) {
-                        Settle::Done(settled) => report(&route, settled),
+                        Settle::Done(settled) => report(&subscribed, settled),
                         Settle::Later(settling_io) => settling.push(async move {
                             let settled = settling_io.await;
                             drop(room);
@@ -84,11 +87,11 @@ pub(crate) async fn pump<S, A>(
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {
-                report(&route, settled);
+                report(&subscribed, settled);
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = dead_lettering.poll_next_unpin(cx) {
-                report(&route, settled);
+                report(&subscribed, settled);
                 progress = true;
             }
             if intake && closed.as_mut().poll(cx).is_ready() {
@@ -120,13 +123,13 @@ pub(crate) async fn pump<S, A>(
                         // Transports reconnect on their own; an error here is reported and the
                         // stream keeps being polled.
                         tracing::warn!(topic = route.topic(), group = route.group(), %error, "subscription stream error");
-                        route.record_error(&error);
+                        subscribed.record_error(&error);
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
-                        let kept = route.dead_letter().map(|_| Arc::clone(&message));
+                        let kept = subscribed.dead_letter.as_ref().map(|_| Arc::clone(&message));
                         let token = acks.insert((ack, kept));
                         let reply = Reply::Queue { token };
-                        let route = Arc::clone(&route);
+                        let route = Arc::clone(route);
                         dispatcher.submit(Dispatch { route, message }, reply);
                         progress = true;
                     }
@@ -144,10 +147,11 @@ pub(crate) async fn pump<S, A>(
     drop(source);
 }
 
-fn report(route: &Route, settled: Result<()>) {
+fn report(subscribed: &Subscribed, settled: Result<()>) {
     if let Err(error) = settled {
+        let route = &subscribed.route;
         tracing::warn!(topic = route.topic(), group = route.group(), %error, "could not settle a message at the broker; it will be redelivered");
-        route.record_error(&error);
+        subscribed.record_error(&error);
     }
 }
 
@@ -172,7 +176,7 @@ async fn send_dead_letter<A: Acknowledge>(
     outcome: Outcome,
     room: Reservation,
     dispatcher: Dispatcher,
-    route: Arc<Route>,
+    subscribed: Arc<Subscribed>,
 ) -> Result<()> {
     let topic = letter.topic().to_owned();
     let attempts = match outcome {
@@ -183,12 +187,12 @@ async fn send_dead_letter<A: Acknowledge>(
     let settle_as = match &published {
         Ok(()) => {
             dispatcher.count_dead_lettered();
-            route.metrics.dead_lettered.increment(1);
+            subscribed.route.metrics.dead_lettered.increment(1);
             Outcome::Handled { attempts }
         }
         Err(error) => {
             tracing::error!(dead_letter_topic = %topic, %error, "could not publish a dead letter; the message stays unacked for redelivery");
-            route.record_error(&format!("dead letter to {topic}: {error}"));
+            subscribed.record_error(&format!("dead letter to {topic}: {error}"));
             Outcome::Cancelled
         }
     };

@@ -1,5 +1,12 @@
 //! The bus users hold: one transport, one dispatcher, any number of subscriptions.
 
+mod builder;
+mod consume;
+mod options;
+mod publish;
+mod subscribed;
+pub(crate) mod subscription;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -8,166 +15,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+pub use builder::EventBusBuilder;
+pub use options::{BusOptions, SubscribeOptions};
+use publish::Outlet;
+use subscribed::Subscribed;
+use subscription::SubscribeRequest;
+pub use subscription::Subscription;
+
 use crate::backlog::{self, BacklogEvent, BacklogMonitor, BacklogOptions};
 use crate::dead_letter::DeadLetter;
-use crate::dispatch::{Dispatcher, DispatcherConfig, DispatcherStats, Route};
+use crate::dispatch::{Dispatcher, DispatcherStats, Route};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
 use crate::handler::Delivery;
 use crate::health::{Health, SubscriptionHealth};
 use crate::message::Message;
-use crate::publish::Outlet;
 use crate::retry::RetryPolicy;
 use crate::telemetry;
-use crate::transport::{Capabilities, SubscribeRequest, Transport};
-use crate::validate::{Limits, validate_group, validate_topic};
-
-/// Options of an [`EventBus`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct BusOptions {
-    /// Bounds of the shared dispatcher.
-    pub dispatcher: DispatcherConfig,
-    /// Default retry policy of subscriptions.
-    pub retry: RetryPolicy,
-    /// Where subscriptions send messages that failed for good (default: `<topic>.dlq`).
-    pub dead_letter: DeadLetter,
-    /// Size limits checked before publishing.
-    pub limits: Limits,
-    /// How long closing waits for running handlers before dropping them (default 30 s).
-    pub drain_timeout: Duration,
-    /// How long a publish may wait for the transport (default 30 s).
-    pub publish_timeout: Duration,
-}
-
-impl Default for BusOptions {
-    fn default() -> Self {
-        BusOptions {
-            dispatcher: DispatcherConfig::default(),
-            retry: RetryPolicy::default(),
-            dead_letter: DeadLetter::default(),
-            limits: Limits::default(),
-            drain_timeout: Duration::from_secs(30),
-            publish_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Options of one subscription; what is not set comes from the bus's [`BusOptions`].
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct SubscribeOptions {
-    /// Retry policy (default: the bus's).
-    pub retry: Option<RetryPolicy>,
-    /// Where messages go after their last attempt (default: the bus's, `<topic>.dlq` unless
-    /// set otherwise; [`DeadLetter::off`] leaves them to the transport's redelivery).
-    pub dead_letter: Option<DeadLetter>,
-}
-
-impl SubscribeOptions {
-    /// Everything from the bus.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Retry policy.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = Some(retry);
-        self
-    }
-    /// Dead-letter messages that fail for good (see [`dead_letter`](crate::dead_letter)).
-    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
-        self.dead_letter = Some(dead_letter);
-        self
-    }
-}
-
-/// Builds an [`EventBus`].
-#[derive(Debug)]
-#[must_use]
-pub struct EventBusBuilder<T> {
-    transport: T,
-    options: BusOptions,
-}
-
-impl<T: Transport> EventBusBuilder<T> {
-    /// Most handler calls running at once, over all subscriptions.
-    pub fn max_in_flight(mut self, n: usize) -> Self {
-        self.options.dispatcher.max_in_flight = n;
-        self
-    }
-    /// Most messages admitted to the dispatcher and not finished.
-    pub fn max_buffered(mut self, n: usize) -> Self {
-        self.options.dispatcher.max_buffered = n;
-        self
-    }
-    /// Most messages one subscription may hold at once (see
-    /// [`DispatcherConfig::max_buffered_per_subscription`]).
-    pub fn max_buffered_per_subscription(mut self, n: usize) -> Self {
-        self.options.dispatcher.max_buffered_per_subscription = Some(n);
-        self
-    }
-    /// Admission stops while admitted messages hold this many bytes.
-    pub fn max_buffered_bytes(mut self, n: usize) -> Self {
-        self.options.dispatcher.max_buffered_bytes = n;
-        self
-    }
-    /// Default retry policy of subscriptions.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.options.retry = retry;
-        self
-    }
-    /// Where subscriptions send messages that failed for good, unless they say otherwise
-    /// (default: `<topic>.dlq`; [`DeadLetter::off`] for none).
-    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
-        self.options.dead_letter = dead_letter;
-        self
-    }
-    /// Size limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.options.limits = limits;
-        self
-    }
-    /// How long closing waits for running handlers.
-    pub fn drain_timeout(mut self, d: Duration) -> Self {
-        self.options.drain_timeout = d;
-        self
-    }
-    /// How long a publish may wait.
-    pub fn publish_timeout(mut self, d: Duration) -> Self {
-        self.options.publish_timeout = d;
-        self
-    }
-    /// All options at once.
-    pub fn options(mut self, options: BusOptions) -> Self {
-        self.options = options;
-        self
-    }
-
-    /// Builds the bus. Call inside a tokio runtime: its tasks run there.
-    pub fn build(self) -> EventBus {
-        let closing = CancellationToken::new();
-        let transport: Arc<dyn Transport> = Arc::new(self.transport);
-        EventBus {
-            inner: Arc::new(Inner {
-                dispatcher: Dispatcher::new(self.options.dispatcher),
-                outlet: Outlet {
-                    transport: Arc::clone(&transport),
-                    limits: self.options.limits,
-                    timeout: self.options.publish_timeout,
-                    stats: Arc::default(),
-                },
-                transport,
-                subscriptions: Mutex::default(),
-                options: self.options,
-                tracker: TaskTracker::new(),
-                abort: CancellationToken::new(),
-                closing,
-                close_started: AtomicBool::new(false),
-                closed: CancellationToken::new(),
-            }),
-        }
-    }
-}
+use crate::transport::{Capabilities, Transport};
+use crate::validate::{validate_group, validate_topic};
 
 /// The event bus: publish messages and envelopes, subscribe handlers, close.
 ///
@@ -352,28 +218,22 @@ impl EventBus {
             .as_ref()
             .unwrap_or(&self.inner.options.dead_letter)
             .topic_for(topic)?;
-        let mut route = Route::new(
-            topic,
-            group,
-            handler,
-            options.retry.unwrap_or(self.inner.options.retry),
-            self.inner.closing.child_token(),
-            self.inner.abort.child_token(),
-        );
-        if let Some(dlq) = dead_letter {
-            route = route.with_dead_letter(&dlq);
-        }
-        let route = Arc::new(route);
+        let route = Route::builder(topic, group, handler)
+            .retry(options.retry.unwrap_or(self.inner.options.retry))
+            .closing(self.inner.closing.child_token())
+            .abort(self.inner.abort.child_token())
+            .build();
+        let subscribed = Arc::new(Subscribed::new(Arc::new(route), dead_letter));
         let request = SubscribeRequest {
-            route: Arc::clone(&route),
+            subscribed: Arc::clone(&subscribed),
             dispatcher: self.inner.dispatcher.clone(),
             tracker: self.inner.tracker.clone(),
             outlet: self.inner.outlet.clone(),
         };
         let started = self.inner.transport.subscribe(request).await?;
-        self.inner.register(&route, &started.0);
+        self.inner.register(&subscribed, &started.0);
         Ok(Subscription {
-            route,
+            route: Arc::clone(&subscribed.route),
             ended: started.0,
             drain_timeout: self.inner.options.drain_timeout,
             detached: false,
@@ -432,7 +292,8 @@ impl EventBus {
             .lags(PROBE_DEADLINE)
             .await
             .into_iter()
-            .map(|(route, running, lag)| {
+            .map(|(subscribed, running, lag)| {
+                let route = &subscribed.route;
                 let mut retrying = route.retrying();
                 let retrying_total = retrying.len();
                 retrying.truncate(crate::health::MAX_RETRYING_LISTED);
@@ -441,7 +302,7 @@ impl EventBus {
                     group: route.group().to_owned(),
                     running,
                     lag,
-                    last_error: route.last_error(),
+                    last_error: subscribed.last_error(),
                     retrying,
                     retrying_total,
                 }
@@ -543,39 +404,40 @@ impl EventBus {
 
 /// A subscription as the bus's reports see it.
 struct Registered {
-    route: std::sync::Weak<Route>,
+    subscribed: std::sync::Weak<Subscribed>,
     ended: CancellationToken,
 }
 
 impl Inner {
-    fn register(&self, route: &Arc<Route>, ended: &CancellationToken) {
+    fn register(&self, subscribed: &Arc<Subscribed>, ended: &CancellationToken) {
         let mut subs = self
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         subs.retain(|s| !s.ended.is_cancelled());
         subs.push(Registered {
-            route: Arc::downgrade(route),
+            subscribed: Arc::downgrade(subscribed),
             ended: ended.clone(),
         });
     }
 
-    /// Open subscriptions: (route, still consuming).
-    fn subscriptions(&self) -> Vec<(Arc<Route>, bool)> {
+    /// Open subscriptions: (subscription, still consuming).
+    fn subscriptions(&self) -> Vec<(Arc<Subscribed>, bool)> {
         let mut subs = self
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        subs.retain(|s| !s.ended.is_cancelled() && s.route.strong_count() > 0);
+        subs.retain(|s| !s.ended.is_cancelled() && s.subscribed.strong_count() > 0);
         subs.iter()
-            .filter_map(|s| Some((s.route.upgrade()?, !s.ended.is_cancelled())))
+            .filter_map(|s| Some((s.subscribed.upgrade()?, !s.ended.is_cancelled())))
             .collect()
     }
 
     /// Lag of each open subscription, each query bounded by `deadline` (`None`: no answer).
-    async fn lags(&self, deadline: Duration) -> Vec<(Arc<Route>, bool, Option<u64>)> {
+    async fn lags(&self, deadline: Duration) -> Vec<(Arc<Subscribed>, bool, Option<u64>)> {
         let subs = self.subscriptions();
-        let lags = futures::future::join_all(subs.iter().map(|(route, _)| {
+        let lags = futures::future::join_all(subs.iter().map(|(subscribed, _)| {
+            let route = &subscribed.route;
             let lag = self.transport.lag(route.topic(), route.group());
             async move {
                 match tokio::time::timeout(deadline, lag).await {
@@ -587,7 +449,7 @@ impl Inner {
         .await;
         subs.into_iter()
             .zip(lags)
-            .map(|((route, running), lag)| (route, running, lag))
+            .map(|((subscribed, running), lag)| (subscribed, running, lag))
             .collect()
     }
 
@@ -602,8 +464,9 @@ impl Inner {
         let slowest = Duration::from_micros(publishing.slowest_us.swap(0, Ordering::Relaxed));
         metrics::gauge!(telemetry::names::PUBLISH_BACKLOG).set(queued as f64);
         let mut lags = Vec::new();
-        for (route, _, lag) in self.lags(deadline).await {
+        for (subscribed, _, lag) in self.lags(deadline).await {
             let Some(lag) = lag else { continue };
+            let route = &subscribed.route;
             metrics::gauge!(
                 telemetry::names::CONSUMER_LAG,
                 "topic" => route.topic().to_owned(),
@@ -643,57 +506,3 @@ impl Sink {
 
 /// How long a health probe waits for the broker's answer about one subscription's lag.
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
-
-/// A running subscription. Close it with [`close`](Self::close), which drains it; dropping it
-/// also closes it, draining in the background until the bus closes.
-#[must_use = "dropping a Subscription closes it; call .detach() to keep it running until the bus closes"]
-#[derive(Debug)]
-pub struct Subscription {
-    route: Arc<Route>,
-    /// Fires when its consuming task has ended.
-    ended: CancellationToken,
-    drain_timeout: Duration,
-    detached: bool,
-}
-
-impl Subscription {
-    /// The topic.
-    pub fn topic(&self) -> &str {
-        self.route.topic()
-    }
-    /// The consumer group.
-    pub fn group(&self) -> &str {
-        self.route.group()
-    }
-    /// Whether it has stopped (closed, or its transport stream ended).
-    pub fn is_finished(&self) -> bool {
-        self.ended.is_cancelled()
-    }
-
-    /// Stops taking messages, lets running handlers finish for up to the bus's drain timeout
-    /// (then drops them: their messages stay unacked), settles everything taken, and returns
-    /// when its consuming task has ended. Queued messages are left for redelivery.
-    pub async fn close(self) {
-        self.route.closing().cancel();
-        if tokio::time::timeout(self.drain_timeout, self.ended.cancelled())
-            .await
-            .is_err()
-        {
-            self.route.abort().cancel();
-            self.ended.cancelled().await;
-        }
-    }
-
-    /// Keeps the subscription running after this handle is dropped, until the bus closes.
-    pub fn detach(mut self) {
-        self.detached = true;
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if !self.detached {
-            self.route.closing().cancel();
-        }
-    }
-}

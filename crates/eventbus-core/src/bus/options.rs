@@ -1,0 +1,68 @@
+//! What a bus and its subscriptions can be told: bounds, retries, dead letters, limits and
+//! deadlines.
+
+use std::time::Duration;
+
+use crate::dead_letter::DeadLetter;
+use crate::dispatch::DispatcherConfig;
+use crate::retry::RetryPolicy;
+use crate::validate::Limits;
+
+/// Options of an [`EventBus`](crate::EventBus).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BusOptions {
+    /// Bounds of the shared dispatcher.
+    pub dispatcher: DispatcherConfig,
+    /// Default retry policy of subscriptions.
+    pub retry: RetryPolicy,
+    /// Where subscriptions send messages that failed for good (default: `<topic>.dlq`).
+    pub dead_letter: DeadLetter,
+    /// Size limits checked before publishing.
+    pub limits: Limits,
+    /// How long closing waits for running handlers before dropping them (default 30 s).
+    pub drain_timeout: Duration,
+    /// How long a publish may wait for the transport (default 30 s).
+    pub publish_timeout: Duration,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        BusOptions {
+            dispatcher: DispatcherConfig::default(),
+            retry: RetryPolicy::default(),
+            dead_letter: DeadLetter::default(),
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Options of one subscription; what is not set comes from the bus's [`BusOptions`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Retry policy (default: the bus's).
+    pub retry: Option<RetryPolicy>,
+    /// Where messages go after their last attempt (default: the bus's, `<topic>.dlq` unless
+    /// set otherwise; [`DeadLetter::off`] leaves them to the transport's redelivery).
+    pub dead_letter: Option<DeadLetter>,
+}
+
+impl SubscribeOptions {
+    /// Everything from the bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+    /// Dead-letter messages that fail for good (see [`dead_letter`](crate::dead_letter)).
+    pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
+        self.dead_letter = Some(dead_letter);
+        self
+    }
+}
