@@ -14,15 +14,16 @@
 //! let options = BacklogOptions::default()
 //!     .interval(Duration::from_secs(5))
 //!     .lag_threshold(10_000);
-//! // As a stream of state changes...
 //! let mut changes = bus.monitor_backlog(options.clone());
 //! while let Some(change) = changes.next().await {
 //!     if let BacklogEvent::ConsumerLag { topic, group, lag, above: true } = change {
 //!         eprintln!("{group} is {lag} messages behind on {topic}");
 //!     }
 //! }
-//! // ...or as a callback.
-//! bus.on_backlog(options, |change| eprintln!("{change:?}"));
+//! // A callback is a task over the stream:
+//! tokio::spawn(bus.monitor_backlog(options).for_each(|change| async move {
+//!     eprintln!("{change:?}");
+//! }));
 //! # }
 //! ```
 //!

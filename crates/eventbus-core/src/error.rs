@@ -86,15 +86,6 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    /// A handler failed for good (after its last attempt, or with a non-retryable error).
-    #[error("handler failed after {attempts} attempt(s): {source}")]
-    Handler {
-        /// How many times the handler ran.
-        attempts: u32,
-        /// The handler's last error.
-        #[source]
-        source: BoxError,
-    },
     /// The transport does not offer this capability: use another transport or option.
     #[error("{transport} does not support {capability}")]
     Unsupported {

@@ -19,6 +19,28 @@ use crate::envelope::Envelope;
 use crate::error::{BoxError, EnvelopeError};
 use crate::message::Message;
 
+/// What a subscription calls for each message: a tower [`Service`] of [`Delivery`] answering
+/// `()`, with an error the bus can box, that can be cloned (the bus clones it per call) and
+/// sent between threads. Every such service is one; bounds name `Handler` instead of spelling
+/// the service out.
+pub trait Handler:
+    Service<Delivery, Response = (), Error: Into<BoxError>, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: Service<Delivery, Response = (), Error: Into<BoxError>, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One delivery of a message to a handler.
 ///
 /// Cheap to clone. The same message is delivered again, with a higher [`attempt`](Self::attempt),

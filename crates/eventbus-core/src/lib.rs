@@ -71,7 +71,7 @@ pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Rout
 pub use envelope::Envelope;
 pub use error::{BoxError, EnvelopeError, Error, HeaderError, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
-pub use handler::{DecodeError, Delivery, Panicked, Permanent, handler_fn, json_handler};
+pub use handler::{DecodeError, Delivery, Handler, Panicked, Permanent, handler_fn, json_handler};
 pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};
 pub use message::{Headers, Key, Message, MessageId};
 pub use outcome::Outcome;

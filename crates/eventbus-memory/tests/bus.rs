@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use eventbus_core::{
     BoxError, Delivery, Envelope, Error, EventBus, Limits, Message, MessageId, RetryPolicy,
-    handler_fn,
+    SubscribeOptions, handler_fn,
 };
 use eventbus_memory::{MemoryConfig, MemoryTransport};
 use futures::future::BoxFuture;
@@ -462,10 +462,10 @@ async fn failed_attempts_are_retried() {
     let rec_b = Arc::new(Recorder::default());
     let max_b = Arc::new(AtomicUsize::new(0));
     let sub_b = bus
-        .subscribe_with_retry(
+        .subscribe_with(
             "invoices",
             "archiver",
-            fast.max_attempts(3),
+            SubscribeOptions::new().retry(fast.max_attempts(3)),
             handler_fn(fails_first_attempt(&rec_b, &max_b)),
         )
         .await
@@ -836,8 +836,13 @@ async fn nothing_goes_through_a_closed_bus() {
         Err(Error::Closed)
     ));
     assert!(matches!(
-        bus.subscribe_with_retry("t", "g3", RetryPolicy::never(), handler_fn(recording(&rec)))
-            .await,
+        bus.subscribe_with(
+            "t",
+            "g3",
+            SubscribeOptions::new().retry(RetryPolicy::never()),
+            handler_fn(recording(&rec))
+        )
+        .await,
         Err(Error::Closed)
     ));
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::Service;
 
 pub use builder::EventBusBuilder;
 pub use options::{BusOptions, SubscribeOptions};
@@ -22,15 +21,14 @@ use subscribed::Subscribed;
 use subscription::SubscribeRequest;
 pub use subscription::Subscription;
 
-use crate::backlog::{self, BacklogEvent, BacklogMonitor, BacklogOptions};
+use crate::backlog::{self, BacklogMonitor, BacklogOptions};
 use crate::dead_letter::DeadLetter;
 use crate::dispatch::{Dispatcher, DispatcherStats, Route};
 use crate::envelope::Envelope;
 use crate::error::{BoxError, Error, Result};
-use crate::handler::Delivery;
+use crate::handler::{Delivery, Handler};
 use crate::health::{Health, SubscriptionHealth};
 use crate::message::Message;
-use crate::retry::RetryPolicy;
 use crate::telemetry;
 use crate::transport::{Capabilities, Transport};
 use crate::validate::{validate_group, validate_topic};
@@ -171,28 +169,9 @@ impl EventBus {
     /// ```
     pub async fn subscribe<H>(&self, topic: &str, group: &str, handler: H) -> Result<Subscription>
     where
-        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-        H::Error: Into<BoxError>,
-        H::Future: Send + 'static,
+        H: Handler,
     {
-        self.subscribe_with_retry(topic, group, self.inner.options.retry, handler)
-            .await
-    }
-
-    /// Like [`subscribe`](Self::subscribe), with its own retry policy.
-    pub async fn subscribe_with_retry<H>(
-        &self,
-        topic: &str,
-        group: &str,
-        retry: RetryPolicy,
-        handler: H,
-    ) -> Result<Subscription>
-    where
-        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-        H::Error: Into<BoxError>,
-        H::Future: Send + 'static,
-    {
-        self.subscribe_with(topic, group, SubscribeOptions::new().retry(retry), handler)
+        self.subscribe_with(topic, group, SubscribeOptions::new(), handler)
             .await
     }
 
@@ -206,9 +185,7 @@ impl EventBus {
         handler: H,
     ) -> Result<Subscription>
     where
-        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-        H::Error: Into<BoxError>,
-        H::Future: Send + 'static,
+        H: Handler,
     {
         self.check_open()?;
         validate_topic(topic)?;
@@ -322,20 +299,6 @@ impl EventBus {
     /// stream is dropped.
     pub fn monitor_backlog(&self, options: BacklogOptions) -> BacklogMonitor {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        self.spawn_monitor(options, Sink::Channel(tx));
-        BacklogMonitor { rx }
-    }
-
-    /// Like [`monitor_backlog`](Self::monitor_backlog), calling `callback` on each crossing
-    /// (from the bus's runtime: keep it short). Runs until the bus closes.
-    pub fn on_backlog<F>(&self, options: BacklogOptions, callback: F)
-    where
-        F: FnMut(BacklogEvent) + Send + 'static,
-    {
-        self.spawn_monitor(options, Sink::Callback(Box::new(callback)));
-    }
-
-    fn spawn_monitor(&self, options: BacklogOptions, mut sink: Sink) {
         // Weak: the monitor must not keep a dropped bus alive.
         let inner = Arc::downgrade(&self.inner);
         let closing = self.inner.closing.clone();
@@ -345,7 +308,7 @@ impl EventBus {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if sink.is_closed() {
+                if tx.is_closed() {
                     return;
                 }
                 let Some(bus) = inner.upgrade() else { return };
@@ -354,7 +317,7 @@ impl EventBus {
                     .await;
                 drop(bus);
                 for event in crossings.update(&options, sample) {
-                    if !sink.emit(event).await {
+                    if tx.send(event).await.is_err() {
                         return;
                     }
                 }
@@ -366,6 +329,7 @@ impl EventBus {
                 () = monitor => {}
             }
         });
+        BacklogMonitor { rx }
     }
 
     /// Whether closing has started.
@@ -479,27 +443,6 @@ impl Inner {
             lags,
             queued,
             slowest,
-        }
-    }
-}
-
-/// Where a backlog monitor's events go.
-enum Sink {
-    Channel(tokio::sync::mpsc::Sender<BacklogEvent>),
-    Callback(Box<dyn FnMut(BacklogEvent) + Send>),
-}
-
-impl Sink {
-    fn is_closed(&self) -> bool {
-        matches!(self, Sink::Channel(tx) if tx.is_closed())
-    }
-    async fn emit(&mut self, event: BacklogEvent) -> bool {
-        match self {
-            Sink::Channel(tx) => tx.send(event).await.is_ok(),
-            Sink::Callback(f) => {
-                f(event);
-                true
-            }
         }
     }
 }

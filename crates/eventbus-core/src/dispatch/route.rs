@@ -9,11 +9,11 @@ use slab::Slab;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 use super::budget::Reservation;
 use crate::error::BoxError;
-use crate::handler::{Delivery, Scope};
+use crate::handler::{Delivery, Handler, Scope};
 use crate::outcome::Outcome;
 use crate::retry::{RetryPolicy, Retrying};
 use crate::telemetry::RouteMetrics;
@@ -22,7 +22,7 @@ static NEXT_ROUTE: AtomicU64 = AtomicU64::new(1);
 
 /// A subscription's handler, type-erased. One call clones the handler and puts the future of
 /// `ready` + `call` together in the worker's [`Slot`].
-pub(super) trait Handler: Send + Sync + 'static {
+pub(super) trait ErasedHandler: Send + Sync + 'static {
     fn handle(&self, delivery: Delivery, slot: &mut Slot);
 }
 
@@ -38,11 +38,9 @@ pub(super) fn empty_slot() -> impl Future<Output = Result<(), BoxError>> + Send 
 
 struct Erased<H>(H);
 
-impl<H> Handler for Erased<H>
+impl<H> ErasedHandler for Erased<H>
 where
-    H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-    H::Error: Into<BoxError>,
-    H::Future: Send + 'static,
+    H: Handler,
 {
     fn handle(&self, delivery: Delivery, slot: &mut Slot) {
         let mut handler = self.0.clone();
@@ -72,7 +70,7 @@ pub struct Route {
     /// Group and closing token, shared with every delivery.
     pub(super) scope: Arc<Scope>,
     pub(super) topic: Arc<str>,
-    pub(super) handler: Box<dyn Handler>,
+    pub(super) handler: Box<dyn ErasedHandler>,
     pub(super) retry: RetryPolicy,
     pub(super) abort: CancellationToken,
     /// Where finished jobs of the route are reported when one consuming loop feeds it (the
@@ -100,7 +98,7 @@ impl std::fmt::Debug for Route {
 pub struct RouteBuilder {
     topic: Arc<str>,
     group: Arc<str>,
-    handler: Box<dyn Handler>,
+    handler: Box<dyn ErasedHandler>,
     retry: RetryPolicy,
     closing: CancellationToken,
     abort: CancellationToken,
@@ -157,9 +155,7 @@ impl Route {
     /// A route of `group` on `topic` to `handler`.
     pub fn builder<H>(topic: &str, group: &str, handler: H) -> RouteBuilder
     where
-        H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-        H::Error: Into<BoxError>,
-        H::Future: Send + 'static,
+        H: Handler,
     {
         RouteBuilder {
             topic: Arc::from(topic),

@@ -644,9 +644,7 @@ pub(crate) async fn subscribe<H>(
     handler: H,
 ) -> Subscription
 where
-    H: Service<Delivery, Response = ()> + Clone + Send + Sync + 'static,
-    H::Error: Into<BoxError>,
-    H::Future: Send + 'static,
+    H: eventbus_core::Handler,
 {
     match bus.subscribe(topic, group, handler).await {
         Ok(sub) => sub,
