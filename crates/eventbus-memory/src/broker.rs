@@ -1,0 +1,84 @@
+//! The broker: its topics, each topic's log of messages and the consumer groups reading it
+//! (their cursors, what they hold unsettled and what they are to be given again).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use eventbus_core::Message;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::MemoryConfig;
+use crate::unsettled::Unsettled;
+
+/// Topic and group maps are looked up on every publish and ack: foldhash (seeded per process,
+/// as the dispatcher's key map) costs a fraction of SipHash there.
+type Fast = foldhash::fast::RandomState;
+
+#[derive(Debug, Default)]
+pub(crate) struct Broker {
+    pub(crate) config: MemoryConfig,
+    pub(crate) topics: Mutex<HashMap<String, Arc<Topic>, Fast>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Topic {
+    pub(crate) state: Mutex<TopicState>,
+    /// Publishers waiting for room.
+    pub(crate) space: Notify,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TopicState {
+    /// Slots of offsets `base..base + log.len()`: a message some group still needs, or `None`
+    /// once every group has acked it. Emptied slots at the front are dropped.
+    pub(crate) log: VecDeque<Option<Arc<Message>>>,
+    pub(crate) base: u64,
+    /// The slots of `log` that hold a message: what the capacity bounds.
+    pub(crate) held: usize,
+    /// Indexed by the numbers in `group_ids`: groups live as long as the broker, so members
+    /// and acks hold an index and no lookup by name is made per message.
+    pub(crate) groups: Vec<Group>,
+    pub(crate) group_ids: HashMap<String, usize, Fast>,
+    /// Publishers waiting for room; only then does trimming notify `Topic::space`.
+    pub(crate) blocked_publishers: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Group {
+    /// Next offset never delivered to this group.
+    pub(crate) cursor: u64,
+    /// Delivered and not settled.
+    pub(crate) pending: Unsettled,
+    /// To deliver again, not before the instant given; served before newer messages.
+    pub(crate) redeliver: BTreeMap<u64, Instant>,
+    /// Wakes members waiting for messages.
+    pub(crate) ready: Arc<Notify>,
+    /// Members registered with `ready`; publishing notifies only when there are any, so the
+    /// fast path takes no lock but the topic's.
+    pub(crate) waiting: usize,
+}
+
+impl Group {
+    /// Whether this group has yet to settle `offset`: not delivered yet, delivered and not
+    /// settled, or waiting to be delivered again.
+    pub(crate) fn needs(&self, offset: u64) -> bool {
+        offset >= self.cursor
+            || self.pending.contains(offset)
+            || self.redeliver.contains_key(&offset)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No user code runs under these locks; a poisoned one still holds consistent state.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TopicState {
+    /// Wakes the members waiting for messages.
+    pub(crate) fn wake_members(&self) {
+        for g in self.groups.iter().filter(|g| g.waiting > 0) {
+            g.ready.notify_waiters();
+        }
+    }
+}

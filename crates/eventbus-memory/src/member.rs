@@ -1,0 +1,196 @@
+//! Subscribing: the [`Subscriber`] impl, which joins a group, and [`Member`], one
+//! subscription's view of its group: the stream of messages it takes from the topic's log.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use eventbus_core::transport::{Incoming, Started, SubscribeRequest, Subscriber};
+use eventbus_core::{Error, Result};
+use futures::Stream;
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{Instant, Sleep};
+
+use crate::MemoryTransport;
+use crate::ack::MemoryAck;
+use crate::broker::{Group, Topic, TopicState, lock};
+use crate::unsettled::Unsettled;
+
+#[async_trait::async_trait]
+impl Subscriber for MemoryTransport {
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let topic = self.topic(request.topic());
+        let (group, ready) = {
+            let mut st = lock(&topic.state);
+            let st = &mut *st;
+            let group = match st.group_ids.get(request.group()) {
+                Some(&group) => group,
+                None => {
+                    st.groups.push(Group {
+                        cursor: st.base,
+                        pending: Unsettled::default(),
+                        redeliver: BTreeMap::new(),
+                        ready: Arc::new(Notify::new()),
+                        waiting: 0,
+                    });
+                    st.group_ids
+                        .insert(request.group().to_owned(), st.groups.len() - 1);
+                    st.groups.len() - 1
+                }
+            };
+            (group, Arc::clone(&st.groups[group].ready))
+        };
+        let member = Member {
+            wake: Box::pin(Arc::clone(&ready).notified_owned()),
+            topic,
+            group,
+            ready,
+            redelivery_delay: self.broker.config.redelivery_delay,
+            registered: false,
+            due: None,
+            taken: VecDeque::new(),
+            batch: request.max_buffered().clamp(1, TAKE_BATCH),
+        };
+        Ok(request.start(member))
+    }
+}
+
+/// One subscription's view of its group.
+struct Member {
+    topic: Arc<Topic>,
+    group: usize,
+    ready: Arc<Notify>,
+    /// Registered with `ready` while `registered`; one box per member, refilled in place.
+    wake: Pin<Box<OwnedNotified>>,
+    /// The timer of the next redelivery falling due, made the first time one is waited for.
+    due: Option<Pin<Box<Sleep>>>,
+    redelivery_delay: Duration,
+    /// Counted in its group's `waiting`.
+    registered: bool,
+    /// Taken under one lock, not yet handed to the bus.
+    taken: VecDeque<Incoming<MemoryAck>>,
+    /// Most messages taken at once: never more than the bus admits, so a slow member does not
+    /// hoard what the other members of its group could handle.
+    batch: usize,
+}
+
+/// Most messages a member takes from its group under one lock.
+const TAKE_BATCH: usize = 32;
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if self.registered {
+            lock(&self.topic.state).groups[self.group].waiting -= 1;
+        }
+    }
+}
+
+enum Next {
+    Message(Incoming<MemoryAck>),
+    /// Nothing now; a redelivery falls due at this instant.
+    WaitUntil(Instant),
+    Wait,
+}
+
+impl Member {
+    /// Takes the next message, or registers `wake` for when one may be there. Takes up to
+    /// `batch` at once under one lock; the rest wait in `taken` (pending at the broker,
+    /// released for redelivery if the subscription ends first).
+    fn try_next(&mut self) -> Next {
+        if let Some(incoming) = self.taken.pop_front() {
+            return Next::Message(incoming);
+        }
+        let mut st = lock(&self.topic.state);
+        let TopicState {
+            log, base, groups, ..
+        } = &mut *st;
+        let g = &mut groups[self.group];
+        if std::mem::take(&mut self.registered) {
+            g.waiting -= 1;
+        }
+        let now = (!g.redeliver.is_empty()).then(Instant::now);
+        while self.taken.len() < self.batch {
+            // Redeliveries first, lowest offset first, so a key's older message comes back
+            // before its newer ones.
+            let due = now.and_then(|now| {
+                g.redeliver
+                    .iter()
+                    .find(|&(_, &at)| at <= now)
+                    .map(|(&o, _)| o)
+            });
+            let offset = match due {
+                Some(o) => {
+                    g.redeliver.remove(&o);
+                    o
+                }
+                None if g.cursor < *base + log.len() as u64 => {
+                    g.cursor += 1;
+                    g.cursor - 1
+                }
+                None => break,
+            };
+            // An empty slot: acked by every group before this one joined.
+            let Some(message) = &log[(offset - *base) as usize] else {
+                continue;
+            };
+            g.pending.insert(offset);
+            self.taken.push_back(Incoming {
+                message: Arc::clone(message),
+                ack: MemoryAck {
+                    topic: Arc::clone(&self.topic),
+                    group: self.group,
+                    offset,
+                    redelivery_delay: self.redelivery_delay,
+                    settled: false,
+                },
+            });
+        }
+        if let Some(incoming) = self.taken.pop_front() {
+            return Next::Message(incoming);
+        }
+        // Registered under the topic lock, so a publish after we looked wakes us.
+        self.wake.set(Arc::clone(&self.ready).notified_owned());
+        self.wake.as_mut().enable();
+        g.waiting += 1;
+        self.registered = true;
+        match g.redeliver.values().min() {
+            Some(&at) => Next::WaitUntil(at),
+            None => Next::Wait,
+        }
+    }
+}
+
+impl Stream for Member {
+    type Item = Result<Incoming<MemoryAck>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.try_next() {
+                Next::Message(incoming) => return Poll::Ready(Some(Ok(incoming))),
+                Next::Wait => {}
+                Next::WaitUntil(at) => {
+                    let due = this
+                        .due
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if due.deadline() != at {
+                        due.as_mut().reset(at);
+                    }
+                    if due.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+            }
+            if this.wake.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
