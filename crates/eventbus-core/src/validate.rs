@@ -181,6 +181,7 @@ fn header_rule(name: &str, value: &str) -> Result<(), HeaderError> {
 
 /// Size limits checked before anything is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest encoded message (payload + key + headers) a publish accepts.
     /// Default 1 MiB, NATS's default `max_payload`.
@@ -196,6 +197,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// With the largest encoded message a publish accepts.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
     /// Checks an encoded size against [`Limits::max_message_bytes`].
     pub fn check_size(&self, size: usize) -> Result<(), Error> {
         if size > self.max_message_bytes {

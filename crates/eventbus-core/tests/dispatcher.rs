@@ -227,12 +227,10 @@ fn config(
     max_buffered: usize,
     max_buffered_bytes: usize,
 ) -> DispatcherConfig {
-    DispatcherConfig {
-        max_in_flight,
-        max_buffered,
-        max_buffered_bytes,
-        ..DispatcherConfig::default()
-    }
+    DispatcherConfig::default()
+        .max_in_flight(max_in_flight)
+        .max_buffered(max_buffered)
+        .max_buffered_bytes(max_buffered_bytes)
 }
 
 fn msg(key: Option<&str>, name: &str) -> Arc<Message> {

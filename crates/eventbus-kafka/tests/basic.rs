@@ -249,9 +249,7 @@ async fn oversized_message_is_a_typed_error_before_sending() {
             .unwrap();
     // Let the bus accept it, so the transport's limit is what refuses.
     let bus = EventBus::builder(transport)
-        .limits(Limits {
-            max_message_bytes: 64 << 20,
-        })
+        .limits(Limits::default().max_message_bytes(64 << 20))
         .build();
     let topic = unique("big");
     let message = Message::new(&topic, vec![0u8; 2000]).with_key("k");

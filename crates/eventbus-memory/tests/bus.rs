@@ -212,8 +212,8 @@ async fn every_group_gets_every_message_and_members_share() {
     audit.count.wait_for(200).await;
     group_total.wait_for(200).await;
     eventually("both groups to ack everything", || {
-        transport.lag("payments", "audit") == Some(0)
-            && transport.lag("payments", "billing") == Some(0)
+        transport.pending("payments", "audit") == Some(0)
+            && transport.pending("payments", "billing") == Some(0)
     })
     .await;
     audit_sub.close().await;
@@ -382,7 +382,7 @@ async fn closed_subscription_leaves_the_rest_to_its_group() {
         "subscription 1 handled everything"
     );
     assert_eq!(
-        transport.lag("jobs", "workers"),
+        transport.pending("jobs", "workers"),
         Some((TOTAL - completed1.len()) as u64),
         "exactly the completed messages were acked"
     );
@@ -400,7 +400,7 @@ async fn closed_subscription_leaves_the_rest_to_its_group() {
         .unwrap();
     rec2.count.wait_for(TOTAL - completed1.len()).await;
     eventually("the group to ack everything", || {
-        transport.lag("jobs", "workers") == Some(0)
+        transport.pending("jobs", "workers") == Some(0)
     })
     .await;
     sub2.close().await;
@@ -491,8 +491,8 @@ async fn failed_attempts_are_retried() {
     assert_eq!(stats.handled, 200);
     assert_eq!(stats.retried, 200);
     assert_eq!(stats.failed, 0);
-    assert_eq!(transport.lag("invoices", "mailer"), Some(0));
-    assert_eq!(transport.lag("invoices", "archiver"), Some(0));
+    assert_eq!(transport.pending("invoices", "mailer"), Some(0));
+    assert_eq!(transport.pending("invoices", "archiver"), Some(0));
     bus.close().await.unwrap();
 }
 
@@ -673,7 +673,7 @@ async fn a_stuck_message_holds_only_itself() {
         transport.retained("stuck") == 1
     })
     .await;
-    assert_eq!(transport.lag("stuck", "first"), Some(1));
+    assert_eq!(transport.pending("stuck", "first"), Some(1));
 
     let late = Arc::new(Recorder::default());
     let late_sub = bus
@@ -682,7 +682,7 @@ async fn a_stuck_message_holds_only_itself() {
         .unwrap();
     late.count.wait_for(1).await;
     eventually("the late group to settle", || {
-        transport.lag("stuck", "late") == Some(0)
+        transport.pending("stuck", "late") == Some(0)
     })
     .await;
     let payloads: Vec<_> = late
@@ -691,12 +691,12 @@ async fn a_stuck_message_holds_only_itself() {
         .map(|m| m.payload().clone())
         .collect();
     assert_eq!(payloads, ["stuck"], "the late group gets what is held");
-    assert_eq!(transport.lag("stuck", "first"), Some(1));
+    assert_eq!(transport.pending("stuck", "first"), Some(1));
 
     release.notify_one();
     rec.count.wait_for(101).await;
     eventually("the topic to empty", || transport.retained("stuck") == 0).await;
-    assert_eq!(transport.lag("stuck", "first"), Some(0));
+    assert_eq!(transport.pending("stuck", "first"), Some(0));
     sub.close().await;
     late_sub.close().await;
     bus.close().await.unwrap();
@@ -708,9 +708,7 @@ async fn a_stuck_message_holds_only_itself() {
 async fn bad_input_is_rejected_before_sending() {
     let transport = MemoryTransport::new();
     let bus = EventBus::builder(transport.clone())
-        .limits(Limits {
-            max_message_bytes: 1024,
-        })
+        .limits(Limits::default().max_message_bytes(1024))
         .build();
     let rec = Arc::new(Recorder::default());
     let sub = bus
@@ -778,7 +776,7 @@ async fn bad_input_is_rejected_before_sending() {
     ));
 
     assert_eq!(transport.retained("t"), 0, "nothing reached the broker");
-    assert_eq!(transport.lag("t", "g"), Some(0));
+    assert_eq!(transport.pending("t", "g"), Some(0));
 
     // Exactly at the limit is fine; it is the only message the subscriber gets.
     let mut sentinel = Message::new("t", "").with_key("k");
@@ -791,7 +789,7 @@ async fn bad_input_is_rejected_before_sending() {
     bus.publish(sentinel).await.unwrap();
     rec.count.wait_for(1).await;
     eventually("the sentinel to be acked", || {
-        transport.lag("t", "g") == Some(0)
+        transport.pending("t", "g") == Some(0)
     })
     .await;
     sub.close().await;
@@ -1049,7 +1047,7 @@ async fn close_first_bus_mid_way(
     assert!(sub.is_finished());
     // Every completed message was acked; nothing else was.
     assert_eq!(
-        transport.lag("shipments", "carrier"),
+        transport.pending("shipments", "carrier"),
         Some((DRAIN_TOTAL - completed.len()) as u64)
     );
     drop(sub);
@@ -1076,7 +1074,7 @@ async fn second_process_resumes_where_a_closed_bus_stopped() {
         .expect("a second bus over a clone of the broker can subscribe after the first closed");
     rec2.count.wait_for(DRAIN_TOTAL - completed1.len()).await;
     eventually("the group to ack everything", || {
-        transport.lag("shipments", "carrier") == Some(0)
+        transport.pending("shipments", "carrier") == Some(0)
     })
     .await;
     sub2.close().await;
@@ -1186,7 +1184,7 @@ async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     assert_eq!(stats.retried, 0, "{stats:?}");
     assert_eq!(stats.handled, 0, "{stats:?}");
     assert_eq!(stats.cancelled, 1, "{stats:?}");
-    assert_eq!(transport.lag("tasks", "runners"), Some(1), "left unacked");
+    assert_eq!(transport.pending("tasks", "runners"), Some(1), "left unacked");
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub2 = bus
@@ -1208,7 +1206,7 @@ async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     assert_eq!(again.payload(), "long job");
     assert_eq!(attempt, 1);
     eventually("the redelivered message to be acked", || {
-        transport.lag("tasks", "runners") == Some(0)
+        transport.pending("tasks", "runners") == Some(0)
     })
     .await;
     sub2.close().await;
@@ -1241,7 +1239,7 @@ async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     );
     within("the bus to close", bus.close()).await.unwrap();
     assert_eq!(returned.get(), returned_before + 1);
-    assert_eq!(transport.lag("tasks", "others"), Some(1), "left unacked");
+    assert_eq!(transport.pending("tasks", "others"), Some(1), "left unacked");
     let stats = bus.stats();
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.retried, 0, "{stats:?}");

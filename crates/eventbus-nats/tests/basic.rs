@@ -208,9 +208,7 @@ async fn oversized_payload_is_a_typed_error_before_sending() {
         .unwrap();
     // Let the bus accept it, so the server's max_payload (1 MB by default) is what refuses.
     let bus = EventBus::builder(t)
-        .limits(Limits {
-            max_message_bytes: 64 << 20,
-        })
+        .limits(Limits::default().max_message_bytes(64 << 20))
         .build();
     let topic = unique("big");
     let err = bus

@@ -25,9 +25,30 @@
 //! ```
 //!
 //! Transports are picked by cargo feature: `memory` (default), `nats`, `kafka`.
+//!
+//! The crate root holds what services use; [`transport`] holds what only a transport's author
+//! needs (the traits a transport implements, the dispatcher it feeds).
 #![warn(missing_docs)]
 
-pub use eventbus_core::*;
+pub use eventbus_core::{
+    BoxError, BusOptions, Capabilities, Connection, ConnectionState, DeadLetter, DecodeError,
+    Delivery, DispatcherConfig, DispatcherStats, Envelope, EnvelopeError, Error, Event, EventBus,
+    EventBusBuilder, EventDecodeError, Handler, HeaderError, Headers, Health, Key, Limits, Message,
+    MessageId, NameError, Panicked, Permanent, Result, RetryPolicy, Retrying, SubscribeOptions,
+    Subscription, SubscriptionHealth, Transport, event_handler, handler_fn, json_handler,
+};
+pub use eventbus_core::{
+    backlog, dead_letter, dedup, envelope, event, handler, health, propagation, telemetry, validate,
+};
+
+/// What a transport's author needs: the traits a transport implements, what it hands the bus
+/// for each message and how it settles the [`Outcome`](transport::Outcome), and the
+/// [`dispatch`](transport::dispatch)er the bus runs handlers on (usable alone).
+pub mod transport {
+    pub use eventbus_core::Outcome;
+    pub use eventbus_core::dispatch;
+    pub use eventbus_core::transport::*;
+}
 
 /// The in-memory transport (feature `memory`, on by default).
 #[cfg(feature = "memory")]

@@ -20,6 +20,7 @@ use crate::message::Message;
 
 /// Bounds of a [`Dispatcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DispatcherConfig {
     /// Most handler calls running at once, over all subscriptions (default 256).
     pub max_in_flight: usize,
@@ -41,6 +42,29 @@ impl Default for DispatcherConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             max_buffered_per_subscription: None,
         }
+    }
+}
+
+impl DispatcherConfig {
+    /// Most handler calls running at once.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+    /// Most messages admitted and not yet finished.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        self.max_buffered = n;
+        self
+    }
+    /// Admission stops while admitted messages hold this many encoded bytes.
+    pub fn max_buffered_bytes(mut self, n: usize) -> Self {
+        self.max_buffered_bytes = n;
+        self
+    }
+    /// Most messages one subscription may have taken and not yet settled.
+    pub fn max_buffered_per_subscription(mut self, n: usize) -> Self {
+        self.max_buffered_per_subscription = Some(n);
+        self
     }
 }
 

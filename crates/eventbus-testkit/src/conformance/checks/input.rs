@@ -31,9 +31,7 @@ pub async fn bad_input(h: &Harness) {
     let topic = unique("bad-input");
     let group = unique("g");
     let mut opts = Harness::default_options();
-    opts.limits = Limits {
-        max_message_bytes: 1024,
-    };
+    opts.limits = Limits::default().max_message_bytes(1024);
     let bus = h.bus_with(opts).await;
     let decoded: Arc<Decoded> = Arc::default();
     let rec = Arc::new(Record::default());
