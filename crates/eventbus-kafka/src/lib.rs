@@ -42,7 +42,8 @@
 //! - Offsets are committed by the transport only (`enable.auto.commit=false`,
 //!   `enable.auto.offset.store=false`). Per partition it commits the lowest offset whose
 //!   message is not done, so the committed offset never passes a message that failed, was
-//!   cancelled or is still running (the Go SDK committed past them: its defect 9). Messages
+//!   cancelled or is still running (the Go SDK marked a failed message's offset and committed past unprocessed ones: its
+//!   defect 9, in `docs/origin.md`). Messages
 //!   finished above it are listed in the commit's metadata (Kafka keeps it with the offset);
 //!   the next owner skips them, so a close or rebalance hands nothing twice. A process that
 //!   crashes loses what it had not committed: at least once.

@@ -3,7 +3,7 @@
 //! The bus handles the messages of a partition concurrently across keys, so they finish out of
 //! offset order. Kafka keeps one committed offset per partition: everything below it is done.
 //! The tracker commits the lowest offset not yet done (never past a failed, cancelled or
-//! running message: the Go SDK's defect 9) and, as the commit's metadata, the offsets above it
+//! running message; the Go SDK committed past them: its defect 9 in `docs/origin.md`) and, as the commit's metadata, the offsets above it
 //! that are done already, so whoever gets the partition next skips them instead of handling
 //! them twice (Kafka keeps a commit's metadata with its offset).
 

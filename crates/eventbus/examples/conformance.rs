@@ -1,4 +1,4 @@
-//! The conformance suite (`eventbus_testkit::conformance`, see `shared/docs/conformance.md`) as
+//! The conformance suite (`eventbus_testkit::conformance`, listed in `docs/conformance.md`) as
 //! a pass/fail table.
 //!
 //! `cargo run -p eventbus --example conformance -- --transport memory [--quick] [--stress N]

@@ -1,4 +1,4 @@
-//! The conformance suite every transport passes (see `shared/docs/conformance.md`).
+//! The conformance suite every transport passes (listed in `docs/conformance.md`).
 //!
 //! Checks 1–28 are the shared list; 29 (`health_reports`) and 30 (`trace_propagation`) cover
 //! operations whose result depends on the broker (lag and connection state as the broker reports

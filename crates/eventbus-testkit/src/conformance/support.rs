@@ -18,7 +18,7 @@ use tower::Service;
 type MakeBus = dyn Fn(BusOptions) -> BoxFuture<'static, EventBus> + Send + Sync;
 type Restart = dyn Fn() -> BoxFuture<'static, Result<(), Error>> + Send + Sync;
 
-/// Message counts: `Full` as in `conformance.md`, `Quick` shrinks them (about 10×) for fast
+/// Message counts: `Full` as in `docs/conformance.md`, `Quick` shrinks them (about 10×) for fast
 /// local runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scale {

@@ -1,4 +1,4 @@
-//! The checks, numbered as in `conformance.md`.
+//! The checks, numbered as in `docs/conformance.md`.
 //!
 //! Every check builds fresh buses from the harness, names its topics and groups with
 //! [`unique`](crate::conformance::unique), waits only for what it observes (channels, counters,
