@@ -89,3 +89,12 @@ impl From<NatsError> for eventbus_core::Error {
         eventbus_core::Error::transport("nats", e)
     }
 }
+
+#[derive(Debug)]
+pub(crate) struct ErrorText(pub(crate) String);
+impl std::fmt::Display for ErrorText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ErrorText {}

@@ -1,0 +1,72 @@
+//! Publishing: one message or a batch (pipelined), each with its `Nats-Msg-Id` and key
+//! headers, returning after JetStream's ack.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use eventbus_core::transport::Publisher;
+use eventbus_core::{Error, Message, Result};
+
+use crate::mapping::{HEADER_ID, HEADER_KEY};
+use crate::{NatsError, NatsTransport};
+
+impl NatsTransport {
+    /// Sends one message (its stream ensured by the caller) and returns its ack future.
+    async fn send(&self, message: &Message) -> Result<jetstream::context::PublishAckFuture> {
+        let max = self.inner.client.max_payload();
+        let size = message.encoded_len();
+        if max > 0 && size > max {
+            return Err(Error::PayloadTooLarge { size, limit: max });
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in message.headers().iter() {
+            // The bus validated them already; a transport used on its own must not panic in
+            // async-nats's header constructors either (the core's rule is the stricter one).
+            eventbus_core::validate::validate_header(name, value)?;
+            headers.insert(name, value);
+        }
+        headers.insert(HEADER_ID, message.id().as_str());
+        if let Some(key) = message.key() {
+            headers.insert(HEADER_KEY, key.as_str());
+        }
+        self.inner
+            .js
+            .publish_with_headers(
+                self.inner.config.subject(message.topic()),
+                headers,
+                message.payload().clone(),
+            )
+            .await
+            .map_err(|e| NatsError::request("publish", e).into())
+    }
+}
+
+async fn confirm(ack: jetstream::context::PublishAckFuture) -> Result<()> {
+    ack.await
+        .map(drop)
+        .map_err(|e| NatsError::request("publish ack", e).into())
+}
+
+#[async_trait::async_trait]
+impl Publisher for NatsTransport {
+    async fn publish(&self, message: Message) -> Result<()> {
+        self.check_open()?;
+        self.ensure_stream(message.topic()).await?;
+        confirm(self.send(&message).await?).await
+    }
+
+    /// Sends every message, then waits for all the acks (pipelined).
+    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        let mut acks = Vec::with_capacity(messages.len());
+        for (i, message) in messages.iter().enumerate() {
+            if i == 0 || message.topic() != messages[i - 1].topic() {
+                self.ensure_stream(message.topic()).await?;
+            }
+            acks.push(self.send(message).await?);
+        }
+        for ack in acks {
+            confirm(ack).await?;
+        }
+        Ok(())
+    }
+}
