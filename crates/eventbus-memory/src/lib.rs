@@ -198,6 +198,8 @@ impl Transport for MemoryTransport {
 
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         // A group that never subscribed has read nothing: everything retained is its lag.
-        Ok(self.pending(topic, group).unwrap_or_else(|| self.retained(topic) as u64))
+        Ok(self
+            .pending(topic, group)
+            .unwrap_or_else(|| self.retained(topic) as u64))
     }
 }

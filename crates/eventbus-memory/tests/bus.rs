@@ -1184,7 +1184,11 @@ async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     assert_eq!(stats.retried, 0, "{stats:?}");
     assert_eq!(stats.handled, 0, "{stats:?}");
     assert_eq!(stats.cancelled, 1, "{stats:?}");
-    assert_eq!(transport.pending("tasks", "runners"), Some(1), "left unacked");
+    assert_eq!(
+        transport.pending("tasks", "runners"),
+        Some(1),
+        "left unacked"
+    );
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sub2 = bus
@@ -1239,7 +1243,11 @@ async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     );
     within("the bus to close", bus.close()).await.unwrap();
     assert_eq!(returned.get(), returned_before + 1);
-    assert_eq!(transport.pending("tasks", "others"), Some(1), "left unacked");
+    assert_eq!(
+        transport.pending("tasks", "others"),
+        Some(1),
+        "left unacked"
+    );
     let stats = bus.stats();
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.retried, 0, "{stats:?}");

@@ -252,7 +252,8 @@ impl EventBus {
             .await
     }
 
-    /// Messages of `topic` that `group` has not acked yet (its consumer lag), from the broker.
+    /// Messages of `topic` that `group` has not acked yet (its consumer lag), from the broker
+    /// (see [`Transport::lag`]: a message acked a moment ago may still count).
     pub async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         validate_topic(topic)?;
         validate_group(group)?;

@@ -88,7 +88,9 @@ pub trait Transport: Publisher + Subscriber {
         crate::health::Connection::new(crate::health::ConnectionState::Connected)
     }
 
-    /// Messages of `topic` that `group` has not acked yet (its consumer lag).
+    /// Messages of `topic` that `group` has not acked yet (its consumer lag), as the broker
+    /// reports it: an ack just sent may count a moment longer (JetStream applies acks
+    /// asynchronously, Kafka commits on an interval).
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         let _ = (topic, group);
         Err(crate::Error::Unsupported {
