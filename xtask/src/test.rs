@@ -1,0 +1,80 @@
+//! `cargo xtask test`: everything CI checks, with the shared brokers up.
+
+use std::process::Command;
+
+use crate::brokers::with_shared_brokers;
+use crate::flags::{self, Broker};
+use crate::util::{cargo, cargo_program, cargo_with_env};
+
+impl flags::Test {
+    /// Installs the brokers if missing and starts the shared ones that do not answer yet; the
+    /// tests run; then it stops what it started.
+    pub(crate) fn run(self) -> Result<(), String> {
+        with_shared_brokers(&[Broker::Nats, Broker::Kafka], run_tests)
+    }
+}
+
+fn has_nextest() -> bool {
+    Command::new(cargo_program())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_tests() -> Result<(), String> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    if has_nextest() {
+        // A failed conformance test then shows the Kafka consumer's assignments, revokes and
+        // hand-overs (DEVELOPERS.md: logs of a failing test); passing tests print nothing.
+        let log = std::env::var("EVENTBUS_LOG").unwrap_or_else(|_| "eventbus_kafka=debug".into());
+        cargo_with_env(
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--no-fail-fast",
+            ],
+            &[("EVENTBUS_LOG", &log)],
+        )?;
+    } else {
+        eprintln!("cargo-nextest not installed: running cargo test");
+        cargo(&[
+            "test",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--examples",
+        ])?;
+    }
+    cargo(&["test", "--workspace", "--all-features", "--doc"])?;
+    // The suite's own runner, as users run it: every transport in one process, so a check
+    // that leaks process-wide state into the next one fails here (nextest runs each test in a
+    // process of its own and cannot see it).
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "eventbus",
+        "--example",
+        "conformance",
+        "--features",
+        "nats,kafka",
+        "--",
+        "--transport",
+        "all",
+        "--quick",
+    ])
+}
