@@ -32,6 +32,11 @@ fn run_tests() -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
+    // The docs users read: a broken intra-doc link is an error, as a clippy warning is.
+    cargo_with_env(
+        &["doc", "--workspace", "--all-features", "--no-deps"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
     if has_nextest() {
         // A failed conformance test then shows the Kafka consumer's assignments, revokes and
         // hand-overs (DEVELOPERS.md: logs of a failing test); passing tests print nothing.
