@@ -3,23 +3,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// How topics are provisioned when first used (the names of the NATS transport's `Provision`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Provision {
-    /// Create a missing topic; leave an existing one as it is.
-    CreateOnly,
-    /// Create a missing topic; on an existing one, add partitions up to the configured count
-    /// and set the configured retention (the default). Kafka cannot remove partitions or
-    /// change the replication factor this way: such a difference is logged and left.
-    #[default]
-    CreateOrUpdate,
-    /// Never create or change: a missing topic, or one whose partitions, replication factor or
-    /// retention differ, is an error ([`KafkaError::TopicMissing`](crate::KafkaError::TopicMissing),
-    /// [`KafkaError::TopicMismatch`](crate::KafkaError::TopicMismatch)).
-    ValidateOnly,
-    /// Assume the topic is there; check nothing (a broker with auto-creation may create it).
-    Skip,
-}
+/// How topics are provisioned: the core's strategy. On Kafka, `CreateOrUpdate` adds partitions up
+/// to the configured count and sets the configured retention (Kafka cannot remove partitions or
+/// change the replication factor this way: such a difference is logged and left);
+/// `ValidateOnly` reports a missing topic, or one whose partitions, replication factor or
+/// retention differ, as [`KafkaError::TopicMissing`](crate::KafkaError::TopicMissing) /
+/// [`KafkaError::TopicMismatch`](crate::KafkaError::TopicMismatch); `Skip` lets a broker with
+/// auto-creation create it.
+pub use eventbus_core::transport::Provision;
 
 /// Settings of one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]

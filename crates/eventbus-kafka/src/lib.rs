@@ -180,7 +180,7 @@ fn millis(d: Duration) -> String {
 }
 
 impl KafkaTransport {
-    /// What the transport offers (a test harness adds `broker_restart` when it owns the broker).
+    /// What the transport offers.
     pub const CAPABILITIES: Capabilities = Capabilities::none()
         .with_consumer_groups()
         .with_persistence()

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use eventbus_core::transport::Publisher;
+use eventbus_core::transport::{Publisher, settle_batch};
 use eventbus_core::{Error, Message, Result};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -99,23 +99,28 @@ impl Publisher for KafkaTransport {
         self.confirm(&message, delivery).await
     }
 
-    /// Queues every message, then waits for all the delivery reports (pipelined).
+    /// Queues every message, then waits for all the delivery reports (pipelined), by the batch
+    /// rule of [`Publisher::publish_batch`].
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         let producer = self.producer()?;
         let mut deliveries = Vec::with_capacity(messages.len());
+        let mut sent = Ok(());
         for (i, message) in messages.iter().enumerate() {
-            if i == 0 || message.topic() != messages[i - 1].topic() {
-                self.ensure_topic(message.topic()).await?;
+            if (i == 0 || message.topic() != messages[i - 1].topic())
+                && let Err(e) = self.ensure_topic(message.topic()).await
+            {
+                sent = Err(e);
+                break;
             }
-            deliveries.push(self.send(&producer, message).await?);
-        }
-        let mut first_error = None;
-        for (message, delivery) in messages.iter().zip(deliveries) {
-            if let Err(e) = self.confirm(message, delivery).await {
-                first_error.get_or_insert(e);
+            match self.send(&producer, message).await {
+                Ok(delivery) => deliveries.push(self.confirm(message, delivery)),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        settle_batch(deliveries, sent).await
     }
 }

@@ -41,7 +41,7 @@ fn shared() -> Harness {
 fn private() -> Harness {
     let broker = Arc::new(Mutex::new(PrivateBroker::start()));
     let brokers = broker.lock().unwrap_or_else(|e| e.into_inner()).brokers();
-    let capabilities = KafkaTransport::CAPABILITIES.with_broker_restart();
+    let capabilities = KafkaTransport::CAPABILITIES;
     harness_on(brokers, capabilities, Arc::clone(&broker)).with_restart(move || {
         let broker = Arc::clone(&broker);
         async move {

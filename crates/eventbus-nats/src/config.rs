@@ -3,21 +3,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// How streams are provisioned when a topic is first used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Provision {
-    /// Create a missing stream; leave an existing one as it is.
-    CreateOnly,
-    /// Create a missing stream; update an existing one whose settings differ (the default).
-    #[default]
-    CreateOrUpdate,
-    /// Never create or change: a missing stream or one whose settings differ is an error
-    /// ([`NatsError::StreamMissing`](crate::NatsError::StreamMissing),
-    /// [`NatsError::StreamMismatch`](crate::NatsError::StreamMismatch)).
-    ValidateOnly,
-    /// Assume the stream is there; check nothing.
-    Skip,
-}
+/// How streams are provisioned: the core's strategy. On NATS, `CreateOrUpdate` updates a stream
+/// whose settings differ, and `ValidateOnly` reports a missing stream or one whose settings differ
+/// as [`NatsError::StreamMissing`](crate::NatsError::StreamMissing) /
+/// [`NatsError::StreamMismatch`](crate::NatsError::StreamMismatch).
+pub use eventbus_core::transport::Provision;
 
 /// Where a stream keeps its messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

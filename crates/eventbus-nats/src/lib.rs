@@ -144,7 +144,7 @@ impl std::fmt::Debug for NatsTransport {
 }
 
 impl NatsTransport {
-    /// What the transport offers (a test harness adds `broker_restart` when it owns the server).
+    /// What the transport offers.
     pub const CAPABILITIES: Capabilities = Capabilities::none()
         .with_consumer_groups()
         .with_persistence();

@@ -3,7 +3,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use eventbus_core::transport::Publisher;
+use eventbus_core::transport::{Publisher, settle_batch};
 use eventbus_core::{Error, Message, Result};
 
 use crate::mapping::{HEADER_ID, HEADER_KEY};
@@ -54,19 +54,27 @@ impl Publisher for NatsTransport {
         confirm(self.send(&message).await?).await
     }
 
-    /// Sends every message, then waits for all the acks (pipelined).
+    /// Sends every message, then waits for all the acks (pipelined), by the batch rule of
+    /// [`Publisher::publish_batch`].
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         let mut acks = Vec::with_capacity(messages.len());
+        let mut sent = Ok(());
         for (i, message) in messages.iter().enumerate() {
-            if i == 0 || message.topic() != messages[i - 1].topic() {
-                self.ensure_stream(message.topic()).await?;
+            if (i == 0 || message.topic() != messages[i - 1].topic())
+                && let Err(e) = self.ensure_stream(message.topic()).await
+            {
+                sent = Err(e);
+                break;
             }
-            acks.push(self.send(message).await?);
+            match self.send(message).await {
+                Ok(ack) => acks.push(confirm(ack)),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
+            }
         }
-        for ack in acks {
-            confirm(ack).await?;
-        }
-        Ok(())
+        settle_batch(acks, sent).await
     }
 }

@@ -42,7 +42,7 @@ fn shared() -> Harness {
 fn private() -> Harness {
     let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
     let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
-    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
+    let capabilities = NatsTransport::CAPABILITIES;
     // One subscription across crashes: copies the server sends again are recognised by stream
     // sequence, id and store time, and dropped.
     harness_on(url, capabilities, Arc::clone(&server))

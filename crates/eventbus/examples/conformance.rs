@@ -183,7 +183,7 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
         .unwrap_or_else(|e| panic!("cannot start a private nats-server: {e}"));
     let url = format!("nats://127.0.0.1:{}", server.port());
     let server = Arc::new(Mutex::new(server));
-    let capabilities = NatsTransport::CAPABILITIES.with_broker_restart();
+    let capabilities = NatsTransport::CAPABILITIES;
     let keep = Arc::clone(&server);
     Harness::new("nats", capabilities, move |options| {
         let url = url.clone();
@@ -226,7 +226,7 @@ fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
         .unwrap_or_else(|e| panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}"));
     let brokers = format!("127.0.0.1:{}", broker.port());
     let broker = Arc::new(Mutex::new(broker));
-    let capabilities = KafkaTransport::CAPABILITIES.with_broker_restart();
+    let capabilities = KafkaTransport::CAPABILITIES;
     let keep = Arc::clone(&broker);
     Harness::new("kafka", capabilities, move |options| {
         let brokers = brokers.clone();

@@ -7,11 +7,13 @@
 //! handlers, and calls [`Acknowledge::settle`] with each message's outcome.
 
 pub(crate) mod incoming;
+mod provision;
 pub(crate) mod publisher;
 
 pub use crate::bus::subscription::{Started, SubscribeRequest};
 pub use incoming::{Acknowledge, Incoming, Settle};
-pub use publisher::Publisher;
+pub use provision::Provision;
+pub use publisher::{Publisher, settle_batch};
 
 use crate::error::Result;
 
@@ -24,8 +26,6 @@ pub struct Capabilities {
     pub persistent: bool,
     /// Consumer groups: members of a group share messages, every group gets all of them.
     pub consumer_groups: bool,
-    /// The broker can be restarted by a test (it runs out of process).
-    pub broker_restart: bool,
     /// All messages of one key go to the same member of a group (Kafka's partitions), so
     /// per-key order holds across the instances of one group, not only within one subscription.
     pub key_affinity: bool,
@@ -37,7 +37,6 @@ impl Capabilities {
         Capabilities {
             persistent: false,
             consumer_groups: false,
-            broker_restart: false,
             key_affinity: false,
         }
     }
@@ -49,11 +48,6 @@ impl Capabilities {
     /// Persistent.
     pub const fn with_persistence(mut self) -> Self {
         self.persistent = true;
-        self
-    }
-    /// Broker restartable by tests.
-    pub const fn with_broker_restart(mut self) -> Self {
-        self.broker_restart = true;
         self
     }
     /// One key, one group member.

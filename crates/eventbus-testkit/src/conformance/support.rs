@@ -70,7 +70,8 @@ impl Harness {
         }
     }
 
-    /// How to restart the broker (required when `capabilities.broker_restart`).
+    /// How to restart the broker (for the check `reconnect`: a harness without it has no
+    /// broker to restart).
     pub fn with_restart<F, Fut>(mut self, restart: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -148,6 +149,12 @@ impl Harness {
     }
 
     /// Restarts the broker, or returns [`Error::Unsupported`] where it cannot.
+    /// Whether [`restart_broker`](Self::restart_broker) can restart the broker.
+    pub fn can_restart_broker(&self) -> bool {
+        self.restart.is_some()
+    }
+
+    /// Restarts the broker, as a crash would (`Error::Unsupported` without a way to).
     pub async fn restart_broker(&self) -> Result<(), Error> {
         match &self.restart {
             Some(restart) => restart().await,
