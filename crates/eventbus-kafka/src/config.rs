@@ -70,8 +70,6 @@ pub struct ConsumerOptions {
     /// still running after it are handled again by the next owner; their queue in the bus
     /// counts, so with many subscriptions on one bus a short wait means duplicates.
     pub revoke_timeout: Duration,
-    /// Delay before a message whose handling failed for good is delivered again (default 1 s).
-    pub redelivery_delay: Duration,
     /// How often finished offsets are committed while consuming (default 200 ms); they are
     /// also committed on every revoke and at close.
     pub commit_interval: Duration,
@@ -87,7 +85,6 @@ impl Default for ConsumerOptions {
             heartbeat_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),
             revoke_timeout: Duration::from_secs(30),
-            redelivery_delay: Duration::from_secs(1),
             commit_interval: Duration::from_millis(200),
             prefetch: 256,
         }
@@ -113,11 +110,6 @@ impl ConsumerOptions {
     /// Sets the revoke timeout.
     pub fn revoke_timeout(mut self, d: Duration) -> Self {
         self.revoke_timeout = d;
-        self
-    }
-    /// Sets the redelivery delay of failed messages.
-    pub fn redelivery_delay(mut self, d: Duration) -> Self {
-        self.redelivery_delay = d;
         self
     }
     /// Sets the commit interval.

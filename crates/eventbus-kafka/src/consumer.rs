@@ -28,7 +28,6 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use crate::config::ConsumerOptions;
 use crate::offsets::{Taken, Tracker};
 
 /// The header carrying the message id.
@@ -603,7 +602,7 @@ impl KafkaStream {
         rx: mpsc::Receiver<Polled>,
         shared: Arc<Shared>,
         stop: Arc<AtomicBool>,
-        options: &ConsumerOptions,
+        redelivery_delay: Duration,
     ) -> Self {
         let (redeliver, redelivered) = mpsc::unbounded_channel();
         KafkaStream {
@@ -614,7 +613,7 @@ impl KafkaStream {
             sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
             shared,
             stop,
-            redelivery_delay: options.redelivery_delay,
+            redelivery_delay,
         }
     }
 
@@ -696,7 +695,7 @@ impl Drop for KafkaStream {
 ///
 /// - Handled → done: the committed offset may pass it.
 /// - Failed (for good) → not done: the committed offset never passes it; it is delivered
-///   again after [`ConsumerOptions::redelivery_delay`] (and, after a restart or rebalance, to
+///   again after the subscription's redelivery delay (and, after a restart or rebalance, to
 ///   whoever owns the partition), so later messages of its key may be handled before it.
 /// - Cancelled (shutdown) → not done, not redelivered here: the next owner gets it.
 pub struct KafkaAck {

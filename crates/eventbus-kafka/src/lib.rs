@@ -49,7 +49,8 @@
 //!   crashes loses what it had not committed: at least once.
 //! - "Done" is [`Outcome::Handled`](eventbus_core::Outcome::Handled). A message that failed for good ([`Outcome::Failed`](eventbus_core::Outcome::Failed),
 //!   with no dead-letter topic) is **not** done: the offset is not committed past it, it is
-//!   delivered again in this subscription after [`ConsumerOptions::redelivery_delay`], and
+//!   delivered again in this subscription after the subscription's redelivery delay
+//!   ([`SubscribeRequest::redelivery_delay`](eventbus_core::transport::SubscribeRequest::redelivery_delay)), and
 //!   after a restart it comes back. Later messages of its key may be handled before that
 //!   redelivery. [`Outcome::Cancelled`](eventbus_core::Outcome::Cancelled) (shutdown) is not done either and is left for the
 //!   next owner.

@@ -111,7 +111,7 @@ impl Subscriber for KafkaTransport {
         {
             tracing::warn!(%topic, %group, "no partition assignment yet; consuming once the group assigns");
         }
-        let stream = KafkaStream::new(rx, shared, stop, c);
+        let stream = KafkaStream::new(rx, shared, stop, request.redelivery_delay());
         Ok(request.start(stream))
     }
 }

@@ -29,7 +29,8 @@
 //!   holds (with no group yet, that is every message published so far).
 //! - **At least once**: a message is delivered again when its handler did not finish (closed
 //!   subscription, dropped bus) — at once, before newer messages — or failed for good —
-//!   after [`MemoryConfig::redelivery_delay`].
+//!   after the subscription's redelivery delay
+//!   ([`SubscribeRequest::redelivery_delay`](eventbus_core::transport::SubscribeRequest::redelivery_delay)).
 //! - **Bounded**: a topic holds at most [`MemoryConfig::topic_capacity`] messages that some
 //!   group has not acked yet (or, with no group, that were not consumed yet); a publish into a
 //!   full topic waits (up to the bus's publish timeout), so backpressure from the slowest group
@@ -52,7 +53,6 @@ mod unsettled;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use eventbus_core::Result;
 use eventbus_core::transport::{Capabilities, Transport};
@@ -72,15 +72,12 @@ pub struct MemoryConfig {
     /// publishing into a full topic waits, so memory stays bounded (about 1 KB per envelope)
     /// and slow consumers slow publishers.
     pub topic_capacity: usize,
-    /// Delay before a message that failed for good is delivered again (default 1 s).
-    pub redelivery_delay: Duration,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             topic_capacity: 10_000,
-            redelivery_delay: Duration::from_secs(1),
         }
     }
 }
@@ -89,11 +86,6 @@ impl MemoryConfig {
     /// Sets [`topic_capacity`](Self::topic_capacity).
     pub fn topic_capacity(mut self, n: usize) -> Self {
         self.topic_capacity = n.max(1);
-        self
-    }
-    /// Sets [`redelivery_delay`](Self::redelivery_delay).
-    pub fn redelivery_delay(mut self, d: Duration) -> Self {
-        self.redelivery_delay = d;
         self
     }
 }

@@ -52,7 +52,7 @@ impl Subscriber for MemoryTransport {
             topic,
             group,
             ready,
-            redelivery_delay: self.broker.config.redelivery_delay,
+            redelivery_delay: request.redelivery_delay(),
             registered: false,
             due: None,
             taken: VecDeque::new(),

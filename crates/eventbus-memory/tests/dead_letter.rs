@@ -12,7 +12,7 @@ use eventbus_core::{
     BoxError, DeadLetter, Delivery, Error, EventBus, Message, Result, RetryPolicy,
     SubscribeOptions, Subscription, handler_fn,
 };
-use eventbus_memory::{MemoryConfig, MemoryTransport};
+use eventbus_memory::MemoryTransport;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -85,14 +85,13 @@ async fn letters_of(bus: &EventBus) -> (Subscription, mpsc::UnboundedReceiver<Me
 async fn a_refused_letter_leaves_the_message_unacked_until_it_is_taken() {
     let refuse = Arc::new(AtomicBool::new(true));
     let refused = Arc::new(AtomicU32::new(0));
-    let memory = MemoryTransport::with_config(
-        MemoryConfig::default().redelivery_delay(Duration::from_millis(10)),
-    );
-    let bus = EventBus::new(RefusingDlq {
-        inner: memory,
+    let bus = EventBus::builder(RefusingDlq {
+        inner: MemoryTransport::new(),
         refuse: Arc::clone(&refuse),
         refused: Arc::clone(&refused),
-    });
+    })
+    .redelivery_delay(Duration::from_millis(10))
+    .build();
     let (reader, mut letters) = letters_of(&bus).await;
     let deliveries = Arc::new(AtomicU32::new(0));
     let seen = Arc::clone(&deliveries);

@@ -118,8 +118,6 @@ pub struct ConsumerOptions {
     /// Redelivery delays for unacked messages (empty: `ack_wait` each time). The server
     /// requires `max_deliver` above its length and `ack_wait == backoff[0]`; connecting checks.
     pub backoff: Vec<Duration>,
-    /// Delay before a message that failed for good is redelivered (its nak delay; default 1 s).
-    pub redelivery_delay: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -129,7 +127,6 @@ impl Default for ConsumerOptions {
             max_deliver: None,
             max_ack_pending: 10_000,
             backoff: Vec::new(),
-            redelivery_delay: Duration::from_secs(1),
         }
     }
 }
@@ -153,11 +150,6 @@ impl ConsumerOptions {
     /// Sets the redelivery backoff of unacked messages.
     pub fn backoff(mut self, delays: Vec<Duration>) -> Self {
         self.backoff = delays;
-        self
-    }
-    /// Sets the delay before a failed message is redelivered.
-    pub fn redelivery_delay(mut self, d: Duration) -> Self {
-        self.redelivery_delay = d;
         self
     }
 }

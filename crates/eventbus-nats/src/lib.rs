@@ -38,7 +38,8 @@
 //!   fallback to core NATS: no stream, no publish.
 //! - Pulls are driven by the bus: the transport asks the server for more only when the bus
 //!   takes the previous batch, in batches no larger than the bus can buffer.
-//! - Handled → ack; failed for good → nak with [`ConsumerOptions::redelivery_delay`];
+//! - Handled → ack; failed for good → nak with the subscription's redelivery delay
+//!   ([`SubscribeRequest::redelivery_delay`](eventbus_core::transport::SubscribeRequest::redelivery_delay));
 //!   cancelled at shutdown → left unacked, so the server redelivers it after
 //!   [`ConsumerOptions::ack_wait`] (messages prefetched but not yet handed to the bus too).
 //! - **Ordering**: within one subscription, messages of a key are handled one at a time in the

@@ -76,7 +76,7 @@ impl Subscriber for NatsTransport {
             },
             batch,
             topic,
-            config.consumer.redelivery_delay,
+            request.redelivery_delay(),
             held,
             self.inner.io_handle.clone(),
         );

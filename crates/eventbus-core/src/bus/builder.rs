@@ -56,6 +56,12 @@ impl<T: Transport> EventBusBuilder<T> {
         self.options.dead_letter = dead_letter;
         self
     }
+    /// How long a message handed back to the transport as failed waits before it is
+    /// delivered again (default 1 s).
+    pub fn redelivery_delay(mut self, d: Duration) -> Self {
+        self.options.redelivery_delay = d;
+        self
+    }
     /// Size limits.
     pub fn limits(mut self, limits: Limits) -> Self {
         self.options.limits = limits;

@@ -203,6 +203,9 @@ impl EventBus {
         let subscribed = Arc::new(Subscribed::new(Arc::new(route), dead_letter));
         let request = SubscribeRequest {
             subscribed: Arc::clone(&subscribed),
+            redelivery_delay: options
+                .redelivery_delay
+                .unwrap_or(self.inner.options.redelivery_delay),
             dispatcher: self.inner.dispatcher.clone(),
             tracker: self.inner.tracker.clone(),
             outlet: self.inner.outlet.clone(),

@@ -18,6 +18,9 @@ pub struct BusOptions {
     pub retry: RetryPolicy,
     /// Where subscriptions send messages that failed for good (default: `<topic>.dlq`).
     pub dead_letter: DeadLetter,
+    /// How long a message that failed for good and was handed back to the transport (no
+    /// dead-letter topic) waits before it is delivered again (default 1 s).
+    pub redelivery_delay: Duration,
     /// Size limits checked before publishing.
     pub limits: Limits,
     /// How long closing waits for running handlers before dropping them (default 30 s).
@@ -32,6 +35,7 @@ impl Default for BusOptions {
             dispatcher: DispatcherConfig::default(),
             retry: RetryPolicy::default(),
             dead_letter: DeadLetter::default(),
+            redelivery_delay: Duration::from_secs(1),
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(30),
@@ -48,6 +52,8 @@ pub struct SubscribeOptions {
     /// Where messages go after their last attempt (default: the bus's, `<topic>.dlq` unless
     /// set otherwise; [`DeadLetter::off`] leaves them to the transport's redelivery).
     pub dead_letter: Option<DeadLetter>,
+    /// Delay before a message handed back as failed is delivered again (default: the bus's).
+    pub redelivery_delay: Option<Duration>,
 }
 
 impl SubscribeOptions {
@@ -63,6 +69,11 @@ impl SubscribeOptions {
     /// Dead-letter messages that fail for good (see [`dead_letter`](crate::dead_letter)).
     pub fn dead_letter(mut self, dead_letter: DeadLetter) -> Self {
         self.dead_letter = Some(dead_letter);
+        self
+    }
+    /// Delay before a message handed back as failed is delivered again.
+    pub fn redelivery_delay(mut self, d: Duration) -> Self {
+        self.redelivery_delay = Some(d);
         self
     }
 }

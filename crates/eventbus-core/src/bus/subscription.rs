@@ -18,6 +18,7 @@ use crate::transport::incoming::{Acknowledge, Incoming};
 #[derive(Debug)]
 pub struct SubscribeRequest {
     pub(super) subscribed: Arc<Subscribed>,
+    pub(super) redelivery_delay: Duration,
     pub(super) dispatcher: Dispatcher,
     pub(super) tracker: TaskTracker,
     pub(super) outlet: Outlet,
@@ -31,6 +32,12 @@ impl SubscribeRequest {
     /// The consumer group.
     pub fn group(&self) -> &str {
         self.subscribed.route.group()
+    }
+    /// How long a message settled as [`Outcome::Failed`](crate::Outcome::Failed) waits before
+    /// the transport delivers it again (the bus's or the subscription's option, one setting
+    /// for every transport).
+    pub fn redelivery_delay(&self) -> Duration {
+        self.redelivery_delay
     }
     /// Most messages the bus's dispatcher admits at once: a transport that prefetches should
     /// not ask the broker for more than this per pull.

@@ -129,7 +129,6 @@ pub fn config(brokers: &str) -> KafkaConfig {
             ConsumerOptions::default()
                 .session_timeout(Duration::from_secs(6))
                 .heartbeat_interval(Duration::from_millis(500))
-                .redelivery_delay(Duration::from_millis(200))
                 .commit_interval(Duration::from_millis(50))
                 .revoke_timeout(Duration::from_secs(30)),
         )

@@ -140,6 +140,8 @@ impl Harness {
         let mut o = BusOptions::default();
         o.drain_timeout = Duration::from_secs(10);
         o.publish_timeout = Duration::from_secs(10);
+        // Checks that hand failures back to the transport wait this long per redelivery.
+        o.redelivery_delay = Duration::from_millis(200);
         o
     }
 
@@ -148,7 +150,6 @@ impl Harness {
         (self.make)(options).await
     }
 
-    /// Restarts the broker, or returns [`Error::Unsupported`] where it cannot.
     /// Whether [`restart_broker`](Self::restart_broker) can restart the broker.
     pub fn can_restart_broker(&self) -> bool {
         self.restart.is_some()
