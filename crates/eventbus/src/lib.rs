@@ -29,6 +29,8 @@
 //! The crate root holds what services use; [`transport`] holds what only a transport's author
 //! needs (the traits a transport implements, the dispatcher it feeds).
 #![warn(missing_docs)]
+// On docs.rs (nightly rustdoc), feature-gated items show the feature they need.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use eventbus_core::{
     BoxError, BusOptions, Capabilities, Connection, ConnectionState, DeadLetter, DecodeError,
