@@ -14,9 +14,10 @@ impl flags::Test {
     }
 }
 
-fn has_nextest() -> bool {
+/// Whether `cargo <name>` is installed.
+fn has_subcommand(name: &str) -> bool {
     Command::new(cargo_program())
-        .args(["nextest", "--version"])
+        .args([name, "--version"])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -32,12 +33,20 @@ fn run_tests() -> Result<(), String> {
         "-D",
         "warnings",
     ])?;
+    // Licenses, duplicate or banned crates, sources (not advisories: their database is a
+    // download; deny.toml says why). `.ci/run` installs cargo-deny; a machine without it
+    // says so and goes on.
+    if has_subcommand("deny") {
+        cargo(&["deny", "check", "licenses", "bans", "sources"])?;
+    } else {
+        eprintln!("cargo-deny not installed: skipping `cargo deny check` (CI runs it)");
+    }
     // The docs users read: a broken intra-doc link is an error, as a clippy warning is.
     cargo_with_env(
         &["doc", "--workspace", "--all-features", "--no-deps"],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
-    if has_nextest() {
+    if has_subcommand("nextest") {
         // A failed conformance test then shows the Kafka consumer's assignments, revokes and
         // hand-overs (DEVELOPERS.md: logs of a failing test); passing tests print nothing.
         let log = std::env::var("EVENTBUS_LOG").unwrap_or_else(|_| "eventbus_kafka=debug".into());

@@ -183,10 +183,10 @@ where
             StateProj::Seen => Poll::Ready(Ok(())),
             StateProj::Running { inner, store, key } => {
                 let result = ready!(inner.poll(cx));
-                if result.is_ok() {
-                    if let Some(key) = key.take() {
-                        store.insert(key, ());
-                    }
+                if result.is_ok()
+                    && let Some(key) = key.take()
+                {
+                    store.insert(key, ());
                 }
                 Poll::Ready(result)
             }

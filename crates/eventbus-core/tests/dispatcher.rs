@@ -1234,10 +1234,10 @@ async fn per_key_order_holds_across_threads() {
                     .message()
                     .key()
                     .map(|k| k.as_str().parse::<usize>().unwrap());
-                if let Some(k) = key {
-                    if std::mem::replace(&mut *lock(&running[k]), true) {
-                        *lock(&overlaps) += 1;
-                    }
+                if let Some(k) = key
+                    && std::mem::replace(&mut *lock(&running[k]), true)
+                {
+                    *lock(&overlaps) += 1;
                 }
                 for _ in 0..seq % 4 {
                     tokio::task::yield_now().await;
@@ -1381,10 +1381,10 @@ async fn run_scenario(specs: Vec<Spec>) -> Result<(), TestCaseError> {
                 async move {
                     let seq: usize = std::str::from_utf8(d.payload()).unwrap().parse().unwrap();
                     let spec = &specs[seq];
-                    if let Some(key) = spec.key {
-                        if !lock(&trace.running).insert((r, key)) {
-                            lock(&trace.overlaps).push(seq);
-                        }
+                    if let Some(key) = spec.key
+                        && !lock(&trace.running).insert((r, key))
+                    {
+                        lock(&trace.overlaps).push(seq);
                     }
                     tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
                     if let Some(key) = spec.key {

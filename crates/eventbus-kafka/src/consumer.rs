@@ -651,10 +651,10 @@ impl Stream for KafkaStream {
             }
             if let Some(&(due, _)) = this.delayed.front() {
                 if due <= tokio::time::Instant::now() {
-                    if let Some((_, p)) = this.delayed.pop_front() {
-                        if let Some(incoming) = this.hand_out(p) {
-                            return Poll::Ready(Some(Ok(incoming)));
-                        }
+                    if let Some((_, p)) = this.delayed.pop_front()
+                        && let Some(incoming) = this.hand_out(p)
+                    {
+                        return Poll::Ready(Some(Ok(incoming)));
                     }
                     continue;
                 }

@@ -510,7 +510,7 @@ async fn handler_panics_are_caught_and_retried() {
             let rec = Arc::clone(&rec);
             async move {
                 let n: u32 = std::str::from_utf8(d.payload())?.parse()?;
-                if n % 3 == 0 && d.attempt() == 1 {
+                if n.is_multiple_of(3) && d.attempt() == 1 {
                     panic!("handler panics on the first attempt of message {n}");
                 }
                 rec.record(d.message());

@@ -488,7 +488,7 @@ impl Sampler {
     fn tick(&mut self, s: Snapshot) {
         self.usage.peak = self.usage.peak.max(s);
         self.ticks += 1;
-        if self.ticks % self.stride == 0 {
+        if self.ticks.is_multiple_of(self.stride) {
             self.push(s);
         }
     }
@@ -529,17 +529,17 @@ impl Sampling {
                     std::thread::sleep(SAMPLE_EVERY);
                     let s = Snapshot::take();
                     lock(sampler).tick(s);
-                    if let (Some(at), Some(every)) = (next_report, load.progress) {
-                        if Instant::now() >= at {
-                            eprintln!(
-                                "  {label}: {} / {} received, {} duplicates, {:.1} s",
-                                recorder.distinct(),
-                                load.messages(),
-                                recorder.duplicates(),
-                                origin.elapsed().as_secs_f64()
-                            );
-                            next_report = Some(at + every);
-                        }
+                    if let (Some(at), Some(every)) = (next_report, load.progress)
+                        && Instant::now() >= at
+                    {
+                        eprintln!(
+                            "  {label}: {} / {} received, {} duplicates, {:.1} s",
+                            recorder.distinct(),
+                            load.messages(),
+                            recorder.duplicates(),
+                            origin.elapsed().as_secs_f64()
+                        );
+                        next_report = Some(at + every);
                     }
                 }
             })

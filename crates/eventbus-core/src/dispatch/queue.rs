@@ -230,23 +230,23 @@ impl Shared {
                 if std::mem::take(&mut searching) {
                     st.searching -= 1;
                 }
-                if let Some((job, _)) = &done {
-                    if let Some(id) = job.key() {
-                        let State {
-                            keys, ready, spare, ..
-                        } = &mut *st;
-                        if let Entry::Occupied(mut e) = keys.entry(id) {
-                            match e.get_mut().pop_front() {
-                                Some(next) => ready.push_back(next),
-                                None => {
-                                    let queue = e.remove();
-                                    // Bounded, and only small queues: a key that once had a
-                                    // long backlog does not pin its memory here.
-                                    if spare.len() < MAX_SPARE_QUEUES
-                                        && queue.capacity() <= MAX_SPARE_CAPACITY
-                                    {
-                                        spare.push(queue);
-                                    }
+                if let Some((job, _)) = &done
+                    && let Some(id) = job.key()
+                {
+                    let State {
+                        keys, ready, spare, ..
+                    } = &mut *st;
+                    if let Entry::Occupied(mut e) = keys.entry(id) {
+                        match e.get_mut().pop_front() {
+                            Some(next) => ready.push_back(next),
+                            None => {
+                                let queue = e.remove();
+                                // Bounded, and only small queues: a key that once had a
+                                // long backlog does not pin its memory here.
+                                if spare.len() < MAX_SPARE_QUEUES
+                                    && queue.capacity() <= MAX_SPARE_CAPACITY
+                                {
+                                    spare.push(queue);
                                 }
                             }
                         }

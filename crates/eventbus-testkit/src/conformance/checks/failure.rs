@@ -263,10 +263,11 @@ pub async fn retry_keeps_key_order(h: &Harness) {
     let mut later = 1..=LATER;
     for (i, m) in messages.into_iter().enumerate() {
         mixed.push(m);
-        if i > 0 && i % (others / LATER as usize).max(1) == 0 {
-            if let Some(seq) = later.next() {
-                mixed.push(keyed(&topic, &format!("retried-{seq}"), "retried", seq));
-            }
+        if i > 0
+            && i % (others / LATER as usize).max(1) == 0
+            && let Some(seq) = later.next()
+        {
+            mixed.push(keyed(&topic, &format!("retried-{seq}"), "retried", seq));
         }
     }
     for seq in later {
