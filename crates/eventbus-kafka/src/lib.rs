@@ -138,8 +138,11 @@ const NAME: &str = "kafka";
 /// A connection to a Kafka cluster: one idempotent producer, one admin client and one
 /// consumer per subscription.
 ///
-/// Clones of an [`EventBus`](eventbus_core::EventBus) share it; two transports are two sets
-/// of clients, like two processes.
+/// Clones of an [`EventBus`](eventbus_core::EventBus) share it, and so do clones of the
+/// transport (handles to read its state after handing it to a bus; the bus's `close` closes it
+/// for all of them), as on every transport. Two transports are two sets of clients, like two
+/// processes.
+#[derive(Clone)]
 pub struct KafkaTransport {
     inner: Arc<Inner>,
 }

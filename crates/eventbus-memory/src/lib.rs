@@ -90,22 +90,16 @@ impl MemoryConfig {
     }
 }
 
-/// A connection to an in-memory broker. Clones connect to the same broker, so two buses over
-/// clones of one transport behave like two processes connected to one broker; closing one
-/// clone (its bus) closes only that connection.
-#[derive(Debug, Default)]
+/// A connection to an in-memory broker.
+///
+/// Clones are handles to this connection, as on every transport (to read its state after
+/// handing it to a bus; the bus's `close` closes it for all of them).
+/// [`connect`](Self::connect) opens another connection to the same broker: two buses over two
+/// connections behave like two processes sharing one broker.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryTransport {
     broker: Arc<Broker>,
-    closed: AtomicBool,
-}
-
-impl Clone for MemoryTransport {
-    fn clone(&self) -> Self {
-        MemoryTransport {
-            broker: Arc::clone(&self.broker),
-            closed: AtomicBool::new(false),
-        }
-    }
+    closed: Arc<AtomicBool>,
 }
 
 impl MemoryTransport {
@@ -121,7 +115,15 @@ impl MemoryTransport {
                 config,
                 ..Broker::default()
             }),
-            closed: AtomicBool::new(false),
+            closed: Arc::default(),
+        }
+    }
+
+    /// Another connection to this transport's broker: what another process would have.
+    pub fn connect(&self) -> Self {
+        MemoryTransport {
+            broker: Arc::clone(&self.broker),
+            closed: Arc::default(),
         }
     }
 

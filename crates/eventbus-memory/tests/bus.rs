@@ -176,7 +176,7 @@ async fn publish_subscribe_keeps_payloads_headers_and_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_group_gets_every_message_and_members_share() {
     let transport = MemoryTransport::new();
-    let bus = EventBus::new(transport.clone());
+    let bus = EventBus::new(transport.connect());
     let audit = Arc::new(Recorder::default());
     let member_a = Arc::new(Recorder::default());
     let member_b = Arc::new(Recorder::default());
@@ -331,7 +331,7 @@ async fn closed_subscription_leaves_the_rest_to_its_group() {
     const TOTAL: usize = 1000;
     const CLOSE_AFTER: usize = 300;
     let transport = MemoryTransport::new();
-    let bus = EventBus::new(transport.clone());
+    let bus = EventBus::new(transport.connect());
 
     let started1: Arc<Mutex<HashSet<MessageId>>> = Arc::default();
     let completed1: Arc<Mutex<Vec<MessageId>>> = Arc::default();
@@ -446,7 +446,7 @@ fn fails_first_attempt(
 async fn failed_attempts_are_retried() {
     let fast = RetryPolicy::default().backoff(Duration::from_millis(1), Duration::from_millis(5));
     let transport = MemoryTransport::new();
-    let bus = EventBus::builder(transport.clone()).retry(fast).build();
+    let bus = EventBus::builder(transport.connect()).retry(fast).build();
 
     // The bus's policy (builder), and a subscription's own policy.
     let rec_a = Arc::new(Recorder::default());
@@ -556,7 +556,7 @@ async fn handler_panics_are_caught_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_topic_pushes_back_on_publishers() {
     let transport = MemoryTransport::with_config(MemoryConfig::default().topic_capacity(10));
-    let bus = EventBus::builder(transport.clone())
+    let bus = EventBus::builder(transport.connect())
         .publish_timeout(Duration::from_millis(200))
         .build();
 
@@ -589,7 +589,7 @@ async fn full_topic_pushes_back_on_publishers() {
     );
 
     // A patient publisher (another process on the same broker) waits for room...
-    let patient_bus = EventBus::builder(transport.clone())
+    let patient_bus = EventBus::builder(transport.connect())
         .publish_timeout(WAIT)
         .build();
     let patient = Message::new("bp", "patient").with_key("k");
@@ -635,7 +635,7 @@ async fn full_topic_pushes_back_on_publishers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_message_holds_only_itself() {
     let transport = MemoryTransport::with_config(MemoryConfig::default().topic_capacity(10));
-    let bus = EventBus::builder(transport.clone())
+    let bus = EventBus::builder(transport.connect())
         .publish_timeout(WAIT)
         .build();
     let release = Arc::new(Notify::new());
@@ -707,7 +707,7 @@ async fn a_stuck_message_holds_only_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_input_is_rejected_before_sending() {
     let transport = MemoryTransport::new();
-    let bus = EventBus::builder(transport.clone())
+    let bus = EventBus::builder(transport.connect())
         .limits(Limits::default().max_message_bytes(1024))
         .build();
     let rec = Arc::new(Recorder::default());
@@ -997,7 +997,7 @@ const DRAIN_TOTAL: usize = 500;
 async fn close_first_bus_mid_way(
     transport: &MemoryTransport,
 ) -> (HashSet<MessageId>, HashSet<MessageId>) {
-    let bus = EventBus::builder(transport.clone())
+    let bus = EventBus::builder(transport.connect())
         .drain_timeout(Duration::from_secs(60))
         .build();
     let completed = Arc::new(Recorder::default());
@@ -1066,7 +1066,7 @@ async fn second_process_resumes_where_a_closed_bus_stopped() {
     let (all, completed1) = close_first_bus_mid_way(&transport).await;
 
     // A second process on the same broker, same group.
-    let bus2 = EventBus::new(transport.clone());
+    let bus2 = EventBus::new(transport.connect());
     let rec2 = Arc::new(Recorder::default());
     let sub2 = bus2
         .subscribe("shipments", "carrier", handler_fn(recording(&rec2)))
@@ -1149,7 +1149,7 @@ async fn envelopes_survive_the_bus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn delivery_cancellation_fires_on_close_and_the_message_is_redelivered() {
     let transport = MemoryTransport::new();
-    let bus = EventBus::new(transport.clone());
+    let bus = EventBus::new(transport.connect());
     let (entered_tx, mut entered_rx) = mpsc::unbounded_channel();
     let returned = Arc::new(Counter::default());
     let handler = {

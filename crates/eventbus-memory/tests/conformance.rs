@@ -1,6 +1,6 @@
 //! The conformance suite (`eventbus_testkit::conformance`) over the in-memory broker: one test
-//! per check. Every bus of a test is a connection to one shared broker (a clone of one
-//! `MemoryTransport`), like processes sharing a broker.
+//! per check. Every bus of a test is a connection to one shared broker
+//! (`MemoryTransport::connect`), like processes sharing a broker.
 //!
 //! `zero_leaks` reads process-wide figures (threads, descriptors, heap): run it in a process of
 //! its own, as `cargo nextest` does for every test.
@@ -16,7 +16,7 @@ fn harness() -> Harness {
     let broker = MemoryTransport::new();
     let capabilities = broker.capabilities();
     Harness::new("memory", capabilities, move |options| {
-        let connection = broker.clone();
+        let connection = broker.connect();
         async move { EventBus::builder(connection).options(options).build() }
     })
 }

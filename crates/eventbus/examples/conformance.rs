@@ -73,7 +73,7 @@ fn memory_harness(scale: Scale, timeout: Duration) -> Harness {
     let broker = MemoryTransport::new();
     let capabilities = broker.capabilities();
     Harness::new("memory", capabilities, move |options| {
-        let connection = broker.clone();
+        let connection = broker.connect();
         async move { EventBus::builder(connection).options(options).build() }
     })
     .with_scale(scale)
