@@ -77,6 +77,34 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
+    /// The broker's side of a topic (a NATS stream, a Kafka topic) does not exist, and
+    /// provisioning may not create it ([`Provision::ValidateOnly`](crate::Provision::ValidateOnly)),
+    /// or it did not appear in time after being created.
+    #[error("{transport}: {resource} for topic {topic} does not exist")]
+    TopicMissing {
+        /// Which transport.
+        transport: &'static str,
+        /// The topic.
+        topic: String,
+        /// What is missing on the broker (`stream ORDERS`, `topic orders`).
+        resource: String,
+    },
+    /// The broker's side of a topic or group runs with other settings than configured, and
+    /// provisioning may not change them (or cannot: the broker refused).
+    #[error("{transport}: {resource}: {setting} is {actual}, configured {expected}")]
+    SettingsMismatch {
+        /// Which transport.
+        transport: &'static str,
+        /// What differs on the broker (`stream ORDERS`, `consumer billing on stream ORDERS`,
+        /// `topic orders`).
+        resource: String,
+        /// The differing setting.
+        setting: &'static str,
+        /// The configured value.
+        expected: String,
+        /// The value on the broker.
+        actual: String,
+    },
     /// The transport (broker, connection, credentials) failed; the source says how.
     #[error("{transport} transport error: {source}")]
     Transport {

@@ -14,6 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::NAME;
 use crate::config::Provision;
 use crate::error::KafkaError;
 use crate::offsets;
@@ -76,10 +77,11 @@ impl KafkaTransport {
         let opts = AdminOptions::new().operation_timeout(Some(self.inner.config.request_timeout));
         match (self.describe(topic).await?, provision) {
             (None, Provision::ValidateOnly) => {
-                return Err(KafkaError::TopicMissing {
+                return Err(Error::TopicMissing {
+                    transport: NAME,
                     topic: topic.to_owned(),
-                }
-                .into());
+                    resource: format!("topic {topic}"),
+                });
             }
             (None, _) => {
                 let retention = want.retention.map(millis);
@@ -114,13 +116,13 @@ impl KafkaTransport {
             (Some(_), Provision::CreateOnly | Provision::Skip) => {}
             (Some((partitions, replication)), Provision::ValidateOnly) => {
                 let mismatch = |field, expected: String, actual: String| -> Error {
-                    KafkaError::TopicMismatch {
-                        topic: topic.to_owned(),
-                        field,
+                    Error::SettingsMismatch {
+                        transport: NAME,
+                        resource: format!("topic {topic}"),
+                        setting: field,
                         expected,
                         actual,
                     }
-                    .into()
                 };
                 if partitions != want.partitions {
                     return Err(mismatch(
@@ -228,10 +230,11 @@ impl KafkaTransport {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(KafkaError::TopicMissing {
+                return Err(Error::TopicMissing {
+                    transport: NAME,
                     topic: topic.to_owned(),
-                }
-                .into());
+                    resource: format!("topic {topic}"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

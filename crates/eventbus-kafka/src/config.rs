@@ -7,8 +7,8 @@ use std::time::Duration;
 /// to the configured count and sets the configured retention (Kafka cannot remove partitions or
 /// change the replication factor this way: such a difference is logged and left);
 /// `ValidateOnly` reports a missing topic, or one whose partitions, replication factor or
-/// retention differ, as [`KafkaError::TopicMissing`](crate::KafkaError::TopicMissing) /
-/// [`KafkaError::TopicMismatch`](crate::KafkaError::TopicMismatch); `Skip` lets a broker with
+/// retention differ, as [`Error::TopicMissing`](eventbus_core::Error::TopicMissing) /
+/// [`Error::SettingsMismatch`](eventbus_core::Error::SettingsMismatch); `Skip` lets a broker with
 /// auto-creation create it.
 pub use eventbus_core::transport::Provision;
 

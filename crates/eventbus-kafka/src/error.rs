@@ -16,24 +16,6 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
-    /// The topic does not exist and provisioning may not create it.
-    #[error("topic {topic} does not exist")]
-    TopicMissing {
-        /// The topic.
-        topic: String,
-    },
-    /// The topic exists with other settings and provisioning may not change them.
-    #[error("topic {topic}: {field} is {actual}, configured {expected}")]
-    TopicMismatch {
-        /// The topic.
-        topic: String,
-        /// The differing setting.
-        field: &'static str,
-        /// Configured value.
-        expected: String,
-        /// Value on the broker.
-        actual: String,
-    },
     /// The broker did not confirm a message (delivery report with an error, or timed out).
     #[error("delivery to {topic} failed: {source}")]
     Delivery {

@@ -272,14 +272,14 @@ async fn validate_only_reports_missing_and_mismatched_topics() {
     .unwrap();
     let err = validating.ensure_topic(&topic).await.unwrap_err();
     assert!(
-        matches!(kafka_error(&err), KafkaError::TopicMissing { topic: t } if *t == topic),
+        matches!(&err, Error::TopicMissing { transport: "kafka", topic: t, .. } if *t == topic),
         "{err}"
     );
     // Asking did not create it: the broker auto-creates topics a metadata request names
     // (Kafka's default), with its default partition count.
     let err = validating.ensure_topic(&topic).await.unwrap_err();
     assert!(
-        matches!(kafka_error(&err), KafkaError::TopicMissing { .. }),
+        matches!(&err, Error::TopicMissing { .. }),
         "validating a missing topic created it: {err}"
     );
     let creating = KafkaTransport::connect(
@@ -291,8 +291,8 @@ async fn validate_only_reports_missing_and_mismatched_topics() {
     let err = validating.ensure_topic(&topic).await.unwrap_err();
     assert!(
         matches!(
-            kafka_error(&err),
-            KafkaError::TopicMismatch { field: "partitions", expected, actual, .. }
+            &err,
+            Error::SettingsMismatch { setting: "partitions", expected, actual, .. }
                 if expected == "4" && actual == "2"
         ),
         "{err}"

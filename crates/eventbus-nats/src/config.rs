@@ -5,8 +5,8 @@ use std::time::Duration;
 
 /// How streams are provisioned: the core's strategy. On NATS, `CreateOrUpdate` updates a stream
 /// whose settings differ, and `ValidateOnly` reports a missing stream or one whose settings differ
-/// as [`NatsError::StreamMissing`](crate::NatsError::StreamMissing) /
-/// [`NatsError::StreamMismatch`](crate::NatsError::StreamMismatch).
+/// as [`Error::TopicMissing`](eventbus_core::Error::TopicMissing) /
+/// [`Error::SettingsMismatch`](eventbus_core::Error::SettingsMismatch).
 pub use eventbus_core::transport::Provision;
 
 /// Where a stream keeps its messages.

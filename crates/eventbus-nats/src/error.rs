@@ -27,40 +27,6 @@ pub enum NatsError {
     /// JetStream is not enabled on the server, or the account has no access.
     #[error("JetStream is not available: {0}")]
     JetStreamUnavailable(String),
-    /// The topic's stream does not exist and provisioning may not create it.
-    #[error("stream {stream} for topic {topic} does not exist")]
-    StreamMissing {
-        /// The stream.
-        stream: String,
-        /// The topic.
-        topic: String,
-    },
-    /// The stream exists with other settings and provisioning may not change them.
-    #[error("stream {stream}: {field} is {actual}, configured {expected}")]
-    StreamMismatch {
-        /// The stream.
-        stream: String,
-        /// The differing setting.
-        field: &'static str,
-        /// Configured value.
-        expected: String,
-        /// Value on the server.
-        actual: String,
-    },
-    /// The durable consumer runs with other settings than configured.
-    #[error("consumer {consumer} on {stream}: {field} is {actual}, configured {expected}")]
-    ConsumerMismatch {
-        /// The stream.
-        stream: String,
-        /// The consumer (the group).
-        consumer: String,
-        /// The differing setting.
-        field: &'static str,
-        /// Configured value.
-        expected: String,
-        /// Value on the server.
-        actual: String,
-    },
     /// A JetStream request or publish failed.
     #[error("{operation} failed: {source}")]
     Request {

@@ -3,9 +3,9 @@
 //! per `Provision`.
 
 use async_nats::jetstream::{self, consumer::pull, stream};
-use eventbus_core::Result;
+use eventbus_core::{Error, Result};
 
-use crate::{NatsConfig, NatsError, NatsTransport, Provision, Retention, Storage};
+use crate::{NAME, NatsConfig, NatsError, NatsTransport, Provision, Retention, Storage};
 
 impl NatsTransport {
     /// Makes sure `topic`'s stream is as configured, per [`Provision`]. Done once per topic.
@@ -37,13 +37,13 @@ impl NatsTransport {
                                 .map_err(|e| NatsError::request("update stream", e))?;
                         }
                         Provision::ValidateOnly => {
-                            return Err(NatsError::StreamMismatch {
-                                stream: want.name,
-                                field,
+                            return Err(Error::SettingsMismatch {
+                                transport: NAME,
+                                resource: format!("stream {}", want.name),
+                                setting: field,
                                 expected,
                                 actual,
-                            }
-                            .into());
+                            });
                         }
                         Provision::CreateOnly | Provision::Skip => {}
                     }
@@ -57,11 +57,11 @@ impl NatsTransport {
                 ) =>
             {
                 if inner.config.provision == Provision::ValidateOnly {
-                    return Err(NatsError::StreamMissing {
-                        stream: want.name,
+                    return Err(Error::TopicMissing {
+                        transport: NAME,
                         topic: topic.to_owned(),
-                    }
-                    .into());
+                        resource: format!("stream {}", want.name),
+                    });
                 }
                 inner
                     .js

@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::pull};
-use eventbus_core::Result;
 use eventbus_core::transport::{Incoming, Started, SubscribeRequest, Subscriber};
+use eventbus_core::{Error, Result};
 use futures::{Stream, StreamExt};
 
 use crate::NatsAck;
 use crate::held::{Held, Redelivery};
 use crate::mapping::message;
 use crate::provision::{consumer_config, consumer_diff, consumer_info};
-use crate::{NatsError, NatsTransport, Provision};
+use crate::{NAME, NatsError, NatsTransport, Provision};
 
 #[async_trait::async_trait]
 impl Subscriber for NatsTransport {
@@ -49,14 +49,13 @@ impl Subscriber for NatsTransport {
             difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
         }
         if let Some((field, expected, actual)) = difference {
-            return Err(NatsError::ConsumerMismatch {
-                stream: stream_name,
-                consumer: group,
-                field,
+            return Err(Error::SettingsMismatch {
+                transport: NAME,
+                resource: format!("consumer {group} on stream {stream_name}"),
+                setting: field,
                 expected,
                 actual,
-            }
-            .into());
+            });
         }
         // Up to half the bus's buffer per pull: with the next pull in flight, at most about a
         // buffer's worth waits outside the bus.

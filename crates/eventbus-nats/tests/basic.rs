@@ -172,7 +172,7 @@ async fn validate_only_reports_missing_and_mismatched_streams() {
     let t = NatsTransport::connect(strict.clone()).await.unwrap();
     let err = t.ensure_stream(&topic).await.unwrap_err();
     assert!(
-        matches!(nats_error(&err), NatsError::StreamMissing { .. }),
+        matches!(&err, Error::TopicMissing { transport: "nats", topic: t, .. } if *t == topic),
         "{err}"
     );
 
@@ -190,9 +190,10 @@ async fn validate_only_reports_missing_and_mismatched_streams() {
     let err = t2.ensure_stream(&topic).await.unwrap_err();
     assert!(
         matches!(
-            nats_error(&err),
-            NatsError::StreamMismatch {
-                field: "storage",
+            &err,
+            Error::SettingsMismatch {
+                transport: "nats",
+                setting: "storage",
                 ..
             }
         ),
@@ -552,11 +553,12 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
     let err = third.subscribe(&topic, "g", handler).await.unwrap_err();
     assert!(
         matches!(
-            nats_error(&err),
-            NatsError::ConsumerMismatch {
-                field: "ack_wait",
+            &err,
+            Error::SettingsMismatch {
+                setting: "ack_wait",
+                resource,
                 ..
-            }
+            } if resource.starts_with("consumer g ")
         ),
         "{err}"
     );
