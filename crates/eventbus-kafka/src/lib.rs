@@ -107,6 +107,8 @@ mod link;
 mod offsets;
 mod publish;
 mod subscribe;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod worker;
 
 use std::collections::{BTreeMap, HashSet};

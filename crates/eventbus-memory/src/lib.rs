@@ -49,6 +49,8 @@ mod ack;
 mod broker;
 mod member;
 mod publish;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod unsettled;
 
 use std::sync::atomic::{AtomicBool, Ordering};

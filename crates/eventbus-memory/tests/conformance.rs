@@ -1,25 +1,14 @@
 //! The conformance suite (`eventbus_testkit::conformance`) over the in-memory broker: one test
-//! per check. Every bus of a test is a connection to one shared broker
-//! (`MemoryTransport::connect`), like processes sharing a broker.
+//! per check, on the harness of `eventbus_memory::testing` (every bus a connection to one shared
+//! broker, like processes sharing a broker).
 //!
 //! `zero_leaks` reads process-wide figures (threads, descriptors, heap): run it in a process of
 //! its own, as `cargo nextest` does for every test.
 
-use eventbus_core::{EventBus, Transport};
-use eventbus_memory::MemoryTransport;
-use eventbus_testkit::conformance::Harness;
+use eventbus_memory::testing::harness;
 
 // Heap figures for `zero_leaks`.
 eventbus_testkit::install_heap_counter!();
-
-fn harness() -> Harness {
-    let broker = MemoryTransport::new();
-    let capabilities = broker.capabilities();
-    Harness::new("memory", capabilities, move |options| {
-        let connection = broker.connect();
-        async move { EventBus::builder(connection).options(options).build() }
-    })
-}
 
 eventbus_testkit::conformance_tests!(harness());
 

@@ -87,6 +87,8 @@ mod mapping;
 mod provision;
 mod publish;
 mod pull;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,95 +1,9 @@
-//! What the NATS tests share: the shared server (with a guard that cleans up after this
-//! process), a private server for tests that must kill or reconfigure one, unique names and a
-//! thread count.
+//! What the NATS tests share: the servers (`eventbus_nats::testing`), unique names and thread
+//! counts.
 
 #![allow(dead_code, unreachable_pub)]
 
-use eventbus_testkit::brokers::{ServerProcess, shared};
-
-/// The shared server (`cargo xtask brokers up`; `EVENTBUS_NATS_URL` names another). When
-/// dropped (also when the test fails) it deletes the streams whose names this process made
-/// (every [`unique`] name holds the process id).
-pub struct SharedServer {
-    url: String,
-}
-
-impl SharedServer {
-    pub fn get() -> Self {
-        SharedServer {
-            url: shared::nats_url(),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        self.url.clone()
-    }
-}
-
-impl Drop for SharedServer {
-    fn drop(&mut self) {
-        // A runtime of its own, on a thread of its own: this may be dropped inside another
-        // runtime, which must not be blocked on.
-        let url = self.url.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(delete_this_process_streams(&url));
-        })
-        .join();
-    }
-}
-
-async fn delete_this_process_streams(url: &str) {
-    use futures::StreamExt;
-    let mine = format!("-{}-", std::process::id());
-    let Ok(client) = async_nats::connect(url).await else {
-        return;
-    };
-    let js = async_nats::jetstream::new(client);
-    let mut doomed = Vec::new();
-    let mut names = js.stream_names();
-    while let Some(Ok(name)) = names.next().await {
-        if name.contains(&mine) {
-            doomed.push(name);
-        }
-    }
-    for name in doomed {
-        let _ = js.delete_stream(&name).await;
-    }
-}
-
-/// A private nats-server (its own port and store), stopped by pid on drop.
-pub struct PrivateServer(ServerProcess);
-
-impl PrivateServer {
-    /// Starts `nats-server -js` on a free port, with `extra` arguments (e.g. `--auth secret`).
-    pub fn start(extra: &[&str]) -> Self {
-        PrivateServer(
-            ServerProcess::nats(extra)
-                .unwrap_or_else(|e| panic!("cannot start nats-server (see DEVELOPERS.md): {e}")),
-        )
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.0.port())
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        self.0.kill();
-    }
-
-    /// Starts it again on the same port and store.
-    pub fn restart(&mut self) {
-        self.0
-            .restart()
-            .unwrap_or_else(|e| panic!("cannot restart nats-server: {e}"));
-    }
-}
+pub use eventbus_nats::testing::{PrivateServer, SharedServer};
 
 pub fn unique(prefix: &str) -> String {
     eventbus_testkit::conformance::unique(prefix)
