@@ -3,7 +3,7 @@
 
 use crate::brokers::with_shared_brokers;
 use crate::flags::{self, Broker};
-use crate::util::{cargo, workspace_root};
+use crate::util::{TOOLS, cargo, workspace_root};
 
 impl flags::Bench {
     pub(crate) fn run(self) -> Result<(), String> {
@@ -51,23 +51,28 @@ impl flags::Cost {
     }
 }
 
-/// Builds every binary of `eventbus-bench` in release mode (`cost` runs two of them under the
-/// first), then runs `eventbus-bench <command> <args>`.
+/// Builds the `eventbus-bench` binary and the two workload binaries that `cost` runs under it
+/// in release mode, then runs `eventbus-bench <command> <args>`.
 fn bench_binary(command: &str, args: &[String]) -> Result<(), String> {
     cargo(&[
         "build",
         "--quiet",
         "--release",
         "-p",
+        TOOLS,
+        "--bin",
         "eventbus-bench",
-        "--bins",
+        "--bin",
+        "cost-workload",
+        "--bin",
+        "alloc-workload",
     ])?;
     let mut full = vec![
         "run",
         "--quiet",
         "--release",
         "-p",
-        "eventbus-bench",
+        TOOLS,
         "--bin",
         "eventbus-bench",
         "--",

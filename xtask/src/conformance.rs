@@ -1,8 +1,8 @@
 //! `cargo xtask conformance`: the conformance suite as a pass/fail table (the `conformance`
-//! example of `eventbus`).
+//! binary of `eventbus-bench`).
 
 use crate::flags;
-use crate::util::example;
+use crate::util::tool;
 
 impl flags::Conformance {
     pub(crate) fn run(self) -> Result<(), String> {
@@ -19,6 +19,6 @@ impl flags::Conformance {
         if let Some(secs) = self.timeout {
             args.extend(["--timeout".to_owned(), secs.to_string()]);
         }
-        example("conformance", self.transport, &args)
+        tool("conformance", &args)
     }
 }

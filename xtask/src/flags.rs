@@ -29,8 +29,8 @@ xflags::xflags! {
             repeated kinds: Broker
         }
 
-        /// The README's main job on the in-memory default: the `throughput` example (bus vs
-        /// raw mpsc, same run), then the `report` example (leak report).
+        /// The README's main job on the in-memory default: the `throughput` tool of
+        /// eventbus-bench (bus vs raw mpsc, same run), then its `report` tool (leak report).
         cmd report {
             /// Aggregates per topic.
             optional --aggregates n: u64
@@ -40,8 +40,8 @@ xflags::xflags! {
             optional --rounds n: u64
         }
 
-        /// The conformance suite per transport (the `conformance` example, release build) as
-        /// a pass/fail table; fails when a check fails.
+        /// The conformance suite per transport (the `conformance` tool of eventbus-bench,
+        /// release build) as a pass/fail table; fails when a check fails.
         cmd conformance {
             /// memory | nats | kafka | all (default: memory).
             optional --transport transport: Transport
@@ -53,7 +53,7 @@ xflags::xflags! {
             optional --timeout secs: u64
         }
 
-        /// The Go SDK's load scenarios A and B per level (the `load` example, release build):
+        /// The Go SDK's load scenarios A and B per level (the `load` tool, release build):
         /// a table, `target/load/<transport>.json` and `.svg`; fails on loss, order violations
         /// or leaked tasks. NATS on the shared server (started if down, stopped after), Kafka
         /// on a private broker (or EVENTBUS_KAFKA_BROKERS).
@@ -269,7 +269,7 @@ impl FromStr for Broker {
     }
 }
 
-/// The transport an example runs on (`all`: every one, where the example takes it).
+/// The transport a tool runs on (`all`: every one, where the tool takes it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transport {
     Memory,
@@ -285,16 +285,6 @@ impl Transport {
             Transport::Nats => "nats",
             Transport::Kafka => "kafka",
             Transport::All => "all",
-        }
-    }
-
-    /// Cargo features of `eventbus` this transport needs.
-    pub(crate) fn features(self) -> Option<&'static str> {
-        match self {
-            Transport::Memory => None,
-            Transport::Nats => Some("nats"),
-            Transport::Kafka => Some("kafka"),
-            Transport::All => Some("nats,kafka"),
         }
     }
 }

@@ -1,9 +1,9 @@
-//! `cargo xtask load`: the Go SDK's load levels (the `load` example of `eventbus`), with the
-//! shared nats-server up.
+//! `cargo xtask load`: the Go SDK's load levels (the `load` binary of `eventbus-bench`), with
+//! the shared nats-server up.
 
 use crate::brokers::with_shared_brokers;
 use crate::flags::{self, Broker, Transport};
-use crate::util::example;
+use crate::util::tool;
 
 impl flags::Load {
     pub(crate) fn run(self) -> Result<(), String> {
@@ -21,8 +21,8 @@ impl flags::Load {
         if let Some(levels) = levels {
             args.extend(["--level".to_owned(), levels]);
         }
-        // NATS is measured on the shared server; Kafka on a private broker of the example's
-        // own (or `EVENTBUS_KAFKA_BROKERS`).
-        with_shared_brokers(&[Broker::Nats], || example("load", self.transport, &args))
+        // NATS is measured on the shared server; Kafka on a private broker of the tool's own
+        // (or `EVENTBUS_KAFKA_BROKERS`).
+        with_shared_brokers(&[Broker::Nats], || tool("load", &args))
     }
 }

@@ -2,11 +2,11 @@
 //! then the leak report (with one).
 
 use crate::flags;
-use crate::util::cargo;
+use crate::util::{TOOLS, cargo};
 
 impl flags::Report {
     pub(crate) fn run(self) -> Result<(), String> {
-        // Both examples get the same flags: `report` reads the ones it knows and skips the rest.
+        // Both tools get the same flags: `report` reads the ones it knows and skips the rest.
         let mut args = Vec::new();
         for (flag, value) in [
             ("--aggregates", self.aggregates),
@@ -17,15 +17,15 @@ impl flags::Report {
                 args.extend([flag.to_owned(), v.to_string()]);
             }
         }
-        for example in ["throughput", "report"] {
+        for bin in ["throughput", "report"] {
             let mut full = vec![
                 "run",
                 "--quiet",
                 "--release",
                 "-p",
-                "eventbus",
-                "--example",
-                example,
+                TOOLS,
+                "--bin",
+                bin,
                 "--",
             ];
             full.extend(args.iter().map(String::as_str));

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::brokers::with_shared_brokers;
 use crate::flags::{self, Broker};
-use crate::util::{cargo, cargo_program, cargo_with_env};
+use crate::util::{TOOLS, cargo, cargo_program, cargo_with_env};
 
 impl flags::Test {
     /// Installs the brokers if missing and starts the shared ones that do not answer yet; the
@@ -81,11 +81,9 @@ fn run_tests() -> Result<(), String> {
         "run",
         "--quiet",
         "-p",
-        "eventbus",
-        "--example",
+        TOOLS,
+        "--bin",
         "conformance",
-        "--features",
-        "nats,kafka",
         "--",
         "--transport",
         "all",

@@ -1,10 +1,8 @@
 //! What every command needs: running cargo and failing on a non-zero exit, the workspace root,
-//! and running an example of `eventbus`.
+//! and running a tool (a binary of `eventbus-bench`).
 
 use std::path::PathBuf;
 use std::process::Command;
-
-use crate::flags::Transport;
 
 /// The cargo that runs this xtask (`CARGO`), so a pinned toolchain stays pinned.
 pub(crate) fn cargo_program() -> String {
@@ -39,18 +37,14 @@ pub(crate) fn workspace_root() -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", root.display()))
 }
 
-/// Runs `example` of `eventbus` in release mode with `args`, turning on the cargo features
-/// that `transport` needs (the examples build without NATS and Kafka by default).
-pub(crate) fn example(
-    example: &str,
-    transport: Option<Transport>,
-    args: &[String],
-) -> Result<(), String> {
-    let mut full = vec!["run", "--release", "-p", "eventbus", "--example", example];
-    if let Some(features) = transport.and_then(Transport::features) {
-        full.extend(["--features", features]);
-    }
-    full.push("--");
+/// The package whose binaries are the project's tools: the benchmarks, the conformance runner,
+/// the load levels, the leak report and the other measurements.
+pub(crate) const TOOLS: &str = "eventbus-bench";
+
+/// Runs the tool `bin` (a binary of [`TOOLS`], every transport built in) in release mode with
+/// `args`.
+pub(crate) fn tool(bin: &str, args: &[String]) -> Result<(), String> {
+    let mut full = vec!["run", "--release", "-p", TOOLS, "--bin", bin, "--"];
     full.extend(args.iter().map(String::as_str));
     cargo(&full)
 }

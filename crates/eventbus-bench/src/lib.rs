@@ -1,4 +1,6 @@
-//! Benchmarks of eventbus against what it is built on, measured in the same run.
+//! The project's tools: benchmarks of eventbus against what it is built on, measured in the
+//! same run, the conformance runner, the Go SDK's load levels and leak report, and other
+//! measurements. Not a user-facing API: the user's examples are those of the `eventbus` crate.
 //!
 //! - [`workload`]: the dispatcher alone, the memory bus end to end, and the raw
 //!   `tokio::sync::mpsc` → handler loop they are compared with;
@@ -12,6 +14,19 @@
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
+//!
+//! The other tools are binaries of this crate too, each built with every transport
+//! (`cargo run --release -p eventbus-bench --bin <tool> -- <flags>`):
+//!
+//! - `conformance`: the testkit's conformance suite as a pass/fail table per transport
+//!   (`cargo xtask conformance`, and the last step of `cargo xtask test`);
+//! - `load`: the Go SDK's load levels, a table and `target/load/<transport>.json` and `.svg`
+//!   (`cargo xtask load`);
+//! - `throughput` and `report`: the memory bus against a raw mpsc loop, then the Go SDK's leak
+//!   report (`cargo xtask report`);
+//! - `slow-key`: one slow key on the memory bus at its defaults, against the same run without
+//!   it;
+//! - `subscription-cost`: threads and broker connections per Kafka subscription.
 #![warn(missing_docs)]
 
 pub mod cost;

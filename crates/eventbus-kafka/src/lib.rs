@@ -83,7 +83,7 @@
 //!   threads and two connections to a one-broker cluster. [`Transport::lag`] asks the
 //!   group's consumer in this process, or, for a group with no subscription here, a client
 //!   made for that query and closed after it. Measured with
-//!   `cargo run --release -p eventbus --features kafka --example subscription_cost` (threads /
+//!   `cargo run --release -p eventbus-bench --bin subscription-cost` (threads /
 //!   TCP connections with every subscription consuming and its lag asked): 1 subscription
 //!   17 / 4, 10 subscriptions 62 / 22, 100 subscriptions 512 / 202 (before lag reused the
 //!   consumers: 21 / 5, 102 / 42, 912 / 402). Consumers are not shared across topics: a Kafka

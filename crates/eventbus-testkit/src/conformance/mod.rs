@@ -9,7 +9,7 @@
 //! Each check is a public async function over a [`Harness`]; a transport's test crate expands
 //! [`conformance_tests!`](crate::conformance_tests) to get one named `#[tokio::test]` per
 //! check, so failures don't hide each other; `CHECKS` lists them for runners (the
-//! `conformance` example prints a pass/fail table from it). A check fails by panicking with a
+//! `conformance` binary of `eventbus-bench` prints a pass/fail table from it). A check fails by panicking with a
 //! message that says what was expected and what happened; message sets are compared exactly
 //! (missing, unexpected and duplicated ids).
 //!
@@ -96,7 +96,7 @@ macro_rules! registry {
 
 /// Checks that measure process-wide figures (threads, file descriptors, heap): a runner must
 /// run them while nothing else runs in the process (nextest runs every test in a process of
-/// its own; the `conformance` example runs them alone).
+/// its own; the `conformance` binary of `eventbus-bench` runs them alone).
 pub const RUN_ALONE: &[&str] = &["zero_leaks"];
 
 /// Checks that kill or restart the broker: a transport with an out-of-process broker runs them

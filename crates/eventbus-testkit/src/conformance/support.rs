@@ -287,7 +287,7 @@ pub(crate) fn key_seq(m: &Message) -> Option<(String, u64)> {
 /// The headers checks compare: all but the W3C trace context (`traceparent`, `tracestate`),
 /// which trace propagation adds to every message published inside a traced span. Check 30
 /// turns the OpenTelemetry bridge on only while it runs, but a runner that runs checks at once
-/// (the `conformance` example's `--stress`) may have it on during another check.
+/// (the `conformance` runner's `--stress`) may have it on during another check.
 pub(crate) fn user_headers(m: &Message) -> Vec<(&str, &str)> {
     use eventbus_core::propagation::{TRACEPARENT, TRACESTATE};
     m.headers()

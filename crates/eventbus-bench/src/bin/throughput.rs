@@ -4,11 +4,12 @@
 //!
 //! No counting allocator here: it would tax every allocation (see `report` for heap figures).
 //!
-//! `cargo run --release -p eventbus --example throughput [-- --aggregates N --versions N --rounds N]`
+//! `cargo run --release -p eventbus-bench --bin throughput [-- --aggregates N --versions N --rounds N]`
 
 use std::time::Duration;
 
-use eventbus::{EventBus, MemoryTransport};
+use eventbus_core::EventBus;
+use eventbus_memory::MemoryTransport;
 use eventbus_testkit::scenario::{self, Load, Shape};
 
 fn arg(name: &str, default: u64) -> u64 {

@@ -7,16 +7,20 @@
 //! Exits non-zero when a level lost messages, broke order or leaked tasks.
 //!
 //! Heap is counted by a counting global allocator, which taxes every allocation: throughput
-//! here is lower than in the `throughput` example.
+//! here is lower than in the `throughput` tool.
 //!
-//! `cargo run --release -p eventbus --example load [-- --transport memory] [--level LEVELS]`
+//! `cargo run --release -p eventbus-bench --bin load [-- --transport memory] [--level LEVELS]`
+//! (what `cargo xtask load` runs)
 //! where LEVELS is `low`, `medium`, `high`, `extreme`, `large`, a comma-separated list of
 //! them, `go` (the four Go levels, the default) or `all` (the four and `large`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use eventbus::{EventBus, MemoryTransport};
+use eventbus_core::EventBus;
+use eventbus_kafka::{KafkaConfig, KafkaTransport};
+use eventbus_memory::MemoryTransport;
+use eventbus_nats::{NatsConfig, NatsTransport};
 use eventbus_testkit::load::{Level, LevelResult, LoadReport, Scenario};
 
 eventbus_testkit::install_heap_counter!();
@@ -75,43 +79,35 @@ fn levels(spec: &str) -> Result<Vec<Level>, String> {
     Ok(out)
 }
 
-/// `target/` of this build: the executable lives in `target/<profile>/examples/`.
+/// `target/` of this build: the executable lives in `target/<profile>/`.
 fn target_dir() -> PathBuf {
     let from_exe = || {
         let exe = std::env::current_exe().ok()?;
-        let examples = exe.parent()?;
-        if examples.file_name()? != "examples" {
-            return None;
-        }
-        Some(examples.parent()?.parent()?.to_path_buf())
+        Some(exe.parent()?.parent()?.to_path_buf())
     };
     from_exe().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
 /// NATS server for `--transport nats` (`EVENTBUS_NATS_URL`, default the local one).
-#[cfg(feature = "nats")]
 fn nats_url() -> String {
     std::env::var("EVENTBUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private Kafka
 /// started for the run (and stopped after it).
-#[cfg(feature = "kafka")]
 static KAFKA_BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 async fn build(transport: &str) -> EventBus {
     match transport {
-        #[cfg(feature = "kafka")]
         "kafka" => {
             let brokers = KAFKA_BROKERS.get().expect("brokers chosen in main");
-            let t = eventbus::KafkaTransport::connect(eventbus::KafkaConfig::new(brokers.clone()))
+            let t = KafkaTransport::connect(KafkaConfig::new(brokers.clone()))
                 .await
                 .unwrap_or_else(|e| panic!("cannot connect to Kafka at {brokers}: {e}"));
             EventBus::builder(t).build()
         }
-        #[cfg(feature = "nats")]
         "nats" => {
-            let t = eventbus::NatsTransport::connect(eventbus::NatsConfig::new(nats_url()))
+            let t = NatsTransport::connect(NatsConfig::new(nats_url()))
                 .await
                 .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
             EventBus::builder(t).build()
@@ -121,7 +117,6 @@ async fn build(transport: &str) -> EventBus {
 }
 
 /// Deletes the streams the runs created on the shared server.
-#[cfg(feature = "nats")]
 async fn clean_nats() {
     use futures::StreamExt;
     let Ok(client) = async_nats::connect(nats_url()).await else {
@@ -150,20 +145,13 @@ fn main() -> ExitCode {
         }
     };
     match args.transport.as_str() {
-        "memory" => {}
-        "nats" if cfg!(feature = "nats") => {}
-        "kafka" if cfg!(feature = "kafka") => {}
-        t @ ("nats" | "kafka") => {
-            eprintln!("load: build with the `{t}` feature (cargo xtask load --transport {t} does)");
-            return ExitCode::from(2);
-        }
+        "memory" | "nats" | "kafka" => {}
         other => {
             eprintln!("load: unknown transport {other:?} (memory, nats, kafka)");
             return ExitCode::from(2);
         }
     }
     // A private broker lives as long as this guard.
-    #[cfg(feature = "kafka")]
     let _private_kafka =
         (args.transport == "kafka").then(|| match std::env::var("EVENTBUS_KAFKA_BROKERS") {
             Ok(brokers) => {
@@ -220,7 +208,6 @@ fn main() -> ExitCode {
                 report.push(level, scenario, &run);
             }
         }
-        #[cfg(feature = "nats")]
         if args.transport == "nats" {
             clean_nats().await;
         }

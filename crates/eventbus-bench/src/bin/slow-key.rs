@@ -2,7 +2,7 @@
 //! keys take, from 8 publishers, while the first key's handler sleeps 500 ms per message (10
 //! messages, published first), against the same run without the stall.
 //!
-//! `cargo run --release -p eventbus --example slow_key [-- --rounds N]`
+//! `cargo run --release -p eventbus-bench --bin slow-key [-- --rounds N]`
 //!
 //! Prints, per round and as medians, the time until every other key's message was handled,
 //! and the longest single publish call. A stalled key should hold back only itself: the
@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use eventbus::{BoxError, Delivery, EventBus, MemoryTransport, Message, handler_fn};
+use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
+use eventbus_memory::MemoryTransport;
 use tokio::sync::Notify;
 
 const SLOW: &str = "k0";

@@ -2,7 +2,7 @@
 //! subscriptions (over half as many topics, two groups per topic once there are two), each
 //! consuming one message, then `lag` asked for each, then closed.
 //!
-//! `cargo run --release -p eventbus --features kafka --example subscription_cost`
+//! `cargo run --release -p eventbus-bench --bin subscription-cost`
 //! (the shared broker: `cargo xtask brokers up kafka`; `EVENTBUS_KAFKA_BROKERS` to point
 //! elsewhere).
 //!
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use eventbus::kafka::{KafkaConfig, KafkaTransport, TopicOptions};
-use eventbus::{BoxError, Delivery, EventBus, Message, handler_fn};
+use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
+use eventbus_kafka::{KafkaConfig, KafkaTransport, TopicOptions};
 
 /// Threads of this process.
 fn threads() -> usize {

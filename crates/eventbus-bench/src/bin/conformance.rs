@@ -1,8 +1,8 @@
 //! The conformance suite (`eventbus_testkit::conformance`, listed in `docs/conformance.md`) as
 //! a pass/fail table.
 //!
-//! `cargo run -p eventbus --example conformance -- --transport memory [--quick] [--stress N]
-//! [--timeout SECS]`
+//! `cargo run -p eventbus-bench --bin conformance -- --transport memory [--quick] [--stress N]
+//! [--timeout SECS]` (`cargo xtask conformance` runs it in release mode)
 //!
 //! - Every check runs in a task of its own, on a multi-thread runtime of its own, so a panic is
 //!   a FAIL with its message and nothing a check leaves behind reaches the next one.
@@ -15,16 +15,16 @@
 //! - Pending checks (`PENDING`, waiting for a feature not implemented yet) are not run: they
 //!   show as PENDING with the reason and do not fail the run.
 //!
-//! Exits non-zero if any check failed. `--transport nats` (built with the `nats` feature, as
-//! `cargo xtask conformance` does) runs each check against a private nats-server of its own;
-//! `--transport kafka` (feature `kafka`) against a private Apache Kafka of its own; `all` runs
-//! every transport built in.
+//! Exits non-zero if any check failed. `--transport nats` runs each check against a private
+//! nats-server of its own; `--transport kafka` against a private Apache Kafka of its own; `all`
+//! runs every transport, memory first.
 
 use std::any::Any;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use eventbus::{EventBus, MemoryTransport, Transport};
+use eventbus_core::{EventBus, Transport};
+use eventbus_memory::MemoryTransport;
 use eventbus_testkit::conformance::{CHECKS, Check, Harness, PENDING, RUN_ALONE, Scale};
 
 eventbus_testkit::install_heap_counter!();
@@ -41,7 +41,7 @@ struct Args {
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: cargo run -p eventbus --example conformance -- [--transport memory|nats|kafka|all] [--quick] [--stress N] [--timeout SECS]"
+        "usage: cargo run -p eventbus-bench --bin conformance -- [--transport memory|nats|kafka|all] [--quick] [--stress N] [--timeout SECS]"
     );
     ExitCode::from(2)
 }
@@ -161,9 +161,7 @@ fn millis(d: Duration) -> String {
 
 fn harness(transport: &str, scale: Scale, timeout: Duration) -> Harness {
     match transport {
-        #[cfg(feature = "nats")]
         "nats" => nats_harness(scale, timeout),
-        #[cfg(feature = "kafka")]
         "kafka" => kafka_harness(scale, timeout),
         _ => memory_harness(scale, timeout),
     }
@@ -171,12 +169,10 @@ fn harness(transport: &str, scale: Scale, timeout: Duration) -> Harness {
 
 /// A private nats-server per harness (so `reconnect` can kill and restart it), with a short ack
 /// wait so messages left unacked at a close come back in seconds.
-#[cfg(feature = "nats")]
 fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
     use std::sync::{Arc, Mutex};
 
-    use eventbus::nats::ConsumerOptions;
-    use eventbus::{NatsConfig, NatsTransport};
+    use eventbus_nats::{ConsumerOptions, NatsConfig, NatsTransport};
     use eventbus_testkit::brokers::ServerProcess;
 
     let server = ServerProcess::nats(&[])
@@ -204,8 +200,8 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
                 server.lock().unwrap_or_else(|e| e.into_inner()).restart()
             })
             .await
-            .map_err(|e| eventbus::Error::transport("nats", e))?
-            .map_err(|e| eventbus::Error::transport("nats", e))
+            .map_err(|e| eventbus_core::Error::transport("nats", e))?
+            .map_err(|e| eventbus_core::Error::transport("nats", e))
         }
     })
     .with_scale(scale)
@@ -214,12 +210,10 @@ fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
 
 /// A private Apache Kafka per harness (`reconnect` kills and restarts it), with
 /// short group timeouts and frequent commits, as the Kafka crate's own tests use.
-#[cfg(feature = "kafka")]
 fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
     use std::sync::{Arc, Mutex};
 
-    use eventbus::kafka::ConsumerOptions;
-    use eventbus::{KafkaConfig, KafkaTransport};
+    use eventbus_kafka::{ConsumerOptions, KafkaConfig, KafkaTransport};
     use eventbus_testkit::brokers::ServerProcess;
 
     let broker = ServerProcess::kafka()
@@ -255,8 +249,8 @@ fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
                 broker.lock().unwrap_or_else(|e| e.into_inner()).restart()
             })
             .await
-            .map_err(|e| eventbus::Error::transport("kafka", e))?
-            .map_err(|e| eventbus::Error::transport("kafka", e))
+            .map_err(|e| eventbus_core::Error::transport("kafka", e))?
+            .map_err(|e| eventbus_core::Error::transport("kafka", e))
         }
     })
     .with_scale(scale)
@@ -303,31 +297,9 @@ fn main() -> ExitCode {
     let Some(args) = parse() else {
         return usage();
     };
-    let built: Vec<&str> = [
-        Some("memory"),
-        cfg!(feature = "nats").then_some("nats"),
-        cfg!(feature = "kafka").then_some("kafka"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     let transports: Vec<&str> = match args.transport.as_str() {
-        "all" => {
-            if built.len() < 3 {
-                println!(
-                    "note: built without some transport features (cargo xtask conformance --transport all turns them on); running {}\n",
-                    built.join(", ")
-                );
-            }
-            built
-        }
-        t @ ("memory" | "nats" | "kafka") if built.contains(&t) => vec![t],
-        t @ ("nats" | "kafka") => {
-            eprintln!(
-                "conformance: build with the `{t}` feature (cargo xtask conformance --transport {t} does)"
-            );
-            return ExitCode::FAILURE;
-        }
+        "all" => vec!["memory", "nats", "kafka"],
+        t @ ("memory" | "nats" | "kafka") => vec![t],
         other => {
             eprintln!("conformance: unknown transport {other:?}");
             return usage();

@@ -3,13 +3,15 @@
 //! tasks, threads and heap at start / peak / after close.
 //!
 //! Heap is counted by a counting global allocator, which taxes every allocation: throughput
-//! here is lower than in the `throughput` example, which compares against a raw loop.
+//! here is lower than in the `throughput` tool, which compares against a raw loop.
 //!
-//! `cargo run --release -p eventbus --example report [-- --aggregates N --versions N]`
+//! `cargo run --release -p eventbus-bench --bin report [-- --aggregates N --versions N]`
+//! (`cargo xtask report` runs `throughput`, then this)
 
 use std::time::Duration;
 
-use eventbus::{EventBus, MemoryTransport};
+use eventbus_core::EventBus;
+use eventbus_memory::MemoryTransport;
 use eventbus_testkit::leak::Bytes;
 use eventbus_testkit::scenario::{self, Load, Report, Shape};
 
