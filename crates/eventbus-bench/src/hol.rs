@@ -22,11 +22,11 @@ use eventbus_core::{
     BoxError, Delivery, Dispatch, Dispatcher, DispatcherConfig, Key, Message, RetryPolicy, Route,
     handler_fn,
 };
-use eventbus_testkit::scenario::{Histogram, Latency};
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
 use crate::lanes::{LANES, Lanes};
+use crate::scenario::{Histogram, Latency};
 use crate::workload::{Counter, PAYLOAD_LEN};
 
 /// The stalled key.

@@ -9,6 +9,9 @@
 //! - [`nats`]: the NATS bus against raw async-nats on the same stream settings;
 //! - [`kafka`]: the Kafka bus against raw rdkafka on the same client settings;
 //! - [`stats`]: interleaved rounds (A B A B …), medians, spreads and ratios;
+//! - [`scenario`]: the load harness (messages over topics, checked for loss, duplicates and
+//!   order, timed to the last receipt, tasks and heap sampled) and its raw mpsc baseline;
+//! - [`load`]: the Go SDK's load levels and scenarios over it, as a table, JSON and a chart;
 //! - [`cost`]: instructions (callgrind) and heap allocations per message on a fixed workload;
 //! - [`report`]: BENCHMARKS.md and its SVG charts.
 //!
@@ -33,8 +36,10 @@ pub mod cost;
 pub mod hol;
 pub mod kafka;
 pub mod lanes;
+pub mod load;
 pub mod nats;
 pub mod report;
+pub mod scenario;
 pub mod stats;
 pub mod workload;
 

@@ -1,5 +1,6 @@
-//! Test and measurement kit for eventbus transports: leak snapshots, an order checker and the
-//! load scenarios of the Go SDK this project replaces.
+//! Test kit for eventbus transports: the conformance suite, leak snapshots (and the counting
+//! allocator they read heap figures from), an order checker, and the real brokers the tests run.
+//! The load scenarios and every other measuring tool are in `eventbus-bench`.
 //!
 //! This is a kit for implementations and their CI, not a semver-stable API.
 //!
@@ -17,9 +18,7 @@
 pub mod brokers;
 pub mod conformance;
 pub mod leak;
-pub mod load;
 pub mod order;
-pub mod scenario;
 
 /// Sends the `tracing` events of the code under test to the test's captured output (shown
 /// for a failed test), filtered by the `EVENTBUS_LOG` variable, a `tracing` filter such as

@@ -17,11 +17,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use eventbus_bench::load::{Level, LevelResult, LoadReport, Scenario};
 use eventbus_core::EventBus;
 use eventbus_kafka::{KafkaConfig, KafkaTransport};
 use eventbus_memory::MemoryTransport;
 use eventbus_nats::{NatsConfig, NatsTransport};
-use eventbus_testkit::load::{Level, LevelResult, LoadReport, Scenario};
 
 eventbus_testkit::install_heap_counter!();
 
@@ -193,7 +193,7 @@ fn main() -> ExitCode {
                     load.versions,
                 );
                 let run =
-                    eventbus_testkit::load::run(level, scenario, || build(&args.transport)).await;
+                    eventbus_bench::load::run(level, scenario, || build(&args.transport)).await;
                 let result = LevelResult::new(level, scenario, &run);
                 eprintln!(
                     "load: {} {}: received {} in {:.1} ms ({:.0} msg/s), lost {}, leaked tasks {}",
@@ -216,7 +216,7 @@ fn main() -> ExitCode {
     println!(
         "load: {} transport, {} topics, tokio multi-thread runtime with {WORKERS} workers, heap counted: {}\n",
         report.transport,
-        eventbus_testkit::load::TOPICS,
+        eventbus_bench::load::TOPICS,
         report.heap_counted
     );
     print!("{}", report.markdown());

@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
+use eventbus_bench::scenario::{self, Load, Report, Shape};
 use eventbus_core::EventBus;
 use eventbus_memory::MemoryTransport;
 use eventbus_testkit::leak::Bytes;
-use eventbus_testkit::scenario::{self, Load, Report, Shape};
 
 eventbus_testkit::install_heap_counter!();
 

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
+use eventbus_bench::scenario::{self, Load, Shape};
 use eventbus_core::EventBus;
 use eventbus_memory::MemoryTransport;
-use eventbus_testkit::scenario::{self, Load, Shape};
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

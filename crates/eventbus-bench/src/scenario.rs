@@ -29,8 +29,8 @@ use eventbus_core::{BoxError, Delivery, DispatcherStats, Envelope, EventBus, Mes
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use crate::leak::{Snapshot, Usage};
-use crate::order::VersionTracker;
+use eventbus_testkit::leak::{Snapshot, Usage};
+use eventbus_testkit::order::VersionTracker;
 
 /// Bytes of the send timestamp at the start of every payload.
 pub const STAMP_LEN: usize = 8;

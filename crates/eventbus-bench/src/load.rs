@@ -11,12 +11,12 @@
 //!
 //! ```no_run
 //! use eventbus_core::EventBus;
-//! use eventbus_testkit::load::{Level, LoadReport, Scenario};
+//! use eventbus_bench::load::{Level, LoadReport, Scenario};
 //! # async fn demo(build: impl AsyncFn() -> EventBus) {
 //! let mut report = LoadReport::new("memory", 2);
 //! for level in Level::GO {
 //!     for scenario in Scenario::BOTH {
-//!         let run = eventbus_testkit::load::run(level, scenario, || build()).await;
+//!         let run = eventbus_bench::load::run(level, scenario, || build()).await;
 //!         report.push(level, scenario, &run);
 //!     }
 //! }
@@ -35,7 +35,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 
-use crate::leak::Snapshot;
+use eventbus_testkit::leak::Snapshot;
+
 use crate::scenario::{self, Latency, Load, Report, STAMP_LEN, Shape, Timeline};
 
 /// Topics of every level (as in the Go SDK).
