@@ -13,7 +13,8 @@
 //!   order, timed to the last receipt, tasks and heap sampled) and its raw mpsc baseline;
 //! - [`load`]: the Go SDK's load levels and scenarios over it, as a table, JSON and a chart;
 //! - [`cost`]: instructions (callgrind) and heap allocations per message on a fixed workload;
-//! - [`report`]: BENCHMARKS.md and its SVG charts.
+//! - [`report`]: BENCHMARKS.md and its SVG charts;
+//! - [`charts`]: the SVG charts of [`report`] and [`load`], drawn in one place.
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
@@ -32,6 +33,7 @@
 //! - `subscription-cost`: threads and broker connections per Kafka subscription.
 #![warn(missing_docs)]
 
+pub mod charts;
 pub mod cost;
 pub mod hol;
 pub mod kafka;

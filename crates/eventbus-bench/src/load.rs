@@ -30,13 +30,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use eventbus_core::EventBus;
-use plotters::coord::ranged1d::SegmentValue;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
+use eventbus_testkit::leak::Snapshot;
+use plotters::element::Text;
+use plotters::style::RGBColor;
 use serde::Serialize;
 
-use eventbus_testkit::leak::Snapshot;
-
+use crate::charts::{self, Axis, Bar};
 use crate::scenario::{self, Latency, Load, Report, STAMP_LEN, Shape, Timeline};
 
 /// Topics of every level (as in the Go SDK).
@@ -433,89 +432,111 @@ impl LoadReport {
 
     /// Draws the chart to `path` (SVG), creating its directory: throughput, peak tasks and heap
     /// per level; tasks and heap over each run.
-    pub fn write_svg(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut svg = String::new();
-        self.draw(&mut svg)?;
-        std::fs::write(path, svg)?;
-        Ok(())
+    pub fn write_svg(&self, path: &Path) -> Result<(), charts::Error> {
+        charts::write(path, self.svg_size(), |root| self.draw(root))
     }
 
-    fn draw(&self, svg: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+    /// The chart of [`write_svg`](Self::write_svg), as SVG text.
+    pub fn svg(&self) -> Result<String, charts::Error> {
+        charts::render(self.svg_size(), |root| self.draw(root))
+    }
+
+    /// The levels run, in order.
+    fn levels(&self) -> Vec<Level> {
         let mut levels: Vec<Level> = self.results.iter().map(|r| r.level).collect();
         levels.sort_unstable();
         levels.dedup();
+        levels
+    }
+
+    /// The chart's width and height: the title and bar panels, then a row of timelines per
+    /// level.
+    fn svg_size(&self) -> (u32, u32) {
+        let rows = self.levels().len().max(1) as u32;
+        (CHART_WIDTH, CHART_TOP + CHART_ROW * rows)
+    }
+
+    fn draw(&self, root: &charts::Area<'_>) -> Result<(), charts::Error> {
+        let levels = self.levels();
         let mut scenarios: Vec<Scenario> = self.results.iter().map(|r| r.scenario).collect();
         scenarios.sort_unstable();
         scenarios.dedup();
-        let (width, top, row) = (1500u32, 490u32, 250u32);
-        let height = top + row * levels.len().max(1) as u32;
-        {
-            let root = SVGBackend::with_string(svg, (width, height)).into_drawing_area();
-            root.fill(&WHITE)?;
-            let root = root.titled(
-                &format!(
-                    "eventbus load: {} transport, {} topics, tokio runtime with {} workers",
-                    self.transport, TOPICS, self.runtime_workers
-                ),
-                ("sans-serif", 24),
-            )?;
-            let (upper, lower) = root.split_vertically(top - 40);
-            let panels = upper.split_evenly((1, 3));
-            let mut results: Vec<&LevelResult> = self.results.iter().collect();
-            results.sort_by_key(|r| (r.level, r.scenario));
-            let per_level = |f: fn(&LevelResult) -> f64| -> Vec<(String, Scenario, f64)> {
-                results
-                    .iter()
-                    .map(|r| (short(r), r.scenario, f(r)))
-                    .collect()
-            };
-            bars(
-                &panels[0],
-                "received msg/s, first publish to last receipt",
-                &per_level(|r| r.receive_msg_per_s),
-                false,
-                |v| format!("{:.0}k", v / 1e3),
-            )?;
-            bars(
-                &panels[1],
-                "tasks at peak (harness's 5 senders included)",
-                &per_level(|r| r.tasks.peak as f64),
-                false,
-                |v| format!("{v:.0}"),
-            )?;
-            bars(
-                &panels[2],
-                "heap at peak minus start (log scale)",
-                &per_level(|r| r.heap_bytes.peak.saturating_sub(r.heap_bytes.start) as f64),
-                true,
-                compact_bytes,
-            )?;
+        let root = root.titled(
+            &format!(
+                "eventbus load: {} transport, {} topics, tokio runtime with {} workers",
+                self.transport, TOPICS, self.runtime_workers
+            ),
+            ("sans-serif", 24),
+        )?;
+        let (upper, lower) = root.split_vertically(CHART_TOP - 40);
+        let panels = upper.split_evenly((1, 3));
+        let mut results: Vec<&LevelResult> = self.results.iter().collect();
+        results.sort_by_key(|r| (r.level, r.scenario));
+        let per_level = |f: fn(&LevelResult) -> f64| -> Vec<Bar> {
+            results
+                .iter()
+                .map(|r| Bar::new(short(r), f(r)).colour(colour(r.scenario)))
+                .collect()
+        };
+        charts::bars(
+            &panels[0],
+            "received msg/s, first publish to last receipt",
+            &per_level(|r| r.receive_msg_per_s),
+            Axis::Linear,
+            |v| format!("{:.0}k", v / 1e3),
+        )?;
+        charts::bars(
+            &panels[1],
+            "tasks at peak (harness's 5 senders included)",
+            &per_level(|r| r.tasks.peak as f64),
+            Axis::Linear,
+            |v| format!("{v:.0}"),
+        )?;
+        charts::bars(
+            &panels[2],
+            "heap at peak minus start (log scale)",
+            &per_level(|r| r.heap_bytes.peak.saturating_sub(r.heap_bytes.start) as f64),
+            Axis::Log,
+            compact_bytes,
+        )?;
 
-            let (note, lower) = lower.split_vertically(22);
-            note.draw(&Text::new(
-                "tasks (left axis) and heap (right axis) over each run; dashed: publishing starts, \
-                 last receipt, closing starts, closed",
-                (60, 4),
-                ("sans-serif", 14),
-            ))?;
-            let cells = lower.split_evenly((levels.len().max(1), scenarios.len().max(1)));
-            for r in &self.results {
-                let (Some(i), Some(j)) = (
-                    levels.iter().position(|l| *l == r.level),
-                    scenarios.iter().position(|s| *s == r.scenario),
-                ) else {
-                    continue;
-                };
-                timeline(&cells[i * scenarios.len() + j], r)?;
-            }
-            root.present()?;
+        let (note, lower) = lower.split_vertically(22);
+        note.draw(&Text::new(
+            "tasks (left axis) and heap (right axis) over each run; dashed: publishing starts, \
+             last receipt, closing starts, closed",
+            (60, 4),
+            ("sans-serif", 14),
+        ))?;
+        let cells = lower.split_evenly((levels.len().max(1), scenarios.len().max(1)));
+        for r in &self.results {
+            let (Some(i), Some(j)) = (
+                levels.iter().position(|l| *l == r.level),
+                scenarios.iter().position(|s| *s == r.scenario),
+            ) else {
+                continue;
+            };
+            let caption = format!(
+                "{}: {} to last receipt, {} msg/s; tasks {} / {} / {}, heap growth {}",
+                r.label(),
+                duration_ms(r.elapsed_ms),
+                thousands(r.receive_msg_per_s),
+                r.tasks.start,
+                r.tasks.peak,
+                r.tasks.after_close,
+                bytes(r.heap_growth_bytes as f64),
+            );
+            charts::timeline(&cells[i * scenarios.len() + j], &caption, &r.timeline)?;
         }
         Ok(())
     }
 }
+
+/// Width of the load chart.
+const CHART_WIDTH: u32 = 1500;
+/// Height of its title and bar panels.
+const CHART_TOP: u32 = 490;
+/// Height of each level's row of timelines.
+const CHART_ROW: u32 = 250;
 
 /// `level scenario` in a few characters, for an axis.
 fn short(r: &LevelResult) -> String {
@@ -529,189 +550,12 @@ fn short(r: &LevelResult) -> String {
     format!("{level} {:?}", r.scenario)
 }
 
+/// Scenario A's bars in the first colour, B's in the second.
 fn colour(s: Scenario) -> RGBColor {
     match s {
-        Scenario::A => RGBColor(0x1f, 0x77, 0xb4),
-        Scenario::B => RGBColor(0xff, 0x7f, 0x0e),
+        Scenario::A => charts::BLUE,
+        Scenario::B => charts::ORANGE,
     }
-}
-
-type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
-
-/// A bar per (level, scenario), on a linear or a log scale.
-fn bars(
-    area: &Area<'_>,
-    title: &str,
-    data: &[(String, Scenario, f64)],
-    log: bool,
-    fmt: fn(f64) -> String,
-) -> Result<(), Box<dyn std::error::Error>> {
-    // On a log scale, bars are drawn in log10 space from a power of ten below the smallest.
-    let scale = |v: f64| if log { v.max(1.0).log10() } else { v };
-    let unscale = |v: f64| if log { 10f64.powf(v) } else { v };
-    let largest = data.iter().map(|d| scale(d.2)).fold(0.0, f64::max);
-    let (bottom, top) = if log {
-        let smallest = data.iter().map(|d| scale(d.2)).fold(f64::MAX, f64::min);
-        let bottom = if smallest > largest {
-            0.0
-        } else {
-            smallest.floor()
-        };
-        (bottom, largest.ceil().max(bottom + 1.0) + 0.25)
-    } else {
-        (0.0, largest.max(1.0) * 1.15)
-    };
-    let n = data.len().max(1) as i32;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 17))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d((0..n).into_segmented(), bottom..top)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(data.len())
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => data
-                .get(*i as usize)
-                .map(|d| d.0.clone())
-                .unwrap_or_default(),
-            SegmentValue::Last => String::new(),
-        })
-        .x_label_style(("sans-serif", 12))
-        .y_label_formatter(&|v| fmt(unscale(*v)))
-        .y_labels(if log { (top - bottom) as usize + 1 } else { 6 })
-        .draw()?;
-    chart.draw_series(data.iter().enumerate().map(|(i, (_, s, v))| {
-        let mut bar = Rectangle::new(
-            [
-                (SegmentValue::Exact(i as i32), bottom),
-                (SegmentValue::Exact(i as i32 + 1), scale(*v)),
-            ],
-            colour(*s).filled(),
-        );
-        bar.set_margin(0, 0, 4, 4);
-        bar
-    }))?;
-    let label =
-        TextStyle::from(("sans-serif", 10).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
-    chart.draw_series(data.iter().enumerate().map(|(i, (_, _, v))| {
-        Text::new(
-            fmt(*v),
-            (
-                SegmentValue::CenterOf(i as i32),
-                scale(*v) + (top - bottom) * 0.01,
-            ),
-            label.clone(),
-        )
-    }))?;
-    Ok(())
-}
-
-/// Tasks (left axis) and heap (right axis) over one run, with its phases.
-fn timeline(area: &Area<'_>, r: &LevelResult) -> Result<(), Box<dyn std::error::Error>> {
-    let t = &r.timeline;
-    let ms = |us: u64| us as f64 / 1e3;
-    let end = ms(t.closed_us.max(1)) * 1.02;
-    let max_tasks = t.samples.iter().map(|s| s.tasks).max().unwrap_or(0).max(1) as f64 * 1.15;
-    let mb = |b: usize| b as f64 / 1e6;
-    let heap_lo = t
-        .samples
-        .iter()
-        .map(|s| mb(s.heap_bytes))
-        .fold(f64::MAX, f64::min);
-    let heap_hi = t
-        .samples
-        .iter()
-        .map(|s| mb(s.heap_bytes))
-        .fold(0.0, f64::max);
-    let (heap_lo, heap_hi) = if heap_lo > heap_hi {
-        (0.0, 1.0)
-    } else {
-        let pad = ((heap_hi - heap_lo) * 0.15).max(0.05);
-        ((heap_lo - pad).max(0.0), heap_hi + pad)
-    };
-    let caption = format!(
-        "{}: {} to last receipt, {} msg/s; tasks {} / {} / {}, heap growth {}",
-        r.label(),
-        duration_ms(r.elapsed_ms),
-        thousands(r.receive_msg_per_s),
-        r.tasks.start,
-        r.tasks.peak,
-        r.tasks.after_close,
-        bytes(r.heap_growth_bytes as f64),
-    );
-    let mut chart = ChartBuilder::on(area)
-        .caption(caption, ("sans-serif", 13))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(45)
-        .right_y_label_area_size(60)
-        .build_cartesian_2d(0.0..end, 0.0..max_tasks)?
-        .set_secondary_coord(0.0..end, heap_lo..heap_hi);
-    let x_fmt = |v: &f64| {
-        if end >= 20.0 {
-            format!("{v:.0}")
-        } else {
-            format!("{v:.1}")
-        }
-    };
-    chart
-        .configure_mesh()
-        .x_desc("ms since start")
-        .y_desc("tasks")
-        .x_labels(8)
-        .x_label_formatter(&x_fmt)
-        .y_labels(5)
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style(("sans-serif", 11))
-        .light_line_style(RGBColor(0xee, 0xee, 0xee))
-        .draw()?;
-    chart
-        .configure_secondary_axes()
-        .y_desc("heap MB")
-        .y_labels(5)
-        .label_style(("sans-serif", 11))
-        .draw()?;
-    let grey = RGBColor(0x99, 0x99, 0x99);
-    for (at, _name) in [
-        (t.publishing_us, "publish"),
-        (t.received_us, "last receipt"),
-        (t.closing_us, "close"),
-        (t.closed_us, "closed"),
-    ] {
-        chart.draw_series(DashedLineSeries::new(
-            [(ms(at), 0.0), (ms(at), max_tasks)],
-            4,
-            4,
-            grey.stroke_width(1),
-        ))?;
-    }
-    let blue = RGBColor(0x1f, 0x77, 0xb4);
-    let red = RGBColor(0xd6, 0x27, 0x28);
-    chart
-        .draw_series(LineSeries::new(
-            t.samples.iter().map(|s| (ms(s.at_us), s.tasks as f64)),
-            blue.stroke_width(2),
-        ))?
-        .label("tasks")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], blue.stroke_width(2)));
-    chart
-        .draw_secondary_series(LineSeries::new(
-            t.samples.iter().map(|s| (ms(s.at_us), mb(s.heap_bytes))),
-            red.stroke_width(2),
-        ))?
-        .label("heap MB")
-        .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], red.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(grey)
-        .label_font(("sans-serif", 11))
-        .draw()?;
-    Ok(())
 }
 
 /// `1234567.8` as `1,234,568`.
@@ -823,8 +667,7 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         assert_eq!(json["results"][1]["order_violations"], 0);
         assert_eq!(json["results"][0]["level"], "low");
-        let mut svg = String::new();
-        report.draw(&mut svg).unwrap();
+        let svg = report.svg().unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     }
 }

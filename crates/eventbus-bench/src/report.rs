@@ -3,10 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::coord::ranged1d::SegmentValue;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
-
+use crate::charts::{self, Axis, Bar};
 use crate::cost::{Cost, TARGET_ALLOCATIONS, TARGET_INSTRUCTIONS};
 use crate::hol::{Design, Hol};
 use crate::stats::{Comparison, Rate, Ratio, Samples, si};
@@ -263,18 +260,12 @@ impl Results {
     }
 
     /// Writes `ratios.svg` and `hol.svg` into `dir`.
-    pub fn write_svgs(&self, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-        std::fs::create_dir_all(dir)?;
+    pub fn write_svgs(&self, dir: &Path) -> Result<(), charts::Error> {
         let ratios: Vec<_> = self
             .comparisons
             .iter()
             .map(|(c, _)| {
-                (
-                    c.label.clone(),
-                    c.ratios.median(),
-                    c.ratios.min(),
-                    c.ratios.max(),
-                )
+                Bar::new(c.label.clone(), c.ratios.median()).spread(c.ratios.min(), c.ratios.max())
             })
             .collect();
         bars(
@@ -287,19 +278,16 @@ impl Results {
             let data: Vec<_> = rows
                 .iter()
                 .map(|r| {
-                    (
-                        format!(
-                            "{}{}",
-                            match r.design {
-                                Design::Dispatcher => "dispatcher",
-                                Design::Lanes => "256 lanes",
-                            },
-                            if r.stalled { ", stall" } else { "" }
-                        ),
-                        r.throughput.median(),
-                        r.throughput.min(),
-                        r.throughput.max(),
-                    )
+                    let label = format!(
+                        "{}{}",
+                        match r.design {
+                            Design::Dispatcher => "dispatcher",
+                            Design::Lanes => "256 lanes",
+                        },
+                        if r.stalled { ", stall" } else { "" }
+                    );
+                    Bar::new(label, r.throughput.median())
+                        .spread(r.throughput.min(), r.throughput.max())
                 })
                 .collect();
             bars(
@@ -348,68 +336,15 @@ fn micros(us: f64) -> String {
     }
 }
 
-/// Vertical bars (label, median, min, max) with a min–max whisker each.
+/// A chart of `data` (a bar per median, a whisker per min–max) at `path`, 120 pixels a bar.
 fn bars(
     path: &Path,
     title: &str,
-    data: &[(String, f64, f64, f64)],
+    data: &[Bar],
     fmt: fn(f64) -> String,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), charts::Error> {
     let width = (120 * data.len() as u32).max(480);
-    let root = SVGBackend::new(path, (width, 360)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let top = data.iter().map(|d| d.3).fold(0.0, f64::max).max(1e-9) * 1.2;
-    let n = data.len().max(1) as i32;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0.0..top)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(data.len())
-        .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => data
-                .get(*i as usize)
-                .map(|d| d.0.clone())
-                .unwrap_or_default(),
-            SegmentValue::Last => String::new(),
-        })
-        .x_label_style(("sans-serif", 11))
-        .y_label_formatter(&|v| fmt(*v))
-        .draw()?;
-    let colour = RGBColor(0x1f, 0x77, 0xb4);
-    chart.draw_series(data.iter().enumerate().map(|(i, d)| {
-        let mut bar = Rectangle::new(
-            [
-                (SegmentValue::Exact(i as i32), 0.0),
-                (SegmentValue::Exact(i as i32 + 1), d.1),
-            ],
-            colour.mix(0.8).filled(),
-        );
-        bar.set_margin(0, 0, 12, 12);
-        bar
-    }))?;
-    chart.draw_series(data.iter().enumerate().map(|(i, d)| {
-        PathElement::new(
-            vec![
-                (SegmentValue::CenterOf(i as i32), d.2),
-                (SegmentValue::CenterOf(i as i32), d.3),
-            ],
-            BLACK.stroke_width(2),
-        )
-    }))?;
-    let label =
-        TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
-    chart.draw_series(data.iter().enumerate().map(|(i, d)| {
-        Text::new(
-            fmt(d.1),
-            (SegmentValue::CenterOf(i as i32), d.3.max(d.1) + top * 0.02),
-            label.clone(),
-        )
-    }))?;
-    root.present()?;
-    Ok(())
+    charts::write(path, (width, 360), |root| {
+        charts::bars(root, title, data, Axis::Linear, fmt)
+    })
 }
