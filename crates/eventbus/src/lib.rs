@@ -26,6 +26,10 @@
 //!
 //! Transports are picked by cargo feature: `memory` (default), `nats`, `kafka`.
 //!
+//! Examples to copy are in this crate's `examples/`: `quickstart` (the memory bus), `nats`,
+//! `kafka`, `typed_events` (an [`Event`] type and a tower stack around its handler) and
+//! `health` (a readiness endpoint over [`EventBus::health`]).
+//!
 //! The crate root holds what services use; [`transport`] holds what only a transport's author
 //! needs (the traits a transport implements, the dispatcher it feeds).
 #![warn(missing_docs)]
