@@ -23,8 +23,6 @@ use std::any::Any;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use eventbus_core::{EventBus, Transport};
-use eventbus_memory::MemoryTransport;
 use eventbus_testkit::conformance::{CHECKS, Check, Harness, PENDING, RUN_ALONE, Scale};
 
 eventbus_testkit::install_heap_counter!();
@@ -67,17 +65,6 @@ fn parse() -> Option<Args> {
         }
     }
     Some(args)
-}
-
-fn memory_harness(scale: Scale, timeout: Duration) -> Harness {
-    let broker = MemoryTransport::new();
-    let capabilities = broker.capabilities();
-    Harness::new("memory", capabilities, move |options| {
-        let connection = broker.connect();
-        async move { EventBus::builder(connection).options(options).build() }
-    })
-    .with_scale(scale)
-    .with_timeout(timeout)
 }
 
 /// How one run of one check went.
@@ -159,102 +146,16 @@ fn millis(d: Duration) -> String {
     }
 }
 
+/// A harness of `transport`, as the transport's own tests build it (its `testing` module):
+/// for NATS and Kafka, the one on a private broker that it can kill and restart, so every check
+/// (and every copy under `--stress`) has a broker of its own.
 fn harness(transport: &str, scale: Scale, timeout: Duration) -> Harness {
-    match transport {
-        "nats" => nats_harness(scale, timeout),
-        "kafka" => kafka_harness(scale, timeout),
-        _ => memory_harness(scale, timeout),
-    }
-}
-
-/// A private nats-server per harness (so `reconnect` can kill and restart it), with a short ack
-/// wait so messages left unacked at a close come back in seconds.
-fn nats_harness(scale: Scale, timeout: Duration) -> Harness {
-    use std::sync::{Arc, Mutex};
-
-    use eventbus_nats::{ConsumerOptions, NatsConfig, NatsTransport};
-    use eventbus_testkit::brokers::ServerProcess;
-
-    let server = ServerProcess::nats(&[])
-        .unwrap_or_else(|e| panic!("cannot start a private nats-server: {e}"));
-    let url = format!("nats://127.0.0.1:{}", server.port());
-    let server = Arc::new(Mutex::new(server));
-    let capabilities = NatsTransport::CAPABILITIES;
-    let keep = Arc::clone(&server);
-    Harness::new("nats", capabilities, move |options| {
-        let url = url.clone();
-        let _alive = Arc::clone(&keep);
-        async move {
-            let config = NatsConfig::new(url)
-                .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(3)));
-            let transport = NatsTransport::connect(config)
-                .await
-                .unwrap_or_else(|e| panic!("connect to the private nats-server: {e}"));
-            EventBus::builder(transport).options(options).build()
-        }
-    })
-    .with_restart(move || {
-        let server = Arc::clone(&server);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                server.lock().unwrap_or_else(|e| e.into_inner()).restart()
-            })
-            .await
-            .map_err(|e| eventbus_core::Error::transport("nats", e))?
-            .map_err(|e| eventbus_core::Error::transport("nats", e))
-        }
-    })
-    .with_scale(scale)
-    .with_timeout(timeout)
-}
-
-/// A private Apache Kafka per harness (`reconnect` kills and restarts it), with
-/// short group timeouts and frequent commits, as the Kafka crate's own tests use.
-fn kafka_harness(scale: Scale, timeout: Duration) -> Harness {
-    use std::sync::{Arc, Mutex};
-
-    use eventbus_kafka::{ConsumerOptions, KafkaConfig, KafkaTransport};
-    use eventbus_testkit::brokers::ServerProcess;
-
-    let broker = ServerProcess::kafka()
-        .unwrap_or_else(|e| panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}"));
-    let brokers = format!("127.0.0.1:{}", broker.port());
-    let broker = Arc::new(Mutex::new(broker));
-    let capabilities = KafkaTransport::CAPABILITIES;
-    let keep = Arc::clone(&broker);
-    Harness::new("kafka", capabilities, move |options| {
-        let brokers = brokers.clone();
-        let _alive = Arc::clone(&keep);
-        async move {
-            let config = KafkaConfig::new(brokers)
-                .consumer(
-                    ConsumerOptions::default()
-                        .session_timeout(Duration::from_secs(6))
-                        .heartbeat_interval(Duration::from_millis(500))
-                        .commit_interval(Duration::from_millis(50))
-                        .revoke_timeout(Duration::from_secs(30)),
-                )
-                .set("reconnect.backoff.ms", "50")
-                .set("reconnect.backoff.max.ms", "500");
-            let transport = KafkaTransport::connect(config)
-                .await
-                .unwrap_or_else(|e| panic!("connect to the private Kafka: {e}"));
-            EventBus::builder(transport).options(options).build()
-        }
-    })
-    .with_restart(move || {
-        let broker = Arc::clone(&broker);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                broker.lock().unwrap_or_else(|e| e.into_inner()).restart()
-            })
-            .await
-            .map_err(|e| eventbus_core::Error::transport("kafka", e))?
-            .map_err(|e| eventbus_core::Error::transport("kafka", e))
-        }
-    })
-    .with_scale(scale)
-    .with_timeout(timeout)
+    let harness = match transport {
+        "nats" => eventbus_nats::testing::private_harness(),
+        "kafka" => eventbus_kafka::testing::private_harness(),
+        _ => eventbus_memory::testing::harness(),
+    };
+    harness.with_scale(scale).with_timeout(timeout)
 }
 
 /// Runs the suite `copies` times over `transport`; `results[check][copy]`.
