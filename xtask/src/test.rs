@@ -74,6 +74,26 @@ fn run_tests() -> Result<(), String> {
         ])?;
     }
     cargo(&["test", "--workspace", "--all-features", "--doc"])?;
+    // The examples a user copies must run, not only compile (the memory ones need no broker;
+    // the NATS and Kafka ones use the shared brokers started above).
+    for (example, features) in [
+        ("quickstart", "memory"),
+        ("typed_events", "memory"),
+        ("health", "memory"),
+        ("nats", "nats"),
+        ("kafka", "kafka"),
+    ] {
+        cargo(&[
+            "run",
+            "--quiet",
+            "-p",
+            "eventbus",
+            "--features",
+            features,
+            "--example",
+            example,
+        ])?;
+    }
     // The suite's own runner, as users run it: every transport in one process, so a check
     // that leaks process-wide state into the next one fails here (nextest runs each test in a
     // process of its own and cannot see it).
