@@ -98,6 +98,8 @@ pub struct Health {
     pub subscriptions: Vec<SubscriptionHealth>,
     /// The dispatcher's counters.
     pub dispatcher: DispatcherStats,
+    /// Messages published to a dead-letter topic (and then acked) since the bus started.
+    pub dead_lettered: u64,
 }
 
 impl Health {

@@ -457,7 +457,7 @@ async fn metrics_count_what_happened() {
     for _ in 0..4 {
         within("handled", done.recv()).await;
     }
-    eventually("the letter", || bus.stats().dead_lettered == 1).await;
+    eventually("the letter", || bus.dead_lettered() == 1).await;
     // A backlog sample sets the gauges: a held message on another topic makes that sample
     // report a crossing, so the test knows when it happened.
     let gate = Arc::new(Gate::default());

@@ -2,6 +2,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures::stream::FuturesUnordered;
@@ -69,7 +70,6 @@ pub(crate) async fn pump<S, A>(
                             ack,
                             outcome,
                             room,
-                            dispatcher.clone(),
                             Arc::clone(&subscribed),
                         )));
                         continue;
@@ -175,7 +175,6 @@ async fn send_dead_letter<A: Acknowledge>(
     ack: A,
     outcome: Outcome,
     room: Reservation,
-    dispatcher: Dispatcher,
     subscribed: Arc<Subscribed>,
 ) -> Result<()> {
     let topic = letter.topic().to_owned();
@@ -186,8 +185,8 @@ async fn send_dead_letter<A: Acknowledge>(
     let published = outlet.publish(letter).await;
     let settle_as = match &published {
         Ok(()) => {
-            dispatcher.count_dead_lettered();
-            subscribed.route.metrics.dead_lettered.increment(1);
+            outlet.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            subscribed.dead_lettered.increment(1);
             Outcome::Handled { attempts }
         }
         Err(error) => {

@@ -112,6 +112,14 @@ impl EventBus {
     pub fn stats(&self) -> DispatcherStats {
         self.inner.dispatcher.stats()
     }
+    /// Messages published to a dead-letter topic (and then acked) since the bus started.
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner
+            .outlet
+            .stats
+            .dead_lettered
+            .load(Ordering::Relaxed)
+    }
 
     fn check_open(&self) -> Result<()> {
         if self.inner.closing.is_cancelled() {
@@ -295,6 +303,7 @@ impl EventBus {
             closed: self.is_closed(),
             subscriptions,
             dispatcher: self.stats(),
+            dead_lettered: self.dead_lettered(),
         }
     }
 

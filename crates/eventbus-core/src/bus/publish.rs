@@ -33,6 +33,8 @@ pub(crate) struct PublishStats {
     pub(crate) queued: AtomicUsize,
     /// The slowest publish since the monitor last looked, in microseconds.
     pub(crate) slowest_us: AtomicU64,
+    /// Letters published to dead-letter topics (their originals then acked).
+    pub(crate) dead_lettered: AtomicU64,
     /// Per-topic metric handles, registered on first use.
     metrics: RwLock<HashMap<String, Arc<PublishMetrics>, foldhash::fast::RandomState>>,
 }

@@ -12,12 +12,19 @@ use crate::dispatch::Route;
 pub(super) struct Subscribed {
     pub(super) route: Arc<Route>,
     pub(super) dead_letter: Option<Arc<str>>,
+    /// `eventbus_dead_lettered_total` of this subscription.
+    pub(super) dead_lettered: metrics::Counter,
     last_error: Mutex<Option<(SystemTime, String)>>,
 }
 
 impl Subscribed {
     pub(super) fn new(route: Arc<Route>, dead_letter: Option<String>) -> Self {
+        let labels = [
+            ("topic", route.topic().to_owned()),
+            ("group", route.group().to_owned()),
+        ];
         Subscribed {
+            dead_lettered: metrics::counter!(crate::telemetry::names::DEAD_LETTERED, &labels),
             route,
             dead_letter: dead_letter.map(Arc::from),
             last_error: Mutex::new(None),

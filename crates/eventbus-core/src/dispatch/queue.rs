@@ -121,7 +121,6 @@ pub(super) struct Shared {
     retried: AtomicU64,
     panicked: AtomicU64,
     cancelled: AtomicU64,
-    pub(super) dead_lettered: AtomicU64,
 }
 
 impl Shared {
@@ -144,7 +143,6 @@ impl Shared {
             retried: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
         }
     }
 
@@ -442,7 +440,6 @@ impl Shared {
             retried: self.retried.load(Ordering::Relaxed),
             panicked: self.panicked.load(Ordering::Relaxed),
             cancelled: self.cancelled.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
         }
     }
 }

@@ -167,13 +167,6 @@ impl Dispatcher {
         self.reserved = None;
     }
 
-    /// Counts a message published to a dead-letter topic.
-    pub(crate) fn count_dead_lettered(&self) {
-        self.shared
-            .dead_lettered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
     /// Current counters.
     pub fn stats(&self) -> DispatcherStats {
         // Every admitted job and every reservation made by `poll_ready` holds one slot.

@@ -26,6 +26,4 @@ pub struct DispatcherStats {
     pub panicked: u64,
     /// Messages cancelled by a closing subscription or bus.
     pub cancelled: u64,
-    /// Messages published to a dead-letter topic (and then acked).
-    pub dead_lettered: u64,
 }
