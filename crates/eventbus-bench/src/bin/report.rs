@@ -10,21 +10,13 @@
 
 use std::time::Duration;
 
+use eventbus_bench::arg;
 use eventbus_bench::scenario::{self, Load, Report, Shape};
 use eventbus_core::EventBus;
 use eventbus_memory::MemoryTransport;
 use eventbus_testkit::leak::Bytes;
 
 eventbus_testkit::install_heap_counter!();
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let topics = 5;

@@ -8,18 +8,10 @@
 
 use std::time::Duration;
 
+use eventbus_bench::arg;
 use eventbus_bench::scenario::{self, Load, Shape};
 use eventbus_core::EventBus;
 use eventbus_memory::MemoryTransport;
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn median(xs: &[f64]) -> f64 {
     let mut xs = xs.to_vec();

@@ -20,7 +20,7 @@
 //! shapes only), one bucket of a fixed-size latency [`Histogram`]. Everything the harness
 //! records into is allocated before the start snapshot, so heap figures are the bus's.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,15 @@ use eventbus_core::{BoxError, Delivery, DispatcherStats, Envelope, EventBus, Mes
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 
-use eventbus_testkit::leak::{Snapshot, Usage};
+use eventbus_testkit::leak::Usage;
 use eventbus_testkit::order::VersionTracker;
+
+mod histogram;
+mod timeline;
+
+pub use histogram::{Histogram, Latency};
+pub use timeline::{Sample, Timeline};
+use timeline::{Sampler, Sampling};
 
 /// Bytes of the send timestamp at the start of every payload.
 pub const STAMP_LEN: usize = 8;
@@ -181,129 +188,6 @@ fn decode(shape: Shape, message: &Message) -> Result<Decoded, BoxError> {
     }
 }
 
-/// Sub-buckets per power of two in a [`Histogram`] (as bits): values are kept within 1/64.
-const SUB_BITS: u32 = 6;
-const SUB: usize = 1 << SUB_BITS;
-const BUCKETS: usize = (64 - SUB_BITS as usize + 1) * SUB;
-
-/// A latency histogram of fixed size (about 30 KB, whatever it records): log-linear buckets,
-/// 64 per power of two, so a quantile is off by at most 1/128 of its value; recording is two
-/// relaxed atomic additions, from any number of threads.
-pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
-    sum_ns: AtomicU64,
-}
-
-impl std::fmt::Debug for Histogram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Histogram")
-            .field("summary", &self.summary())
-            .finish()
-    }
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Histogram {
-    /// An empty histogram.
-    pub fn new() -> Self {
-        Histogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            sum_ns: AtomicU64::new(0),
-        }
-    }
-
-    fn bucket(ns: u64) -> usize {
-        if ns < SUB as u64 {
-            return ns as usize;
-        }
-        let shift = 63 - ns.leading_zeros() - SUB_BITS;
-        (shift as usize + 1) * SUB + ((ns >> shift) as usize & (SUB - 1))
-    }
-
-    /// The middle of bucket `b`.
-    fn value(b: usize) -> u64 {
-        if b < SUB {
-            return b as u64;
-        }
-        let shift = (b / SUB - 1) as u32;
-        (((SUB + b % SUB) as u64) << shift) + ((1u64 << shift) >> 1)
-    }
-
-    /// Records one latency, in nanoseconds.
-    pub fn record_ns(&self, ns: u64) {
-        self.buckets[Self::bucket(ns)].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-    }
-
-    /// Records one latency.
-    pub fn record(&self, latency: Duration) {
-        self.record_ns(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
-    }
-
-    /// Adds everything `other` recorded.
-    pub fn merge(&self, other: &Histogram) {
-        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
-            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-        self.sum_ns
-            .fetch_add(other.sum_ns.load(Ordering::Relaxed), Ordering::Relaxed);
-    }
-
-    /// Values recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The value at quantile `q` (0..=1), or zero when nothing was recorded.
-    pub fn quantile(&self, q: f64) -> Duration {
-        let count = self.count();
-        if count == 0 {
-            return Duration::ZERO;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).clamp(1, count);
-        let mut seen = 0;
-        for (b, n) in self.buckets.iter().enumerate() {
-            seen += n.load(Ordering::Relaxed);
-            if seen >= rank {
-                return Duration::from_nanos(Self::value(b));
-            }
-        }
-        Duration::ZERO
-    }
-
-    /// Count, mean, median, 99th percentile and maximum.
-    pub fn summary(&self) -> Latency {
-        let count = self.count();
-        Latency {
-            count,
-            mean: Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed) / count.max(1)),
-            p50: self.quantile(0.5),
-            p99: self.quantile(0.99),
-            max: self.quantile(1.0),
-        }
-    }
-}
-
-/// A summary of a [`Histogram`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Latency {
-    /// Values recorded.
-    pub count: u64,
-    /// Their mean (exact).
-    pub mean: Duration,
-    /// Median.
-    pub p50: Duration,
-    /// 99th percentile.
-    pub p99: Duration,
-    /// Largest value.
-    pub max: Duration,
-}
-
 /// One bit per message of the load: which arrived, how many twice.
 struct Seen {
     bits: Box<[AtomicU64]>,
@@ -393,193 +277,6 @@ impl Recorder {
     }
     fn finished_at(&self) -> Option<Instant> {
         *lock(&self.finished_at)
-    }
-}
-
-/// Tasks, threads and heap at one moment of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Sample {
-    /// Microseconds since the start snapshot.
-    pub at_us: u64,
-    /// Alive tokio tasks.
-    pub tasks: usize,
-    /// OS threads.
-    pub threads: usize,
-    /// Live heap bytes (0 without the counting allocator).
-    pub heap_bytes: usize,
-}
-
-/// Samples over a run (every millisecond, by a thread of its own; thinned out to at most
-/// 1,024 by dropping every other one when full) and when its phases began, in microseconds
-/// since the start snapshot.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Timeline {
-    /// The samples, oldest first; the first is the start snapshot, the last the after-close one.
-    pub samples: Vec<Sample>,
-    /// Subscriptions made, publishing starts.
-    pub publishing_us: u64,
-    /// Last receipt (or the deadline).
-    pub received_us: u64,
-    /// Closing starts.
-    pub closing_us: u64,
-    /// Closed.
-    pub closed_us: u64,
-}
-
-const MAX_SAMPLES: usize = 1024;
-const SAMPLE_EVERY: Duration = Duration::from_millis(1);
-
-/// Usage and timeline of a run.
-struct Sampler {
-    origin: Instant,
-    usage: Usage,
-    timeline: Timeline,
-    /// Keep one sample in `stride`.
-    stride: u64,
-    ticks: u64,
-}
-
-impl Sampler {
-    /// Allocates the timeline, then takes the start snapshot.
-    fn begin() -> Self {
-        let mut timeline = Timeline {
-            samples: Vec::with_capacity(MAX_SAMPLES),
-            ..Timeline::default()
-        };
-        let origin = Instant::now();
-        let usage = Usage::begin();
-        timeline.samples.push(Self::point(origin, usage.start));
-        Sampler {
-            origin,
-            usage,
-            timeline,
-            stride: 1,
-            ticks: 0,
-        }
-    }
-
-    fn point(origin: Instant, s: Snapshot) -> Sample {
-        Sample {
-            at_us: origin.elapsed().as_micros() as u64,
-            tasks: s.tasks,
-            threads: s.threads,
-            heap_bytes: s.heap_bytes,
-        }
-    }
-
-    fn now_us(&self) -> u64 {
-        self.origin.elapsed().as_micros() as u64
-    }
-
-    fn push(&mut self, s: Snapshot) {
-        if self.timeline.samples.len() == MAX_SAMPLES {
-            // Keep the first (the start) and every other one after it.
-            let mut i = 0;
-            self.timeline.samples.retain(|_| {
-                i += 1;
-                i % 2 == 1
-            });
-            self.stride *= 2;
-        }
-        self.timeline.samples.push(Self::point(self.origin, s));
-    }
-
-    /// A periodic sample: always counts toward the peak, kept in the timeline one in `stride`.
-    fn tick(&mut self, s: Snapshot) {
-        self.usage.peak = self.usage.peak.max(s);
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(self.stride) {
-            self.push(s);
-        }
-    }
-
-    /// The after-close snapshot.
-    async fn finish(&mut self) {
-        self.usage.finish().await;
-        self.push(self.usage.after_close);
-        self.timeline.closed_us = self.now_us();
-    }
-}
-
-/// A [`Sampler`] sampling on a thread of its own, so a busy runtime cannot starve it: the
-/// runtime's timers are not polled while its workers are busy. Its thread counts in the peak
-/// thread figure and is gone before the after-close snapshot.
-struct Sampling {
-    shared: Arc<(Mutex<Sampler>, AtomicBool)>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Sampling {
-    /// Starts sampling the current runtime; prints `label`'s progress every `load.progress`.
-    fn start(sampler: Sampler, label: &str, recorder: &Arc<Recorder>) -> Self {
-        let shared = Arc::new((Mutex::new(sampler), AtomicBool::new(false)));
-        let handle = tokio::runtime::Handle::current();
-        let (state, label, recorder) =
-            (Arc::clone(&shared), label.to_owned(), Arc::clone(recorder));
-        let thread = std::thread::Builder::new()
-            .name("load-sampler".into())
-            .spawn(move || {
-                // Snapshots read the task count of the runtime entered.
-                let _runtime = handle.enter();
-                let (sampler, stop) = &*state;
-                let load = recorder.load;
-                let origin = lock(sampler).origin;
-                let mut next_report = load.progress.map(|every| origin + every);
-                while !stop.load(Ordering::Acquire) {
-                    std::thread::sleep(SAMPLE_EVERY);
-                    let s = Snapshot::take();
-                    lock(sampler).tick(s);
-                    if let (Some(at), Some(every)) = (next_report, load.progress)
-                        && Instant::now() >= at
-                    {
-                        eprintln!(
-                            "  {label}: {} / {} received, {} duplicates, {:.1} s",
-                            recorder.distinct(),
-                            load.messages(),
-                            recorder.duplicates(),
-                            origin.elapsed().as_secs_f64()
-                        );
-                        next_report = Some(at + every);
-                    }
-                }
-            })
-            .unwrap_or_else(|e| panic!("cannot start the sampler thread: {e}"));
-        Sampling { shared, thread }
-    }
-
-    /// A sample at the start of a phase (always kept), and when the phase started.
-    fn mark(&self, phase: fn(&mut Timeline) -> &mut u64) {
-        let s = Snapshot::take();
-        let mut sampler = lock(&self.shared.0);
-        sampler.usage.peak = sampler.usage.peak.max(s);
-        sampler.push(s);
-        *phase(&mut sampler.timeline) = sampler.now_us();
-    }
-
-    /// Stops and joins the thread; returns the sampler.
-    fn stop(self) -> Sampler {
-        self.shared.1.store(true, Ordering::Release);
-        if self.thread.join().is_err() {
-            panic!("the sampler thread panicked");
-        }
-        let taken = Sampler {
-            origin: Instant::now(),
-            usage: Usage::default(),
-            timeline: Timeline::default(),
-            stride: 1,
-            ticks: 0,
-        };
-        std::mem::replace(&mut *lock(&self.shared.0), taken)
-    }
-
-    /// Waits for the last receipt (or the deadline).
-    async fn wait(&self, recorder: &Recorder) -> Option<Instant> {
-        tokio::select! {
-            () = recorder.done.notified() => {}
-            () = tokio::time::sleep(recorder.load.deadline) => {}
-        }
-        self.mark(|t| &mut t.received_us);
-        recorder.finished_at()
     }
 }
 
@@ -868,47 +565,6 @@ pub async fn run_raw_mpsc(label: &str, load: Load) -> Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_round_trip_within_resolution() {
-        for v in [
-            0u64,
-            1,
-            63,
-            64,
-            65,
-            127,
-            128,
-            1_000,
-            123_456,
-            10_000_000_000,
-            u64::MAX,
-        ] {
-            let mid = Histogram::value(Histogram::bucket(v));
-            let err = mid.abs_diff(v) as f64 / v.max(1) as f64;
-            assert!(err <= 1.0 / 64.0, "{v} -> {mid}");
-            assert!(Histogram::bucket(v) < BUCKETS);
-        }
-    }
-
-    #[test]
-    fn histogram_quantiles() {
-        let h = Histogram::new();
-        for us in 1..=1000u64 {
-            h.record(Duration::from_micros(us));
-        }
-        let s = h.summary();
-        assert_eq!(s.count, 1000);
-        let near = |d: Duration, us: f64| (d.as_secs_f64() * 1e6 - us).abs() / us < 0.02;
-        assert!(near(s.p50, 500.0), "{s:?}");
-        assert!(near(s.p99, 990.0), "{s:?}");
-        assert!(near(s.max, 1000.0), "{s:?}");
-        assert!(near(s.mean, 500.5), "{s:?}");
-        let other = Histogram::new();
-        other.merge(&h);
-        assert_eq!(other.summary(), s);
-        assert_eq!(Histogram::new().summary(), Latency::default());
-    }
 
     #[test]
     fn seen_counts_duplicates() {
