@@ -135,7 +135,10 @@ impl ConsumerOptions {
 /// a system librdkafka); without them librdkafka refuses the setting and
 /// [`KafkaTransport::connect`](crate::KafkaTransport::connect) fails with
 /// [`KafkaError::Config`](crate::KafkaError::Config).
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output shows every setting but the secrets' values (passwords, private keys,
+/// OAuth secrets), which it prints as `<redacted>`.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `127.0.0.1:9092`.
@@ -164,6 +167,54 @@ pub struct KafkaConfig {
     /// `delivery.timeout.ms`: how long the producer keeps retrying a message before its publish
     /// fails (default 30 s).
     pub delivery_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client", &Redacted(&self.client))
+            .field("producer", &Redacted(&self.producer))
+            .field("consumer_settings", &Redacted(&self.consumer_settings))
+            .field("provision", &self.provision)
+            .field("topic_defaults", &self.topic_defaults)
+            .field("topics", &self.topics)
+            .field("consumer", &self.consumer)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .finish()
+    }
+}
+
+/// Raw librdkafka settings as `Debug` shows them: a secret's value (a password, a private key,
+/// an OAuth client secret or configuration) is `<redacted>`, so no credential reaches a log
+/// line.
+struct Redacted<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(name, value)| {
+                let shown = if is_secret(name) {
+                    "<redacted>"
+                } else {
+                    value.as_str()
+                };
+                (name, shown)
+            }))
+            .finish()
+    }
+}
+
+/// Whether a librdkafka setting holds a secret (its value must not be printed).
+fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("password")
+        || name.contains("secret")
+        || name == "ssl.key.pem"
+        || name == "sasl.oauthbearer.config"
+        || name == "sasl.jaas.config"
 }
 
 impl KafkaConfig {
@@ -244,5 +295,33 @@ impl KafkaConfig {
     /// bus group names cannot hold a dot.
     pub fn group_id(&self, topic: &str, group: &str) -> String {
         format!("{group}.{topic}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let config = KafkaConfig::new("127.0.0.1:9092")
+            .set("security.protocol", "SASL_SSL")
+            .set("sasl.username", "alice")
+            .set("sasl.password", "s3cret")
+            .set("ssl.key.password", "k3y-pass")
+            .set("sasl.oauthbearer.client.secret", "0auth")
+            .set_consumer("sasl.password", "s3cret");
+        let debug = format!("{config:?}");
+        for secret in ["s3cret", "k3y-pass", "0auth"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(
+            debug.contains("alice") && debug.contains("SASL_SSL"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("\"sasl.password\": \"<redacted>\""),
+            "{debug}"
+        );
     }
 }

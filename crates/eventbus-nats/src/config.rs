@@ -197,7 +197,12 @@ impl ConsumerOptions {
 }
 
 /// Options of a [`NatsTransport`](crate::NatsTransport).
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output (and every error and log line naming the server) shows the address
+/// without the credentials a URL may carry (`nats://user:password@host` or
+/// `nats://token@host` become `nats://<redacted>@host`); async-nats's own options print no
+/// credential either.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
     /// Server address(es), e.g. `nats://127.0.0.1:4222`.
@@ -221,6 +226,39 @@ pub struct NatsConfig {
     pub subject_prefix: Option<String>,
     /// Most messages one pull asks for (default 256; at most half what the bus can buffer).
     pub fetch_batch: usize,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("connect", &self.connect)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("provision", &self.provision)
+            .field("stream", &self.stream)
+            .field("topics", &self.topics)
+            .field("consumer", &self.consumer)
+            .field("stream_prefix", &self.stream_prefix)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("fetch_batch", &self.fetch_batch)
+            .finish()
+    }
+}
+
+/// `url` (one or several, comma-separated) without the user information of each address:
+/// a password or token must not reach a log line, an error or `Debug` output.
+pub(crate) fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let rest_at = one.find("://").map_or(0, |i| i + 3);
+            let host_end = one[rest_at..].find('/').map_or(one.len(), |i| rest_at + i);
+            match one[rest_at..host_end].rfind('@') {
+                Some(at) => format!("{}<redacted>{}", &one[..rest_at], &one[rest_at + at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl NatsConfig {
@@ -329,5 +367,23 @@ mod tests {
         assert_eq!(c.stream_name("orders.created"), "EB_orders_Dcreated");
         assert_eq!(c.subject("orders.created"), "orders.created");
         assert_eq!(c.clone().subject_prefix("app").subject("t"), "app.t");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redacted_url("nats://user:s3cret@host:4222"),
+            "nats://<redacted>@host:4222"
+        );
+        assert_eq!(redacted_url("nats://t0ken@host"), "nats://<redacted>@host");
+        assert_eq!(
+            redacted_url("tls://a:b@h1:4222,nats://h2:4222"),
+            "tls://<redacted>@h1:4222,nats://h2:4222"
+        );
+        assert_eq!(redacted_url("127.0.0.1:4222"), "127.0.0.1:4222");
+        assert_eq!(redacted_url("u:p@host"), "<redacted>@host");
+        let debug = format!("{:?}", NatsConfig::new("nats://user:s3cret@host:4222"));
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("<redacted>@host:4222"), "{debug}");
     }
 }

@@ -140,7 +140,7 @@ struct Inner {
 impl std::fmt::Debug for NatsTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsTransport")
-            .field("url", &self.inner.config.url)
+            .field("url", &config::redacted_url(&self.inner.config.url))
             .field("state", &*self.inner.state.borrow())
             .finish_non_exhaustive()
     }
@@ -208,7 +208,7 @@ impl NatsTransport {
             Ok(Some(Err(source))) => {
                 io.stop().await;
                 return Err(NatsError::Connect {
-                    url: config.url.clone(),
+                    url: config::redacted_url(&config.url),
                     source,
                 }
                 .into());
@@ -216,7 +216,7 @@ impl NatsTransport {
             _ => {
                 io.stop().await;
                 return Err(NatsError::ConnectTimeout {
-                    url: config.url.clone(),
+                    url: config::redacted_url(&config.url),
                     after: timeout,
                 }
                 .into());

@@ -659,3 +659,16 @@ async fn a_delivery_and_a_read_back_agree_on_the_store_time() {
     bus.close().await.unwrap();
     let _ = js.delete_stream(config.stream_name(&topic)).await;
 }
+
+/// A password in the server's URL appears in no error and no `Debug` output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_is_never_printed() {
+    // Port 1: nothing listens there, so connecting fails at once.
+    let config =
+        NatsConfig::new("nats://user:s3cret@127.0.0.1:1").connect_timeout(Duration::from_secs(2));
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let err = NatsTransport::connect(config).await.unwrap_err();
+    let shown = format!("{err} / {err:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("<redacted>@127.0.0.1:1"), "{shown}");
+}
