@@ -88,11 +88,6 @@ fn target_dir() -> PathBuf {
     from_exe().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-/// NATS server for `--transport nats` (`EVENTBUS_NATS_URL`, default the local one).
-fn nats_url() -> String {
-    std::env::var("EVENTBUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 /// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private Kafka
 /// started for the run (and stopped after it).
 static KAFKA_BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -107,32 +102,19 @@ async fn build(transport: &str) -> EventBus {
             EventBus::builder(t).build()
         }
         "nats" => {
-            let t = NatsTransport::connect(NatsConfig::new(nats_url()))
-                .await
-                .unwrap_or_else(|e| panic!("cannot connect to NATS at {}: {e}", nats_url()));
+            let t = NatsTransport::connect(NatsConfig::new(
+                eventbus_testkit::brokers::shared::nats_url(),
+            ))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to NATS at {}: {e}",
+                    eventbus_testkit::brokers::shared::nats_url()
+                )
+            });
             EventBus::builder(t).build()
         }
         _ => EventBus::builder(MemoryTransport::new()).build(),
-    }
-}
-
-/// Deletes the streams the runs created on the shared server.
-async fn clean_nats() {
-    use futures::StreamExt;
-    let Ok(client) = async_nats::connect(nats_url()).await else {
-        return;
-    };
-    let js = async_nats::jetstream::new(client);
-    let prefix = format!("EB_load-{}-", std::process::id());
-    let mut names = js.stream_names();
-    let mut doomed = Vec::new();
-    while let Some(Ok(name)) = names.next().await {
-        if name.starts_with(&prefix) {
-            doomed.push(name);
-        }
-    }
-    for name in doomed {
-        let _ = js.delete_stream(&name).await;
     }
 }
 
@@ -209,7 +191,8 @@ fn main() -> ExitCode {
             }
         }
         if args.transport == "nats" {
-            clean_nats().await;
+            // The shared server's guard deletes the streams this process made when dropped.
+            drop(eventbus_nats::testing::SharedServer::get());
         }
     });
 
