@@ -19,6 +19,7 @@ pub mod brokers;
 pub mod conformance;
 pub mod leak;
 pub mod order;
+pub mod tls;
 
 /// Sends the `tracing` events of the code under test to the test's captured output (shown
 /// for a failed test), filtered by the `EVENTBUS_LOG` variable, a `tracing` filter such as

@@ -19,7 +19,9 @@ use super::process::run_quietly;
 const CLUSTER_ID: &str = "ZXZlbnRidXMtdGVzdC1rYQ";
 
 /// A single-node broker for tests: replication 1, few partitions for the internal topics, no
-/// wait before the first rebalance of a group.
+/// wait before the first rebalance of a group, and the consumer group protocol's (KIP-848)
+/// session and heartbeat set by the broker as short as the classic groups' the tests ask for
+/// (its defaults, 45 s and 5 s, would make every leave or kill test wait 45 s).
 fn properties(port: u16, controller_port: u16, store: &Path) -> String {
     format!(
         "process.roles=broker,controller
@@ -44,6 +46,10 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
+group.consumer.min.session.timeout.ms=1000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.heartbeat.interval.ms=500
 ",
         store = store.display()
     )
