@@ -35,6 +35,7 @@
 
 pub mod charts;
 pub mod cost;
+pub mod groups;
 pub mod hol;
 pub mod kafka;
 pub mod lanes;

@@ -53,13 +53,52 @@ impl TopicOptions {
     }
 }
 
+/// Which consumer group protocol the consumers speak (`group.protocol`).
+///
+/// Under both, a rebalance moves only the partitions that change owner (incremental), and a
+/// partition's new owner starts only after its old owner's handlers of it finished (up to
+/// [`ConsumerOptions::revoke_timeout`]) and its offsets were committed: per-key order holds
+/// across the hand-over, and a steady group handles each message once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// KIP-848 (`group.protocol=consumer`), generally available from Apache Kafka 4.0: the
+    /// broker computes assignments and moves partitions one member at a time, without a
+    /// group-wide barrier. Session and heartbeat are broker settings
+    /// (`group.consumer.session.timeout.ms`, 45 s by default, and
+    /// `group.consumer.heartbeat.interval.ms`), so [`ConsumerOptions::session_timeout`] and
+    /// [`ConsumerOptions::heartbeat_interval`] are not sent. The default: the README's
+    /// "Kafka group protocols" gives the figures it was chosen on.
+    #[default]
+    Consumer,
+    /// The classic protocol, for brokers before 4.0 (or with the new one turned off): the
+    /// group's leader assigns with the `cooperative-sticky` assignor, so a rebalance revokes
+    /// only the partitions that move (the eager assignors revoke every partition of every
+    /// member and hand them all out again). Another assignor can be set with
+    /// `set_consumer("partition.assignment.strategy", …)`; the eager ones work too.
+    Classic,
+}
+
+impl GroupProtocol {
+    /// The value of librdkafka's `group.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Consumer => "consumer",
+            GroupProtocol::Classic => "classic",
+        }
+    }
+}
+
 /// Settings of the consumer behind each (topic, group).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerOptions {
+    /// The group protocol (default [`GroupProtocol::Consumer`]).
+    pub group_protocol: GroupProtocol,
     /// `session.timeout.ms` (default 10 s): how long the group waits for a silent member.
+    /// Classic protocol only (under KIP-848 the broker sets it).
     pub session_timeout: Duration,
-    /// `heartbeat.interval.ms` (default 1 s).
+    /// `heartbeat.interval.ms` (default 1 s). Classic protocol only.
     pub heartbeat_interval: Duration,
     /// `max.poll.interval.ms` (default 5 min). The transport polls all the time, also while
     /// the bus is full (leaving messages in librdkafka), so only a revoke waiting for handlers
@@ -76,22 +115,36 @@ pub struct ConsumerOptions {
     /// Most messages polled from librdkafka and not yet taken by the bus (default 256, and
     /// never more than the bus's `max_buffered`); past it, messages stay in librdkafka.
     pub prefetch: usize,
+    /// How long `subscribe` waits for the group to give the new member its partitions
+    /// (default 5 s), so that what is published after it returns is not taken by a member
+    /// about to give the partition up. A classic group always answers, with an empty
+    /// assignment if there are more members than partitions; a KIP-848 group says nothing to
+    /// a member it gives no partition, so that one returns after this wait. A broker that is
+    /// down makes it return after this wait too; the member joins once it can.
+    pub join_wait: Duration,
 }
 
 impl Default for ConsumerOptions {
     fn default() -> Self {
         ConsumerOptions {
+            group_protocol: GroupProtocol::default(),
             session_timeout: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(1),
             max_poll_interval: Duration::from_secs(300),
             revoke_timeout: Duration::from_secs(30),
             commit_interval: Duration::from_millis(200),
             prefetch: 256,
+            join_wait: Duration::from_secs(5),
         }
     }
 }
 
 impl ConsumerOptions {
+    /// Sets the group protocol.
+    pub fn group_protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.group_protocol = protocol;
+        self
+    }
     /// Sets the session timeout.
     pub fn session_timeout(mut self, d: Duration) -> Self {
         self.session_timeout = d;
@@ -120,6 +173,11 @@ impl ConsumerOptions {
     /// Sets the prefetch bound.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = n.max(1);
+        self
+    }
+    /// Sets how long `subscribe` waits for the member's first partitions.
+    pub fn join_wait(mut self, d: Duration) -> Self {
+        self.join_wait = d;
         self
     }
 }

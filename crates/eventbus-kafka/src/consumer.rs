@@ -21,7 +21,8 @@ use eventbus_core::transport::{Acknowledge, Incoming, Settle};
 use eventbus_core::{Headers, Key, Message, MessageId, Outcome, Result};
 use futures::Stream;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, base_consumer::PartitionQueue,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
+    base_consumer::PartitionQueue,
 };
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::types::RDKafkaRespErr;
@@ -203,16 +204,21 @@ impl ClientContext for KafkaContext {
 }
 
 impl ConsumerContext for KafkaContext {
-    /// The eager protocol's assign and revoke (the default partition assignment strategies;
-    /// cooperative ones are not supported), with the transport's bookkeeping. An assignment
-    /// starts at the committed offsets read for it, given explicitly, so librdkafka need not
-    /// look them up again.
+    /// Assign and revoke, with the transport's bookkeeping, under whichever protocol the
+    /// group runs: incremental (KIP-848, or the classic protocol with a cooperative assignor)
+    /// adds and removes just the partitions listed; eager replaces the whole assignment. An
+    /// assignment starts at the committed offsets read for it, given explicitly, so
+    /// librdkafka need not look them up again.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        let incremental = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 for (partition, offset) in self.assign(consumer, tpl) {
@@ -222,17 +228,40 @@ impl ConsumerContext for KafkaContext {
                         Offset::Offset(offset),
                     );
                 }
-                if let Err(e) = consumer.assign(tpl) {
+                let assigned = if incremental {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
                     tracing::warn!(topic = %self.shared.topic, error = %e, "assign failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.revoke(consumer, tpl);
-                let _ = consumer.unassign();
+                let unassigned = if incremental {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = unassigned {
+                    tracing::warn!(topic = %self.shared.topic, error = %e, "unassign failed");
+                }
             }
             other => {
+                // librdkafka could not complete the rebalance: give everything up, as a revoke
+                // would (the group assigns again).
                 tracing::warn!(topic = %self.shared.topic, error = ?other, "rebalance error");
-                let _ = consumer.unassign();
+                let mut all = TopicPartitionList::new();
+                for partition in self.shared.assigned_partitions() {
+                    all.add_partition(&self.shared.topic, partition);
+                }
+                self.revoke(consumer, &all);
+                let _ = if incremental {
+                    consumer.incremental_unassign(&all)
+                } else {
+                    consumer.unassign()
+                };
             }
         }
     }
@@ -269,9 +298,11 @@ impl KafkaContext {
             .iter()
             .map(|e| (e.partition(), (None, String::new())))
             .collect();
-        // Kafka assigns a partition anew only once every member has rejoined, that is after
-        // its previous owner's revoke (drain, then a synchronous commit) has returned: the
-        // committed offsets read here are that owner's last.
+        // Kafka gives a partition to a new owner only after its previous owner gave it up,
+        // that is after that owner's revoke (drain, then a synchronous commit) returned: the
+        // eager protocol once every member rejoined, a cooperative assignor in the rebalance
+        // after the one that revoked it, KIP-848 once the old owner's heartbeat reported it
+        // released. The committed offsets read here are that owner's last.
         tracing::debug!(%topic, member = self.shared.member, partitions = ?starts.keys().collect::<Vec<_>>(), "assigned");
         // Owned values only: a list returned by the consumer and still alive when the consumer
         // is dropped makes the drop hang.

@@ -122,7 +122,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::AdminClient;
 use rdkafka::producer::{FutureProducer, Producer as _};
 
-pub use config::{ConsumerOptions, KafkaConfig, Provision, TopicOptions};
+pub use config::{ConsumerOptions, GroupProtocol, KafkaConfig, Provision, TopicOptions};
 pub use consumer::KafkaAck;
 pub use error::KafkaError;
 

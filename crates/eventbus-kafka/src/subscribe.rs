@@ -9,6 +9,7 @@ use eventbus_core::transport::{Started, SubscribeRequest, Subscriber};
 use eventbus_core::{Error, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use crate::config::GroupProtocol;
 use crate::consumer::{self, KafkaContext, KafkaStream, Shared};
 use crate::error::KafkaError;
 use crate::{KafkaTransport, NAME, client_config, drop_blocking, lock, millis};
@@ -40,10 +41,9 @@ impl Subscriber for KafkaTransport {
             ("enable.auto.offset.store".to_owned(), "false".to_owned()),
             ("auto.offset.reset".to_owned(), "earliest".to_owned()),
             ("enable.partition.eof".to_owned(), "false".to_owned()),
-            ("session.timeout.ms".to_owned(), millis(c.session_timeout)),
             (
-                "heartbeat.interval.ms".to_owned(),
-                millis(c.heartbeat_interval),
+                "group.protocol".to_owned(),
+                c.group_protocol.as_str().to_owned(),
             ),
             (
                 "max.poll.interval.ms".to_owned(),
@@ -54,6 +54,20 @@ impl Subscriber for KafkaTransport {
             ("queued.max.messages.kbytes".to_owned(), "4096".to_owned()),
             ("fetch.wait.max.ms".to_owned(), "100".to_owned()),
         ]);
+        if c.group_protocol == GroupProtocol::Classic {
+            // librdkafka refuses these under KIP-848: the broker sets them there.
+            settings.extend([
+                ("session.timeout.ms".to_owned(), millis(c.session_timeout)),
+                (
+                    "heartbeat.interval.ms".to_owned(),
+                    millis(c.heartbeat_interval),
+                ),
+                (
+                    "partition.assignment.strategy".to_owned(),
+                    "cooperative-sticky".to_owned(),
+                ),
+            ]);
+        }
         settings.extend(config.consumer_settings.clone());
         let shared = Shared::new(topic.clone());
         let context = KafkaContext {
@@ -102,14 +116,13 @@ impl Subscriber for KafkaTransport {
             });
         }
         // Joining takes a rebalance; messages published after `subscribe` returns must not
-        // reach a member that is about to be revoked (its handlers would hold up the
-        // rebalance), so wait for the first assignment, bounded: a broker that is down makes
-        // the consumer go on trying in the background.
-        if tokio::time::timeout(config.request_timeout, shared.assigned())
+        // reach a member that is about to give their partition up (its handlers would hold up
+        // the hand-over), so wait for the first assignment, bounded (see `join_wait`).
+        if tokio::time::timeout(c.join_wait, shared.assigned())
             .await
             .is_err()
         {
-            tracing::warn!(%topic, %group, "no partition assignment yet; consuming once the group assigns");
+            tracing::debug!(%topic, %group, "no partition assigned yet; consuming once the group assigns some");
         }
         let stream = KafkaStream::new(rx, shared, stop, request.redelivery_delay());
         Ok(request.start(stream))

@@ -13,7 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use crate::{ConsumerOptions, KafkaConfig, KafkaTransport};
+use crate::{ConsumerOptions, GroupProtocol, KafkaConfig, KafkaTransport};
 
 /// The shared broker (`cargo xtask brokers up`; `EVENTBUS_KAFKA_BROKERS` names another). When
 /// dropped (also when the test fails) it deletes the topics and groups whose names this
@@ -117,7 +117,7 @@ impl PrivateBroker {
 }
 
 /// Settings that keep tests quick: short group timeouts (a member that left without a word
-/// is noticed in seconds), fast redelivery of failed messages, frequent commits. The revoke
+/// is noticed in seconds; under KIP-848 the test brokers set the same), fast redelivery of failed messages, frequent commits. The revoke
 /// wait stays long: with 50 subscriptions on one bus (`concurrent_subscribe`), handlers of a
 /// revoked partition were seen to need more than 5 s, and a shorter wait hands their
 /// messages to the next owner again.
@@ -144,8 +144,20 @@ pub fn config(brokers: &str) -> KafkaConfig {
         .set("reconnect.backoff.max.ms", "500")
 }
 
+/// [`config`] with the consumers on `protocol`.
+pub fn config_with(brokers: &str, protocol: GroupProtocol) -> KafkaConfig {
+    let config = config(brokers);
+    let consumer = config.consumer.clone().group_protocol(protocol);
+    config.consumer(consumer)
+}
+
 /// Buses on `brokers`; `keep` lives as long as the harness.
-fn harness_on<K>(brokers: String, capabilities: Capabilities, keep: Arc<K>) -> Harness
+fn harness_on<K>(
+    brokers: String,
+    protocol: GroupProtocol,
+    capabilities: Capabilities,
+    keep: Arc<K>,
+) -> Harness
 where
     K: Send + Sync + 'static,
 {
@@ -153,7 +165,7 @@ where
         let brokers = brokers.clone();
         let _keep = Arc::clone(&keep);
         async move {
-            let transport = KafkaTransport::connect(config(&brokers))
+            let transport = KafkaTransport::connect(config_with(&brokers, protocol))
                 .await
                 .unwrap_or_else(|e| panic!("connect to Kafka at {brokers}: {e}"));
             EventBus::builder(transport).options(options).build()
@@ -163,9 +175,15 @@ where
 
 /// The conformance harness on the shared broker: every check but `reconnect`.
 pub fn shared_harness() -> Harness {
+    shared_harness_on(GroupProtocol::default())
+}
+
+/// [`shared_harness`] with the consumers on `protocol`.
+pub fn shared_harness_on(protocol: GroupProtocol) -> Harness {
     let broker = SharedBroker::get();
     harness_on(
         broker.brokers(),
+        protocol,
         KafkaTransport::CAPABILITIES,
         Arc::new(broker),
     )
@@ -176,7 +194,13 @@ pub fn private_harness() -> Harness {
     let broker = Arc::new(Mutex::new(PrivateBroker::start()));
     let brokers = broker.lock().unwrap_or_else(|e| e.into_inner()).brokers();
     let capabilities = KafkaTransport::CAPABILITIES;
-    harness_on(brokers, capabilities, Arc::clone(&broker)).with_restart(move || {
+    harness_on(
+        brokers,
+        GroupProtocol::default(),
+        capabilities,
+        Arc::clone(&broker),
+    )
+    .with_restart(move || {
         let broker = Arc::clone(&broker);
         async move {
             // SIGKILL and start again on the same ports and store, as a crash would.
