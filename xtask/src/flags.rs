@@ -86,6 +86,18 @@ xflags::xflags! {
             optional --criterion
         }
 
+        /// Kafka's group protocols side by side (the `group-protocols` tool, release build):
+        /// 10 members joining one group under load, a member leaving and one killed, under
+        /// KIP-848 and the classic protocol (cooperative-sticky and eager), members as child
+        /// processes; fails on a lost message, a broken key order or a duplicate where no
+        /// member crashed. Kafka on the shared broker (started if down, stopped after).
+        cmd groups {
+            /// A shorter load per scenario.
+            optional --quick
+            /// Rounds of every protocol and scenario.
+            optional --rounds n: usize
+        }
+
         /// Instructions (callgrind) and heap allocations per message on a fixed workload,
         /// against the dispatcher's targets.
         cmd cost {
@@ -116,6 +128,7 @@ pub enum XtaskCmd {
     Conformance(Conformance),
     Load(Load),
     Bench(Bench),
+    Groups(Groups),
     Cost(Cost),
     Help(Help),
 }
@@ -159,6 +172,12 @@ pub struct Bench {
     pub no_nats: bool,
     pub no_kafka: bool,
     pub criterion: bool,
+}
+
+#[derive(Debug)]
+pub struct Groups {
+    pub quick: bool,
+    pub rounds: Option<usize>,
 }
 
 #[derive(Debug)]

@@ -5,6 +5,7 @@ mod bench;
 mod brokers;
 mod conformance;
 mod flags;
+mod groups;
 mod load;
 mod report;
 mod test;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
         XtaskCmd::Conformance(cmd) => cmd.run(),
         XtaskCmd::Load(cmd) => cmd.run(),
         XtaskCmd::Bench(cmd) => cmd.run(),
+        XtaskCmd::Groups(cmd) => cmd.run(),
         XtaskCmd::Cost(cmd) => cmd.run(),
         XtaskCmd::Help(_) => {
             println!("{}", flags::Xtask::HELP);

@@ -63,15 +63,23 @@
 //!   leaves the rest in librdkafka (whose own prefetch is bounded by
 //!   `queued.max.messages.kbytes`, 4 MB here), while it keeps polling (so
 //!   `max.poll.interval.ms` is never exceeded). No partition is paused.
-//! - Rebalance (the eager protocol): on a revoke the transport stops handing out the revoked
-//!   partitions, waits up to [`ConsumerOptions::revoke_timeout`] for their handlers, commits
-//!   synchronously, then lets the rebalance go on; an assigned partition starts at its
-//!   committed offset (a new group at the earliest). Kafka's coordinator assigns a partition
-//!   anew only once every member has rejoined, so after that commit: two members, in one
-//!   process or in several, never hold one partition at once. Exceptions, both at least
-//!   once: a handler still running when the revoke timeout ends (its message goes to the next
-//!   owner too), and a member removed without being waited for (one that did not poll within
-//!   `max.poll.interval.ms`; the poller thread polls all the time, so a stuck process).
+//! - Group protocols ([`GroupProtocol`]): KIP-848 (`group.protocol=consumer`, Kafka 4) by
+//!   default, or the classic protocol with the cooperative-sticky assignor (or an eager one
+//!   set by hand). The rebalance callback follows whichever the group runs: incremental
+//!   assign and unassign of just the partitions that move, or eager replacement of the whole
+//!   assignment.
+//! - Rebalance: on a revoke the transport stops handing out the revoked partitions, waits up
+//!   to [`ConsumerOptions::revoke_timeout`] for their handlers, commits synchronously, then
+//!   lets the rebalance go on; an assigned partition starts at its committed offset (a new
+//!   group at the earliest). Kafka gives a partition to a new owner only once its old owner
+//!   released it (eager: once every member rejoined; cooperative: in the rebalance after the
+//!   revoke; KIP-848: once the old owner's heartbeat reported it released), so after that
+//!   commit: two members, in one process or in several, never hold one partition at once.
+//!   Exceptions, both at least once: a handler still running when the revoke timeout ends
+//!   (its message goes to the next owner too), and a member removed without being waited
+//!   for (a crashed process, or one that did not poll within `max.poll.interval.ms`; the
+//!   poller thread polls all the time, so a stuck process): what it handled and had not
+//!   committed yet is handled again by the next owner.
 //! - [`Transport::lag`]: per partition, the high watermark minus the committed offset (minus
 //!   the finished offsets its metadata lists); summed. [`KafkaTransport::partition_lag`]
 //!   gives each partition's.
@@ -88,7 +96,7 @@
 //!   17 / 4, 10 subscriptions 62 / 22, 100 subscriptions 512 / 202 (before lag reused the
 //!   consumers: 21 / 5, 102 / 42, 912 / 402). Consumers are not shared across topics: a Kafka
 //!   group is one per (topic, bus group), so that one topic's rebalance never stops another
-//!   (under the eager protocol a rebalance revokes all of a consumer's partitions), and a
+//!   (under an eager assignor a rebalance revokes all of a consumer's partitions), and a
 //!   consumer has one group. Sharing one per bus group across its topics would mean moving
 //!   the committed offsets of `<group>.<topic>` groups to it.
 //! - `close` drains the subscriptions, commits, closes the consumers, flushes and drops the

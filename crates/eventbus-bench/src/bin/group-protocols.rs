@@ -2,9 +2,11 @@
 //! one killed, under KIP-848 and the classic protocol (cooperative-sticky and eager); see
 //! `eventbus_bench::groups`.
 //!
-//! `cargo run --release -p eventbus-bench --bin group-protocols [-- --quick] [-- --rounds N]`
+//! `cargo xtask groups [--quick] [--rounds N]`, or
+//! `cargo run --release -p eventbus-bench --bin group-protocols -- [--quick] [--rounds N] [--shared]`
 //!
-//! Kafka: `EVENTBUS_KAFKA_BROKERS`, else a private broker of its own. Fails when a message is
+//! Kafka: with `--shared` the shared broker (`EVENTBUS_KAFKA_BROKERS`, else 127.0.0.1:9092),
+//! else a private broker of its own. Fails when a message is
 //! lost, a key's order is broken, or a message is handled twice where no member crashed.
 
 use std::time::Duration;
@@ -37,9 +39,9 @@ fn main() -> std::process::ExitCode {
             phase: Duration::from_secs(3),
         }
     };
-    let private = std::env::var("EVENTBUS_KAFKA_BROKERS")
-        .is_err()
-        .then(eventbus_kafka::testing::PrivateBroker::start);
+    let shared =
+        args.iter().any(|a| a == "--shared") || std::env::var("EVENTBUS_KAFKA_BROKERS").is_ok();
+    let private = (!shared).then(eventbus_kafka::testing::PrivateBroker::start);
     let brokers = private.as_ref().map_or_else(
         eventbus_testkit::brokers::shared::kafka_brokers,
         eventbus_kafka::testing::PrivateBroker::brokers,
