@@ -208,7 +208,9 @@ pub struct NatsConfig {
     /// Server address(es), e.g. `nats://127.0.0.1:4222`.
     pub url: String,
     /// Client options: authentication (token, user/password, nkey, credentials file), TLS,
-    /// name, ... passed to async-nats as they are (the transport sets its event callback).
+    /// name, ... passed to async-nats as they are (the transport sets its event callback and
+    /// its connection timeout to [`connect_timeout`](Self::connect_timeout)); see the crate
+    /// docs, section *Security*.
     pub connect: async_nats::ConnectOptions,
     /// How long connecting may take; a refused or wrong credential fails within it.
     pub connect_timeout: Duration,

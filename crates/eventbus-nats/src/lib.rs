@@ -75,7 +75,57 @@
 //!   recognised as copies and acked. In a group with several members the gap may hold messages
 //!   another member took: those are then handled by both (at-least-once).
 //! - The client's own tasks run on a thread the transport owns; `close` drains the client and
-//!   ends that thread, so nothing is left, whether the server is up or not.
+//!   ends that thread, so nothing is left, whether the server is up or not. A connect that
+//!   fails ends that thread before it returns.
+//!
+//! # Security
+//! Authentication and TLS are async-nats's own client options, passed as they are with
+//! [`NatsConfig::connect_options`]: TLS with the CA that signed the server's certificate, and
+//! a user and password or an nkey (the seed, `SU...`; the server lists its public key,
+//! `U...`). A `tls://` address requires TLS as `require_tls(true)` does; a server with
+//! `handshake_first` also needs `tls_first()`.
+//!
+//! ```no_run
+//! use async_nats::ConnectOptions;
+//! use eventbus_nats::{NatsConfig, NatsTransport};
+//!
+//! # #[tokio::main] async fn main() -> eventbus_core::Result<()> {
+//! # let password = String::new();
+//! # let seed = String::new();
+//! let tls = || {
+//!     ConnectOptions::new()
+//!         .add_root_certificates("ca.pem".into())
+//!         .require_tls(true)
+//! };
+//! let with_password = NatsConfig::new("nats://nats.example:4222")
+//!     .connect_options(tls().user_and_password("billing".into(), password));
+//! let with_nkey =
+//!     NatsConfig::new("nats://nats.example:4222").connect_options(tls().nkey(seed));
+//! let transport = NatsTransport::connect(with_password).await?;
+//! # let _ = (transport, with_nkey);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! - **Failures are typed and bounded**: a failed connect returns within
+//!   [`NatsConfig::connect_timeout`] (default 5 s) an
+//!   [`Error::Transport`] whose source is a [`NatsError`]. [`NatsError::of`] finds it and
+//!   [`NatsError::connect_kind`] says why: [`ConnectErrorKind::Unauthorized`] (a wrong
+//!   password or token, an unknown user or nkey), [`ConnectErrorKind::InvalidCredentials`] (an
+//!   nkey seed that does not parse: nothing is sent), [`ConnectErrorKind::Tls`] (a CA that did
+//!   not sign the server's certificate, a certificate for another name, and a client given no
+//!   TLS option at all: when the server requires TLS, async-nats upgrades by itself and checks
+//!   the server against the system's roots). A server that never answers gives
+//!   [`NatsError::ConnectTimeout`].
+//! - **No retry at connect**: async-nats's `retry_on_initial_connect` is off by default. Turned
+//!   on, async-nats retries for ever in the background, a refused credential included; the
+//!   transport still waits at most the connect timeout for the first connection, then fails
+//!   with [`NatsError::ConnectTimeout`] (the last attempt's reason is logged at `warn`).
+//! - **No credential is printed**: [`NatsConfig`]'s and the transport's `Debug` output, the
+//!   errors and the transport's log lines show the address without the user information a
+//!   URL may carry; async-nats's options print no credential, and its `CONNECT` trace line
+//!   shows password, token and signature as `XXXXXXXX`. User names and public nkeys do
+//!   appear: they are not secrets.
 #![warn(missing_docs)]
 
 mod ack;
@@ -105,7 +155,7 @@ use crate::error::ErrorText;
 
 pub use ack::NatsAck;
 pub use config::{ConsumerOptions, NatsConfig, Provision, Retention, Storage, StreamOptions};
-pub use error::NatsError;
+pub use error::{ConnectErrorKind, NatsError};
 
 const NAME: &str = "nats";
 
@@ -152,8 +202,9 @@ impl NatsTransport {
         .with_consumer_groups()
         .with_persistence();
 
-    /// Connects. A server that is down, refuses, or rejects the credentials gives a typed error
-    /// within [`NatsConfig::connect_timeout`].
+    /// Connects. A server that is down, refuses, or rejects the credentials or the TLS
+    /// handshake gives a typed error within [`NatsConfig::connect_timeout`] (see the crate
+    /// docs, section *Security*).
     pub async fn connect(config: NatsConfig) -> Result<Self> {
         config.consumer.validate()?;
         let mut io = io::Io::start()
@@ -207,11 +258,9 @@ impl NatsTransport {
             Ok(Some(Ok(client))) => client,
             Ok(Some(Err(source))) => {
                 io.stop().await;
-                return Err(NatsError::Connect {
-                    url: config::redacted_url(&config.url),
-                    source,
-                }
-                .into());
+                return Err(
+                    NatsError::connect(config::redacted_url(&config.url), timeout, source).into(),
+                );
             }
             _ => {
                 io.stop().await;
@@ -222,6 +271,37 @@ impl NatsTransport {
                 .into());
             }
         };
+        // With `retry_on_initial_connect` async-nats returns at once a client still connecting
+        // in the background, which retries for ever (a refused credential or certificate
+        // included): the JetStream check below would wait for its request timeout (10 s) and
+        // blame JetStream. Wait for the first connection within the connect timeout instead.
+        if client.connection_state() != async_nats::connection::State::Connected {
+            let mut first = state.clone();
+            let connected = tokio::time::timeout(
+                timeout,
+                first.wait_for(|s| *s == ConnectionState::Connected),
+            )
+            .await
+            .is_ok_and(|first| first.is_ok());
+            if !connected {
+                let last_attempt = last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .map(|(_, error)| error);
+                tracing::warn!(
+                    url = %config::redacted_url(&config.url),
+                    ?last_attempt,
+                    "no connection to NATS within the connect timeout"
+                );
+                io.stop().await;
+                return Err(NatsError::ConnectTimeout {
+                    url: config::redacted_url(&config.url),
+                    after: timeout,
+                }
+                .into());
+            }
+        }
         // The JetStream context spawns an ack-tracking task where it is made: make it on the
         // I/O runtime too.
         let for_js = client.clone();
