@@ -25,6 +25,7 @@ use rdkafka::consumer::{
     base_consumer::PartitionQueue,
 };
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -50,6 +51,9 @@ pub(crate) struct Shared {
     wake: (Mutex<bool>, Condvar),
     /// Assignments received so far.
     assignments: tokio::sync::watch::Sender<u64>,
+    /// The fatal error that ended the consumer (e.g. a group protocol the broker does not
+    /// speak): it consumes nothing more, and the poller stops.
+    fatal: std::sync::OnceLock<String>,
 }
 
 #[derive(Default)]
@@ -81,13 +85,30 @@ impl Shared {
             waiting_room: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
             assignments: tokio::sync::watch::Sender::new(0),
+            fatal: std::sync::OnceLock::new(),
         })
     }
 
-    /// Waits until the group has given this consumer its first assignment (possibly empty).
+    /// Waits until the group has given this consumer its first assignment (possibly empty),
+    /// or the consumer failed for good.
     pub(crate) async fn assigned(&self) {
         let mut rx = self.assignments.subscribe();
-        let _ = rx.wait_for(|&n| n > 0).await;
+        let _ = rx
+            .wait_for(|&n| n > 0 || self.fatal.get().is_some())
+            .await;
+    }
+
+    /// The fatal error that ended the consumer, if one did.
+    pub(crate) fn fatal(&self) -> Option<&str> {
+        self.fatal.get().map(String::as_str)
+    }
+
+    /// Records a fatal error and wakes whoever waits for the consumer.
+    fn fail(&self, reason: String) {
+        if self.fatal.set(reason).is_ok() {
+            self.assignments.send_modify(|_| {});
+            self.wake();
+        }
     }
 
     /// Wakes the poller.
@@ -200,6 +221,12 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.link.error(&error, reason);
+        // librdkafka stops a consumer for good on a fatal error, e.g. a broker that does not
+        // speak the group protocol asked for (KIP-848 before Kafka 4.0, or turned off).
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(topic = %self.shared.topic, %reason, "the consumer failed for good");
+            self.shared.fail(reason.to_owned());
+        }
     }
 }
 
@@ -429,7 +456,7 @@ pub(crate) fn poll_loop(
     // while the channel was full: at most what librdkafka had fetched by then.
     let mut held: VecDeque<Polled> = VecDeque::new();
     let mut last_commit = Instant::now();
-    while !stop.load(Ordering::Acquire) && !tx.is_closed() {
+    while !stop.load(Ordering::Acquire) && !tx.is_closed() && shared.fatal().is_none() {
         let mut moved = false;
         // Events, rebalance callbacks, and messages fetched before their partition was split
         // off: all of them before anything is read from a partition queue, since they precede

@@ -34,6 +34,16 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The group's consumer failed for good, e.g. the broker does not speak the
+    /// [`GroupProtocol`](crate::GroupProtocol) asked for (KIP-848 before Kafka 4.0, or turned
+    /// off on the broker): choose `GroupProtocol::Classic` there.
+    #[error("the consumer of group {group} failed: {reason}")]
+    Group {
+        /// The Kafka group (`<group>.<topic>`).
+        group: String,
+        /// What librdkafka said.
+        reason: String,
+    },
     /// The transport's worker thread is gone (the transport closed meanwhile).
     #[error("the Kafka worker thread stopped")]
     WorkerStopped,

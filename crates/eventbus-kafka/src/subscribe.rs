@@ -124,6 +124,14 @@ impl Subscriber for KafkaTransport {
         {
             tracing::debug!(%topic, %group, "no partition assigned yet; consuming once the group assigns some");
         }
+        if let Some(reason) = shared.fatal() {
+            // The poller stops by itself and closes the consumer; `close` joins it.
+            return Err(KafkaError::Group {
+                group: config.group_id(&topic, &group),
+                reason: reason.to_owned(),
+            }
+            .into());
+        }
         let stream = KafkaStream::new(rx, shared, stop, request.redelivery_delay());
         Ok(request.start(stream))
     }
