@@ -16,6 +16,44 @@ pub enum KafkaError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A broker refused the credentials (SASL: a wrong user or password, or a mechanism the
+    /// listener does not enable). [`KafkaTransport::connect`](crate::KafkaTransport::connect)
+    /// returns it as soon as librdkafka reports it, without waiting for the request timeout.
+    #[error("the brokers {brokers} refused the credentials: {reason}")]
+    Authentication {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// What librdkafka said (it names no credential).
+        reason: String,
+    },
+    /// TLS with a broker failed: its certificate is not signed by a CA the client trusts
+    /// (`ssl.ca.location`), is not for the host connected to, or the handshake failed
+    /// otherwise. Returned by [`KafkaTransport::connect`](crate::KafkaTransport::connect) as
+    /// soon as librdkafka reports it.
+    #[error("TLS with the brokers {brokers} failed: {reason}")]
+    Tls {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// What librdkafka said.
+        reason: String,
+    },
+    /// The broker's listener speaks another security protocol than the client's
+    /// `security.protocol`: a client without TLS on a TLS listener (the broker hangs up on its
+    /// first request), or a TLS client on a plaintext listener (the broker hangs up on the
+    /// handshake). Returned by [`KafkaTransport::connect`](crate::KafkaTransport::connect) as
+    /// soon as librdkafka reports it.
+    #[error(
+        "the brokers {brokers} hung up on security.protocol {protocol}: their listener likely \
+         expects another protocol: {reason}"
+    )]
+    ProtocolMismatch {
+        /// `bootstrap.servers`.
+        brokers: String,
+        /// The client's `security.protocol` (librdkafka's default: `plaintext`).
+        protocol: String,
+        /// What librdkafka said.
+        reason: String,
+    },
     /// The broker did not confirm a message (delivery report with an error, or timed out).
     #[error("delivery to {topic} failed: {source}")]
     Delivery {

@@ -104,7 +104,16 @@
 //!   whether the broker is up or not.
 //!
 //! # Security
-//! SASL and TLS settings are raw librdkafka settings: see [`KafkaConfig`].
+//! librdkafka is built with TLS (rdkafka's `ssl` feature, linked to the system's OpenSSL
+//! found by `pkg-config`: `libssl-dev` on Debian, not a vendored OpenSSL), which brings SASL
+//! `PLAIN`, `SCRAM-SHA-256/512` and `OAUTHBEARER` (the tests run `PLAIN` over TLS); GSSAPI
+//! (Kerberos, rdkafka's `sasl` feature, which needs libsasl2) is not built in. SASL and TLS
+//! settings are raw librdkafka settings: see [`KafkaConfig`]. A refused password, an untrusted
+//! certificate or a listener of another security protocol fails
+//! [`KafkaTransport::connect`] at once with [`KafkaError::Authentication`],
+//! [`KafkaError::Tls`] or [`KafkaError::ProtocolMismatch`]. No credential reaches a log line,
+//! an error or a `Debug` output (`tests/security.rs` runs all of this against a broker with a
+//! `SASL_SSL` listener).
 #![warn(missing_docs)]
 
 mod admin;
@@ -122,7 +131,7 @@ mod worker;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventbus_core::transport::{Capabilities, Transport};
 use eventbus_core::{Connection, ConnectionState, Error, Result};
@@ -134,7 +143,7 @@ pub use config::{ConsumerOptions, GroupProtocol, KafkaConfig, Provision, TopicOp
 pub use consumer::KafkaAck;
 pub use error::KafkaError;
 
-use link::{Link, LinkContext};
+use link::{Link, LinkContext, Refusal, RefusalKind};
 use subscribe::Running;
 use worker::Worker;
 
@@ -144,6 +153,7 @@ type Producer = FutureProducer<LinkContext>;
 type Admin = AdminClient<LinkContext>;
 
 const NAME: &str = "kafka";
+const SECURITY_PROTOCOL: &str = "security.protocol";
 
 /// A connection to a Kafka cluster: one idempotent producer, one admin client and one
 /// consumer per subscription.
@@ -202,6 +212,17 @@ impl KafkaTransport {
 
     /// Creates the clients and checks that a broker answers (a metadata request within
     /// [`KafkaConfig::request_timeout`]); librdkafka reconnects on its own afterwards.
+    ///
+    /// # Errors
+    /// Carried as [`Error::Transport`] with a [`KafkaError`] as its source:
+    /// - [`KafkaError::Config`]: librdkafka refused a setting.
+    /// - [`KafkaError::Authentication`], [`KafkaError::Tls`], [`KafkaError::ProtocolMismatch`]:
+    ///   a broker refused the credentials, TLS failed, or the listener speaks another
+    ///   security protocol; returned as soon as librdkafka reports it (within a few hundred
+    ///   milliseconds of the refusal), not after the request timeout.
+    /// - [`KafkaError::Connect`]: no broker answered within the request timeout.
+    ///
+    /// A failed connect has closed every client and joined every thread it started.
     pub async fn connect(config: KafkaConfig) -> Result<Self> {
         let mut producer_settings = BTreeMap::from([
             ("enable.idempotence".to_owned(), "true".to_owned()),
@@ -225,8 +246,16 @@ impl KafkaTransport {
             ),
         ]);
         producer_settings.extend(config.producer.clone());
-        let link = Arc::new(Link::default());
+        let protocol = producer_settings
+            .get(SECURITY_PROTOCOL)
+            .or_else(|| config.client.get(SECURITY_PROTOCOL))
+            .map_or("plaintext", String::as_str)
+            .to_owned();
+        let link = Arc::new(Link::new(&protocol));
+        // The producer's metadata request is the probe below: its log lines must include the
+        // one that tells a plaintext client's hang-up on a TLS listener (`link` module).
         let producer: Producer = client_config(&config, &producer_settings)
+            .set_log_level(link::probe_log_level())
             .create_with_context(LinkContext(Arc::clone(&link)))
             .map_err(KafkaError::Config)?;
         // The admin client also describes topics. A metadata request that names a missing
@@ -264,18 +293,28 @@ impl KafkaTransport {
             }),
         };
         let producer = transport.producer()?;
+        let link = Arc::clone(&transport.inner.link);
         let timeout = transport.inner.config.request_timeout;
         let reached = transport
             .inner
             .worker
-            .run(move || producer.client().fetch_metadata(None, timeout).map(drop))
+            .run(move || probe(&producer, &link, timeout))
             .await;
+        let brokers = transport.inner.config.brokers.clone();
         let failure: Option<Error> = match reached {
             Ok(Ok(())) => None,
-            Ok(Err(source)) => Some(
-                KafkaError::Connect {
-                    brokers: transport.inner.config.brokers.clone(),
-                    source,
+            Ok(Err(Unreached::Silent(source))) => {
+                Some(KafkaError::Connect { brokers, source }.into())
+            }
+            Ok(Err(Unreached::Refused(Refusal { kind, reason }))) => Some(
+                match kind {
+                    RefusalKind::Authentication => KafkaError::Authentication { brokers, reason },
+                    RefusalKind::Tls => KafkaError::Tls { brokers, reason },
+                    RefusalKind::ProtocolMismatch => KafkaError::ProtocolMismatch {
+                        brokers,
+                        protocol,
+                        reason,
+                    },
                 }
                 .into(),
             ),
@@ -309,6 +348,50 @@ impl KafkaTransport {
         lock(&self.inner.admin).clone().ok_or(Error::Closed)
     }
 }
+
+/// Why [`probe`] found no broker.
+enum Unreached {
+    /// None answered within the timeout: what the last metadata request said.
+    Silent(rdkafka::error::KafkaError),
+    /// One refused the client (credentials, TLS, security protocol).
+    Refused(Refusal),
+}
+
+/// Waits until a broker answers a metadata request, one refuses the client (as the `link`
+/// reports: see its module documentation), or `timeout` has passed. Runs on the worker.
+///
+/// librdkafka's metadata request first waits for a usable broker (one connected, through
+/// TLS and SASL), then for the answer, until its timeout; a refusal does not end it (the
+/// broker just never becomes usable). So the wait is cut into requests of [`PROBE_SLICE`],
+/// with the link read after each one that failed: a refusal ends the wait at most a slice
+/// after librdkafka reported it. A request that did reach a broker and timed out
+/// (`__TIMED_OUT`, where no usable broker gives `__TRANSPORT`) doubles the slice, so a slow
+/// broker gets ever longer to answer. Nothing runs after it returns, so the clients can be
+/// closed at once.
+fn probe(producer: &Producer, link: &Link, timeout: Duration) -> Result<(), Unreached> {
+    let deadline = Instant::now() + timeout;
+    let mut slice = PROBE_SLICE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match producer.client().fetch_metadata(None, slice.min(left)) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        if let Some(refusal) = link.refusal() {
+            return Err(Unreached::Refused(refusal));
+        }
+        if Instant::now() >= deadline {
+            return Err(Unreached::Silent(error));
+        }
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::OperationTimedOut) {
+            slice *= 2;
+        }
+    }
+}
+
+/// The first length of [`probe`]'s metadata requests, and the longest a refusal waits to be
+/// noticed while no broker is usable.
+const PROBE_SLICE: Duration = Duration::from_millis(100);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::install::{kafka_home, kafka_libs};
 use super::process::run_quietly;
+use crate::tls::TestCertificates;
 
 /// The cluster id of every test broker (16 bytes, URL-safe base64 without padding:
 /// "eventbus-test-ka").
@@ -22,16 +23,37 @@ const CLUSTER_ID: &str = "ZXZlbnRidXMtdGVzdC1rYQ";
 /// wait before the first rebalance of a group, and the consumer group protocol's (KIP-848)
 /// session and heartbeat set by the broker as short as the classic groups' the tests ask for
 /// (its defaults, 45 s and 5 s, would make every leave or kill test wait 45 s).
-fn properties(port: u16, controller_port: u16, store: &Path) -> String {
+///
+/// With `sasl_ssl`, a third listener, `SASL_SSL` on its own port, takes clients with TLS and
+/// SASL PLAIN (see [`SaslSsl`]); the controller, the broker's own traffic and the readiness
+/// probe ([`answers`]) keep the `PLAINTEXT` ones.
+fn properties(
+    port: u16,
+    controller_port: u16,
+    store: &Path,
+    sasl_ssl: Option<(&SaslSsl, &Path)>,
+) -> String {
+    let mut listeners =
+        format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}");
+    let mut advertised = format!("PLAINTEXT://127.0.0.1:{port}");
+    let mut protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".to_owned();
+    let mut security = String::new();
+    if let Some((listener, keystore)) = sasl_ssl {
+        let secure = format!(",SASL_SSL://127.0.0.1:{}", listener.port);
+        listeners.push_str(&secure);
+        advertised.push_str(&secure);
+        protocols.push_str(",SASL_SSL:SASL_SSL");
+        security = listener.properties(keystore);
+    }
     format!(
         "process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller_port}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners={listeners}
+advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map={protocols}
 log.dirs={store}
 num.partitions=1
 num.network.threads=2
@@ -50,22 +72,115 @@ group.consumer.min.session.timeout.ms=1000
 group.consumer.session.timeout.ms=6000
 group.consumer.min.heartbeat.interval.ms=100
 group.consumer.heartbeat.interval.ms=500
-",
+{security}",
         store = store.display()
     )
 }
 
-/// Writes `dir/server.properties` and, unless `store` exists (a restart), copies the template
-/// store there; returns `java … kafka.Kafka dir/server.properties`.
+/// A `SASL_SSL` listener of a private test broker
+/// ([`ServerProcess::kafka_sasl_ssl`](super::ServerProcess::kafka_sasl_ssl), which says why
+/// `PLAIN`): TLS with the server certificate of a [`TestCertificates`] (clients trust its
+/// CA), then SASL `PLAIN` with one user. Its `Debug` hides the password.
+#[derive(Clone)]
+pub(super) struct SaslSsl {
+    pub(super) port: u16,
+    certificates: TestCertificates,
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for SaslSsl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslSsl")
+            .field("port", &self.port)
+            .field("certificates", &self.certificates)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SaslSsl {
+    /// The listener on `port` for `user` with `password`: both go into a JAAS line of the
+    /// properties file, so they are limited to characters that need no quoting there.
+    pub(super) fn new(
+        port: u16,
+        certificates: &TestCertificates,
+        user: &str,
+        password: &str,
+    ) -> std::io::Result<Self> {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.+@!#%*".contains(c))
+        };
+        if !plain(user) || !plain(password) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a test broker's SASL user and password are ASCII letters, digits and -_.+@!#%*",
+            ));
+        }
+        Ok(SaslSsl {
+            port,
+            certificates: certificates.clone(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Writes the listener's PEM key store (private key, then the certificate chain: what
+    /// Kafka's `ssl.keystore.type=PEM` reads from one file) to `path`.
+    pub(super) fn write_keystore(&self, path: &Path) -> std::io::Result<()> {
+        let mut pem = std::fs::read_to_string(self.certificates.server_key())?;
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(&std::fs::read_to_string(self.certificates.server_cert())?);
+        std::fs::write(path, pem)
+    }
+
+    /// The listener's settings: a PEM key store with an unencrypted key (no password set), no
+    /// client certificate asked for, SASL `PLAIN` with the one user.
+    fn properties(&self, keystore: &Path) -> String {
+        format!(
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location={keystore}
+listener.name.sasl_ssl.ssl.client.auth=none
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_{user}=\"{password}\";
+",
+            keystore = keystore.display(),
+            user = self.user,
+            password = self.password,
+        )
+    }
+}
+
+/// Writes `dir/server.properties` (and the key store of a `SASL_SSL` listener) and, unless
+/// `store` exists (a restart), copies the template store there; returns
+/// `java … kafka.Kafka dir/server.properties`.
 pub(super) fn command(
     port: u16,
     controller_port: u16,
     dir: &Path,
     store: &Path,
+    sasl_ssl: Option<&SaslSsl>,
 ) -> std::io::Result<Command> {
     let libs = kafka_libs()?;
+    let keystore = dir.join("sasl-ssl-keystore.pem");
+    if let Some(listener) = sasl_ssl {
+        listener.write_keystore(&keystore)?;
+    }
     let config = dir.join("server.properties");
-    std::fs::write(&config, properties(port, controller_port, store))?;
+    std::fs::write(
+        &config,
+        properties(
+            port,
+            controller_port,
+            store,
+            sasl_ssl.map(|l| (l, keystore.as_path())),
+        ),
+    )?;
     if !store.exists() {
         copy_dir(&template()?, store)?;
     }
@@ -110,7 +225,7 @@ fn template() -> std::io::Result<PathBuf> {
     let store = staging.join("store");
     let config = staging.join("server.properties");
     // The ports are not recorded in the store (static quorum): any will do.
-    std::fs::write(&config, properties(9092, 9093, &store))?;
+    std::fs::write(&config, properties(9092, 9093, &store, None))?;
     run_quietly(
         java()
             .arg("-cp")

@@ -5,7 +5,8 @@
 //!   `$XDG_CACHE_HOME/eventbus`, else `~/.cache/eventbus`), once per machine.
 //! - [`ServerProcess`] is one broker: a test that kills or reconfigures a broker starts a
 //!   private one (free ports, its own store, stopped by pid); a failed test keeps its log and
-//!   store and prints where they are.
+//!   store and prints where they are. [`ServerProcess::kafka_sasl_ssl`] adds a `SASL_SSL`
+//!   listener (TLS with [`TestCertificates`](crate::tls::TestCertificates), SASL `PLAIN`).
 //! - [`shared`] is the pair a working session or CI starts once (`cargo xtask brokers up`) on
 //!   fixed ports, which every other test shares; tests find them through
 //!   [`shared::kafka_brokers`] and [`shared::nats_url`].

@@ -3,12 +3,13 @@
 //! panics it keeps the directory and prints where it is, so a failure leaves evidence.
 
 use std::fs::OpenOptions;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{kafka, nats};
+use crate::tls::TestCertificates;
 
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct ServerProcess {
     port: u16,
     /// Kafka's controller listener (unused by NATS).
     controller_port: u16,
+    /// Kafka's `SASL_SSL` listener, if it has one (its `Debug` hides the password).
+    sasl_ssl: Option<kafka::SaslSsl>,
     dir: PathBuf,
     child: Option<Child>,
     /// Left running when this is dropped (a shared broker).
@@ -56,15 +59,42 @@ impl ServerProcess {
     /// A private nats-server with JetStream on a free port, plus `extra` arguments (e.g.
     /// `--auth secret`).
     pub fn nats(extra: &[&str]) -> std::io::Result<Self> {
-        Self::private(ServerKind::Nats, extra)
+        Self::private(ServerKind::Nats, extra, None)
     }
 
     /// A private Kafka broker on free ports, its store copied from the formatted template.
     pub fn kafka() -> std::io::Result<Self> {
-        Self::private(ServerKind::Kafka, &[])
+        Self::private(ServerKind::Kafka, &[], None)
     }
 
-    fn private(kind: ServerKind, extra: &[&str]) -> std::io::Result<Self> {
+    /// A private Kafka broker like [`kafka`](Self::kafka) with a third listener, `SASL_SSL` on
+    /// a free port of its own ([`sasl_ssl_port`](Self::sasl_ssl_port)): TLS with
+    /// `certificates`' server certificate (for `127.0.0.1` and `localhost`; clients trust
+    /// [`TestCertificates::ca`]), then SASL `PLAIN`, which accepts `user` with `password` and
+    /// nobody else. [`port`](Self::port) stays the `PLAINTEXT` listener (the broker's own
+    /// traffic and the readiness probe use it).
+    ///
+    /// `user` and `password` are limited to ASCII letters, digits and `-_.+@!#%*` (they are
+    /// written unquoted into a JAAS line). `PLAIN`, not `SCRAM-SHA-512`: SCRAM users live in
+    /// the broker's metadata log, written either at format time (`--add-scram`: a store of
+    /// its own instead of a copy of the template, one more JVM start per broker) or by an
+    /// `AlterUserScramCredentials` request after start (a Kafka tool, another JVM start, or
+    /// salted hashes written by hand here); `PLAIN` users are a line of its properties. The
+    /// client side (librdkafka's SASL over TLS) differs only in the mechanism's exchange.
+    pub fn kafka_sasl_ssl(
+        certificates: &TestCertificates,
+        user: &str,
+        password: &str,
+    ) -> std::io::Result<Self> {
+        let listener = kafka::SaslSsl::new(free_port()?, certificates, user, password)?;
+        Self::private(ServerKind::Kafka, &[], Some(listener))
+    }
+
+    fn private(
+        kind: ServerKind,
+        extra: &[&str],
+        sasl_ssl: Option<kafka::SaslSsl>,
+    ) -> std::io::Result<Self> {
         let port = free_port()?;
         let controller_port = free_port()?;
         let dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
@@ -75,7 +105,7 @@ impl ServerProcess {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        Self::start_in(kind, extra, port, controller_port, dir, false)
+        Self::start(kind, extra, port, controller_port, dir, false, sasl_ssl)
     }
 
     /// Starts `kind` on the given ports with `dir` for its store and log (a store already there
@@ -88,12 +118,25 @@ impl ServerProcess {
         dir: PathBuf,
         detached: bool,
     ) -> std::io::Result<Self> {
+        Self::start(kind, extra, port, controller_port, dir, detached, None)
+    }
+
+    fn start(
+        kind: ServerKind,
+        extra: &[&str],
+        port: u16,
+        controller_port: u16,
+        dir: PathBuf,
+        detached: bool,
+        sasl_ssl: Option<kafka::SaslSsl>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let mut server = ServerProcess {
             kind,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             port,
             controller_port,
+            sasl_ssl,
             dir,
             child: None,
             detached,
@@ -114,6 +157,12 @@ impl ServerProcess {
     /// Its client port (Kafka's broker listener, NATS's client port).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Kafka's `SASL_SSL` listener port, for a broker started by
+    /// [`kafka_sasl_ssl`](Self::kafka_sasl_ssl).
+    pub fn sasl_ssl_port(&self) -> Option<u16> {
+        self.sasl_ssl.as_ref().map(|l| l.port)
     }
 
     /// Its directory: the store (`store/`) and the log (`server.log`).
@@ -140,9 +189,13 @@ impl ServerProcess {
         let store = self.store();
         let mut command = match self.kind {
             ServerKind::Nats => nats::command(self.port, &store, &self.extra)?,
-            ServerKind::Kafka => {
-                kafka::command(self.port, self.controller_port, &self.dir, &store)?
-            }
+            ServerKind::Kafka => kafka::command(
+                self.port,
+                self.controller_port,
+                &self.dir,
+                &store,
+                self.sasl_ssl.as_ref(),
+            )?,
         };
         let log = OpenOptions::new()
             .create(true)
@@ -164,7 +217,14 @@ impl ServerProcess {
         loop {
             let ready = match self.kind {
                 ServerKind::Nats => nats::answers(self.port),
-                ServerKind::Kafka => kafka::answers(self.port),
+                // A `SASL_SSL` listener is opened with the others; that it takes connections
+                // is checked too (a TLS handshake here would need a TLS client).
+                ServerKind::Kafka => {
+                    kafka::answers(self.port)
+                        && self
+                            .sasl_ssl_port()
+                            .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
+                }
             };
             if ready {
                 break;
