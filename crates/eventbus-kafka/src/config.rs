@@ -187,12 +187,16 @@ impl ConsumerOptions {
 /// # Security
 /// SASL and TLS are librdkafka settings passed through as they are, with
 /// [`set`](Self::set) (every client), e.g. `security.protocol=SASL_SSL`,
-/// `sasl.mechanism=SCRAM-SHA-512`, `sasl.username`, `sasl.password`, `ssl.ca.location`. This
-/// crate builds librdkafka without its `ssl`/`sasl` features, so those settings need a
-/// librdkafka built with them (enable rdkafka's `ssl`/`sasl` features in your build, or link
-/// a system librdkafka); without them librdkafka refuses the setting and
-/// [`KafkaTransport::connect`](crate::KafkaTransport::connect) fails with
-/// [`KafkaError::Config`](crate::KafkaError::Config).
+/// `sasl.mechanism=PLAIN` or `SCRAM-SHA-512`, `sasl.username`, `sasl.password`,
+/// `ssl.ca.location`. librdkafka is built with TLS against the system's OpenSSL (rdkafka's
+/// `ssl` feature; building needs `libssl-dev` and `pkg-config`), which brings SASL PLAIN,
+/// SCRAM and OAUTHBEARER; GSSAPI/Kerberos (rdkafka's `sasl` feature) is not built in, and a
+/// setting librdkafka lacks fails [`KafkaTransport::connect`](crate::KafkaTransport::connect)
+/// with [`KafkaError::Config`](crate::KafkaError::Config). A refused password, an untrusted
+/// certificate or a listener of another security protocol fails `connect` at once with
+/// [`KafkaError::Authentication`](crate::KafkaError::Authentication),
+/// [`KafkaError::Tls`](crate::KafkaError::Tls) or
+/// [`KafkaError::ProtocolMismatch`](crate::KafkaError::ProtocolMismatch).
 ///
 /// Its `Debug` output shows every setting but the secrets' values (passwords, private keys,
 /// OAuth secrets), which it prints as `<redacted>`.

@@ -25,7 +25,6 @@ use rdkafka::consumer::{
     base_consumer::PartitionQueue,
 };
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -93,9 +92,7 @@ impl Shared {
     /// or the consumer failed for good.
     pub(crate) async fn assigned(&self) {
         let mut rx = self.assignments.subscribe();
-        let _ = rx
-            .wait_for(|&n| n > 0 || self.fatal.get().is_some())
-            .await;
+        let _ = rx.wait_for(|&n| n > 0 || self.fatal.get().is_some()).await;
     }
 
     /// The fatal error that ended the consumer, if one did.
@@ -221,12 +218,6 @@ impl ClientContext for KafkaContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         self.link.error(&error, reason);
-        // librdkafka stops a consumer for good on a fatal error, e.g. a broker that does not
-        // speak the group protocol asked for (KIP-848 before Kafka 4.0, or turned off).
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            tracing::error!(topic = %self.shared.topic, %reason, "the consumer failed for good");
-            self.shared.fail(reason.to_owned());
-        }
     }
 }
 
@@ -465,7 +456,7 @@ pub(crate) fn poll_loop(
         loop {
             while let Some(polled) = consumer.poll(Duration::ZERO) {
                 match polled {
-                    Err(e) => tracing::debug!(%topic, error = %e, "consumer error"),
+                    Err(e) => consumer_error(&consumer, &shared, &e),
                     Ok(m) => {
                         moved = true;
                         link.up();
@@ -513,7 +504,7 @@ pub(crate) fn poll_loop(
                 }
                 match queue.poll(Duration::ZERO) {
                     None => {}
-                    Some(Err(e)) => tracing::debug!(%topic, error = %e, "consumer error"),
+                    Some(Err(e)) => consumer_error(&consumer, &shared, &e),
                     Some(Ok(m)) => {
                         any = true;
                         link.up();
@@ -566,6 +557,26 @@ pub(crate) fn poll_loop(
     // running now holds another handle, on the transport's worker thread, which then closes
     // it.)
     drop(consumer);
+}
+
+/// An error polled. A fatal one (librdkafka stops the consumer for good, e.g. a broker that
+/// does not speak the group protocol asked for: KIP-848 before Kafka 4.0, or turned off) ends
+/// the subscription; the others librdkafka recovers from.
+fn consumer_error(
+    consumer: &BaseConsumer<KafkaContext>,
+    shared: &Shared,
+    error: &rdkafka::error::KafkaError,
+) {
+    if let rdkafka::error::KafkaError::MessageConsumptionFatal(_) = error {
+        let reason = consumer
+            .client()
+            .fatal_error()
+            .map_or_else(|| error.to_string(), |(_, reason)| reason);
+        tracing::error!(topic = %shared.topic, %reason, "the consumer failed for good");
+        shared.fail(reason);
+    } else {
+        tracing::debug!(topic = %shared.topic, %error, "consumer error");
+    }
 }
 
 /// A periodic commit (finished offsets above it go in its metadata only).

@@ -98,6 +98,16 @@ impl PrivateBroker {
         )
     }
 
+    /// Starts Apache Kafka like [`start`](Self::start) with `properties` (`name=value`) added
+    /// to its configuration.
+    pub fn with(properties: &[&str]) -> Self {
+        PrivateBroker(
+            ServerProcess::kafka_with(properties).unwrap_or_else(|e| {
+                panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}")
+            }),
+        )
+    }
+
     /// Its address.
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.0.port())
@@ -117,7 +127,8 @@ impl PrivateBroker {
 }
 
 /// Settings that keep tests quick: short group timeouts (a member that left without a word
-/// is noticed in seconds; under KIP-848 the test brokers set the same), fast redelivery of failed messages, frequent commits. The revoke
+/// is noticed in seconds; under KIP-848 the test brokers set the same), fast redelivery of
+/// failed messages, frequent commits. The revoke
 /// wait stays long: with 50 subscriptions on one bus (`concurrent_subscribe`), handlers of a
 /// revoked partition were seen to need more than 5 s, and a shorter wait hands their
 /// messages to the next owner again.

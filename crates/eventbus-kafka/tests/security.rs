@@ -9,8 +9,6 @@
 //! a `Debug` output. Each test starts its own broker: nextest runs every test in a process of
 //! its own, so a broker in a `static` would not be shared anyway.
 
-// Its `PrivateBroker` has no SASL_SSL listener: this file starts its brokers itself.
-#[allow(unused_imports)]
 mod support;
 
 use std::io::Write;

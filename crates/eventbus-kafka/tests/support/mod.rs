@@ -1,7 +1,7 @@
 //! What the Kafka tests share: the brokers and test settings (`eventbus_kafka::testing`),
 //! unique names and a thread count.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub use eventbus_kafka::testing::{PrivateBroker, SharedBroker, config};
 

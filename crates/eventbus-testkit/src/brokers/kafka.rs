@@ -32,6 +32,7 @@ fn properties(
     controller_port: u16,
     store: &Path,
     sasl_ssl: Option<(&SaslSsl, &Path)>,
+    extra: &[String],
 ) -> String {
     let mut listeners =
         format!("PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}");
@@ -72,8 +73,13 @@ group.consumer.min.session.timeout.ms=1000
 group.consumer.session.timeout.ms=6000
 group.consumer.min.heartbeat.interval.ms=100
 group.consumer.heartbeat.interval.ms=500
-{security}",
-        store = store.display()
+{security}{extra}",
+        store = store.display(),
+        // Last: a property given twice takes its last value.
+        extra = extra
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>(),
     )
 }
 
@@ -165,6 +171,7 @@ pub(super) fn command(
     dir: &Path,
     store: &Path,
     sasl_ssl: Option<&SaslSsl>,
+    extra: &[String],
 ) -> std::io::Result<Command> {
     let libs = kafka_libs()?;
     let keystore = dir.join("sasl-ssl-keystore.pem");
@@ -179,6 +186,7 @@ pub(super) fn command(
             controller_port,
             store,
             sasl_ssl.map(|l| (l, keystore.as_path())),
+            extra,
         ),
     )?;
     if !store.exists() {
@@ -225,7 +233,7 @@ fn template() -> std::io::Result<PathBuf> {
     let store = staging.join("store");
     let config = staging.join("server.properties");
     // The ports are not recorded in the store (static quorum): any will do.
-    std::fs::write(&config, properties(9092, 9093, &store, None))?;
+    std::fs::write(&config, properties(9092, 9093, &store, None, &[]))?;
     run_quietly(
         java()
             .arg("-cp")

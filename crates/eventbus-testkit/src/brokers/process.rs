@@ -67,6 +67,13 @@ impl ServerProcess {
         Self::private(ServerKind::Kafka, &[], None)
     }
 
+    /// A private Kafka broker like [`kafka`](Self::kafka) with `properties` (`name=value`
+    /// lines) added to its configuration, overriding the test defaults (e.g.
+    /// `group.coordinator.rebalance.protocols=classic`, a broker without KIP-848).
+    pub fn kafka_with(properties: &[&str]) -> std::io::Result<Self> {
+        Self::private(ServerKind::Kafka, properties, None)
+    }
+
     /// A private Kafka broker like [`kafka`](Self::kafka) with a third listener, `SASL_SSL` on
     /// a free port of its own ([`sasl_ssl_port`](Self::sasl_ssl_port)): TLS with
     /// `certificates`' server certificate (for `127.0.0.1` and `localhost`; clients trust
@@ -195,6 +202,7 @@ impl ServerProcess {
                 &self.dir,
                 &store,
                 self.sasl_ssl.as_ref(),
+                &self.extra,
             )?,
         };
         let log = OpenOptions::new()
