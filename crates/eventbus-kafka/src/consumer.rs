@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     settled: Condvar,
     /// Set while the poller waits for the bus to take a message; the stream then wakes it.
     waiting_room: AtomicBool,
+    /// Set by the context's callbacks: `poll` served an event through one of them.
+    served: AtomicBool,
     /// Wakes the poller: a queue got messages, the bus took one, a stop.
     wake: (Mutex<bool>, Condvar),
     /// Assignments received so far.
@@ -82,6 +84,7 @@ impl Shared {
             state: Mutex::default(),
             settled: Condvar::new(),
             waiting_room: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             wake: (Mutex::new(false), Condvar::new()),
             assignments: tokio::sync::watch::Sender::new(0),
             fatal: std::sync::OnceLock::new(),
@@ -213,10 +216,12 @@ pub(crate) struct KafkaContext {
 
 impl ClientContext for KafkaContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.shared.served.store(true, Ordering::Relaxed);
         crate::link::log(level, facility, message);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.shared.served.store(true, Ordering::Relaxed);
         self.link.error(&error, reason);
     }
 }
@@ -233,6 +238,7 @@ impl ConsumerContext for KafkaContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        self.shared.served.store(true, Ordering::Relaxed);
         let incremental = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -289,6 +295,7 @@ impl ConsumerContext for KafkaContext {
         result: rdkafka::error::KafkaResult<()>,
         offsets: &TopicPartitionList,
     ) {
+        self.shared.served.store(true, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::debug!(topic = %self.shared.topic, error = %e, "offset commit failed");
             // Not committed after all: the next periodic commit sends these marks again.
@@ -454,16 +461,22 @@ pub(crate) fn poll_loop(
         // what is there. After an assignment the partition queues are split off again and
         // the main queue drained once more (a fetch may have landed there meanwhile).
         loop {
-            while let Some(polled) = consumer.poll(Duration::ZERO) {
-                match polled {
-                    Err(e) => consumer_error(&consumer, &shared, &e),
-                    Ok(m) => {
+            loop {
+                match consumer.poll(Duration::ZERO) {
+                    Some(Err(e)) => consumer_error(&consumer, &shared, &e),
+                    Some(Ok(m)) => {
                         moved = true;
                         link.up();
                         if let Some(p) = track(&shared, &topic, &m) {
                             held.push_back(p);
                         }
                     }
+                    // Nothing, or an event served through one of the context's callbacks (a
+                    // rebalance, a commit result, a log line, an error): then more may wait
+                    // behind it, and no wake-up comes for those (librdkafka signals only a
+                    // queue that was empty), so poll again.
+                    None if shared.served.swap(false, Ordering::Relaxed) => {}
+                    None => break,
                 }
             }
             let assignments = *shared.assignments.borrow();
