@@ -74,13 +74,15 @@ impl Variant {
 /// Keys of the load; message `m-<n>` has key `k-<n % KEYS>`, so `n` orders a key's messages.
 const KEYS: u64 = 500;
 
-/// `group-protocols member <brokers> <topic> <partitions> <group> <variant>`: one member. Prints
+/// `group-protocols member <brokers> <topic> <partitions> <group> <variant> <work-ms>`: one
+/// member, whose handler takes `work-ms` per message. Prints
 /// `subscribing`, `joined`, `h <id>` per message handled, and `closed` once stdin ends and it
 /// closed.
 pub fn member(args: &[String]) -> Result<(), String> {
-    let [brokers, topic, partitions, group, variant] = args else {
-        return Err("member <brokers> <topic> <partitions> <group> <variant>".into());
+    let [brokers, topic, partitions, group, variant, work] = args else {
+        return Err("member <brokers> <topic> <partitions> <group> <variant> <work-ms>".into());
     };
+    let work = Duration::from_millis(work.parse().map_err(|_| "work-ms: a number")?);
     let variant = Variant::parse(variant).ok_or("unknown variant")?;
     let partitions: i32 = partitions.parse().map_err(|_| "partitions: a number")?;
     crate::runtime().block_on(async {
@@ -93,9 +95,9 @@ pub fn member(args: &[String]) -> Result<(), String> {
             .subscribe(
                 topic,
                 group,
-                handler_fn(|d: Delivery| async move {
-                    // A little work, so that handlers are in flight when the group changes.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                handler_fn(move |d: Delivery| async move {
+                    // Work, so that handlers are in flight when the group changes.
+                    tokio::time::sleep(work).await;
                     println!("h {}", d.message().id());
                     Ok::<_, BoxError>(())
                 }),
@@ -141,7 +143,7 @@ struct Group {
 }
 
 impl Group {
-    fn start(n: usize, args: [&str; 5]) -> Result<Group, String> {
+    fn start(n: usize, args: [&str; 6]) -> Result<Group, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let record = Arc::new(Mutex::new(Record::default()));
         let mut members = Vec::new();
@@ -328,6 +330,9 @@ pub struct Plan {
     pub rate: u64,
     /// Load before and after the leave or kill.
     pub phase: Duration,
+    /// How long a handler works on a message: a revoke waits for the handlers of the
+    /// partitions it takes away (every partition, under an eager assignor).
+    pub work: Duration,
 }
 
 async fn publisher(
@@ -357,6 +362,7 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
             &partitions.to_string(),
             &group,
             variant.name(),
+            &plan.work.as_millis().to_string(),
         ],
     )?;
     let limit = Duration::from_secs(120);
@@ -417,6 +423,7 @@ pub async fn depart(
             &PARTITIONS.to_string(),
             &group,
             variant.name(),
+            &plan.work.as_millis().to_string(),
         ],
     )?;
     let limit = Duration::from_secs(120);

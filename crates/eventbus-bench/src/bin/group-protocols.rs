@@ -3,7 +3,8 @@
 //! `eventbus_bench::groups`.
 //!
 //! `cargo xtask groups [--quick] [--rounds N]`, or
-//! `cargo run --release -p eventbus-bench --bin group-protocols -- [--quick] [--rounds N] [--shared]`
+//! `cargo run --release -p eventbus-bench --bin group-protocols -- [--quick] [--rounds N]
+//! [--work-ms MS] [--shared]` (handlers work 50 ms per message, 1 ms with `--quick`)
 //!
 //! Kafka: with `--shared` the shared broker (`EVENTBUS_KAFKA_BROKERS`, else 127.0.0.1:9092),
 //! else a private broker of its own. Fails when a message is
@@ -31,12 +32,14 @@ fn main() -> std::process::ExitCode {
             joining: 10,
             rate: 500,
             phase: Duration::from_secs(1),
+            work: Duration::from_millis(1),
         }
     } else {
         Plan {
             joining: 10,
             rate: 1_000,
             phase: Duration::from_secs(3),
+            work: Duration::from_millis(eventbus_bench::arg("--work-ms", 50)),
         }
     };
     let shared =
