@@ -116,7 +116,7 @@ impl Subscriber for KafkaTransport {
             });
         }
         // Joining takes a rebalance; messages published after `subscribe` returns must not
-        // reach a member that is about to give their partition up (its handlers would hold up
+        // reach a member that is about to give its partition up (its handlers would hold up
         // the hand-over), so wait for the first assignment, bounded (see `join_wait`).
         if tokio::time::timeout(c.join_wait, shared.assigned())
             .await
