@@ -94,18 +94,6 @@ fn run_tests() -> Result<(), String> {
             example,
         ])?;
     }
-    // Kafka's group protocols: members joining, leaving and killed, under each protocol.
-    cargo(&[
-        "run",
-        "--quiet",
-        "-p",
-        TOOLS,
-        "--bin",
-        "group-protocols",
-        "--",
-        "--quick",
-        "--shared",
-    ])?;
     // The suite's own runner, as users run it: every transport in one process, so a check
     // that leaks process-wide state into the next one fails here (nextest runs each test in a
     // process of its own and cannot see it).

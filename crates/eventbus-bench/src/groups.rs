@@ -85,6 +85,13 @@ pub fn member(args: &[String]) -> Result<(), String> {
     let work = Duration::from_millis(work.parse().map_err(|_| "work-ms: a number")?);
     let variant = Variant::parse(variant).ok_or("unknown variant")?;
     let partitions: i32 = partitions.parse().map_err(|_| "partitions: a number")?;
+    // Its logs go to stderr (stdout carries what it handled), filtered by `EVENTBUS_LOG`.
+    if let Ok(filter) = std::env::var("EVENTBUS_LOG") {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init();
+    }
     crate::runtime().block_on(async {
         let transport = KafkaTransport::connect(variant.config(brokers, topic, partitions))
             .await
@@ -135,9 +142,12 @@ struct Member {
     stdin: Option<ChildStdin>,
 }
 
-/// The members of one scenario and what they print.
+/// The members of one scenario and what they print; their logs (stderr, at
+/// `eventbus_kafka=debug` unless `EVENTBUS_LOG` says otherwise) go to files in `logs`, kept
+/// when the scenario fails.
 struct Group {
     members: Vec<Member>,
+    logs: std::path::PathBuf,
     record: Arc<Mutex<Record>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -145,6 +155,10 @@ struct Group {
 impl Group {
     fn start(n: usize, args: [&str; 6]) -> Result<Group, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let logs = std::env::temp_dir().join("eventbus-groups").join(args[1]);
+        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+        let filter = std::env::var("EVENTBUS_LOG")
+            .unwrap_or_else(|_| "eventbus_kafka=debug,librdkafka=warn".to_owned());
         let record = Arc::new(Mutex::new(Record::default()));
         let mut members = Vec::new();
         let mut readers = Vec::new();
@@ -154,6 +168,11 @@ impl Group {
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
+                .stderr(
+                    std::fs::File::create(logs.join(format!("member-{i}.log")))
+                        .map_err(|e| e.to_string())?,
+                )
+                .env("EVENTBUS_LOG", &filter)
                 .spawn()
                 .map_err(|e| format!("cannot start a member: {e}"))?;
             let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -180,6 +199,7 @@ impl Group {
         }
         Ok(Group {
             members,
+            logs,
             record,
             readers,
         })
@@ -216,8 +236,8 @@ impl Group {
         let _ = self.members[i].child.kill();
     }
 
-    /// Closes every member still running and reaps them all.
-    fn stop(mut self) {
+    /// Closes every member still running and reaps them all; keeps their logs if `failed`.
+    fn stop(mut self, failed: bool) {
         for m in &mut self.members {
             drop(m.stdin.take());
         }
@@ -226,6 +246,11 @@ impl Group {
         }
         for r in self.readers.drain(..) {
             let _ = r.join();
+        }
+        if failed {
+            eprintln!("the members' logs: {}", self.logs.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.logs);
         }
     }
 }
@@ -315,10 +340,22 @@ fn figures(record: &Record, published: u64) -> Figures {
 
 /// Everything handled: every published message at least once.
 fn all_handled(published: u64) -> impl Fn(&Record) -> bool {
-    move |r| {
-        let seen: HashSet<u64> = r.handled.iter().map(|h| h.2).collect();
-        (0..published).all(|n| seen.contains(&n))
-    }
+    move |r| missing(r, published).is_empty()
+}
+
+/// The published messages not handled yet.
+fn missing(record: &Record, published: u64) -> Vec<u64> {
+    let seen: HashSet<u64> = record.handled.iter().map(|h| h.2).collect();
+    (0..published).filter(|n| !seen.contains(n)).collect()
+}
+
+/// `waited` with, if it failed, which messages are missing.
+fn with_missing(waited: Result<(), String>, group: &Group, published: u64) -> Result<(), String> {
+    waited.map_err(|e| {
+        let missing = missing(&group.lock(), published);
+        let first: Vec<String> = missing.iter().take(20).map(|n| format!("m-{n}")).collect();
+        format!("{e}; {} missing: {} ...", missing.len(), first.join(" "))
+    })
 }
 
 /// Settings of one run.
@@ -375,9 +412,10 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
     let published = load.stop().await?;
     let result = match joined {
         Ok(()) => {
-            members
+            let waited = members
                 .until("every message handled", limit, all_handled(published))
-                .await
+                .await;
+            with_missing(waited, &members, published)
         }
         Err(e) => Err(e),
     };
@@ -389,7 +427,7 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
         }
         f
     };
-    members.stop();
+    members.stop(result.is_err());
     let _ = bus.close().await;
     result.map(|()| figures)
 }
@@ -435,7 +473,7 @@ pub async fn depart(
         .await;
     if let Err(e) = steady {
         let _ = load.stop().await;
-        members.stop();
+        members.stop(true);
         return Err(e);
     }
     tokio::time::sleep(plan.phase).await;
@@ -474,9 +512,10 @@ pub async fn depart(
     let published = load.stop().await?;
     let result = match moved {
         Ok(()) => {
-            members
+            let waited = members
                 .until("every message handled", limit, all_handled(published))
-                .await
+                .await;
+            with_missing(waited, &members, published)
         }
         Err(e) => Err(e),
     };
@@ -493,7 +532,7 @@ pub async fn depart(
         f.longest_pause = Some(pause);
         f
     };
-    members.stop();
+    members.stop(result.is_err());
     let _ = bus.close().await;
     result.map(|()| figures)
 }

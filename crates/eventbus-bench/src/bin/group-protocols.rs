@@ -4,7 +4,9 @@
 //!
 //! `cargo xtask groups [--quick] [--rounds N]`, or
 //! `cargo run --release -p eventbus-bench --bin group-protocols -- [--quick] [--rounds N]
-//! [--work-ms MS] [--shared]` (handlers work 50 ms per message, 1 ms with `--quick`)
+//! [--work-ms MS] [--shared] [--protocol consumer|classic-cooperative|classic-eager]
+//! [--scenario join|leave|kill]` (handlers work 50 ms per message, 1 ms with `--quick`;
+//! members log to stderr per `EVENTBUS_LOG`)
 //!
 //! Kafka: with `--shared` the shared broker (`EVENTBUS_KAFKA_BROKERS`, else 127.0.0.1:9092),
 //! else a private broker of its own. Fails when a message is
@@ -26,6 +28,13 @@ fn main() -> std::process::ExitCode {
         };
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let only_protocol = value("--protocol");
+    let only_scenario = value("--scenario");
     let rounds = eventbus_bench::arg("--rounds", 1) as usize;
     let plan = if quick {
         Plan {
@@ -54,12 +63,21 @@ fn main() -> std::process::ExitCode {
     println!("Kafka group protocols on {brokers} ({plan:?}, {rounds} round(s))\n\n{HEAD}");
     for _ in 0..rounds {
         for variant in Variant::ALL {
+            if only_protocol
+                .as_deref()
+                .is_some_and(|p| p != variant.name())
+            {
+                continue;
+            }
             let runs: [(&str, Option<Departure>); 3] = [
                 ("join", None),
                 ("leave", Some(Departure::Leave)),
                 ("kill", Some(Departure::Kill)),
             ];
             for (scenario, departure) in runs {
+                if only_scenario.as_deref().is_some_and(|s| s != scenario) {
+                    continue;
+                }
                 let result = runtime.block_on(async {
                     match departure {
                         None => groups::join(&brokers, variant, plan).await,
