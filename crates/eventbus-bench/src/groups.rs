@@ -226,6 +226,21 @@ impl Group {
         Ok(())
     }
 
+    /// Waits until every published message was handled at least once; on failure, says
+    /// which are missing.
+    async fn all_handled(&self, published: u64, limit: Duration) -> Result<(), String> {
+        let waited = self
+            .until("every message handled", limit, |r| {
+                missing(r, published).is_empty()
+            })
+            .await;
+        waited.map_err(|e| {
+            let missing = missing(&self.lock(), published);
+            let first: Vec<String> = missing.iter().take(20).map(|n| format!("m-{n}")).collect();
+            format!("{e}; {} missing: {} ...", missing.len(), first.join(" "))
+        })
+    }
+
     /// Closes member `i` gracefully (its stdin ends).
     fn leave(&mut self, i: usize) {
         drop(self.members[i].stdin.take());
@@ -338,24 +353,10 @@ fn figures(record: &Record, published: u64) -> Figures {
     }
 }
 
-/// Everything handled: every published message at least once.
-fn all_handled(published: u64) -> impl Fn(&Record) -> bool {
-    move |r| missing(r, published).is_empty()
-}
-
 /// The published messages not handled yet.
 fn missing(record: &Record, published: u64) -> Vec<u64> {
     let seen: HashSet<u64> = record.handled.iter().map(|h| h.2).collect();
     (0..published).filter(|n| !seen.contains(n)).collect()
-}
-
-/// `waited` with, if it failed, which messages are missing.
-fn with_missing(waited: Result<(), String>, group: &Group, published: u64) -> Result<(), String> {
-    waited.map_err(|e| {
-        let missing = missing(&group.lock(), published);
-        let first: Vec<String> = missing.iter().take(20).map(|n| format!("m-{n}")).collect();
-        format!("{e}; {} missing: {} ...", missing.len(), first.join(" "))
-    })
 }
 
 /// Settings of one run.
@@ -411,12 +412,7 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
         .await;
     let published = load.stop().await?;
     let result = match joined {
-        Ok(()) => {
-            let waited = members
-                .until("every message handled", limit, all_handled(published))
-                .await;
-            with_missing(waited, &members, published)
-        }
+        Ok(()) => members.all_handled(published, limit).await,
         Err(e) => Err(e),
     };
     let figures = {
@@ -511,12 +507,7 @@ pub async fn depart(
     tokio::time::sleep(plan.phase).await;
     let published = load.stop().await?;
     let result = match moved {
-        Ok(()) => {
-            let waited = members
-                .until("every message handled", limit, all_handled(published))
-                .await;
-            with_missing(waited, &members, published)
-        }
+        Ok(()) => members.all_handled(published, limit).await,
         Err(e) => Err(e),
     };
     let figures = {

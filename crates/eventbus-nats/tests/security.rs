@@ -147,13 +147,18 @@ async fn refused(case: &str, config: NatsConfig, kind: ConnectErrorKind) -> Erro
         "{case}: {nats:?}"
     );
     assert_eq!(nats.connect_kind(), Some(kind), "{case}: {err}");
+    no_thread_left(threads, &format!("{case}: after a failed connect")).await;
+    err
+}
+
+/// Asserts that the process has `threads` threads again (`when`: after what).
+async fn no_thread_left(threads: Option<usize>, when: &str) {
     assert_eq!(
         support::threads_after_close(threads).await,
         threads,
-        "{case}: threads left after a failed connect: {:?}",
+        "threads left {when}: {:?}",
         support::thread_names()
     );
-    err
 }
 
 /// Connects with `options`, publishes one message and consumes it, closes; no thread left.
@@ -184,12 +189,7 @@ async fn round_trip(case: &str, url: String, options: ConnectOptions) {
     sub.close().await;
     bus.close().await.unwrap();
     drop(bus);
-    assert_eq!(
-        support::threads_after_close(threads).await,
-        threads,
-        "{case}: threads left after close: {:?}",
-        support::thread_names()
-    );
+    no_thread_left(threads, &format!("{case}: after close")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,12 +457,7 @@ async fn retry_on_initial_connect_fails_within_the_connect_timeout() {
         ),
         "{err}"
     );
-    assert_eq!(
-        support::threads_after_close(threads).await,
-        threads,
-        "threads left after a failed connect: {:?}",
-        support::thread_names()
-    );
+    no_thread_left(threads, "after a failed connect").await;
 
     let (result, _) = connect(config(password)).await;
     let transport = result.unwrap_or_else(|e| panic!("the right password: {e}"));
@@ -488,10 +483,5 @@ async fn a_server_that_never_answers_is_a_connect_timeout() {
         ),
         "{err}"
     );
-    assert_eq!(
-        support::threads_after_close(threads).await,
-        threads,
-        "threads left after a failed connect: {:?}",
-        support::thread_names()
-    );
+    no_thread_left(threads, "after a failed connect").await;
 }
