@@ -88,6 +88,15 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// The `KafkaError` an [`eventbus_core::Error`] carries, if it is one: the source of
+    /// [`Error::Transport`](eventbus_core::Error::Transport) from this transport.
+    pub fn of(error: &eventbus_core::Error) -> Option<&KafkaError> {
+        match error {
+            eventbus_core::Error::Transport { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn request(operation: &'static str, source: rdkafka::error::KafkaError) -> Self {
         KafkaError::Request { operation, source }
     }

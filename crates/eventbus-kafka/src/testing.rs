@@ -91,11 +91,7 @@ pub struct PrivateBroker(ServerProcess);
 impl PrivateBroker {
     /// Starts Apache Kafka on free ports with a fresh store.
     pub fn start() -> Self {
-        PrivateBroker(
-            ServerProcess::kafka().unwrap_or_else(|e| {
-                panic!("cannot start a private Kafka (see DEVELOPERS.md): {e}")
-            }),
-        )
+        Self::with(&[])
     }
 
     /// Starts Apache Kafka like [`start`](Self::start) with `properties` (`name=value`) added

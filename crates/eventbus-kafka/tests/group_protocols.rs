@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
+use eventbus_core::{BoxError, Delivery, EventBus, handler_fn};
 use eventbus_kafka::{GroupProtocol, KafkaError, KafkaTransport, testing::config_with};
 use support::{PrivateBroker, unique};
 
@@ -38,9 +38,7 @@ async fn kip_848_on_a_broker_without_it_fails_subscribe_with_a_typed_error() {
     .expect("subscribe returned");
     let err = subscribed.expect_err("KIP-848 on a classic-only broker must fail");
     eprintln!("failed after {:?}: {err}", started.elapsed());
-    let source = std::error::Error::source(&err)
-        .and_then(|s| s.downcast_ref::<KafkaError>())
-        .unwrap_or_else(|| panic!("a KafkaError as source: {err:?}"));
+    let source = KafkaError::of(&err).unwrap_or_else(|| panic!("a KafkaError as source: {err:?}"));
     assert!(
         matches!(source, KafkaError::Group { group, .. } if group.contains(&topic)),
         "{source:?}"
@@ -53,34 +51,11 @@ async fn the_classic_protocol_works_on_a_broker_without_kip_848() {
     eventbus_testkit::log_to_test_output();
     let broker = classic_only_broker();
     let brokers = broker.brokers();
-    let transport = KafkaTransport::connect(config_with(&brokers, GroupProtocol::Classic))
-        .await
-        .expect("connect");
-    let bus = EventBus::new(transport);
-    let topic = unique("classic-only");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sub = bus
-        .subscribe(
-            &topic,
-            "g",
-            handler_fn(move |d: Delivery| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(d.message().payload().clone());
-                    Ok::<_, BoxError>(())
-                }
-            }),
+    drop(
+        support::publish_and_consume(
+            config_with(&brokers, GroupProtocol::Classic),
+            Duration::from_secs(30),
         )
-        .await
-        .expect("subscribe");
-    bus.publish(Message::new(topic.as_str(), "hello").with_key("k"))
-        .await
-        .expect("publish");
-    let got = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-        .await
-        .expect("delivered")
-        .expect("a message");
-    assert_eq!(&got[..], b"hello");
-    sub.close().await;
-    bus.close().await.expect("close");
+        .await,
+    );
 }

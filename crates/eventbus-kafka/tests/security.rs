@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use eventbus_core::Error;
 use eventbus_core::transport::Transport;
-use eventbus_core::{BoxError, Delivery, Error, EventBus, Message, handler_fn};
 use eventbus_kafka::{KafkaConfig, KafkaError, KafkaTransport};
 use eventbus_testkit::brokers::ServerProcess;
 use eventbus_testkit::tls::TestCertificates;
@@ -81,12 +81,7 @@ fn sasl_ssl(brokers: &str, password: &str, ca: &Path) -> KafkaConfig {
 }
 
 fn kafka_error(e: &Error) -> &KafkaError {
-    match e {
-        Error::Transport { source, .. } => source
-            .downcast_ref::<KafkaError>()
-            .unwrap_or_else(|| panic!("not a KafkaError: {source}")),
-        other => panic!("expected a transport error, got {other}"),
-    }
+    KafkaError::of(e).unwrap_or_else(|| panic!("not a KafkaError: {e:?}"))
 }
 
 /// Connects with `config`, which must fail within [`WAIT`]; prints how long it took and
@@ -124,50 +119,12 @@ fn variant(e: &KafkaError) -> &'static str {
     }
 }
 
-/// Connects with `config`, publishes one message to a new topic and receives it in a
-/// subscription, then closes; returns the transport (closed) for its `Debug` output.
-async fn publish_and_consume(config: KafkaConfig) -> KafkaTransport {
-    let transport = tokio::time::timeout(WAIT, KafkaTransport::connect(config))
-        .await
-        .expect("connect still waiting")
-        .expect("connect with the right credentials");
-    let bus = EventBus::new(transport.clone());
-    let topic = unique("secure");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let sub = bus
-        .subscribe(
-            &topic,
-            "g",
-            handler_fn(move |d: Delivery| {
-                let _ = tx.send(d.payload().clone());
-                async { Ok::<_, BoxError>(()) }
-            }),
-        )
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        WAIT,
-        bus.publish(Message::new(&topic, "over SASL_SSL").with_key("k")),
-    )
-    .await
-    .expect("publish still waiting")
-    .unwrap();
-    let received = tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("no delivery")
-        .expect("the subscription ended");
-    assert_eq!(&received[..], b"over SASL_SSL");
-    sub.close().await;
-    bus.close().await.unwrap();
-    transport
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_credentials_publish_and_consume_over_sasl_ssl() {
     let broker = SecureBroker::start();
     let threads = support::threads();
     let config = broker.config(PASSWORD, &broker.certificates.ca());
-    drop(publish_and_consume(config).await);
+    drop(support::publish_and_consume(config, WAIT).await);
     assert_eq!(support::threads(), threads, "threads left after close");
 }
 
@@ -289,7 +246,7 @@ async fn no_credential_in_logs_errors_or_debug_output() {
         .set("debug", "all")
         .set_consumer("debug", "security");
     let right_debug = format!("{right:?}");
-    let transport = publish_and_consume(right).await;
+    let transport = support::publish_and_consume(right, WAIT).await;
 
     let log = captured.text();
     let outputs = [

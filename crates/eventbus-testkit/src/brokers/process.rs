@@ -117,18 +117,7 @@ impl ServerProcess {
 
     /// Starts `kind` on the given ports with `dir` for its store and log (a store already there
     /// is used as it is), and waits until it answers.
-    pub(crate) fn start_in(
-        kind: ServerKind,
-        extra: &[&str],
-        port: u16,
-        controller_port: u16,
-        dir: PathBuf,
-        detached: bool,
-    ) -> std::io::Result<Self> {
-        Self::start(kind, extra, port, controller_port, dir, detached, None)
-    }
-
-    fn start(
+    pub(super) fn start(
         kind: ServerKind,
         extra: &[&str],
         port: u16,

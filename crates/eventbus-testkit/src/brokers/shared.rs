@@ -56,15 +56,15 @@ pub fn up(dir: &Path, kinds: &[ServerKind]) -> std::io::Result<Vec<ServerKind>> 
             ServerKind::Nats => (NATS_PORT, 0),
             ServerKind::Kafka => (KAFKA_PORT, KAFKA_CONTROLLER_PORT),
         };
-        let server = match ServerProcess::start_in(kind, &[], port, controller, home.clone(), true)
-        {
-            Ok(server) => server,
-            Err(e) => {
-                // All or nothing: the caller learns of no broker to stop.
-                down(dir, &started)?;
-                return Err(e);
-            }
-        };
+        let server =
+            match ServerProcess::start(kind, &[], port, controller, home.clone(), true, None) {
+                Ok(server) => server,
+                Err(e) => {
+                    // All or nothing: the caller learns of no broker to stop.
+                    down(dir, &started)?;
+                    return Err(e);
+                }
+            };
         let log = server.log();
         let pid = server.detach().expect("a started server has a pid");
         std::fs::write(home.join("pid"), pid.to_string())?;
