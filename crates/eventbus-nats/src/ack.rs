@@ -11,16 +11,21 @@ use eventbus_core::transport::{Acknowledge, Settle};
 use crate::NatsError;
 use crate::error::ErrorText;
 use crate::held::{CopyKey, Held};
+use crate::keyed::InFlightGuard;
 
 /// Acks, naks or releases one JetStream message.
 #[derive(Debug)]
 pub struct NatsAck {
-    /// `None` for a message read back after a reconnect: the server's later copy is acked.
+    /// The delivery (for a message read back from the stream, one made with the ack subject
+    /// the server would have given it); taken when settled.
     pub(crate) msg: Option<jetstream::Message>,
     pub(crate) redelivery_delay: Duration,
     pub(crate) held: Option<(u64, Arc<Held>)>,
     /// Which stream message it is.
     pub(crate) seq: Option<CopyKey>,
+    /// For a keyed group's message: counts it among its partition's messages in the bus until
+    /// it is settled at the server (a partition is handed over only once none is left).
+    pub(crate) in_flight: Option<InFlightGuard>,
 }
 
 impl Drop for NatsAck {
@@ -39,6 +44,24 @@ impl Acknowledge for NatsAck {
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
             Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),
+            // A keyed group's message: nak'd, so it is redelivered before anything newer of
+            // its partition to whoever owns it next, and confirmed (a double nak) before its
+            // partition can be handed over: an unconfirmed nak could land after the next
+            // owner started, and bring the message back behind newer ones of its key.
+            Outcome::Cancelled if self.in_flight.is_some() => {
+                let Some(msg) = self.msg.take() else {
+                    return Settle::Done(Ok(()));
+                };
+                let in_flight = self.in_flight.take();
+                return Settle::Later(Box::pin(async move {
+                    let naked = msg
+                        .double_ack_with(AckKind::Nak(None))
+                        .await
+                        .map_err(|e| NatsError::request("nak", ErrorText(e.to_string())).into());
+                    drop(in_flight);
+                    naked
+                }));
+            }
             // Not a failure, and not ours any more: leave it unacked; the server redelivers it
             // after the ack wait. (A nak would hand it over sooner, but nats-server 2.9 was
             // seen delivering a nak'd message twice to the next member: the conformance
@@ -48,10 +71,14 @@ impl Acknowledge for NatsAck {
         let Some(msg) = self.msg.take() else {
             return Settle::Done(Ok(()));
         };
+        let in_flight = self.in_flight.take();
         Settle::Later(Box::pin(async move {
-            msg.ack_with(kind)
+            let acked = msg
+                .ack_with(kind)
                 .await
-                .map_err(|e| NatsError::request("ack", ErrorText(e.to_string())).into())
+                .map_err(|e| NatsError::request("ack", ErrorText(e.to_string())).into());
+            drop(in_flight);
+            acked
         }))
     }
 }

@@ -49,6 +49,12 @@ pub struct StreamOptions {
     /// Window in which a publish with an already seen message id is dropped as a duplicate
     /// (default 2 minutes): a retried publish is stored once.
     pub duplicate_window: Duration,
+    /// Partitions of the topic (default 16, at least 1): the stream holds one subject per
+    /// partition, `<subject>.<n>`, and a message goes to partition `fnv1a(key) % partitions`
+    /// (a message without a key, by its id). A keyed group ([`Sharing::ByKey`]) has one pinned
+    /// consumer per partition, so this is also the most instances of a group that get work.
+    /// Fixed for a stream's life: a stream with another count is refused.
+    pub partitions: u16,
 }
 
 impl Default for StreamOptions {
@@ -61,6 +67,7 @@ impl Default for StreamOptions {
             max_messages: None,
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            partitions: 16,
         }
     }
 }
@@ -101,6 +108,27 @@ impl StreamOptions {
         self.duplicate_window = d;
         self
     }
+    /// Sets the partition count (at least 1).
+    pub fn partitions(mut self, n: u16) -> Self {
+        self.partitions = n.max(1);
+        self
+    }
+}
+
+/// How the instances (subscriptions, in any process) of one group share a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Sharing {
+    /// Each partition is consumed by one instance at a time (a durable consumer per partition,
+    /// pinned to one client), so a key's messages are handled in order across instances.
+    /// Partitions are spread over the live instances; membership lives in a JetStream
+    /// key-value bucket (see the crate docs, *Scaling out*).
+    #[default]
+    ByKey,
+    /// One durable consumer for the group, pulled by every instance: an elastic worker pool,
+    /// with **no order across instances** (within one instance, a key's messages are still
+    /// handled in order).
+    Any,
 }
 
 /// Settings of the durable pull consumer behind each (topic, group). They are verified through
@@ -118,6 +146,12 @@ pub struct ConsumerOptions {
     /// Redelivery delays for unacked messages (empty: `ack_wait` each time). The server
     /// requires `max_deliver` above its length and `ack_wait == backoff[0]`; connecting checks.
     pub backoff: Vec<Duration>,
+    /// How a group's instances share its topic (default [`Sharing::ByKey`]).
+    pub sharing: Sharing,
+    /// For [`Sharing::ByKey`]: how long an instance that stopped answering (crashed, cut off)
+    /// keeps its partitions before the others take them over (default 5 s). Instances renew
+    /// their membership every third of it.
+    pub member_timeout: Duration,
 }
 
 impl Default for ConsumerOptions {
@@ -127,6 +161,8 @@ impl Default for ConsumerOptions {
             max_deliver: None,
             max_ack_pending: 10_000,
             backoff: Vec::new(),
+            sharing: Sharing::ByKey,
+            member_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -150,6 +186,16 @@ impl ConsumerOptions {
     /// Sets the redelivery backoff of unacked messages.
     pub fn backoff(mut self, delays: Vec<Duration>) -> Self {
         self.backoff = delays;
+        self
+    }
+    /// Sets how a group's instances share a topic.
+    pub fn sharing(mut self, sharing: Sharing) -> Self {
+        self.sharing = sharing;
+        self
+    }
+    /// Sets how long a silent instance keeps its partitions (at least 1 s).
+    pub fn member_timeout(mut self, d: Duration) -> Self {
+        self.member_timeout = d.max(Duration::from_secs(1));
         self
     }
 }

@@ -133,7 +133,10 @@ mod config;
 mod error;
 mod held;
 mod io;
+mod keyed;
 mod mapping;
+mod membership;
+mod partition;
 mod provision;
 mod publish;
 mod pull;
@@ -154,7 +157,9 @@ use tokio::sync::watch;
 use crate::error::ErrorText;
 
 pub use ack::NatsAck;
-pub use config::{ConsumerOptions, NatsConfig, Provision, Retention, Storage, StreamOptions};
+pub use config::{
+    ConsumerOptions, NatsConfig, Provision, Retention, Sharing, Storage, StreamOptions,
+};
 pub use error::{ConnectErrorKind, NatsError};
 
 const NAME: &str = "nats";
@@ -185,6 +190,8 @@ struct Inner {
     last_error: Arc<Mutex<Option<(std::time::SystemTime, String)>>>,
     copies_dropped: Arc<AtomicU64>,
     closed: AtomicBool,
+    /// Keyed groups' hand-overs and leaves, on the I/O runtime: `close` waits for them.
+    background: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -197,10 +204,12 @@ impl std::fmt::Debug for NatsTransport {
 }
 
 impl NatsTransport {
-    /// What the transport offers.
+    /// What the transport offers with keyed groups (the default [`Sharing`]); with
+    /// [`Sharing::Any`], no key affinity.
     pub const CAPABILITIES: Capabilities = Capabilities::none()
         .with_consumer_groups()
-        .with_persistence();
+        .with_persistence()
+        .with_key_affinity();
 
     /// Connects. A server that is down, refuses, or rejects the credentials or the TLS
     /// handshake gives a typed error within [`NatsConfig::connect_timeout`] (see the crate
@@ -333,6 +342,7 @@ impl NatsTransport {
                 last_error,
                 copies_dropped: Arc::default(),
                 closed: AtomicBool::new(false),
+                background: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -384,7 +394,12 @@ impl Transport for NatsTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Self::CAPABILITIES
+        match self.inner.config.consumer.sharing {
+            Sharing::ByKey => Self::CAPABILITIES,
+            Sharing::Any => Capabilities::none()
+                .with_consumer_groups()
+                .with_persistence(),
+        }
     }
 
     fn connection(&self) -> eventbus_core::Connection {
@@ -403,6 +418,15 @@ impl Transport for NatsTransport {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // Leaves and hand-overs of keyed groups still under way (their subscriptions closed
+        // before the transport): they delete member keys and unpin consumers, so the other
+        // instances take over at once rather than after the member timeout.
+        self.inner.background.close();
+        let _ = tokio::time::timeout(
+            self.inner.config.consumer.member_timeout + Duration::from_secs(1),
+            self.inner.background.wait(),
+        )
+        .await;
         // Flush what was published and end the connection; wait (bounded) for the client to
         // report it closed, then end its thread whatever happened.
         let mut state = self.inner.state.clone();
@@ -420,16 +444,21 @@ impl Transport for NatsTransport {
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
-        let stream = self
-            .inner
-            .js
-            .get_stream_no_info(self.inner.config.stream_name(topic))
-            .await
-            .map_err(|e| NatsError::request("get stream", e))?;
-        let info = stream
-            .consumer_info(group)
-            .await
-            .map_err(|e| NatsError::request("consumer info", e))?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        let stream = self.stream_handle(topic).await?;
+        let consumers = match self.inner.config.consumer.sharing {
+            Sharing::ByKey => (0..self.inner.config.stream_for(topic).partitions)
+                .map(|p| partition::consumer_name(group, p))
+                .collect(),
+            Sharing::Any => vec![group.to_owned()],
+        };
+        let mut lag = 0;
+        for consumer in consumers {
+            let info = stream
+                .consumer_info(&consumer)
+                .await
+                .map_err(|e| NatsError::request("consumer info", e))?;
+            lag += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(lag)
     }
 }

@@ -27,6 +27,17 @@ impl NatsTransport {
                     .info()
                     .await
                     .map_err(|e| NatsError::request("stream info", e))?;
+                // Another partition count (or an earlier version's single subject) would send
+                // a key to another partition than its earlier messages: never updated.
+                if info.config.subjects != want.subjects {
+                    return Err(Error::SettingsMismatch {
+                        transport: NAME,
+                        resource: format!("stream {}", want.name),
+                        setting: "partitions",
+                        expected: format!("{} (subjects {:?})", want.subjects.len(), want.subjects),
+                        actual: layout(&info.config.subjects, &inner.config.subject(topic)),
+                    });
+                }
                 if let Some((field, expected, actual)) = stream_diff(&want, &info.config) {
                     match inner.config.provision {
                         Provision::CreateOrUpdate => {
@@ -80,11 +91,59 @@ impl NatsTransport {
     }
 }
 
+/// What an existing stream's subjects say about its layout, for the error that refuses it.
+fn layout(subjects: &[String], topic_subject: &str) -> String {
+    if subjects == [topic_subject] {
+        return format!(
+            "none: a stream of an earlier version (one subject, {topic_subject:?}); consume what it holds with that version, then delete the stream"
+        );
+    }
+    format!("{} (subjects {subjects:?})", subjects.len())
+}
+
+impl NatsTransport {
+    /// Gets or creates a durable consumer and makes sure the one that runs is the one
+    /// configured (the Go SDK's defect 3): compared through consumer info, updated where
+    /// [`Provision`] allows, and compared again.
+    pub(crate) async fn ensure_consumer(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        want: pull::Config,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+        let name = want.durable_name.clone().unwrap_or_default();
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .get_or_create_consumer(&name, want.clone())
+            .await
+            .map_err(|e| NatsError::request("create consumer", e))?;
+        let mut difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
+        if difference.is_some() && self.inner.config.provision == Provision::CreateOrUpdate {
+            consumer = stream
+                .create_consumer(want.clone())
+                .await
+                .map_err(|e| NatsError::request("update consumer", e))?;
+            difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
+        }
+        if let Some((field, expected, actual)) = difference {
+            return Err(Error::SettingsMismatch {
+                transport: NAME,
+                resource: format!(
+                    "consumer {name} on stream {}",
+                    consumer.cached_info().stream_name
+                ),
+                setting: field,
+                expected,
+                actual,
+            });
+        }
+        Ok(consumer)
+    }
+}
+
 fn stream_config(config: &NatsConfig, topic: &str) -> stream::Config {
     let o = config.stream_for(topic);
     stream::Config {
         name: config.stream_name(topic),
-        subjects: vec![config.subject(topic)],
+        subjects: crate::partition::subjects(&config.subject(topic), o.partitions),
         storage: match o.storage {
             Storage::File => stream::StorageType::File,
             Storage::Memory => stream::StorageType::Memory,
@@ -118,7 +177,6 @@ fn stream_diff(
     have: &stream::Config,
 ) -> Option<(&'static str, String, String)> {
     first_difference([
-        ("subjects", &want.subjects, &have.subjects),
         ("storage", &want.storage, &have.storage),
         ("retention", &want.retention, &have.retention),
         ("max_age", &want.max_age, &have.max_age),
@@ -133,10 +191,36 @@ fn stream_diff(
     ])
 }
 
+/// The pinned consumers' priority group: pulls name it, and the server pins one client per
+/// consumer within it.
+pub(crate) const PIN_GROUP: &str = "eventbus";
+
+/// The durable consumer of a [`Sharing::Any`](crate::Sharing::Any) group: the whole stream.
 pub(crate) fn consumer_config(config: &NatsConfig, group: &str) -> pull::Config {
+    common_consumer_config(config, group.to_owned())
+}
+
+/// The durable consumer of one partition of a keyed group: that partition's subject, one
+/// pinned client at a time, unpinned by the server after the member timeout without a pull.
+pub(crate) fn partition_consumer_config(
+    config: &NatsConfig,
+    topic: &str,
+    group: &str,
+    partition: u16,
+) -> pull::Config {
+    pull::Config {
+        filter_subject: crate::partition::subject(&config.subject(topic), partition),
+        priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![PIN_GROUP.to_owned()],
+        priority_timeout: config.consumer.member_timeout,
+        ..common_consumer_config(config, crate::partition::consumer_name(group, partition))
+    }
+}
+
+fn common_consumer_config(config: &NatsConfig, name: String) -> pull::Config {
     let c = &config.consumer;
     pull::Config {
-        durable_name: Some(group.to_owned()),
+        durable_name: Some(name),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         deliver_policy: jetstream::consumer::DeliverPolicy::All,
         ack_wait: c.ack_wait,
@@ -147,7 +231,7 @@ pub(crate) fn consumer_config(config: &NatsConfig, group: &str) -> pull::Config 
     }
 }
 
-pub(crate) async fn consumer_info(
+async fn consumer_info(
     consumer: &mut jetstream::consumer::Consumer<pull::Config>,
 ) -> Result<jetstream::consumer::Config> {
     let info = consumer
@@ -158,7 +242,7 @@ pub(crate) async fn consumer_info(
 }
 
 /// The first consumer setting that differs between what is configured and what runs.
-pub(crate) fn consumer_diff(
+fn consumer_diff(
     want: &pull::Config,
     have: &jetstream::consumer::Config,
 ) -> Option<(&'static str, String, String)> {
@@ -171,5 +255,16 @@ pub(crate) fn consumer_diff(
             &have.max_ack_pending,
         ),
         ("backoff", &want.backoff, &have.backoff),
+        ("filter_subject", &want.filter_subject, &have.filter_subject),
+        (
+            "priority_policy",
+            &want.priority_policy,
+            &have.priority_policy,
+        ),
+        (
+            "priority_timeout",
+            &want.priority_timeout,
+            &have.priority_timeout,
+        ),
     ])
 }

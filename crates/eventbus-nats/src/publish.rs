@@ -1,5 +1,5 @@
 //! Publishing: one message or a batch (pipelined), each with its `Nats-Msg-Id` and key
-//! headers, returning after JetStream's ack.
+//! headers to its partition's subject, returning after JetStream's ack.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
@@ -28,13 +28,15 @@ impl NatsTransport {
         if let Some(key) = message.key() {
             headers.insert(HEADER_KEY, key.as_str());
         }
+        let config = &self.inner.config;
+        let partitions = config.stream_for(message.topic()).partitions;
+        let subject = crate::partition::subject(
+            &config.subject(message.topic()),
+            crate::partition::of(message, partitions),
+        );
         self.inner
             .js
-            .publish_with_headers(
-                self.inner.config.subject(message.topic()),
-                headers,
-                message.payload().clone(),
-            )
+            .publish_with_headers(subject, headers, message.payload().clone())
             .await
             .map_err(|e| NatsError::request("publish", e).into())
     }

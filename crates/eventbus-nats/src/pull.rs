@@ -8,78 +8,76 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::pull};
+use eventbus_core::Result;
 use eventbus_core::transport::{Incoming, Started, SubscribeRequest, Subscriber};
-use eventbus_core::{Error, Result};
 use futures::{Stream, StreamExt};
 
 use crate::NatsAck;
 use crate::held::{Held, Redelivery};
+use crate::keyed::InFlight;
 use crate::mapping::message;
-use crate::provision::{consumer_config, consumer_diff, consumer_info};
-use crate::{NAME, NatsError, NatsTransport, Provision};
+use crate::membership::Handover;
+use crate::provision::{PIN_GROUP, consumer_config};
+use crate::{NatsError, NatsTransport, Sharing};
 
 #[async_trait::async_trait]
 impl Subscriber for NatsTransport {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<Started> {
         self.check_open()?;
+        self.ensure_stream(request.topic()).await?;
+        match self.inner.config.consumer.sharing {
+            Sharing::ByKey => crate::keyed::subscribe(self, request).await,
+            Sharing::Any => self.subscribe_any(request).await,
+        }
+    }
+}
+
+impl NatsTransport {
+    /// A [`Sharing::Any`] subscription: the group's one consumer, pulled by one puller.
+    async fn subscribe_any(&self, request: SubscribeRequest) -> Result<Started> {
         let config = &self.inner.config;
         let topic = request.topic().to_owned();
-        let group = request.group().to_owned();
-        self.ensure_stream(&topic).await?;
-        let stream_name = config.stream_name(&topic);
-        let stream = self
-            .inner
-            .js
-            .get_stream_no_info(&stream_name)
-            .await
-            .map_err(|e| NatsError::request("get stream", e))?;
-        let want = consumer_config(config, &group);
-        let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(&group, want.clone())
-            .await
-            .map_err(|e| NatsError::request("create consumer", e))?;
-        // The consumer that runs must be the one configured (the Go SDK's defect 3): compare
-        // through consumer info, update where allowed, and check again.
-        let mut difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
-        if difference.is_some() && config.provision == Provision::CreateOrUpdate {
-            consumer = stream
-                .create_consumer(want.clone())
-                .await
-                .map_err(|e| NatsError::request("update consumer", e))?;
-            difference = consumer_diff(&want, &consumer_info(&mut consumer).await?);
-        }
-        if let Some((field, expected, actual)) = difference {
-            return Err(Error::SettingsMismatch {
-                transport: NAME,
-                resource: format!("consumer {group} on stream {stream_name}"),
-                setting: field,
-                expected,
-                actual,
-            });
-        }
+        let stream = self.stream_handle(&topic).await?;
+        let consumer = self
+            .ensure_consumer(&stream, consumer_config(config, request.group()))
+            .await?;
         // Up to half the bus's buffer per pull: with the next pull in flight, at most about a
         // buffer's worth waits outside the bus.
         let batch = config.fetch_batch.min(request.max_buffered() / 2).max(1);
-        let held = Held::start(
-            &self.inner.io_handle,
-            self.inner.client.clone(),
-            config.consumer.shortest_redelivery_wait(),
-            Arc::clone(&self.inner.copies_dropped),
-        );
         let source = pull_stream(
             Puller {
                 consumer,
                 stream,
+                js: self.inner.js.clone(),
                 connects: Arc::clone(&self.inner.connects),
                 recover_limit: 2 * batch as u64,
+                partition: None,
             },
             batch,
             topic,
             request.redelivery_delay(),
-            held,
+            self.held(),
             self.inner.io_handle.clone(),
         );
         Ok(request.start(Box::pin(source)))
+    }
+
+    pub(crate) async fn stream_handle(&self, topic: &str) -> Result<jetstream::stream::Stream<()>> {
+        self.inner
+            .js
+            .get_stream_no_info(self.inner.config.stream_name(topic))
+            .await
+            .map_err(|e| NatsError::request("get stream", e).into())
+    }
+
+    /// A subscription's registry of held messages, with its progress-ack task.
+    pub(crate) fn held(&self) -> Arc<Held> {
+        Held::start(
+            &self.inner.io_handle,
+            self.inner.client.clone(),
+            self.inner.config.consumer.shortest_redelivery_wait(),
+            Arc::clone(&self.inner.copies_dropped),
+        )
     }
 }
 
@@ -89,7 +87,7 @@ impl Subscriber for NatsTransport {
 /// the I/O runtime, where its request task lives; dropped (and its task with it) when the
 /// subscription ends. It survives reconnects (async-nats re-requests once connected) and is
 /// made anew only if it ends: there is never more than one puller per subscription.
-fn pull_stream(
+pub(crate) fn pull_stream(
     puller: Puller,
     batch: usize,
     topic: String,
@@ -114,6 +112,11 @@ fn pull_stream(
         highest: u64,
         /// Messages ready for the bus, oldest first: one as a rule, more after a recovery.
         ready: VecDeque<Incoming<NatsAck>>,
+        /// A partition's pull: whether the current term (pull stream, connection and pin)
+        /// has been checked for messages an earlier owner left unacked.
+        term_checked: bool,
+        /// The pin id of the last delivery.
+        pin: Option<String>,
     }
     let generation = puller.connects.load(Ordering::Relaxed);
     let state = State {
@@ -127,6 +130,8 @@ fn pull_stream(
         renewed: false,
         highest: 0,
         ready: VecDeque::new(),
+        term_checked: false,
+        pin: None,
     };
     futures::stream::unfold(state, move |mut st| async move {
         loop {
@@ -141,7 +146,34 @@ fn pull_stream(
                     Some(Ok(msg)) => {
                         // Parsed once: the reply subject is split and its numbers read.
                         let info = Delivered::of(&msg);
-                        if let Some(info) = info
+                        if let Some(partition) = &st.puller.partition {
+                            if let Some(info) = info {
+                                partition
+                                    .received
+                                    .fetch_max(info.stream_sequence, Ordering::Relaxed);
+                            }
+                            let pin = msg
+                                .headers
+                                .as_ref()
+                                .and_then(|h| h.get(PIN_HEADER))
+                                .map(|v| v.as_str().to_owned());
+                            let generation = st.puller.connects.load(Ordering::Relaxed);
+                            let repinned = pin.is_some() && pin != st.pin;
+                            if !st.term_checked || generation != st.generation || repinned {
+                                st.term_checked = true;
+                                st.generation = generation;
+                                if pin.is_some() {
+                                    st.pin = pin;
+                                }
+                                if let Some(info) = info {
+                                    let recovered = st
+                                        .puller
+                                        .recover_pending(info, &st.topic, &st.held, &st.io)
+                                        .await;
+                                    st.ready.extend(recovered);
+                                }
+                            }
+                        } else if let Some(info) = info
                             && info.delivered == 1
                         {
                             let seq = info.stream_sequence;
@@ -163,8 +195,9 @@ fn pull_stream(
                         // Every delivery, not only those the server counts as redelivered: a
                         // server that crashed before it stored its consumer's state sends
                         // messages again as first deliveries.
+                        let in_flight = st.puller.partition.as_ref().map(|p| &p.in_flight);
                         if let Some(incoming) =
-                            incoming(&st.topic, msg, info, redelivery_delay, &st.held)
+                            incoming(&st.topic, msg, info, redelivery_delay, &st.held, in_flight)
                         {
                             st.ready.push_back(incoming);
                         }
@@ -190,19 +223,29 @@ fn pull_stream(
                 }
             }
             let consumer = st.puller.consumer.clone();
+            let pinned = st.puller.partition.as_ref().map(|p| p.member_timeout);
             let made = st
                 .io
                 .spawn(async move {
-                    consumer
-                        .stream()
-                        .max_messages_per_batch(batch)
-                        .messages()
-                        .await
+                    let pull = consumer.stream().max_messages_per_batch(batch);
+                    match pinned {
+                        // The pin is kept by pulling within the member timeout: a pull
+                        // expires and is renewed at half of it.
+                        Some(timeout) => {
+                            pull.group(PIN_GROUP)
+                                .expires(timeout / 2)
+                                .heartbeat(timeout / 5)
+                                .messages()
+                                .await
+                        }
+                        None => pull.messages().await,
+                    }
                 })
                 .await;
             match made {
                 Ok(Ok(stream)) => {
                     st.renewed = st.highest > 0;
+                    st.term_checked = false;
                     st.current = Some(stream);
                 }
                 Ok(Err(e)) => {
@@ -217,10 +260,14 @@ fn pull_stream(
     })
 }
 
+/// The header of a pinned consumer's deliveries naming the pin they were sent under.
+const PIN_HEADER: &str = "Nats-Pin-Id";
+
 /// What a delivery's reply subject says.
 #[derive(Debug, Clone, Copy)]
 struct Delivered {
     stream_sequence: u64,
+    consumer_sequence: u64,
     delivered: i64,
     published: SystemTime,
 }
@@ -230,6 +277,7 @@ impl Delivered {
         let info = msg.info().ok()?;
         Some(Delivered {
             stream_sequence: info.stream_sequence,
+            consumer_sequence: info.consumer_sequence,
             delivered: info.delivered,
             published: SystemTime::from(info.published),
         })
@@ -245,6 +293,7 @@ fn incoming(
     info: Option<Delivered>,
     redelivery_delay: Duration,
     held: &Arc<Held>,
+    in_flight: Option<&InFlight>,
 ) -> Option<Incoming<NatsAck>> {
     // JetStream's own record of when it stored the message, and its stream sequence (from the
     // ack subject).
@@ -276,20 +325,43 @@ fn incoming(
             seq,
             msg: Some(msg),
             redelivery_delay,
+            in_flight: in_flight.map(InFlight::enter),
         },
     })
 }
 
 /// What a subscription's puller pulls from, and how it notices reconnects.
-struct Puller {
-    consumer: jetstream::consumer::Consumer<pull::Config>,
-    stream: jetstream::stream::Stream<()>,
+pub(crate) struct Puller {
+    pub(crate) consumer: jetstream::consumer::Consumer<pull::Config>,
+    pub(crate) stream: jetstream::stream::Stream<()>,
+    /// Settles messages read back from the stream.
+    pub(crate) js: jetstream::Context,
     /// The transport's connection count.
-    connects: Arc<AtomicU64>,
+    pub(crate) connects: Arc<AtomicU64>,
     /// The most messages a connection can lose on their way: what the puller's requests had
     /// outstanding (about one and a half pulls). A wider gap is not all ours (other members
     /// of the group took some) and is left to redelivery.
-    recover_limit: u64,
+    pub(crate) recover_limit: u64,
+    /// Set when this pulls one partition of a keyed group.
+    pub(crate) partition: Option<PartitionPull>,
+}
+
+/// What a keyed group's pull of one partition needs besides its consumer.
+pub(crate) struct PartitionPull {
+    /// The partition's subject.
+    pub(crate) subject: String,
+    /// The partition's messages in the bus.
+    pub(crate) in_flight: InFlight,
+    /// The group's member timeout (the consumer's pin timeout).
+    pub(crate) member_timeout: Duration,
+    /// The most messages an earlier owner can have left unacked: the consumer's
+    /// `max_ack_pending`.
+    pub(crate) max_pending: usize,
+    /// The partition's hand-over record.
+    pub(crate) handover: Handover,
+    /// The highest stream sequence received: what the server sent beyond it was lost on the
+    /// way, and is nak'd at a release.
+    pub(crate) received: Arc<AtomicU64>,
 }
 
 impl Puller {
@@ -297,8 +369,8 @@ impl Puller {
     /// puller, as far as the server knows) while a connection went down, and so never received.
     /// A server killed while sending keeps them as delivered and sends them again only after
     /// the ack wait, behind newer messages of their keys; read now, they are handed to the bus
-    /// in order. They have no reply subject: the server's later copy is recognised as a copy
-    /// (see [`Held`]) and acked then.
+    /// in order, and settled through their ack subjects (see `read_back`); a later copy the
+    /// server sends anyway is recognised as a copy (see [`Held`]).
     async fn recover(
         &self,
         lost: std::ops::Range<u64>,
@@ -324,28 +396,7 @@ impl Puller {
         let mut recovered = Vec::new();
         for (seq, result) in read {
             match result {
-                Ok(m) => {
-                    let (message, key) = message(
-                        topic,
-                        Some(&m.headers),
-                        m.payload,
-                        Some(SystemTime::from(m.time)),
-                        Some(seq),
-                    );
-                    // Held or acked already (it did arrive after all): nothing to hand on.
-                    let Ok(id) = held.hold(None, key) else {
-                        continue;
-                    };
-                    recovered.push(Incoming {
-                        message: Arc::new(message),
-                        ack: NatsAck {
-                            held: Some((id, Arc::clone(held))),
-                            seq: key,
-                            msg: None,
-                            redelivery_delay: Duration::ZERO,
-                        },
-                    });
-                }
+                Ok(m) => recovered.extend(self.read_back(m, 0, topic, held)),
                 // Deleted (by limits, say) or not ours to read: nothing to hand on.
                 Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {}
                 Err(e) => {
@@ -354,5 +405,151 @@ impl Puller {
             }
         }
         recovered
+    }
+
+    /// The bus's incoming message for a message read from the stream, unless it is held or
+    /// acked already (it did arrive after all).
+    ///
+    /// It is settled like a delivery, through the ack subject the server would have given it
+    /// (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`):
+    /// for acks and progress the server reads only the stream sequence, and looks it up among
+    /// the consumer's pending messages. A nak also needs a consumer sequence above the ack
+    /// floor: `consumer_seq` is the consumer's last delivered one when known (0 otherwise: the
+    /// nak is ignored and the message comes back after the ack wait).
+    fn read_back(
+        &self,
+        m: jetstream::message::StreamMessage,
+        consumer_seq: u64,
+        topic: &Arc<str>,
+        held: &Arc<Held>,
+    ) -> Option<Incoming<NatsAck>> {
+        let seq = m.sequence;
+        let (message, key) = message(
+            topic,
+            Some(&m.headers),
+            m.payload.clone(),
+            Some(SystemTime::from(m.time)),
+            Some(seq),
+        );
+        let info = self.consumer.cached_info();
+        let reply = async_nats::Subject::from(format!(
+            "$JS.ACK.{}.{}.1.{seq}.{consumer_seq}.0.0",
+            info.stream_name, info.name
+        ));
+        let id = held.hold(Some(reply.clone()), key).ok()?;
+        let delivery = jetstream::Message {
+            message: async_nats::Message {
+                subject: m.subject,
+                reply: Some(reply),
+                payload: m.payload,
+                headers: Some(m.headers),
+                status: None,
+                description: None,
+                length: 0,
+            },
+            context: self.js.clone(),
+        };
+        Some(Incoming {
+            message: Arc::new(message),
+            ack: NatsAck {
+                held: Some((id, Arc::clone(held))),
+                seq: key,
+                msg: Some(delivery),
+                redelivery_delay: Duration::ZERO,
+                in_flight: self.partition.as_ref().map(|p| p.in_flight.enter()),
+            },
+        })
+    }
+
+    /// For a partition's pull, at the first delivery of a term (a new pull stream, a new
+    /// connection, a new pin): the partition's messages that an earlier owner (or this one,
+    /// across a reconnect) was sent and did not ack, read from the stream, oldest first.
+    ///
+    /// After a clean hand-over there are none to read: the earlier owner acked or nak'd
+    /// everything it was sent, and its hand-over record says so. The record is trusted only if
+    /// nothing was delivered between it and the delivery opening this term (else it is from an
+    /// older term, or the server sent the earlier owner more after it).
+    ///
+    /// Otherwise (the earlier owner crashed, or a reconnect lost messages on the way) the
+    /// server would send them again only after their ack wait, and by then it may have sent
+    /// newer messages of their keys to the new owner: read now and handed to the bus before
+    /// the delivery that opened the term, they keep per-key order across a hand-over. A first
+    /// delivery (not a redelivery) is newer than everything delivered before it, so what is
+    /// left unacked lies between the consumer's ack floor and it; a redelivery opening the
+    /// term may have unacked messages after it too, up to the consumer's last delivered
+    /// sequence. Messages acked above the floor are read too (the server does not say which):
+    /// handled again, at-least-once, unless this subscription acked them (see [`Held`]). What
+    /// is read back is settled through its ack subject (see `read_back`).
+    async fn recover_pending(
+        &self,
+        opening: Delivered,
+        topic: &Arc<str>,
+        held: &Arc<Held>,
+        io: &tokio::runtime::Handle,
+    ) -> Vec<Incoming<NatsAck>> {
+        let Some(partition) = &self.partition else {
+            return Vec::new();
+        };
+        let handover = partition.handover.clone();
+        let consumer = self.consumer.clone();
+        let stream = self.stream.clone();
+        let subject = partition.subject.clone();
+        let limit = partition.max_pending;
+        let read = io
+            .spawn(async move {
+                let info = match consumer.get_info().await {
+                    Ok(info) => info,
+                    Err(e) => return Err(e.to_string()),
+                };
+                // Every delivery, a redelivery too, takes the next consumer sequence: the
+                // record is this term's if the opening delivery is the first after it.
+                if let Some(released) = handover.take().await
+                    && opening.consumer_sequence == released + 1
+                {
+                    return Ok((Vec::new(), 0));
+                }
+                let end = if opening.delivered > 1 {
+                    info.delivered.stream_sequence
+                } else {
+                    opening.stream_sequence.saturating_sub(1)
+                };
+                let mut seq = info.ack_floor.stream_sequence + 1;
+                let mut read = Vec::new();
+                while seq <= end && read.len() < limit {
+                    match stream.get_first_raw_message_by_subject(&subject, seq).await {
+                        Ok(m) if m.sequence <= end => {
+                            seq = m.sequence + 1;
+                            if m.sequence != opening.stream_sequence {
+                                read.push(m);
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e)
+                            if e.kind()
+                                == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                        {
+                            break;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok((read, info.delivered.consumer_sequence))
+            })
+            .await;
+        match read {
+            Ok(Ok((read, consumer_seq))) => {
+                if !read.is_empty() {
+                    tracing::debug!(topic = %topic, subject = %partition.subject, messages = read.len(), "read back the partition's unacked messages at a new term");
+                }
+                read.into_iter()
+                    .filter_map(|m| self.read_back(m, consumer_seq, topic, held))
+                    .collect()
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(topic = %topic, subject = %partition.subject, %error, "could not read back the partition's unacked messages; they come back with redelivery");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
     }
 }

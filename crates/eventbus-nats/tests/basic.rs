@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use eventbus_core::{BoxError, Delivery, Error, EventBus, Limits, Message, handler_fn};
 use eventbus_nats::{
-    ConsumerOptions, NatsConfig, NatsError, NatsTransport, Provision, Storage, StreamOptions,
+    ConsumerOptions, NatsConfig, NatsError, NatsTransport, Provision, Sharing, Storage,
+    StreamOptions,
 };
 use support::{PrivateServer, SharedServer, unique};
 
@@ -154,11 +155,43 @@ async fn consumer_runs_with_the_configured_settings() {
     let (_, handler) = counting();
     let sub = bus.subscribe(&topic, "verified", handler).await.unwrap();
     let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
-    let info = stream.consumer_info("verified").await.unwrap();
+    // A keyed group (the default): one consumer per partition, on its subject, pinned.
+    for p in 0..16 {
+        let info = stream.consumer_info(format!("verified={p}")).await.unwrap();
+        let c = &info.config;
+        assert_eq!(c.ack_wait, Duration::from_secs(7));
+        assert_eq!(c.max_ack_pending, 123);
+        assert_eq!(c.max_deliver, 9);
+        assert_eq!(c.durable_name, Some(format!("verified={p}")));
+        assert_eq!(c.filter_subject, format!("{topic}.{p}"));
+        assert_eq!(
+            c.priority_policy,
+            async_nats::jetstream::consumer::PriorityPolicy::PinnedClient
+        );
+        assert_eq!(c.priority_timeout, Duration::from_secs(5));
+    }
+    sub.close().await;
+    bus.close().await.unwrap();
+
+    // `Sharing::Any`: one consumer for the group, on the whole stream.
+    let any = config.clone().consumer(
+        ConsumerOptions::default()
+            .ack_wait(Duration::from_secs(7))
+            .sharing(Sharing::Any),
+    );
+    let t = NatsTransport::connect(any).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::new(t);
+    let (_, handler) = counting();
+    let sub = bus.subscribe(&topic, "pool", handler).await.unwrap();
+    let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    let info = stream.consumer_info("pool").await.unwrap();
     assert_eq!(info.config.ack_wait, Duration::from_secs(7));
-    assert_eq!(info.config.max_ack_pending, 123);
-    assert_eq!(info.config.max_deliver, 9);
-    assert_eq!(info.config.durable_name.as_deref(), Some("verified"));
+    assert_eq!(info.config.filter_subject, "");
+    assert_eq!(
+        info.config.priority_policy,
+        async_nats::jetstream::consumer::PriorityPolicy::None
+    );
     sub.close().await;
     bus.close().await.unwrap();
     let _ = js.delete_stream(config.stream_name(&topic)).await;
@@ -324,7 +357,9 @@ async fn close_with_the_server_dead_leaves_no_task_or_thread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
     let shared = SharedServer::get();
+    // One partition: its consumer (`<group>=0`) is the group's only one.
     let config = NatsConfig::new(shared.url())
+        .stream(StreamOptions::default().partitions(1))
         .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
     let t = NatsTransport::connect(config.clone()).await.unwrap();
     let js = t.jetstream().clone();
@@ -356,7 +391,7 @@ async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
     let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let info = loop {
-        let info = stream.consumer_info("slow").await.unwrap().clone();
+        let info = stream.consumer_info("slow=0").await.unwrap().clone();
         if info.num_ack_pending == 0 {
             break info;
         }
@@ -379,7 +414,9 @@ async fn a_message_still_being_handled_is_not_redelivered_after_ack_wait() {
 async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
     let shared = SharedServer::get();
     const N: u64 = 12;
+    // One partition: its consumer (`<group>=0`) is the group's only one.
     let config = NatsConfig::new(shared.url())
+        .stream(StreamOptions::default().partitions(1))
         .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(1)));
     let transport = NatsTransport::connect(config.clone()).await.unwrap();
     let js = transport.jetstream().clone();
@@ -419,7 +456,7 @@ async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
     // (a pull consumer redelivers only into a pull request); wait until everything is acked.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let info = stream.consumer_info("slow").await.unwrap();
+        let info = stream.consumer_info("slow=0").await.unwrap();
         if seen.lock().unwrap().len() as u64 >= N
             && info.num_ack_pending == 0
             && info.num_pending == 0
@@ -450,7 +487,8 @@ async fn copies_redelivered_while_waiting_outside_a_full_bus_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_never_exceed_what_the_bus_can_buffer() {
     let shared = SharedServer::get();
-    let config = NatsConfig::new(shared.url());
+    // One partition: its consumer (`<group>=0`) is the group's only one.
+    let config = NatsConfig::new(shared.url()).stream(StreamOptions::default().partitions(1));
     let t = NatsTransport::connect(config.clone()).await.unwrap();
     let js = t.jetstream().clone();
     let bus = EventBus::builder(t)
@@ -480,7 +518,7 @@ async fn pulls_never_exceed_what_the_bus_can_buffer() {
     bus.publish_batch(batch).await.unwrap();
     let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
     wait_for("the bus to fill", || bus.stats().buffered >= 10).await;
-    let info = stream.consumer_info("gated").await.unwrap();
+    let info = stream.consumer_info("gated=0").await.unwrap();
     // Pulled = buffered in the bus (10) + at most one pull of 10 waiting to be taken.
     assert!(
         info.num_ack_pending <= 20,
@@ -539,7 +577,7 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
         .await;
     let stream = js.get_stream(&stream_name).await.unwrap();
     assert_eq!(
-        stream.consumer_info("g").await.unwrap().config.ack_wait,
+        stream.consumer_info("g=0").await.unwrap().config.ack_wait,
         Duration::from_secs(9)
     );
     second.close().await.unwrap();
@@ -558,12 +596,12 @@ async fn a_consumer_with_other_settings_is_updated_or_refused() {
                 setting: "ack_wait",
                 resource,
                 ..
-            } if resource.starts_with("consumer g ")
+            } if resource.starts_with("consumer g=0 ")
         ),
         "{err}"
     );
     assert_eq!(
-        stream.consumer_info("g").await.unwrap().config.ack_wait,
+        stream.consumer_info("g=0").await.unwrap().config.ack_wait,
         Duration::from_secs(9)
     );
     third.close().await.unwrap();
@@ -615,7 +653,7 @@ async fn a_backoff_the_server_would_refuse_or_rewrite_is_a_typed_error() {
     let sub = bus.subscribe(&topic, "g", handler).await.unwrap();
     let stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
     assert_eq!(
-        stream.consumer_info("g").await.unwrap().config.backoff,
+        stream.consumer_info("g=0").await.unwrap().config.backoff,
         backoff
     );
     let _ = js.delete_stream(config.stream_name(&topic)).await;

@@ -1,0 +1,370 @@
+//! Keyed groups ([`Sharing::ByKey`](crate::Sharing::ByKey)): a subscription pulls the
+//! partitions its membership assigns it, one pinned consumer each, and hands a partition over
+//! only once the bus has settled its messages.
+//!
+//! The invariant across a hand-over: no key's later message is handled before its earlier
+//! message was acked, or was handed to the new owner first. It holds because
+//! - the old owner stops pulling a partition it lost, waits until the bus settled every
+//!   message of it (acked, or left unacked at a close), and only then unpins the consumer;
+//!   a crashed owner stops pulling by itself, and the server unpins it after the member
+//!   timeout;
+//! - the server delivers a pinned consumer's messages to the pinned client only, so the new
+//!   owner gets nothing before that;
+//! - at its first delivery the new owner reads back the partition's messages that were sent and
+//!   not acked (the crashed owner's, or those lost on the way) and handles them first (see
+//!   `Puller::recover_pending`).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use eventbus_core::Result;
+use eventbus_core::transport::{Incoming, Started, SubscribeRequest};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::held::Held;
+use crate::membership::{Handover, Membership, bucket_name};
+use crate::provision::{PIN_GROUP, partition_consumer_config};
+use crate::pull::{PartitionPull, Puller, pull_stream};
+use crate::{NatsAck, NatsTransport, partition};
+
+/// Subscribes a keyed group: makes (and checks) every partition's consumer, joins the group's
+/// membership and pulls the partitions it is assigned.
+pub(crate) async fn subscribe(
+    transport: &NatsTransport,
+    request: SubscribeRequest,
+) -> Result<Started> {
+    let inner = &transport.inner;
+    let config = &inner.config;
+    let topic = request.topic().to_owned();
+    let group = request.group().to_owned();
+    let partitions = config.stream_for(&topic).partitions;
+    let stream = transport.stream_handle(&topic).await?;
+    let mut consumers = Vec::with_capacity(usize::from(partitions));
+    for p in 0..partitions {
+        let want = partition_consumer_config(config, &topic, &group, p);
+        consumers.push(transport.ensure_consumer(&stream, want).await?);
+    }
+    // Half the bus's buffer over all partitions (a member may own them all): at most about a
+    // buffer's worth waits outside the bus, as with one puller.
+    let batch =
+        (config.fetch_batch.min(request.max_buffered() / 2) / usize::from(partitions)).max(1);
+    let group_key = format!("{}.{group}", config.stream_name(&topic));
+    let membership = Membership::join(
+        inner.js.clone(),
+        &inner.io_handle,
+        bucket_name(&config.stream_prefix),
+        group_key.clone(),
+        nuid::next().to_string(),
+        partitions,
+        config.consumer.member_timeout,
+    )
+    .await?;
+    let shared = Arc::new(Shared {
+        topic: topic.clone(),
+        stream,
+        consumers,
+        held: transport.held(),
+        batch,
+        redelivery_delay: request.redelivery_delay(),
+        member_timeout: config.consumer.member_timeout,
+        max_pending: usize::try_from(config.consumer.max_ack_pending).unwrap_or(usize::MAX),
+        topic_subject: config.subject(&topic),
+        transport: transport.clone(),
+        store: membership.store.clone(),
+        group_key,
+    });
+    let mut owned = membership.owned.clone();
+    let first = owned.borrow_and_update().clone();
+    let mut source = KeyedSource {
+        shared,
+        pulls: Vec::new(),
+        changes: changes(owned),
+        next: 0,
+        membership: Some(membership),
+    };
+    source.apply(&first);
+    Ok(request.start(source))
+}
+
+/// The assignments after the current one.
+fn changes(owned: watch::Receiver<Vec<u16>>) -> BoxStream<'static, Vec<u16>> {
+    futures::stream::unfold(owned, |mut owned| async move {
+        owned.changed().await.ok()?;
+        let now = owned.borrow_and_update().clone();
+        Some((now, owned))
+    })
+    .boxed()
+}
+
+/// What every partition pull of one subscription shares.
+struct Shared {
+    topic: String,
+    stream: jetstream::stream::Stream<()>,
+    /// Indexed by partition.
+    consumers: Vec<jetstream::consumer::Consumer<jetstream::consumer::pull::Config>>,
+    held: Arc<Held>,
+    batch: usize,
+    redelivery_delay: Duration,
+    member_timeout: Duration,
+    max_pending: usize,
+    topic_subject: String,
+    transport: NatsTransport,
+    /// The membership bucket, for hand-over records.
+    store: async_nats::jetstream::kv::Store,
+    /// `<stream>.<group>`.
+    group_key: String,
+}
+
+impl Shared {
+    /// Hands a partition over once the bus has settled its messages (waiting at most the
+    /// member timeout: by then the server unpins this member anyway): naks what the server
+    /// sent and this member never received (lost with the dropped pull), records the clean
+    /// release and unpins the consumer, so the next owner starts at once and reads nothing
+    /// back. If any step fails, no record is written and the next owner reads back what may
+    /// be unacked (at-least-once).
+    fn release(&self, pull: PartitionSource) {
+        let PartitionSource {
+            partition,
+            in_flight,
+            received,
+            stream: pulling,
+        } = pull;
+        // Its pulls stop: what the client had buffered, or was still sent, is nak'd below.
+        drop(pulling);
+        let stream = self.stream.clone();
+        let consumer = self.consumers[usize::from(partition)].clone();
+        let handover = Handover::new(self.store.clone(), &self.group_key, partition);
+        let client = self.transport.inner.client.clone();
+        let wait = self.member_timeout;
+        let topic = self.topic.clone();
+        self.transport.inner.background.spawn_on(
+            async move {
+                let settled = tokio::time::timeout(wait, in_flight.idle()).await.is_ok();
+                let received = received.load(Ordering::Relaxed);
+                if !settled {
+                    tracing::warn!(%topic, partition, "a partition handed over still had messages in the bus after the member timeout; the server unpins it anyway");
+                } else if received > 0 {
+                    // Only an owner that was sent something knows it was the pinned one.
+                    match nak_lost(&client, &consumer, received).await {
+                        Ok(delivered) => {
+                            if let Err(e) = handover.record(delivered).await {
+                                tracing::debug!(%topic, partition, error = %e, "could not record the hand-over; the next owner reads back what may be unacked");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::debug!(%topic, partition, %error, "could not nak what was lost with the pull; the next owner reads back what may be unacked");
+                        }
+                    }
+                }
+                let name = consumer.cached_info().name.clone();
+                if let Err(e) = stream.unpin_consumer(&name, PIN_GROUP).await {
+                    // Not pinned (nothing was pulled since), or the server is away: the pin
+                    // expires by itself.
+                    tracing::debug!(%topic, partition, error = %e, "unpin failed");
+                }
+            },
+            &self.transport.inner.io_handle,
+        );
+    }
+}
+
+/// Naks, with confirmation, what the server sent on `consumer` after `received` (the highest
+/// stream sequence this member got): lost with a dropped pull, and pending until the ack wait
+/// otherwise. Returns the consumer's last delivered consumer sequence (the hand-over record).
+///
+/// The ack subjects are made as the server makes them (see `Puller::read_back`); a nak needs
+/// a consumer sequence above the ack floor, and the consumer's last delivered one is. The
+/// sequences after `received` belong to every partition of the stream: the server ignores
+/// (and confirms) naks of what this consumer has not pending.
+async fn nak_lost(
+    client: &async_nats::Client,
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    received: u64,
+) -> std::result::Result<u64, String> {
+    /// More than this many sequences to nak is not a lost pull: leave it to the next owner.
+    const MOST: u64 = 100_000;
+    let info = consumer.get_info().await.map_err(|e| e.to_string())?;
+    let delivered = info.delivered.stream_sequence;
+    let from = received.max(info.ack_floor.stream_sequence) + 1;
+    if delivered >= from + MOST {
+        return Err(format!("{} sequences to nak", delivered + 1 - from));
+    }
+    let consumer_seq = info.delivered.consumer_sequence;
+    let naks = futures::stream::iter(from..=delivered)
+        .map(|seq| {
+            let subject = format!(
+                "$JS.ACK.{}.{}.1.{seq}.{consumer_seq}.0.0",
+                info.stream_name, info.name
+            );
+            async move {
+                client
+                    .request(subject, bytes::Bytes::from_static(b"-NAK"))
+                    .await
+            }
+        })
+        .buffer_unordered(64);
+    let failed = naks
+        .filter(|r| futures::future::ready(r.is_err()))
+        .count()
+        .await;
+    if failed > 0 {
+        return Err(format!("{failed} naks unconfirmed"));
+    }
+    Ok(consumer_seq)
+}
+
+/// One owned partition's pull.
+struct PartitionSource {
+    partition: u16,
+    in_flight: InFlight,
+    received: Arc<AtomicU64>,
+    stream: BoxStream<'static, Result<Incoming<NatsAck>>>,
+}
+
+/// A keyed subscription's messages: those of the partitions it owns now, taken in turn.
+struct KeyedSource {
+    shared: Arc<Shared>,
+    pulls: Vec<PartitionSource>,
+    changes: BoxStream<'static, Vec<u16>>,
+    /// The pull to look at first next time (so no partition starves the others).
+    next: usize,
+    membership: Option<Membership>,
+}
+
+impl KeyedSource {
+    /// Starts pulling what is newly owned; releases what is not owned any more.
+    fn apply(&mut self, owned: &[u16]) {
+        let shared = &self.shared;
+        let (kept, lost): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pulls)
+            .into_iter()
+            .partition(|p| owned.contains(&p.partition));
+        self.pulls = kept;
+        for pull in lost {
+            shared.release(pull);
+        }
+        for &partition in owned {
+            if self.pulls.iter().any(|p| p.partition == partition) {
+                continue;
+            }
+            let in_flight = InFlight::default();
+            let received = Arc::new(AtomicU64::new(0));
+            let puller = Puller {
+                consumer: shared.consumers[usize::from(partition)].clone(),
+                stream: shared.stream.clone(),
+                js: shared.transport.inner.js.clone(),
+                connects: Arc::clone(&shared.transport.inner.connects),
+                recover_limit: 0,
+                partition: Some(PartitionPull {
+                    subject: partition::subject(&shared.topic_subject, partition),
+                    in_flight: in_flight.clone(),
+                    member_timeout: shared.member_timeout,
+                    max_pending: shared.max_pending,
+                    handover: Handover::new(shared.store.clone(), &shared.group_key, partition),
+                    received: Arc::clone(&received),
+                }),
+            };
+            let stream = pull_stream(
+                puller,
+                shared.batch,
+                shared.topic.clone(),
+                shared.redelivery_delay,
+                Arc::clone(&shared.held),
+                shared.transport.inner.io_handle.clone(),
+            )
+            .boxed();
+            self.pulls.push(PartitionSource {
+                partition,
+                in_flight,
+                received,
+                stream,
+            });
+        }
+        tracing::debug!(topic = %shared.topic, owned = ?owned, "pulling the partitions owned");
+    }
+}
+
+impl Stream for KeyedSource {
+    type Item = Result<Incoming<NatsAck>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        while let Poll::Ready(Some(owned)) = this.changes.poll_next_unpin(cx) {
+            this.apply(&owned);
+        }
+        let n = this.pulls.len();
+        for i in 0..n {
+            let at = (this.next + i) % n;
+            match this.pulls[at].stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => {
+                    this.next = (at + 1) % n;
+                    return Poll::Ready(Some(item));
+                }
+                // The I/O runtime is gone: the transport closed.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for KeyedSource {
+    /// The subscription ended (the bus settled what it took): leave the group, so the others
+    /// take the partitions at once, and unpin them.
+    fn drop(&mut self) {
+        let Some(membership) = self.membership.take() else {
+            return;
+        };
+        let pulls = std::mem::take(&mut self.pulls);
+        let shared = Arc::clone(&self.shared);
+        let inner = &self.shared.transport.inner;
+        inner.background.spawn_on(
+            async move {
+                membership.leave().await;
+                for pull in pulls {
+                    shared.release(pull);
+                }
+            },
+            &inner.io_handle,
+        );
+    }
+}
+
+/// The messages of one partition in the bus (taken and not settled at the server).
+#[derive(Clone, Default)]
+pub(crate) struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    /// Counts one more message until the guard drops.
+    pub(crate) fn enter(&self) -> InFlightGuard {
+        self.0.send_modify(|n| *n += 1);
+        InFlightGuard(self.clone())
+    }
+
+    /// Waits until none is left.
+    async fn idle(&self) {
+        let mut count = self.0.subscribe();
+        let _ = count.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// One message of a partition in the bus.
+pub(crate) struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl std::fmt::Debug for InFlightGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InFlightGuard")
+    }
+}

@@ -1,0 +1,296 @@
+//! Keyed-group membership: which instances of a group are alive, kept in a JetStream
+//! key-value bucket (no coordinator of our own), and which partitions this instance owns.
+//!
+//! Each instance puts its key, `m.<stream>.<group>.<member>`, every third of the member
+//! timeout and watches the keys of its group. An instance is alive from the first put it sees until it
+//! deletes its key (a clean leave) or until no put of it was seen for the member timeout (a
+//! crash). Every instance computes the same assignment from the same set of members
+//! ([`partition::assign`](crate::partition::assign)); while their views differ (for a
+//! moment, after a change) two instances may both want a partition: the pinned consumer gives
+//! it to one of them only, and the other waits.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use tokio::sync::{oneshot, watch};
+
+use crate::partition;
+
+/// The bucket holding every keyed group's members (of every stream with this prefix).
+pub(crate) fn bucket_name(stream_prefix: &str) -> String {
+    let prefix: String = stream_prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}members")
+}
+
+/// One instance's membership: the partitions it owns now, and its leave.
+pub(crate) struct Membership {
+    /// The partitions this instance owns, as the membership last computed them.
+    pub(crate) owned: watch::Receiver<Vec<u16>>,
+    /// The bucket, for the group's hand-over records.
+    pub(crate) store: kv::Store,
+    leave: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Joins: puts this member's key, then keeps it alive on the I/O runtime until
+    /// [`leave`](Self::leave) (or drop). Fails only if the bucket cannot be made or the first
+    /// put fails.
+    pub(crate) async fn join(
+        js: jetstream::Context,
+        io: &tokio::runtime::Handle,
+        bucket: String,
+        group_key: String,
+        member: String,
+        partitions: u16,
+        timeout: Duration,
+    ) -> Result<Membership, crate::NatsError> {
+        let store = io
+            .spawn({
+                let js = js.clone();
+                async move { open_bucket(&js, &bucket).await }
+            })
+            .await
+            .map_err(|_| stopped())??;
+        let key = format!("m.{group_key}.{member}");
+        let put = {
+            let (store, key) = (store.clone(), key.clone());
+            io.spawn(async move { store.put(&key, bytes::Bytes::new()).await })
+                .await
+                .map_err(|_| stopped())?
+        };
+        put.map_err(|e| crate::NatsError::request("join group", e))?;
+        let (owned_tx, owned) = watch::channel(
+            partition::assign(partitions, std::slice::from_ref(&member))
+                .remove(&member)
+                .unwrap_or_default(),
+        );
+        let (leave, left) = oneshot::channel();
+        let task = io.spawn(keep(Keep {
+            js,
+            store: store.clone(),
+            group_key,
+            key,
+            member,
+            partitions,
+            timeout,
+            owned: owned_tx,
+            left,
+        }));
+        Ok(Membership {
+            owned,
+            store,
+            leave: Some(leave),
+            task,
+        })
+    }
+
+    /// Leaves: deletes this member's key (the others rebalance at once) and ends the task.
+    pub(crate) async fn leave(mut self) {
+        if let Some(leave) = self.leave.take() {
+            let _ = leave.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        // Not left: the task deletes the key when the sender goes, as on a leave.
+        drop(self.leave.take());
+    }
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("owned", &*self.owned.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn stopped() -> crate::NatsError {
+    crate::NatsError::request(
+        "join group",
+        crate::error::ErrorText("the transport is closing".into()),
+    )
+}
+
+async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, crate::NatsError> {
+    match js.get_key_value(bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: bucket.to_owned(),
+                description: "eventbus keyed-group members".to_owned(),
+                history: 1,
+                // Keys of crashed members go by themselves; the live ones are renewed far
+                // more often.
+                max_age: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| crate::NatsError::request("create the members bucket", e)),
+    }
+}
+
+struct Keep {
+    js: jetstream::Context,
+    store: kv::Store,
+    group_key: String,
+    key: String,
+    member: String,
+    partitions: u16,
+    timeout: Duration,
+    owned: watch::Sender<Vec<u16>>,
+    left: oneshot::Receiver<()>,
+}
+
+async fn keep(mut k: Keep) {
+    let mut renew = tokio::time::interval(k.timeout / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expire = tokio::time::interval((k.timeout / 4).max(Duration::from_millis(100)));
+    // Other members, when each was last seen alive (this one is always alive).
+    let mut seen: HashMap<String, Instant> = HashMap::new();
+    let mut watch = None;
+    loop {
+        if watch.is_none() {
+            match k
+                .store
+                .watch_with_history(format!("m.{}.*", k.group_key))
+                .await
+            {
+                Ok(w) => watch = Some(w),
+                Err(e) => {
+                    tracing::warn!(group = %k.group_key, error = %e, "cannot watch the group's members; retrying")
+                }
+            }
+        }
+        let changed = tokio::select! {
+            _ = &mut k.left => break,
+            _ = renew.tick() => {
+                if let Err(e) = k.store.put(&k.key, bytes::Bytes::new()).await {
+                    tracing::warn!(group = %k.group_key, error = %e, "could not renew membership");
+                    // The bucket may be gone (a server that lost its store): make it again.
+                    if let Ok(store) = open_bucket(&k.js, &k.store.name).await {
+                        k.store = store;
+                        watch = None;
+                    }
+                }
+                false
+            }
+            _ = expire.tick() => {
+                let before = seen.len();
+                seen.retain(|_, last| last.elapsed() < k.timeout);
+                seen.len() != before
+            }
+            entry = next(&mut watch) => match entry {
+                Some(Ok(entry)) => {
+                    let Some(member) = entry.key.strip_prefix(&format!("m.{}.", k.group_key)).map(str::to_owned) else { continue };
+                    if member == k.member {
+                        continue;
+                    }
+                    match entry.operation {
+                        kv::Operation::Put => {
+                            // A put older than the timeout (from the bucket's history) is a
+                            // member that is gone.
+                            let age = SystemTime::now().duration_since(SystemTime::from(entry.created)).unwrap_or_default();
+                            if age < k.timeout {
+                                seen.insert(member, Instant::now().checked_sub(age).unwrap_or_else(Instant::now)).is_none()
+                            } else {
+                                false
+                            }
+                        }
+                        kv::Operation::Delete | kv::Operation::Purge => seen.remove(&member).is_some(),
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(group = %k.group_key, error = %e, "member watch failed; watching anew");
+                    watch = None;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    false
+                }
+                None => {
+                    watch = None;
+                    false
+                }
+            },
+        };
+        if changed {
+            let mut members: Vec<String> = seen.keys().cloned().collect();
+            members.push(k.member.clone());
+            let mine = partition::assign(k.partitions, &members)
+                .remove(&k.member)
+                .unwrap_or_default();
+            tracing::debug!(group = %k.group_key, members = members.len(), owned = ?mine, "group membership changed");
+            k.owned.send_if_modified(|owned| {
+                let differs = *owned != mine;
+                *owned = mine;
+                differs
+            });
+        }
+    }
+    // A clean leave: the others take this member's partitions at once.
+    if let Err(e) = k.store.delete(&k.key).await {
+        tracing::debug!(group = %k.group_key, error = %e, "could not delete the member's key; it expires");
+    }
+}
+
+async fn next(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A partition's hand-over record, `h.<stream>.<group>.<partition>`: written by an owner that
+/// released the partition cleanly, just before it unpinned the consumer, with the consumer's
+/// last delivery (consumer sequence) then. It says: every message delivered up to there was
+/// acked, or nak'd (and so is redelivered before anything newer). The next owner takes it
+/// (reads and deletes it) at the start of its term; without it (the owner crashed) the next
+/// owner reads back what may have been left unacked.
+#[derive(Clone)]
+pub(crate) struct Handover {
+    store: kv::Store,
+    key: String,
+}
+
+impl Handover {
+    pub(crate) fn new(store: kv::Store, group_key: &str, partition: u16) -> Self {
+        Handover {
+            store,
+            key: format!("h.{group_key}.{partition}"),
+        }
+    }
+
+    /// Records a clean release at `delivered`.
+    pub(crate) async fn record(&self, delivered: u64) -> Result<(), kv::PutError> {
+        self.store
+            .put(&self.key, delivered.to_string().into())
+            .await
+            .map(drop)
+    }
+
+    /// Takes the record: `None` if there is none or it could not be deleted (a record left
+    /// behind would describe a later term wrongly).
+    pub(crate) async fn take(&self) -> Option<u64> {
+        let entry = self.store.entry(&self.key).await.ok()??;
+        if entry.operation != kv::Operation::Put {
+            return None;
+        }
+        let delivered = std::str::from_utf8(&entry.value).ok()?.parse().ok()?;
+        self.store.delete(&self.key).await.ok()?;
+        Some(delivered)
+    }
+}
