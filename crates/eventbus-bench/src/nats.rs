@@ -92,7 +92,12 @@ pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
             }
         }
     });
-    let subject = config.subject(&topic);
+    // The stream's subjects are its partitions' (`<subject>.<n>`); spread over them as the
+    // bus spreads keyless messages.
+    let partitions = usize::from(config.stream.partitions);
+    let subjects: Vec<String> = (0..partitions)
+        .map(|p| format!("{}.{p}", config.subject(&topic)))
+        .collect();
     let started = Instant::now();
     let mut sent = 0;
     while sent < n {
@@ -102,7 +107,7 @@ pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
             let id = eventbus_core::MessageId::new();
             headers.insert("Nats-Msg-Id", id.as_str());
             acks.push(
-                js.publish_with_headers(subject.clone(), headers, payload())
+                js.publish_with_headers(subjects[sent % partitions].clone(), headers, payload())
                     .await
                     .expect("publish"),
             );
