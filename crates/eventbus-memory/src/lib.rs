@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod ack;
+mod affinity;
 mod broker;
 mod member;
 mod publish;
@@ -149,11 +150,12 @@ impl MemoryTransport {
         let topic = lock(&self.broker.topics).get(topic).cloned()?;
         let st = lock(&topic.state);
         let g = &st.groups[*st.group_ids.get(group)?];
-        // Messages not delivered yet: the held slots from the cursor on (a group that joined
-        // after others acked messages has empty slots ahead of it).
+        // Messages not delivered yet: those queued by key, and the held slots from the cursor
+        // on (a group that joined after others acked messages has empty slots ahead of it).
         let from = g.cursor.saturating_sub(st.base) as usize;
         let unread = st.log.range(from.min(st.log.len())..).flatten().count();
-        Some(unread as u64 + g.pending.len() as u64 + g.redeliver.len() as u64)
+        let undelivered = unread + g.keys.queued_len();
+        Some(undelivered as u64 + g.pending.len() as u64 + g.redeliver.len() as u64)
     }
 
     /// Messages `topic` holds (not yet acked by every group).
@@ -171,7 +173,9 @@ impl Transport for MemoryTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none().with_consumer_groups()
+        Capabilities::none()
+            .with_consumer_groups()
+            .with_key_affinity()
     }
 
     async fn close(&self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Subscribing: the [`Subscriber`] impl, which joins a group, and [`Member`], one
 //! subscription's view of its group: the stream of messages it takes from the topic's log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +18,6 @@ use tokio::time::{Instant, Sleep};
 use crate::MemoryTransport;
 use crate::ack::MemoryAck;
 use crate::broker::{Group, Topic, TopicState, lock};
-use crate::unsettled::Unsettled;
 
 #[async_trait::async_trait]
 impl Subscriber for MemoryTransport {
@@ -27,30 +26,27 @@ impl Subscriber for MemoryTransport {
             return Err(Error::Closed);
         }
         let topic = self.topic(request.topic());
-        let (group, ready) = {
+        let (group, id, ready) = {
             let mut st = lock(&topic.state);
             let st = &mut *st;
             let group = match st.group_ids.get(request.group()) {
                 Some(&group) => group,
                 None => {
-                    st.groups.push(Group {
-                        cursor: st.base,
-                        pending: Unsettled::default(),
-                        redeliver: BTreeMap::new(),
-                        ready: Arc::new(Notify::new()),
-                        waiting: 0,
-                    });
+                    st.groups.push(Group::new(st.base));
                     st.group_ids
                         .insert(request.group().to_owned(), st.groups.len() - 1);
                     st.groups.len() - 1
                 }
             };
-            (group, Arc::clone(&st.groups[group].ready))
+            let g = &mut st.groups[group];
+            (group, g.keys.join(), Arc::clone(&g.ready))
         };
         let member = Member {
             wake: Box::pin(Arc::clone(&ready).notified_owned()),
             topic,
             group,
+            id,
+            next_slot: 0,
             ready,
             redelivery_delay: request.redelivery_delay(),
             registered: false,
@@ -66,6 +62,10 @@ impl Subscriber for MemoryTransport {
 struct Member {
     topic: Arc<Topic>,
     group: usize,
+    /// Its id in its group's `keys`.
+    id: u64,
+    /// Where its next look for a message of its slots starts, going round them.
+    next_slot: u8,
     ready: Arc<Notify>,
     /// Registered with `ready` while `registered`; one box per member, refilled in place.
     wake: Pin<Box<OwnedNotified>>,
@@ -85,9 +85,17 @@ struct Member {
 const TAKE_BATCH: usize = 32;
 
 impl Drop for Member {
+    /// Leaves the group: its slots go to the other members, which wake to take them (once
+    /// what it took is settled or, dropped with it, released for redelivery).
     fn drop(&mut self) {
+        let mut st = lock(&self.topic.state);
+        let g = &mut st.groups[self.group];
         if self.registered {
-            lock(&self.topic.state).groups[self.group].waiting -= 1;
+            g.waiting -= 1;
+        }
+        g.keys.leave(self.id);
+        if g.waiting > 0 {
+            g.ready.notify_waiters();
         }
     }
 }
@@ -115,6 +123,8 @@ impl Member {
         if std::mem::take(&mut self.registered) {
             g.waiting -= 1;
         }
+        g.queue_new(log, *base);
+        let mine = g.keys.takeable(self.id);
         let now = (!g.redeliver.is_empty()).then(Instant::now);
         while self.taken.len() < self.batch {
             // Redeliveries first, lowest offset first, so a key's older message comes back
@@ -122,31 +132,31 @@ impl Member {
             let due = now.and_then(|now| {
                 g.redeliver
                     .iter()
-                    .find(|&(_, &at)| at <= now)
-                    .map(|(&o, _)| o)
+                    .find(|&(_, r)| r.at <= now && mine.contains(r.slot))
+                    .map(|(&o, r)| (o, r.slot))
             });
-            let offset = match due {
-                Some(o) => {
+            let (offset, slot) = match due {
+                Some((o, slot)) => {
                     g.redeliver.remove(&o);
-                    o
+                    (o, slot)
                 }
-                None if g.cursor < *base + log.len() as u64 => {
-                    g.cursor += 1;
-                    g.cursor - 1
-                }
-                None => break,
+                None => match g.keys.pop(mine, &mut self.next_slot) {
+                    Some(next) => next,
+                    None => break,
+                },
             };
-            // An empty slot: acked by every group before this one joined.
-            let Some(message) = &log[(offset - *base) as usize] else {
-                continue;
-            };
+            let message = log[(offset - *base) as usize]
+                .as_ref()
+                .expect("a message its group has not settled is held");
             g.pending.insert(offset);
+            g.keys.took(slot, self.id);
             self.taken.push_back(Incoming {
                 message: Arc::clone(message),
                 ack: MemoryAck {
                     topic: Arc::clone(&self.topic),
                     group: self.group,
                     offset,
+                    slot,
                     redelivery_delay: self.redelivery_delay,
                     settled: false,
                 },
@@ -155,13 +165,21 @@ impl Member {
         if let Some(incoming) = self.taken.pop_front() {
             return Next::Message(incoming);
         }
-        // Registered under the topic lock, so a publish after we looked wakes us.
+        // Registered under the topic lock, so a publish, a redelivery or a hand-over after we
+        // looked wakes us.
         self.wake.set(Arc::clone(&self.ready).notified_owned());
         self.wake.as_mut().enable();
         g.waiting += 1;
         self.registered = true;
-        match g.redeliver.values().min() {
-            Some(&at) => Next::WaitUntil(at),
+        // Only its own slots' redeliveries: another member's are no reason to wake.
+        let next_due = g
+            .redeliver
+            .values()
+            .filter(|r| mine.contains(r.slot))
+            .map(|r| r.at)
+            .min();
+        match next_due {
+            Some(at) => Next::WaitUntil(at),
             None => Next::Wait,
         }
     }
