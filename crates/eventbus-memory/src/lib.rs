@@ -27,6 +27,16 @@
 //!   group share them. A group lives as long as the transport, so a group whose members all
 //!   closed resumes where it stopped, and a new group receives the messages the topic still
 //!   holds (with no group yet, that is every message published so far).
+//! - **Key affinity** ([`Capabilities::key_affinity`]): a key's messages go to one member of a
+//!   group at a time, so per-key order holds across members (several buses over
+//!   [`connect`](MemoryTransport::connect)ed transports), as with Kafka's partitions. Keys are
+//!   hashed into 64 slots, shared evenly by the group's members and rebalanced when a member
+//!   joins (it takes its share from the others) or leaves (its subscription or bus closes; its
+//!   slots go to the others). A slot that changes hands while its old owner holds messages of
+//!   it unsettled waits for them: the new owner takes none of its messages until those are
+//!   settled, or released when the old owner goes and then redelivered to the new owner first,
+//!   in order. Messages without a key go to any member. A group has at most 64 members that
+//!   get keyed messages; more members stay idle but for unkeyed ones.
 //! - **At least once**: a message is delivered again when its handler did not finish (closed
 //!   subscription, dropped bus) — at once, before newer messages — or failed for good —
 //!   after the subscription's redelivery delay

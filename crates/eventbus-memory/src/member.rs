@@ -25,36 +25,53 @@ impl Subscriber for MemoryTransport {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let topic = self.topic(request.topic());
+        let member = self.join(
+            request.topic(),
+            request.group(),
+            request.redelivery_delay(),
+            request.max_buffered(),
+        );
+        Ok(request.start(member))
+    }
+}
+
+impl MemoryTransport {
+    /// A new member of `group` on `topic` (created if need be), with its share of the keys.
+    fn join(
+        &self,
+        topic: &str,
+        group: &str,
+        redelivery_delay: Duration,
+        max_buffered: usize,
+    ) -> Member {
+        let topic = self.topic(topic);
         let (group, id, ready) = {
             let mut st = lock(&topic.state);
             let st = &mut *st;
-            let group = match st.group_ids.get(request.group()) {
+            let group = match st.group_ids.get(group) {
                 Some(&group) => group,
                 None => {
                     st.groups.push(Group::new(st.base));
-                    st.group_ids
-                        .insert(request.group().to_owned(), st.groups.len() - 1);
+                    st.group_ids.insert(group.to_owned(), st.groups.len() - 1);
                     st.groups.len() - 1
                 }
             };
             let g = &mut st.groups[group];
             (group, g.keys.join(), Arc::clone(&g.ready))
         };
-        let member = Member {
+        Member {
             wake: Box::pin(Arc::clone(&ready).notified_owned()),
             topic,
             group,
             id,
             next_slot: 0,
             ready,
-            redelivery_delay: request.redelivery_delay(),
+            redelivery_delay,
             registered: false,
             due: None,
             taken: VecDeque::new(),
-            batch: request.max_buffered().clamp(1, TAKE_BATCH),
-        };
-        Ok(request.start(member))
+            batch: max_buffered.clamp(1, TAKE_BATCH),
+        }
     }
 }
 
@@ -210,5 +227,135 @@ impl Stream for Member {
                 return Poll::Pending;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use eventbus_core::transport::{Acknowledge, Publisher, Settle};
+    use eventbus_core::{Message, Outcome};
+
+    use super::{Member, Next};
+    use crate::MemoryTransport;
+    use crate::affinity::{SLOTS, slot_of};
+
+    /// A key for each slot.
+    fn key_per_slot() -> Vec<String> {
+        let mut keys: BTreeMap<u8, String> = BTreeMap::new();
+        for i in 0.. {
+            let key = format!("key-{i}");
+            let slot = slot_of(&Message::new("t", "").with_key(key.as_str()));
+            keys.entry(slot).or_insert(key);
+            if keys.len() == SLOTS {
+                return keys.into_values().collect();
+            }
+        }
+        unreachable!()
+    }
+
+    async fn publish_round(t: &MemoryTransport, keys: &[String], seq: u32) {
+        for key in keys {
+            let m = Message::new("t", seq.to_string()).with_key(key.as_str());
+            t.publish(m).await.unwrap();
+        }
+    }
+
+    /// Takes everything `member` may take now: (key, seq, the message's ack).
+    fn take_all(member: &mut Member) -> Vec<(String, u32, crate::MemoryAck)> {
+        let mut got = Vec::new();
+        while let Next::Message(incoming) = member.try_next() {
+            let key = incoming.message.key().unwrap().to_string();
+            let seq = std::str::from_utf8(incoming.message.payload()).unwrap();
+            got.push((key, seq.parse().unwrap(), incoming.ack));
+        }
+        got
+    }
+
+    fn seqs(got: &[(String, u32, crate::MemoryAck)]) -> Vec<(&str, u32)> {
+        got.iter().map(|(k, s, _)| (k.as_str(), *s)).collect()
+    }
+
+    /// A member joining takes half the slots from one holding a message of every slot: it gets
+    /// none of those keys' later messages until the earlier one is settled or released (then
+    /// the released one first); a member leaving while holding messages blocks its slots'
+    /// new owner the same way, until those messages are released.
+    #[tokio::test]
+    async fn a_moved_key_waits_for_its_messages_at_the_old_owner() {
+        let t = MemoryTransport::new();
+        let keys = key_per_slot();
+        let mut first = t.join("t", "g", Duration::ZERO, usize::MAX);
+        publish_round(&t, &keys, 0).await;
+        let mut held = take_all(&mut first);
+        assert_eq!(held.len(), SLOTS, "the only member takes every key");
+
+        let mut second = t.join("t", "g", Duration::ZERO, usize::MAX);
+        publish_round(&t, &keys, 1).await;
+        assert!(
+            take_all(&mut second).is_empty(),
+            "every key is unsettled at the first member"
+        );
+        let kept = take_all(&mut first);
+        assert_eq!(
+            kept.len(),
+            SLOTS / 2,
+            "the first member keeps half the keys"
+        );
+        let moved: Vec<&String> = keys
+            .iter()
+            .filter(|k| !kept.iter().any(|(kk, _, _)| kk == *k))
+            .collect();
+
+        // What the second member takes, held unsettled to the end.
+        let mut taken = Vec::new();
+
+        // Settled: the next message of the key goes to its new owner.
+        let at = held.iter().position(|(k, _, _)| k == moved[0]).unwrap();
+        let (_, _, ack) = held.swap_remove(at);
+        let settled = ack.settle(&Outcome::Handled { attempts: 1 });
+        assert!(matches!(settled, Settle::Done(Ok(()))));
+        let got = take_all(&mut second);
+        assert_eq!(seqs(&got), vec![(moved[0].as_str(), 1)]);
+        taken.extend(got);
+
+        // Released unsettled: the new owner gets it again, then the next.
+        let at = held.iter().position(|(k, _, _)| k == moved[1]).unwrap();
+        drop(held.swap_remove(at));
+        let got = take_all(&mut second);
+        assert_eq!(
+            seqs(&got),
+            vec![(moved[1].as_str(), 0), (moved[1].as_str(), 1)]
+        );
+        taken.extend(got);
+
+        // The first member leaves holding messages of every other key: the second owns every
+        // slot now, and takes a key only once all its messages held there are released.
+        drop(first);
+        assert!(take_all(&mut second).is_empty());
+        let (own, other): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|(k, _, _)| kept.iter().any(|(kk, _, _)| kk == k));
+        for (key, _, ack) in other {
+            drop(ack);
+            let got = take_all(&mut second);
+            assert_eq!(seqs(&got), vec![(key.as_str(), 0), (key.as_str(), 1)]);
+            taken.extend(got);
+        }
+        let mut kept = kept;
+        for (key, _, ack) in own {
+            drop(ack);
+            assert!(
+                take_all(&mut second).is_empty(),
+                "{key}: its next message is still at the first member"
+            );
+            let at = kept.iter().position(|(k, _, _)| *k == key).unwrap();
+            drop(kept.swap_remove(at));
+            let got = take_all(&mut second);
+            assert_eq!(seqs(&got), vec![(key.as_str(), 0), (key.as_str(), 1)]);
+            taken.extend(got);
+        }
+        assert_eq!(taken.len(), 2 * SLOTS - 1, "all but the one settled");
     }
 }
