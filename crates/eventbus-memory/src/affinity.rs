@@ -169,6 +169,11 @@ impl Affinity {
         self.queues[slot as usize].binary_search(&offset).is_ok()
     }
 
+    /// Whether no offset is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queued == 0
+    }
+
     /// Offsets queued, not delivered yet.
     pub(crate) fn queued_len(&self) -> usize {
         self.queues.iter().map(VecDeque::len).sum()
@@ -241,6 +246,11 @@ pub(crate) struct Takeable(Mask);
 impl Takeable {
     pub(crate) fn contains(self, slot: u8) -> bool {
         self.0 & bit(slot) != 0
+    }
+
+    /// Whether it holds every slot: no other member may take a keyed message now.
+    pub(crate) fn is_every_key(self) -> bool {
+        self.0 & KEYED == KEYED
     }
 }
 

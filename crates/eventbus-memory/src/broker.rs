@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::MemoryConfig;
-use crate::affinity::{Affinity, slot_of};
+use crate::affinity::{Affinity, Takeable, slot_of};
 use crate::unsettled::Unsettled;
 
 /// Topic and group maps are looked up on every publish and ack: foldhash (seeded per process,
@@ -90,13 +90,38 @@ impl Group {
             || self.keys.is_queued(offset, slot)
     }
 
+    /// The next message never delivered that a member taking `mine` may take, and its slot.
+    pub(crate) fn next_new(
+        &mut self,
+        log: &VecDeque<Option<Arc<Message>>>,
+        base: u64,
+        mine: Takeable,
+        next_slot: &mut u8,
+    ) -> Option<(u64, u8)> {
+        if mine.is_every_key() && self.keys.is_empty() {
+            // The only member that may take anything (the usual single member): the log is
+            // its queue, in order, with nothing to sort.
+            let end = base + log.len() as u64;
+            while self.cursor < end {
+                let offset = self.cursor;
+                self.cursor += 1;
+                // An empty entry: acked by every group before this one joined.
+                if let Some(message) = &log[(offset - base) as usize] {
+                    return Some((offset, slot_of(message)));
+                }
+            }
+            return None;
+        }
+        self.queue_new(log, base);
+        self.keys.pop(mine, next_slot)
+    }
+
     /// Queues by key what was published since the last look. Hashing keys here, not when
     /// publishing, keeps the publish path as it was, and is done once per message and group
     /// either way.
-    pub(crate) fn queue_new(&mut self, log: &VecDeque<Option<Arc<Message>>>, base: u64) {
+    fn queue_new(&mut self, log: &VecDeque<Option<Arc<Message>>>, base: u64) {
         let end = base + log.len() as u64;
         for offset in self.cursor..end {
-            // An empty entry: acked by every group before this one joined.
             if let Some(message) = &log[(offset - base) as usize] {
                 self.keys.queue(offset, slot_of(message));
             }

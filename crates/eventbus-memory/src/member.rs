@@ -140,7 +140,6 @@ impl Member {
         if std::mem::take(&mut self.registered) {
             g.waiting -= 1;
         }
-        g.queue_new(log, *base);
         let mine = g.keys.takeable(self.id);
         let now = (!g.redeliver.is_empty()).then(Instant::now);
         while self.taken.len() < self.batch {
@@ -157,7 +156,7 @@ impl Member {
                     g.redeliver.remove(&o);
                     (o, slot)
                 }
-                None => match g.keys.pop(mine, &mut self.next_slot) {
+                None => match g.next_new(log, *base, mine, &mut self.next_slot) {
                     Some(next) => next,
                     None => break,
                 },
