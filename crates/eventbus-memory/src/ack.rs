@@ -8,7 +8,7 @@ use eventbus_core::Outcome;
 use eventbus_core::transport::{Acknowledge, Settle};
 use tokio::time::Instant;
 
-use crate::broker::{Topic, TopicState, lock};
+use crate::broker::{Redelivery, Topic, TopicState, lock};
 
 /// Settles a message of the memory broker. Dropped unsettled, it releases the message for
 /// redelivery.
@@ -17,6 +17,8 @@ pub struct MemoryAck {
     pub(crate) topic: Arc<Topic>,
     pub(crate) group: usize,
     pub(crate) offset: u64,
+    /// Its key's slot (`affinity`).
+    pub(crate) slot: u8,
     pub(crate) redelivery_delay: Duration,
     pub(crate) settled: bool,
 }
@@ -36,19 +38,26 @@ impl MemoryAck {
         if !g.pending.remove(self.offset) {
             return;
         }
+        // Members wait for redeliveries, and for slots handed over to them to be free (which
+        // this may have made them).
+        let handed_over = g.keys.settled(self.slot);
+        if g.waiting > 0 && (handed_over || redeliver_at.is_some()) {
+            g.ready.notify_waiters();
+        }
         match redeliver_at {
             Some(at) => {
-                g.redeliver.insert(self.offset, at);
-                if g.waiting > 0 {
-                    g.ready.notify_waiters();
-                }
+                let redelivery = Redelivery {
+                    at,
+                    slot: self.slot,
+                };
+                g.redeliver.insert(self.offset, redelivery);
             }
             None => {
-                if groups.iter().any(|g| g.needs(self.offset)) {
+                if groups.iter().any(|g| g.needs(self.offset, self.slot)) {
                     return;
                 }
-                let slot = &mut log[(self.offset - *base) as usize];
-                if slot.take().is_none() {
+                let entry = &mut log[(self.offset - *base) as usize];
+                if entry.take().is_none() {
                     return;
                 }
                 *held -= 1;

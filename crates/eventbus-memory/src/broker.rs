@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::MemoryConfig;
+use crate::affinity::{Affinity, Takeable, slot_of};
 use crate::unsettled::Unsettled;
 
 /// Topic and group maps are looked up on every publish and ack: foldhash (seeded per process,
@@ -46,12 +47,15 @@ pub(crate) struct TopicState {
 
 #[derive(Debug)]
 pub(crate) struct Group {
-    /// Next offset never delivered to this group.
+    /// Next offset of the log not yet queued in `keys`.
     pub(crate) cursor: u64,
+    /// Offsets from before `cursor` not delivered yet, queued by key, and which member may
+    /// take which key.
+    pub(crate) keys: Affinity,
     /// Delivered and not settled.
     pub(crate) pending: Unsettled,
     /// To deliver again, not before the instant given; served before newer messages.
-    pub(crate) redeliver: BTreeMap<u64, Instant>,
+    pub(crate) redeliver: BTreeMap<u64, Redelivery>,
     /// Wakes members waiting for messages.
     pub(crate) ready: Arc<Notify>,
     /// Members registered with `ready`; publishing notifies only when there are any, so the
@@ -59,13 +63,70 @@ pub(crate) struct Group {
     pub(crate) waiting: usize,
 }
 
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Redelivery {
+    pub(crate) at: Instant,
+    pub(crate) slot: u8,
+}
+
 impl Group {
-    /// Whether this group has yet to settle `offset`: not delivered yet, delivered and not
-    /// settled, or waiting to be delivered again.
-    pub(crate) fn needs(&self, offset: u64) -> bool {
+    pub(crate) fn new(cursor: u64) -> Self {
+        Group {
+            cursor,
+            keys: Affinity::default(),
+            pending: Unsettled::default(),
+            redeliver: BTreeMap::new(),
+            ready: Arc::new(Notify::new()),
+            waiting: 0,
+        }
+    }
+
+    /// Whether this group has yet to settle `offset` (of `slot`): not delivered yet,
+    /// delivered and not settled, or waiting to be delivered again.
+    pub(crate) fn needs(&self, offset: u64, slot: u8) -> bool {
         offset >= self.cursor
             || self.pending.contains(offset)
             || self.redeliver.contains_key(&offset)
+            || self.keys.is_queued(offset, slot)
+    }
+
+    /// The next message never delivered that a member taking `mine` may take, and its slot.
+    pub(crate) fn next_new(
+        &mut self,
+        log: &VecDeque<Option<Arc<Message>>>,
+        base: u64,
+        mine: Takeable,
+        next_slot: &mut u8,
+    ) -> Option<(u64, u8)> {
+        if mine.is_every_key() && self.keys.is_empty() {
+            // The only member that may take anything (the usual single member): the log is
+            // its queue, in order, with nothing to sort.
+            let end = base + log.len() as u64;
+            while self.cursor < end {
+                let offset = self.cursor;
+                self.cursor += 1;
+                // An empty entry: acked by every group before this one joined.
+                if let Some(message) = &log[(offset - base) as usize] {
+                    return Some((offset, slot_of(message)));
+                }
+            }
+            return None;
+        }
+        self.queue_new(log, base);
+        self.keys.pop(mine, next_slot)
+    }
+
+    /// Queues by key what was published since the last look. Hashing keys here, not when
+    /// publishing, keeps the publish path as it was, and is done once per message and group
+    /// either way.
+    fn queue_new(&mut self, log: &VecDeque<Option<Arc<Message>>>, base: u64) {
+        let end = base + log.len() as u64;
+        for offset in self.cursor..end {
+            if let Some(message) = &log[(offset - base) as usize] {
+                self.keys.queue(offset, slot_of(message));
+            }
+        }
+        self.cursor = end;
     }
 }
 

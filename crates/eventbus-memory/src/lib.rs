@@ -27,6 +27,16 @@
 //!   group share them. A group lives as long as the transport, so a group whose members all
 //!   closed resumes where it stopped, and a new group receives the messages the topic still
 //!   holds (with no group yet, that is every message published so far).
+//! - **Key affinity** ([`Capabilities::key_affinity`]): a key's messages go to one member of a
+//!   group at a time, so per-key order holds across members (several buses over
+//!   [`connect`](MemoryTransport::connect)ed transports), as with Kafka's partitions. Keys are
+//!   hashed into 64 slots, shared evenly by the group's members and rebalanced when a member
+//!   joins (it takes its share from the others) or leaves (its subscription or bus closes; its
+//!   slots go to the others). A slot that changes hands while its old owner holds messages of
+//!   it unsettled waits for them: the new owner takes none of its messages until those are
+//!   settled, or released when the old owner goes and then redelivered to the new owner first,
+//!   in order. Messages without a key go to any member. A group has at most 64 members that
+//!   get keyed messages; more members stay idle but for unkeyed ones.
 //! - **At least once**: a message is delivered again when its handler did not finish (closed
 //!   subscription, dropped bus) — at once, before newer messages — or failed for good —
 //!   after the subscription's redelivery delay
@@ -46,6 +56,7 @@
 #![warn(missing_docs)]
 
 mod ack;
+mod affinity;
 mod broker;
 mod member;
 mod publish;
@@ -149,11 +160,12 @@ impl MemoryTransport {
         let topic = lock(&self.broker.topics).get(topic).cloned()?;
         let st = lock(&topic.state);
         let g = &st.groups[*st.group_ids.get(group)?];
-        // Messages not delivered yet: the held slots from the cursor on (a group that joined
-        // after others acked messages has empty slots ahead of it).
+        // Messages not delivered yet: those queued by key, and the held slots from the cursor
+        // on (a group that joined after others acked messages has empty slots ahead of it).
         let from = g.cursor.saturating_sub(st.base) as usize;
         let unread = st.log.range(from.min(st.log.len())..).flatten().count();
-        Some(unread as u64 + g.pending.len() as u64 + g.redeliver.len() as u64)
+        let undelivered = unread + g.keys.queued_len();
+        Some(undelivered as u64 + g.pending.len() as u64 + g.redeliver.len() as u64)
     }
 
     /// Messages `topic` holds (not yet acked by every group).
@@ -171,7 +183,9 @@ impl Transport for MemoryTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::none().with_consumer_groups()
+        Capabilities::none()
+            .with_consumer_groups()
+            .with_key_affinity()
     }
 
     async fn close(&self) -> Result<()> {
