@@ -44,28 +44,12 @@ impl Acknowledge for NatsAck {
         let kind = match outcome {
             Outcome::Handled { .. } => AckKind::Ack,
             Outcome::Failed { .. } => AckKind::Nak(Some(self.redelivery_delay)),
-            // A keyed group's message: nak'd, so it is redelivered before anything newer of
-            // its partition to whoever owns it next, and confirmed (a double nak) before its
-            // partition can be handed over: an unconfirmed nak could land after the next
-            // owner started, and bring the message back behind newer ones of its key.
-            Outcome::Cancelled if self.in_flight.is_some() => {
-                let Some(msg) = self.msg.take() else {
-                    return Settle::Done(Ok(()));
-                };
-                let in_flight = self.in_flight.take();
-                return Settle::Later(Box::pin(async move {
-                    let naked = msg
-                        .double_ack_with(AckKind::Nak(None))
-                        .await
-                        .map_err(|e| NatsError::request("nak", ErrorText(e.to_string())).into());
-                    drop(in_flight);
-                    naked
-                }));
-            }
             // Not a failure, and not ours any more: leave it unacked; the server redelivers it
-            // after the ack wait. (A nak would hand it over sooner, but nats-server 2.9 was
-            // seen delivering a nak'd message twice to the next member: the conformance
-            // check `subscribe_cancel` caught it.)
+            // after the ack wait (a keyed group's partition handed over naks it at once, in
+            // stream order with the rest; see `keyed::nak_pending`). Naked one by one here, in
+            // whatever order they settle, such messages would be redelivered in that order.
+            // (nats-server 2.9 was also seen delivering a nak'd message twice to the next
+            // member: the conformance check `subscribe_cancel` caught it.)
             Outcome::Cancelled => return Settle::Done(Ok(())),
         };
         let Some(msg) = self.msg.take() else {

@@ -152,6 +152,15 @@ impl Held {
         Ok(id)
     }
 
+    /// Whether the message at stream sequence `seq` is among those this subscription acked
+    /// last (see [`ACKED_MEMORY`]).
+    pub(crate) fn acked(&self, seq: u64) -> bool {
+        let st = self.lock();
+        st.acked
+            .get((seq % ACKED_MEMORY as u64) as usize)
+            .is_some_and(|&(acked, _)| acked == seq)
+    }
+
     /// Forgets a held message; `acked` when it was acked.
     pub(crate) fn release(&self, id: u64, seq: Option<CopyKey>, acked: bool) {
         let mut st = self.lock();

@@ -16,7 +16,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::held::Held;
-use crate::membership::{Handover, Membership, bucket_name};
+use crate::membership::{Handover, Membership, Released, bucket_name};
 use crate::provision::{PIN_GROUP, partition_consumer_config};
 use crate::pull::{PartitionPull, Puller, pull_stream};
 use crate::{NatsAck, NatsTransport, partition};
@@ -123,43 +123,42 @@ struct Shared {
 
 impl Shared {
     /// Hands a partition over once the bus has settled its messages (waiting at most the
-    /// member timeout: by then the server unpins this member anyway): naks what the server
-    /// sent and this member never received (lost with the dropped pull), records the clean
-    /// release and unpins the consumer, so the next owner starts at once and reads nothing
-    /// back. If any step fails, no record is written and the next owner reads back what may
-    /// be unacked (at-least-once).
+    /// member timeout: by then the server unpins this member anyway): records the clean
+    /// release (see [`Released`]) and unpins the consumer, so the next owner starts at once
+    /// and reads back exactly what this member left unacked. If a step fails, no record is
+    /// written and the next owner reads back everything that may be unacked (at-least-once).
+    ///
+    /// Nothing is nak'd: nats-server re-queues a redelivery at the back of its queue whenever
+    /// no pull it may serve waits (the next owner's, before the unpin), so nak'd messages
+    /// would come back in another order.
     fn release(&self, pull: PartitionSource) {
         let PartitionSource {
             partition,
             in_flight,
-            received,
+            served,
             stream: pulling,
         } = pull;
-        // Its pulls stop: what the client had buffered, or was still sent, is nak'd below.
+        // Its pulls stop; what the client had buffered is read back by the next owner.
         drop(pulling);
         let stream = self.stream.clone();
         let consumer = self.consumers[usize::from(partition)].clone();
         let handover = Handover::new(self.store.clone(), &self.group_key, partition);
-        let client = self.transport.inner.client.clone();
+        let held = Arc::clone(&self.held);
         let wait = self.member_timeout;
         let topic = self.topic.clone();
         self.transport.inner.background.spawn_on(
             async move {
                 let settled = tokio::time::timeout(wait, in_flight.idle()).await.is_ok();
-                let received = received.load(Ordering::Relaxed);
                 if !settled {
                     tracing::warn!(%topic, partition, "a partition handed over still had messages in the bus after the member timeout; the server unpins it anyway");
-                } else if received > 0 {
+                } else if served.load(Ordering::Relaxed) {
                     // Only an owner that was sent something knows it was the pinned one.
-                    match nak_lost(&client, &consumer, received).await {
-                        Ok(delivered) => {
-                            if let Err(e) = handover.record(delivered).await {
-                                tracing::debug!(%topic, partition, error = %e, "could not record the hand-over; the next owner reads back what may be unacked");
-                            }
-                        }
-                        Err(error) => {
-                            tracing::debug!(%topic, partition, %error, "could not nak what was lost with the pull; the next owner reads back what may be unacked");
-                        }
+                    let recorded = match Released::now(&consumer, &held).await {
+                        Ok(released) => handover.record(&released).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(error) = recorded {
+                        tracing::debug!(%topic, partition, %error, "could not record the hand-over; the next owner reads back what may be unacked");
                     }
                 }
                 let name = consumer.cached_info().name.clone();
@@ -174,56 +173,41 @@ impl Shared {
     }
 }
 
-/// Naks, with confirmation, what the server sent on `consumer` after `received` (the highest
-/// stream sequence this member got): lost with a dropped pull, and pending until the ack wait
-/// otherwise. Returns the consumer's last delivered consumer sequence (the hand-over record).
-///
-/// The ack subjects are made as the server makes them (see `Puller::read_back`); a nak needs
-/// a consumer sequence above the ack floor, and the consumer's last delivered one is. The
-/// sequences after `received` belong to every partition of the stream: the server ignores
-/// (and confirms) naks of what this consumer has not pending.
-async fn nak_lost(
-    client: &async_nats::Client,
-    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
-    received: u64,
-) -> std::result::Result<u64, String> {
-    /// More than this many sequences to nak is not a lost pull: leave it to the next owner.
-    const MOST: u64 = 100_000;
-    let info = consumer.get_info().await.map_err(|e| e.to_string())?;
-    let delivered = info.delivered.stream_sequence;
-    let from = received.max(info.ack_floor.stream_sequence) + 1;
-    if delivered >= from + MOST {
-        return Err(format!("{} sequences to nak", delivered + 1 - from));
-    }
-    let consumer_seq = info.delivered.consumer_sequence;
-    let naks = futures::stream::iter(from..=delivered)
-        .map(|seq| {
-            let subject = format!(
-                "$JS.ACK.{}.{}.1.{seq}.{consumer_seq}.0.0",
-                info.stream_name, info.name
-            );
-            async move {
-                client
-                    .request(subject, bytes::Bytes::from_static(b"-NAK"))
-                    .await
-            }
+impl Released {
+    /// The record of a release now, by a member whose bus holds none of the partition's
+    /// messages: the consumer's state, and which of the messages it may have pending this
+    /// member acked (the ack may not have reached the server yet).
+    async fn now(
+        consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+        held: &Held,
+    ) -> std::result::Result<Released, String> {
+        /// A wider window is not a hand-over under way: leave it to the next owner's read-back.
+        const WIDEST: u64 = 100_000;
+        let info = consumer.get_info().await.map_err(|e| e.to_string())?;
+        let (floor, last) = (
+            info.ack_floor.stream_sequence,
+            info.delivered.stream_sequence,
+        );
+        if last > floor + WIDEST {
+            return Err(format!(
+                "{} sequences between ack floor and last delivery",
+                last - floor
+            ));
+        }
+        Ok(Released {
+            consumer_seq: info.delivered.consumer_sequence,
+            floor,
+            last,
+            acked: (floor + 1..=last).filter(|&seq| held.acked(seq)).collect(),
         })
-        .buffer_unordered(64);
-    let failed = naks
-        .filter(|r| futures::future::ready(r.is_err()))
-        .count()
-        .await;
-    if failed > 0 {
-        return Err(format!("{failed} naks unconfirmed"));
     }
-    Ok(consumer_seq)
 }
 
 /// One owned partition's pull.
 struct PartitionSource {
     partition: u16,
     in_flight: InFlight,
-    received: Arc<AtomicU64>,
+    served: Arc<AtomicBool>,
     stream: BoxStream<'static, Result<Incoming<NatsAck>>>,
 }
 
@@ -253,7 +237,7 @@ impl KeyedSource {
                 continue;
             }
             let in_flight = InFlight::default();
-            let received = Arc::new(AtomicU64::new(0));
+            let served = Arc::new(AtomicBool::new(false));
             let puller = Puller {
                 consumer: shared.consumers[usize::from(partition)].clone(),
                 stream: shared.stream.clone(),
@@ -266,7 +250,7 @@ impl KeyedSource {
                     member_timeout: shared.member_timeout,
                     max_pending: shared.max_pending,
                     handover: Handover::new(shared.store.clone(), &shared.group_key, partition),
-                    received: Arc::clone(&received),
+                    served: Arc::clone(&served),
                 }),
             };
             let stream = pull_stream(
@@ -281,7 +265,7 @@ impl KeyedSource {
             self.pulls.push(PartitionSource {
                 partition,
                 in_flight,
-                received,
+                served,
                 stream,
             });
         }

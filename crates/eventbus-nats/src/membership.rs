@@ -255,15 +255,59 @@ async fn next(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::Wat
 }
 
 /// A partition's hand-over record, `h.<stream>.<group>.<partition>`: written by an owner that
-/// released the partition cleanly, just before it unpinned the consumer, with the consumer's
-/// last delivery (consumer sequence) then. It says: every message delivered up to there was
-/// acked, or nak'd (and so is redelivered before anything newer). The next owner takes it
-/// (reads and deletes it) at the start of its term; without it (the owner crashed) the next
-/// owner reads back what may have been left unacked.
+/// released the partition cleanly (its bus settled every message of it), just before it
+/// unpinned the consumer. The next owner takes it (reads and deletes it) at the start of its
+/// term. Without it (the owner crashed) the next owner reads back what may have been left
+/// unacked; with it, exactly what was.
 #[derive(Clone)]
 pub(crate) struct Handover {
     store: kv::Store,
     key: String,
+}
+
+/// What a clean release knew: the consumer's last delivery (consumer sequence) and its ack
+/// floor and last delivered stream sequences then, and which stream sequences between the two
+/// the releasing owner acked. Every other message of the partition in that window was left
+/// unacked (cancelled at a close, or lost with the dropped pull).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub(crate) consumer_seq: u64,
+    pub(crate) floor: u64,
+    pub(crate) last: u64,
+    pub(crate) acked: Vec<u64>,
+}
+
+impl Released {
+    /// `<consumer seq> <floor> <last> <acked,...>`.
+    fn encode(&self) -> String {
+        let acked: Vec<String> = self.acked.iter().map(u64::to_string).collect();
+        format!(
+            "{} {} {} {}",
+            self.consumer_seq,
+            self.floor,
+            self.last,
+            acked.join(",")
+        )
+    }
+
+    fn decode(text: &str) -> Option<Released> {
+        let mut parts = text.splitn(4, ' ');
+        let mut number = || parts.next()?.parse().ok();
+        let (consumer_seq, floor, last) = (number()?, number()?, number()?);
+        let acked = match parts.next() {
+            Some("") | None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(Released {
+            consumer_seq,
+            floor,
+            last,
+            acked,
+        })
+    }
 }
 
 impl Handover {
@@ -274,23 +318,43 @@ impl Handover {
         }
     }
 
-    /// Records a clean release at `delivered`.
-    pub(crate) async fn record(&self, delivered: u64) -> Result<(), kv::PutError> {
+    /// Records a clean release.
+    pub(crate) async fn record(&self, released: &Released) -> Result<(), kv::PutError> {
         self.store
-            .put(&self.key, delivered.to_string().into())
+            .put(&self.key, released.encode().into())
             .await
             .map(drop)
     }
 
     /// Takes the record: `None` if there is none or it could not be deleted (a record left
     /// behind would describe a later term wrongly).
-    pub(crate) async fn take(&self) -> Option<u64> {
+    pub(crate) async fn take(&self) -> Option<Released> {
         let entry = self.store.entry(&self.key).await.ok()??;
         if entry.operation != kv::Operation::Put {
             return None;
         }
-        let delivered = std::str::from_utf8(&entry.value).ok()?.parse().ok()?;
+        let released = Released::decode(std::str::from_utf8(&entry.value).ok()?)?;
         self.store.delete(&self.key).await.ok()?;
-        Some(delivered)
+        Some(released)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Released;
+
+    #[test]
+    fn a_release_record_reads_back_as_written() {
+        for acked in [vec![], vec![7], vec![7, 9, 12]] {
+            let r = Released {
+                consumer_seq: 41,
+                floor: 5,
+                last: 12,
+                acked,
+            };
+            assert_eq!(Released::decode(&r.encode()), Some(r));
+        }
+        assert_eq!(Released::decode("41 5"), None);
+        assert_eq!(Released::decode("41 5 12 7,x"), None);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -147,11 +147,7 @@ pub(crate) fn pull_stream(
                         // Parsed once: the reply subject is split and its numbers read.
                         let info = Delivered::of(&msg);
                         if let Some(partition) = &st.puller.partition {
-                            if let Some(info) = info {
-                                partition
-                                    .received
-                                    .fetch_max(info.stream_sequence, Ordering::Relaxed);
-                            }
+                            partition.served.store(true, Ordering::Relaxed);
                             let pin = msg
                                 .headers
                                 .as_ref()
@@ -359,9 +355,9 @@ pub(crate) struct PartitionPull {
     pub(crate) max_pending: usize,
     /// The partition's hand-over record.
     pub(crate) handover: Handover,
-    /// The highest stream sequence received: what the server sent beyond it was lost on the
-    /// way, and is nak'd at a release.
-    pub(crate) received: Arc<AtomicU64>,
+    /// Set at the first delivery: this member was the pinned one, so its release may
+    /// record a clean hand-over.
+    pub(crate) served: Arc<AtomicBool>,
 }
 
 impl Puller {
@@ -465,21 +461,22 @@ impl Puller {
     /// connection, a new pin): the partition's messages that an earlier owner (or this one,
     /// across a reconnect) was sent and did not ack, read from the stream, oldest first.
     ///
-    /// After a clean hand-over there are none to read: the earlier owner acked or nak'd
-    /// everything it was sent, and its hand-over record says so. The record is trusted only if
-    /// nothing was delivered between it and the delivery opening this term (else it is from an
-    /// older term, or the server sent the earlier owner more after it).
-    ///
-    /// Otherwise (the earlier owner crashed, or a reconnect lost messages on the way) the
-    /// server would send them again only after their ack wait, and by then it may have sent
+    /// The server would send them again only after their ack wait, and by then it may have sent
     /// newer messages of their keys to the new owner: read now and handed to the bus before
     /// the delivery that opened the term, they keep per-key order across a hand-over. A first
     /// delivery (not a redelivery) is newer than everything delivered before it, so what is
     /// left unacked lies between the consumer's ack floor and it; a redelivery opening the
     /// term may have unacked messages after it too, up to the consumer's last delivered
-    /// sequence. Messages acked above the floor are read too (the server does not say which):
+    /// sequence: then the opening one is read back too, in its place, and its delivery is
+    /// dropped as a copy. Messages acked above the floor are read too (the server does not say which):
     /// handled again, at-least-once, unless this subscription acked them (see [`Held`]). What
     /// is read back is settled through its ack subject (see `read_back`).
+    ///
+    /// After a clean hand-over, the earlier owner's record (see
+    /// [`Released`](crate::membership::Released)) says which messages of its window it acked:
+    /// exactly the others are read back, none handled twice. The record is trusted only if
+    /// nothing was delivered between it and the delivery opening this term (else it is from an
+    /// older term, or the server sent the earlier owner more after it).
     async fn recover_pending(
         &self,
         opening: Delivered,
@@ -501,25 +498,28 @@ impl Puller {
                     Ok(info) => info,
                     Err(e) => return Err(e.to_string()),
                 };
-                // Every delivery, a redelivery too, takes the next consumer sequence: the
-                // record is this term's if the opening delivery is the first after it.
-                if let Some(released) = handover.take().await
-                    && opening.consumer_sequence == released + 1
-                {
-                    return Ok((Vec::new(), 0));
-                }
-                let end = if opening.delivered > 1 {
-                    info.delivered.stream_sequence
-                } else {
-                    opening.stream_sequence.saturating_sub(1)
+                // The window that may hold unacked messages, and what in it was acked.
+                let (mut seq, end, acked) = match handover.take().await {
+                    // Every delivery, a redelivery too, takes the next consumer sequence: the
+                    // record is this term's if the opening delivery is the first after it.
+                    Some(r) if opening.consumer_sequence == r.consumer_seq + 1 => {
+                        (r.floor + 1, r.last, r.acked)
+                    }
+                    _ => {
+                        let end = if opening.delivered > 1 {
+                            info.delivered.stream_sequence
+                        } else {
+                            opening.stream_sequence.saturating_sub(1)
+                        };
+                        (info.ack_floor.stream_sequence + 1, end, Vec::new())
+                    }
                 };
-                let mut seq = info.ack_floor.stream_sequence + 1;
                 let mut read = Vec::new();
                 while seq <= end && read.len() < limit {
                     match stream.get_first_raw_message_by_subject(&subject, seq).await {
                         Ok(m) if m.sequence <= end => {
                             seq = m.sequence + 1;
-                            if m.sequence != opening.stream_sequence {
+                            if acked.binary_search(&m.sequence).is_err() {
                                 read.push(m);
                             }
                         }
