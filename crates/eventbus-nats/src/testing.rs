@@ -9,7 +9,7 @@ use eventbus_core::transport::Capabilities;
 use eventbus_testkit::brokers::{ServerProcess, shared};
 use eventbus_testkit::conformance::Harness;
 
-use crate::{ConsumerOptions, NatsConfig, NatsTransport};
+use crate::{ConsumerOptions, NatsConfig, NatsTransport, Sharing};
 
 /// The shared server (`cargo xtask brokers up`; `EVENTBUS_NATS_URL` names another). When
 /// dropped (also when the test fails) it deletes the streams whose names this process made
@@ -101,19 +101,28 @@ impl PrivateServer {
     }
 }
 
-/// Buses on `url`; `keep` lives as long as the harness.
-fn harness_on<K>(url: String, capabilities: Capabilities, keep: Arc<K>) -> Harness
+/// Buses on `url` whose groups share topics by `sharing`; `keep` lives as long as the harness.
+fn harness_on<K>(url: String, sharing: Sharing, keep: Arc<K>) -> Harness
 where
     K: Send + Sync + 'static,
 {
+    let capabilities = match sharing {
+        Sharing::ByKey => NatsTransport::CAPABILITIES,
+        _ => Capabilities::none()
+            .with_consumer_groups()
+            .with_persistence(),
+    };
     Harness::new("nats", capabilities, move |options| {
         let url = url.clone();
         let _keep = Arc::clone(&keep);
         async move {
             // A short ack wait: messages left unacked at a subscription's close (by design)
             // come back in seconds rather than the default 30 s.
-            let config = NatsConfig::new(url.clone())
-                .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(3)));
+            let config = NatsConfig::new(url.clone()).consumer(
+                ConsumerOptions::default()
+                    .ack_wait(Duration::from_secs(3))
+                    .sharing(sharing),
+            );
             let transport = NatsTransport::connect(config)
                 .await
                 .unwrap_or_else(|e| panic!("connect to nats-server at {url}: {e}"));
@@ -122,20 +131,25 @@ where
     })
 }
 
-/// The conformance harness on the shared server: every check but `reconnect`.
+/// The conformance harness on the shared server: every check but `reconnect`. Groups are keyed
+/// ([`Sharing::ByKey`], the default).
 pub fn shared_harness() -> Harness {
+    shared_harness_with(Sharing::ByKey)
+}
+
+/// The conformance harness on the shared server, groups sharing topics by `sharing`.
+pub fn shared_harness_with(sharing: Sharing) -> Harness {
     let server = SharedServer::get();
-    harness_on(server.url(), NatsTransport::CAPABILITIES, Arc::new(server))
+    harness_on(server.url(), sharing, Arc::new(server))
 }
 
 /// The conformance harness on a private server it can kill and restart: `reconnect`.
 pub fn private_harness() -> Harness {
     let server = Arc::new(Mutex::new(PrivateServer::start(&[])));
     let url = server.lock().unwrap_or_else(|e| e.into_inner()).url();
-    let capabilities = NatsTransport::CAPABILITIES;
     // One subscription across crashes: copies the server sends again are recognised by stream
     // sequence, id and store time, and dropped.
-    harness_on(url, capabilities, Arc::clone(&server))
+    harness_on(url, Sharing::ByKey, Arc::clone(&server))
         .once_across_restarts_promised()
         .with_restart(move || {
             let server = Arc::clone(&server);
