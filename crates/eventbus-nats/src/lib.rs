@@ -21,9 +21,20 @@
 //!
 //! # Mapping
 //! - A topic is a JetStream stream of its own, named by [`NatsConfig::stream_name`]
-//!   (collision-free), holding one subject: the topic itself, or `<subject_prefix>.<topic>`.
-//! - A consumer group is a durable pull consumer named after the group on the topic's stream;
-//!   the subscriptions of a group, in any process, pull from it and share its messages.
+//!   (collision-free), split into [`StreamOptions::partitions`] (default 16): the stream holds
+//!   one subject per partition, `<subject>.<n>`, where `<subject>` is the topic itself or
+//!   `<subject_prefix>.<topic>`. A message goes to partition `fnv1a(key) % partitions` (32-bit
+//!   FNV-1a, so any client can compute it; a message without a key, by its id). The key itself
+//!   is never a subject token (keys may hold `.`).
+//! - A stream made by an earlier version (one subject, the topic) or with another partition
+//!   count is refused with [`Error::SettingsMismatch`] (`setting: "partitions"`) whatever the
+//!   [`Provision`]: moving keys between partitions would break their order. Consume what such a
+//!   stream holds with the version that made it, then delete it.
+//! - A consumer group is keyed by default ([`Sharing::ByKey`]): one durable pull consumer per
+//!   partition, `<group>=<n>`, filtered to the partition's subject, with the `pinned_client`
+//!   priority policy, so one instance at a time receives a partition's messages (see *Scaling
+//!   out*). With [`Sharing::Any`] a group is one durable consumer named after the group, on
+//!   the whole stream, pulled by every instance.
 //! - Message id → `Nats-Msg-Id` (so the stream's duplicate window drops a retried publish),
 //!   key → `eb-key`, other headers (envelope fields included) as they are. `eb-key` and every
 //!   `Nats-*` name are reserved ([`validate::RESERVED_HEADERS`](eventbus_core::validate)): a
@@ -42,13 +53,13 @@
 //!   ([`SubscribeRequest::redelivery_delay`](eventbus_core::transport::SubscribeRequest::redelivery_delay));
 //!   cancelled at shutdown → left unacked, so the server redelivers it after
 //!   [`ConsumerOptions::ack_wait`] (messages prefetched but not yet handed to the bus too).
-//! - **Ordering**: within one subscription, messages of a key are handled one at a time in the
-//!   order JetStream delivered them, failures retried in place. A *redelivery* can be overtaken:
-//!   a message that failed for good (nak'd), or one left unacked at a close, comes back after
-//!   later messages of its key may have been handled. Across the
-//!   members of one group there is no key affinity: JetStream hands messages to whichever member
-//!   pulls, so one key's messages may be handled concurrently by different members. Use one
-//!   member per group where cross-instance order matters.
+//! - **Ordering**: messages of a key are handled one at a time in publish order, failures
+//!   retried in place, across the instances of a keyed group too (see *Scaling out*). A message
+//!   that failed for good and is nak'd (dead letters turned off) comes back after its
+//!   redelivery delay, after later messages of its key may have been handled. With
+//!   [`Sharing::Any`] there is no order across instances: JetStream hands messages to
+//!   whichever instance pulls, so one key's messages may be handled concurrently by different
+//!   instances (within one instance, still in order).
 //! - Messages in the bus (queued behind their key, running, backing off) get in-progress acks,
 //!   so the server does not redeliver them while they are ours. Messages prefetched but not
 //!   yet taken by a full bus (at most half its buffer) cannot get them, and past `ack_wait` the
@@ -77,6 +88,39 @@
 //! - The client's own tasks run on a thread the transport owns; `close` drains the client and
 //!   ends that thread, so nothing is left, whether the server is up or not. A connect that
 //!   fails ends that thread before it returns.
+//!
+//! # Scaling out
+//! Run the same service N times: every instance subscribes with the same group, and the
+//! partitions are spread over the live instances (each owns `partitions / N` or one more; with
+//! more instances than partitions the extra ones wait as standbys).
+//! - **Membership** lives in a JetStream key-value bucket, `<stream_prefix>members` (made on
+//!   first use): each instance renews its key every third of
+//!   [`ConsumerOptions::member_timeout`] (default 5 s) and watches the others'. Every instance
+//!   computes the same assignment from the same set of members (balanced rendezvous hashing:
+//!   a join or leave moves few partitions besides the member's own), so there is no
+//!   coordinator. While views differ for a moment, the pinned consumer gives a partition to
+//!   one instance only; the other waits.
+//! - **A clean leave** (the subscription or bus closes) deletes the member's key: the others
+//!   rebalance at once. **A crashed instance** keeps its partitions until its key is
+//!   `member_timeout` old and the server unpins it (the consumers' pin timeout is the same).
+//! - **Hand-over, and the order invariant**: no key's later message is handled before its
+//!   earlier message was acked, or was handed to the new owner first. The old owner stops
+//!   pulling a partition it lost, waits until its bus settled every message of it (at most
+//!   `member_timeout`), records what it acked in a hand-over record in the bucket, and only then
+//!   unpins the consumer; the server sends the new owner nothing before that. At its first
+//!   delivery the new owner reads back from the stream, in stream order, the partition's
+//!   messages the old owner was sent and did not ack (queued in its bus at a close, or left in
+//!   its client's buffer), and handles them first: none handled twice. Without a record (the
+//!   old owner crashed) it reads back everything between the consumer's ack floor and its first
+//!   delivery: what the crashed owner handled without its ack reaching the server is handled
+//!   again (at-least-once). Read-back messages are acked through the ack subject the server
+//!   would have given them.
+//! - Nothing is nak'd at a hand-over: nats-server re-queues a redelivery at the back of its
+//!   queue whenever no pull it may serve waits, so nak'd messages would come back out of order.
+//! - **Cost**: a keyed subscription pulls each partition it owns with a pull of its own (half
+//!   the bus's buffer spread over the partitions), and makes the `partitions` consumers on
+//!   first subscribe.
+//! - Needs nats-server 2.11 or later (priority groups, unpin).
 //!
 //! # Security
 //! Authentication and TLS are async-nats's own client options, passed as they are with
