@@ -380,6 +380,14 @@ pub struct Tally {
     pub order_violations: u64,
 }
 
+impl Tally {
+    /// Whether a message was lost or a key's order broken: what the bus promises not to do.
+    /// Duplicates are allowed (at-least-once).
+    pub fn broken(&self) -> bool {
+        self.lost > 0 || self.order_violations > 0
+    }
+}
+
 /// The tally of `record` for messages `0..published` over `keys` keys.
 pub fn tally(record: &Record, published: u64, keys: u64) -> Tally {
     let mut times: HashMap<u64, u32> = HashMap::new();

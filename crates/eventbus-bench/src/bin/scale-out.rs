@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let runtime = eventbus_bench::runtime();
     let mut failures = Vec::new();
     let mut check = |what: String, tally: eventbus_bench::members::Tally| {
-        if tally.lost > 0 || tally.order_violations > 0 {
+        if tally.broken() {
             failures.push(format!("{what}: {tally:?}"));
         }
     };
