@@ -98,6 +98,21 @@ xflags::xflags! {
             optional --rounds n: usize
         }
 
+        /// A group of 3 instances on NATS or Kafka under 10,000 keyed messages: one closes,
+        /// one is killed (SIGKILL), a replacement joins; then a backlog drained by 3 instances
+        /// against 1 (the `scale-out` tool, release build), instances as child processes. Tables
+        /// of lost, duplicates, order violations, rebalance times and throughput; fails on a
+        /// lost message or a broken key order. On the shared brokers (started if down, stopped
+        /// after).
+        cmd scale-out {
+            /// nats | kafka | all (default: all).
+            optional --transport transport: Transport
+            /// scenario | throughput (default: both).
+            optional --only part: ScaleOutPart
+            /// Messages per run (default 10,000).
+            optional --messages n: u64
+        }
+
         /// Instructions (callgrind) and heap allocations per message on a fixed workload,
         /// against the dispatcher's targets.
         cmd cost {
@@ -129,6 +144,7 @@ pub enum XtaskCmd {
     Load(Load),
     Bench(Bench),
     Groups(Groups),
+    ScaleOut(ScaleOut),
     Cost(Cost),
     Help(Help),
 }
@@ -178,6 +194,13 @@ pub struct Bench {
 pub struct Groups {
     pub quick: bool,
     pub rounds: Option<usize>,
+}
+
+#[derive(Debug)]
+pub struct ScaleOut {
+    pub transport: Option<Transport>,
+    pub only: Option<ScaleOutPart>,
+    pub messages: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -285,6 +308,32 @@ impl FromStr for Broker {
             .into_iter()
             .find(|b| b.name() == s)
             .ok_or_else(|| format!("expected nats or kafka, got {s:?}"))
+    }
+}
+
+/// The part of `cargo xtask scale-out` to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScaleOutPart {
+    Scenario,
+    Throughput,
+}
+
+impl ScaleOutPart {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ScaleOutPart::Scenario => "scenario",
+            ScaleOutPart::Throughput => "throughput",
+        }
+    }
+}
+
+impl FromStr for ScaleOutPart {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Scenario, Self::Throughput]
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("expected scenario or throughput, got {s:?}"))
     }
 }
 

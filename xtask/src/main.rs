@@ -8,6 +8,7 @@ mod flags;
 mod groups;
 mod load;
 mod report;
+mod scale_out;
 mod test;
 mod util;
 
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
         XtaskCmd::Load(cmd) => cmd.run(),
         XtaskCmd::Bench(cmd) => cmd.run(),
         XtaskCmd::Groups(cmd) => cmd.run(),
+        XtaskCmd::ScaleOut(cmd) => cmd.run(),
         XtaskCmd::Cost(cmd) => cmd.run(),
         XtaskCmd::Help(_) => {
             println!("{}", flags::Xtask::HELP);
@@ -107,6 +109,9 @@ mod tests {
             "bench --report --quick --rounds 3 --no-nats --no-kafka",
             "bench --criterion",
             "cost --no-callgrind --profile",
+            "groups --quick --rounds 2",
+            "scale-out",
+            "scale-out --transport kafka --only throughput --messages 20000",
             "help",
         ] {
             if let Err(e) = parse(line) {
@@ -127,6 +132,7 @@ mod tests {
             "conformance --stress",
             "bench --rounds many",
             "cost --profile --profile",
+            "scale-out --only leave",
         ] {
             let result = parse(line);
             assert!(

@@ -2,7 +2,7 @@
 //! (`group.protocol=consumer`), and the classic protocol with the cooperative-sticky assignor
 //! (the transport's classic default) and with the eager `range` assignor.
 //!
-//! Every member is a bus in a child process of its own (this tool run as `member`), so a
+//! Every member is a bus in a child process of its own ([`crate::members`]), so a
 //! member can be killed with SIGKILL as a crash would kill it. Members print one line per
 //! message their handler ran; this process publishes a steady keyed load and reads those
 //! lines. Per protocol, three scenarios:
@@ -19,13 +19,12 @@
 //! how long until the departed member's keys were handled elsewhere.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventbus_core::{BoxError, Delivery, EventBus, Message, handler_fn};
+use eventbus_core::EventBus;
 use eventbus_kafka::{GroupProtocol, KafkaConfig, KafkaTransport, TopicOptions};
+
+use crate::members::{self, Load, Members, Record, Work};
 
 /// A group protocol with its assignor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,240 +73,36 @@ impl Variant {
 /// Keys of the load; message `m-<n>` has key `k-<n % KEYS>`, so `n` orders a key's messages.
 const KEYS: u64 = 500;
 
-/// `group-protocols member <brokers> <topic> <partitions> <group> <variant> <work-ms>`: one
-/// member, whose handler takes `work-ms` per message. Prints
-/// `subscribing`, `joined`, `h <id>` per message handled, and `closed` once stdin ends and it
-/// closed.
+/// `group-protocols member <brokers> <topic> <partitions> <group> <variant> <work-ms> <slots>`:
+/// one member ([`members::serve`]), whose handler takes `work-ms` per message.
 pub fn member(args: &[String]) -> Result<(), String> {
-    let [brokers, topic, partitions, group, variant, work] = args else {
-        return Err("member <brokers> <topic> <partitions> <group> <variant> <work-ms>".into());
+    let [brokers, topic, partitions, group, variant, ms, slots] = args else {
+        return Err(
+            "member <brokers> <topic> <partitions> <group> <variant> <work-ms> <slots>".into(),
+        );
     };
-    let work = Duration::from_millis(work.parse().map_err(|_| "work-ms: a number")?);
+    let work = Work::parse(ms, slots)?;
     let variant = Variant::parse(variant).ok_or("unknown variant")?;
     let partitions: i32 = partitions.parse().map_err(|_| "partitions: a number")?;
-    // Its logs go to stderr (stdout carries what it handled), filtered by `EVENTBUS_LOG`.
-    if let Ok(filter) = std::env::var("EVENTBUS_LOG") {
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .init();
-    }
+    members::init_logs();
     crate::runtime().block_on(async {
         let transport = KafkaTransport::connect(variant.config(brokers, topic, partitions))
             .await
             .map_err(|e| e.to_string())?;
-        let bus = EventBus::new(transport);
-        println!("subscribing");
-        let sub = bus
-            .subscribe(
-                topic,
-                group,
-                handler_fn(move |d: Delivery| async move {
-                    // Work, so that handlers are in flight when the group changes.
-                    tokio::time::sleep(work).await;
-                    println!("h {}", d.message().id());
-                    Ok::<_, BoxError>(())
-                }),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        println!("joined");
-        // Until the parent closes stdin.
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut sink = String::new();
-            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        })
-        .await;
-        sub.close().await;
-        bus.close().await.map_err(|e| e.to_string())?;
-        println!("closed");
-        Ok(())
+        members::serve(EventBus::new(transport), topic, group, work).await
     })
 }
 
-/// What the members reported, as this process received it.
-#[derive(Default)]
-struct Record {
-    /// (when, member, message number) per handled message, in order of arrival.
-    handled: Vec<(Instant, usize, u64)>,
-    first_subscribing: Option<Instant>,
-    first_handled: HashMap<usize, Instant>,
-    closed: HashSet<usize>,
-}
-
-struct Member {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-/// The members of one scenario and what they print; their logs (stderr, at
-/// `eventbus_kafka=debug` unless `EVENTBUS_LOG` says otherwise) go to files in `logs`, kept
-/// when the scenario fails.
-struct Group {
-    members: Vec<Member>,
-    logs: std::path::PathBuf,
-    record: Arc<Mutex<Record>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Group {
-    fn start(n: usize, args: [&str; 6]) -> Result<Group, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let logs = std::env::temp_dir().join("eventbus-groups").join(args[1]);
-        std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
-        let filter = std::env::var("EVENTBUS_LOG")
-            .unwrap_or_else(|_| "eventbus_kafka=debug,librdkafka=warn".to_owned());
-        let record = Arc::new(Mutex::new(Record::default()));
-        let mut members = Vec::new();
-        let mut readers = Vec::new();
-        for i in 0..n {
-            let mut child = Command::new(&exe)
-                .arg("member")
-                .args(args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(
-                    std::fs::File::create(logs.join(format!("member-{i}.log")))
-                        .map_err(|e| e.to_string())?,
-                )
-                .env("EVENTBUS_LOG", &filter)
-                .spawn()
-                .map_err(|e| format!("cannot start a member: {e}"))?;
-            let stdout = child.stdout.take().ok_or("no stdout")?;
-            let stdin = child.stdin.take();
-            let record = Arc::clone(&record);
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let now = Instant::now();
-                    let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(id) = line.strip_prefix("h m-") {
-                        if let Ok(n) = id.parse() {
-                            r.handled.push((now, i, n));
-                            r.first_handled.entry(i).or_insert(now);
-                        }
-                    } else if line == "subscribing" {
-                        r.first_subscribing.get_or_insert(now);
-                    } else if line == "closed" {
-                        r.closed.insert(i);
-                    }
-                }
-            }));
-            members.push(Member { child, stdin });
-        }
-        Ok(Group {
-            members,
-            logs,
-            record,
-            readers,
-        })
+/// The members of one scenario: `n` of them, logging to
+/// `$TMPDIR/eventbus-groups/<topic>/`, at `eventbus_kafka=debug` unless `EVENTBUS_LOG` says
+/// otherwise.
+fn start(n: usize, args: [&str; 7]) -> Result<Members, String> {
+    let logs = std::env::temp_dir().join("eventbus-groups").join(args[1]);
+    let mut members = Members::new(logs, "eventbus_kafka=debug,librdkafka=warn")?;
+    for _ in 0..n {
+        members.spawn(&args)?;
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until `done` holds of the record, or fails after `limit`.
-    async fn until(
-        &self,
-        what: &str,
-        limit: Duration,
-        done: impl Fn(&Record) -> bool,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + limit;
-        while !done(&self.lock()) {
-            if Instant::now() > deadline {
-                return Err(format!("{what}: not within {limit:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
-    }
-
-    /// Waits until every published message was handled at least once; on failure, says
-    /// which are missing.
-    async fn all_handled(&self, published: u64, limit: Duration) -> Result<(), String> {
-        let waited = self
-            .until("every message handled", limit, |r| {
-                missing(r, published).is_empty()
-            })
-            .await;
-        waited.map_err(|e| {
-            let missing = missing(&self.lock(), published);
-            let first: Vec<String> = missing.iter().take(20).map(|n| format!("m-{n}")).collect();
-            format!("{e}; {} missing: {} ...", missing.len(), first.join(" "))
-        })
-    }
-
-    /// Closes member `i` gracefully (its stdin ends).
-    fn leave(&mut self, i: usize) {
-        drop(self.members[i].stdin.take());
-    }
-
-    /// SIGKILL.
-    fn kill(&mut self, i: usize) {
-        let _ = self.members[i].child.kill();
-    }
-
-    /// Closes every member still running and reaps them all; keeps their logs if `failed`.
-    fn stop(mut self, failed: bool) {
-        for m in &mut self.members {
-            drop(m.stdin.take());
-        }
-        for m in &mut self.members {
-            let _ = m.child.wait();
-        }
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        if failed {
-            eprintln!("the members' logs: {}", self.logs.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.logs);
-        }
-    }
-}
-
-/// Publishes `m-<n>` at about `per_second` until told to stop; returns how many.
-struct Load {
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Result<u64, String>>,
-}
-
-impl Load {
-    fn start(bus: EventBus, topic: String, per_second: u64) -> Load {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            const TICK: Duration = Duration::from_millis(20);
-            let per_tick = (per_second * TICK.as_millis() as u64 / 1000).max(1);
-            let mut tick = tokio::time::interval(TICK);
-            let mut n = 0u64;
-            while !token.is_cancelled() {
-                tick.tick().await;
-                let batch: Vec<Message> = (n..n + per_tick)
-                    .map(|i| {
-                        Message::new(topic.as_str(), format!("{i}"))
-                            .with_id(format!("m-{i}"))
-                            .with_key(format!("k-{}", i % KEYS))
-                    })
-                    .collect();
-                bus.publish_batch(batch)
-                    .await
-                    .map_err(|e| format!("publish: {e}"))?;
-                n += per_tick;
-            }
-            Ok(n)
-        });
-        Load { stop, task }
-    }
-
-    async fn stop(self) -> Result<u64, String> {
-        self.stop.cancel();
-        self.task.await.map_err(|e| e.to_string())?
-    }
+    Ok(members)
 }
 
 /// One scenario's figures.
@@ -330,33 +125,14 @@ pub struct Figures {
 }
 
 fn figures(record: &Record, published: u64) -> Figures {
-    let mut times: HashMap<u64, u32> = HashMap::new();
-    let mut highest: HashMap<u64, u64> = HashMap::new();
-    let mut order_violations = 0;
-    for &(_, _, n) in &record.handled {
-        let count = times.entry(n).or_default();
-        *count += 1;
-        let key = n % KEYS;
-        let top = highest.entry(key).or_insert(n);
-        if *count == 1 && n < *top {
-            order_violations += 1;
-        }
-        *top = (*top).max(n);
-    }
-    let handled_once = (0..published).filter(|n| times.contains_key(n)).count() as u64;
+    let t = members::tally(record, published, KEYS);
     Figures {
         published,
-        lost: published - handled_once,
-        duplicated: times.values().map(|&c| u64::from(c) - 1).sum(),
-        order_violations,
+        lost: t.lost,
+        duplicated: t.duplicated,
+        order_violations: t.order_violations,
         ..Figures::default()
     }
-}
-
-/// The published messages not handled yet.
-fn missing(record: &Record, published: u64) -> Vec<u64> {
-    let seen: HashSet<u64> = record.handled.iter().map(|h| h.2).collect();
-    (0..published).filter(|n| !seen.contains(n)).collect()
 }
 
 /// Settings of one run.
@@ -391,8 +167,8 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
     let topic = eventbus_testkit::conformance::unique("groups-join");
     let group = eventbus_testkit::conformance::unique("g");
     let bus = publisher(brokers, variant, &topic, partitions).await?;
-    let load = Load::start(bus.clone(), topic.clone(), plan.rate);
-    let members = Group::start(
+    let load = Load::start(bus.clone(), topic.clone(), KEYS, plan.rate, None);
+    let members = start(
         plan.joining,
         [
             brokers,
@@ -401,6 +177,7 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
             &group,
             variant.name(),
             &plan.work.as_millis().to_string(),
+            "0",
         ],
     )?;
     let limit = Duration::from_secs(120);
@@ -410,7 +187,7 @@ pub async fn join(brokers: &str, variant: Variant, plan: Plan) -> Result<Figures
             r.first_handled.len() == joining
         })
         .await;
-    let published = load.stop().await?;
+    let published = load.stop().await?.len() as u64;
     let result = match joined {
         Ok(()) => members.all_handled(published, limit).await,
         Err(e) => Err(e),
@@ -449,7 +226,7 @@ pub async fn depart(
     let topic = eventbus_testkit::conformance::unique("groups-depart");
     let group = eventbus_testkit::conformance::unique("g");
     let bus = publisher(brokers, variant, &topic, PARTITIONS).await?;
-    let mut members = Group::start(
+    let mut members = start(
         MEMBERS,
         [
             brokers,
@@ -458,10 +235,11 @@ pub async fn depart(
             &group,
             variant.name(),
             &plan.work.as_millis().to_string(),
+            "0",
         ],
     )?;
     let limit = Duration::from_secs(120);
-    let load = Load::start(bus.clone(), topic.clone(), plan.rate);
+    let load = Load::start(bus.clone(), topic.clone(), KEYS, plan.rate, None);
     let steady = members
         .until("every member handling messages", limit, |r| {
             r.first_handled.len() == MEMBERS
@@ -482,8 +260,8 @@ pub async fn depart(
     // another member handles one of them.
     let departed_keys: HashSet<u64> = {
         let mut last = HashMap::new();
-        for &(_, member, n) in &members.lock().handled {
-            last.insert(n % KEYS, member);
+        for h in &members.lock().handled {
+            last.insert(h.n % KEYS, h.member);
         }
         last.into_iter()
             .filter(|&(_, member)| member == 0)
@@ -498,14 +276,14 @@ pub async fn depart(
                 r.handled
                     .iter()
                     .rev()
-                    .take_while(|h| h.0 >= event)
-                    .any(|h| h.1 != 0 && departed_keys.contains(&(h.2 % KEYS)))
+                    .take_while(|h| h.at >= event)
+                    .any(|h| h.member != 0 && departed_keys.contains(&(h.n % KEYS)))
             },
         )
         .await;
     let moved_at = Instant::now();
     tokio::time::sleep(plan.phase).await;
-    let published = load.stop().await?;
+    let published = load.stop().await?.len() as u64;
     let result = match moved {
         Ok(()) => members.all_handled(published, limit).await,
         Err(e) => Err(e),
@@ -516,9 +294,9 @@ pub async fn depart(
         f.moved_after = Some(moved_at - event);
         let mut last = event;
         let mut pause = Duration::ZERO;
-        for &(at, _, _) in r.handled.iter().filter(|h| h.0 >= event) {
-            pause = pause.max(at - last);
-            last = at;
+        for h in r.handled.iter().filter(|h| h.at >= event) {
+            pause = pause.max(h.at - last);
+            last = h.at;
         }
         f.longest_pause = Some(pause);
         f

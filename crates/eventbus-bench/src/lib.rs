@@ -14,7 +14,14 @@
 //! - [`load`]: the Go SDK's load levels and scenarios over it, as a table, JSON and a chart;
 //! - [`cost`]: instructions (callgrind) and heap allocations per message on a fixed workload;
 //! - [`report`]: BENCHMARKS.md and its SVG charts;
-//! - [`charts`]: the SVG charts of [`report`] and [`load`], drawn in one place.
+//! - [`charts`]: the SVG charts of [`report`] and [`load`], drawn in one place;
+//! - [`members`]: bus instances as child processes (killable with SIGKILL), a steady keyed
+//!   load and the loss, duplicate and per-key order tally over what they handled, for
+//!   [`groups`] and [`scale_out`];
+//! - [`groups`]: Kafka's group protocols side by side under joins, leaves and kills;
+//! - [`scale_out`]: one group of instances on NATS or Kafka losing one to `close`, one to
+//!   SIGKILL and gaining a replacement under load, and 3 instances against 1 draining a
+//!   backlog.
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
@@ -30,7 +37,9 @@
 //!   report (`cargo xtask report`);
 //! - `slow-key`: one slow key on the memory bus at its defaults, against the same run without
 //!   it;
-//! - `subscription-cost`: threads and broker connections per Kafka subscription.
+//! - `subscription-cost`: threads and broker connections per Kafka subscription;
+//! - `group-protocols`: [`groups`] (`cargo xtask groups`);
+//! - `scale-out`: [`scale_out`] (`cargo xtask scale-out`).
 #![warn(missing_docs)]
 
 pub mod charts;
@@ -40,8 +49,10 @@ pub mod hol;
 pub mod kafka;
 pub mod lanes;
 pub mod load;
+pub mod members;
 pub mod nats;
 pub mod report;
+pub mod scale_out;
 pub mod scenario;
 pub mod stats;
 pub mod workload;
