@@ -251,7 +251,8 @@ impl Members {
         let _ = self.members[i].child.kill();
     }
 
-    /// Closes every member still running and reaps them all; keeps their logs if `failed`.
+    /// Closes every member still running and reaps them all; keeps their logs if `failed` (or
+    /// if `EVENTBUS_KEEP_LOGS` is set).
     pub fn stop(mut self, failed: bool) {
         for m in &mut self.members {
             drop(m.stdin.take());
@@ -262,7 +263,7 @@ impl Members {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        if failed {
+        if failed || std::env::var_os("EVENTBUS_KEEP_LOGS").is_some() {
             eprintln!("the members' logs: {}", self.logs.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.logs);

@@ -64,27 +64,41 @@ impl Membership {
             .await
             .map_err(|_| stopped())??;
         let key = format!("m.{group_key}.{member}");
-        let put = {
-            let (store, key) = (store.clone(), key.clone());
-            io.spawn(async move { store.put(&key, bytes::Bytes::new()).await })
-                .await
-                .map_err(|_| stopped())?
+        let mut members = Members {
+            prefix: format!("m.{group_key}."),
+            me: member.clone(),
+            timeout,
+            seen: HashMap::new(),
         };
-        put.map_err(|e| crate::NatsError::request("join group", e))?;
-        let (owned_tx, owned) = watch::channel(
-            partition::assign(partitions, std::slice::from_ref(&member))
-                .remove(&member)
-                .unwrap_or_default(),
-        );
+        // The first assignment is made from the members there are: one made before (this
+        // member alone owning everything) would pull partitions it drops a moment later, and
+        // a pull dropped while the server pins it holds the pin, for nobody, until it times
+        // out.
+        let (store, watch, members) = io
+            .spawn({
+                let (store, key) = (store.clone(), key.clone());
+                async move {
+                    store
+                        .put(&key, bytes::Bytes::new())
+                        .await
+                        .map_err(|e| crate::NatsError::request("join group", e))?;
+                    let watch = members.read_snapshot(&store).await?;
+                    Ok::<_, crate::NatsError>((store, watch, members))
+                }
+            })
+            .await
+            .map_err(|_| stopped())??;
+        let (owned_tx, owned) = watch::channel(members.owned(partitions));
         let (leave, left) = oneshot::channel();
         let task = io.spawn(keep(Keep {
             js,
             store: store.clone(),
             group_key,
             key,
-            member,
             partitions,
             timeout,
+            members,
+            watch: Some(watch),
             owned: owned_tx,
             left,
         }));
@@ -150,28 +164,97 @@ struct Keep {
     store: kv::Store,
     group_key: String,
     key: String,
-    member: String,
     partitions: u16,
     timeout: Duration,
+    members: Members,
+    watch: Option<kv::Watch>,
     owned: watch::Sender<Vec<u16>>,
     left: oneshot::Receiver<()>,
+}
+
+/// The members of a group as one member sees them.
+struct Members {
+    /// `m.<stream>.<group>.`: the keys' prefix.
+    prefix: String,
+    me: String,
+    timeout: Duration,
+    /// Other members, when each was last seen alive (this one always is).
+    seen: HashMap<String, Instant>,
+}
+
+impl Members {
+    /// Watches the group's keys and takes in the members there are now (the watch's first
+    /// entries, the last of which has no more pending after it).
+    async fn read_snapshot(&mut self, store: &kv::Store) -> Result<kv::Watch, crate::NatsError> {
+        let mut watch = store
+            .watch_with_history(format!("{}*", self.prefix))
+            .await
+            .map_err(|e| crate::NatsError::request("watch the group's members", e))?;
+        // This member's own key is there, so the snapshot is never empty; the bound only
+        // guards against a server that stops answering.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while let Ok(Some(Ok(entry))) = tokio::time::timeout_at(deadline, watch.next()).await {
+            self.see(&entry);
+            if entry.delta == 0 {
+                break;
+            }
+        }
+        Ok(watch)
+    }
+
+    /// Takes in a change of a member's key; whether the set of members changed.
+    fn see(&mut self, entry: &kv::Entry) -> bool {
+        let Some(member) = entry.key.strip_prefix(&self.prefix) else {
+            return false;
+        };
+        if member == self.me {
+            return false;
+        }
+        match entry.operation {
+            kv::Operation::Put => {
+                // A put older than the timeout (from the bucket's history) is a member that
+                // is gone.
+                let age = SystemTime::now()
+                    .duration_since(SystemTime::from(entry.created))
+                    .unwrap_or_default();
+                age < self.timeout
+                    && self
+                        .seen
+                        .insert(
+                            member.to_owned(),
+                            Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+                        )
+                        .is_none()
+            }
+            kv::Operation::Delete | kv::Operation::Purge => self.seen.remove(member).is_some(),
+        }
+    }
+
+    /// Forgets members not seen for the timeout; whether any was.
+    fn expire(&mut self) -> bool {
+        let before = self.seen.len();
+        self.seen.retain(|_, last| last.elapsed() < self.timeout);
+        self.seen.len() != before
+    }
+
+    /// The partitions this member owns.
+    fn owned(&self, partitions: u16) -> Vec<u16> {
+        let mut members: Vec<String> = self.seen.keys().cloned().collect();
+        members.push(self.me.clone());
+        partition::assign(partitions, &members)
+            .remove(&self.me)
+            .unwrap_or_default()
+    }
 }
 
 async fn keep(mut k: Keep) {
     let mut renew = tokio::time::interval(k.timeout / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut expire = tokio::time::interval((k.timeout / 4).max(Duration::from_millis(100)));
-    // Other members, when each was last seen alive (this one is always alive).
-    let mut seen: HashMap<String, Instant> = HashMap::new();
-    let mut watch = None;
     loop {
-        if watch.is_none() {
-            match k
-                .store
-                .watch_with_history(format!("m.{}.*", k.group_key))
-                .await
-            {
-                Ok(w) => watch = Some(w),
+        if k.watch.is_none() {
+            match k.members.read_snapshot(&k.store).await {
+                Ok(w) => k.watch = Some(w),
                 Err(e) => {
                     tracing::warn!(group = %k.group_key, error = %e, "cannot watch the group's members; retrying")
                 }
@@ -185,55 +268,29 @@ async fn keep(mut k: Keep) {
                     // The bucket may be gone (a server that lost its store): make it again.
                     if let Ok(store) = open_bucket(&k.js, &k.store.name).await {
                         k.store = store;
-                        watch = None;
+                        k.watch = None;
                     }
                 }
                 false
             }
-            _ = expire.tick() => {
-                let before = seen.len();
-                seen.retain(|_, last| last.elapsed() < k.timeout);
-                seen.len() != before
-            }
-            entry = next(&mut watch) => match entry {
-                Some(Ok(entry)) => {
-                    let Some(member) = entry.key.strip_prefix(&format!("m.{}.", k.group_key)).map(str::to_owned) else { continue };
-                    if member == k.member {
-                        continue;
-                    }
-                    match entry.operation {
-                        kv::Operation::Put => {
-                            // A put older than the timeout (from the bucket's history) is a
-                            // member that is gone.
-                            let age = SystemTime::now().duration_since(SystemTime::from(entry.created)).unwrap_or_default();
-                            if age < k.timeout {
-                                seen.insert(member, Instant::now().checked_sub(age).unwrap_or_else(Instant::now)).is_none()
-                            } else {
-                                false
-                            }
-                        }
-                        kv::Operation::Delete | kv::Operation::Purge => seen.remove(&member).is_some(),
-                    }
-                }
+            _ = expire.tick() => k.members.expire(),
+            entry = next(&mut k.watch) => match entry {
+                Some(Ok(entry)) => k.members.see(&entry),
                 Some(Err(e)) => {
                     tracing::debug!(group = %k.group_key, error = %e, "member watch failed; watching anew");
-                    watch = None;
+                    k.watch = None;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     false
                 }
                 None => {
-                    watch = None;
+                    k.watch = None;
                     false
                 }
             },
         };
         if changed {
-            let mut members: Vec<String> = seen.keys().cloned().collect();
-            members.push(k.member.clone());
-            let mine = partition::assign(k.partitions, &members)
-                .remove(&k.member)
-                .unwrap_or_default();
-            tracing::debug!(group = %k.group_key, members = members.len(), owned = ?mine, "group membership changed");
+            let mine = k.members.owned(k.partitions);
+            tracing::debug!(group = %k.group_key, members = k.members.seen.len() + 1, owned = ?mine, "group membership changed");
             k.owned.send_if_modified(|owned| {
                 let differs = *owned != mine;
                 *owned = mine;
