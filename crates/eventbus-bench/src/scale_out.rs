@@ -52,13 +52,13 @@
 //! message was handled, and from the first handling to the last, and per instance how many
 //! it handled and when it began.
 //!
-//! Measured (release build, shared brokers, 2 cores): Kafka 1 instance about 1,200
-//! messages/s, 3 instances 1.3x as fast on 10,000 messages and 1.9x on 30,000. Of 3
-//! instances started at once the first takes all 12 partitions; the other two handle their
-//! first message about 4.6 s later. Likely why (from the Kafka transport's docs, not traced
-//! in its logs): a revoke waits for the handlers of the partitions given up, and the first
-//! instance's bus already holds thousands of their messages. NATS 3 instances 2.8x as fast as 1, with thousands of order
-//! violations (no key affinity in a group yet).
+//! Measured (release build, shared brokers, 2 cores, `cargo xtask scale-out`): NATS (keyed
+//! group) 1 instance about 1,230 messages/s, 3 instances 2.8x as fast; Kafka 1 instance
+//! about 1,230 messages/s, 3 instances 1.25x as fast on 10,000 messages (1.9x on 30,000). Of 3
+//! Kafka instances started at once the first takes all 12 partitions; the other two handle
+//! their first message about 4.6 s later. Likely why (from the Kafka transport's docs, not
+//! traced in its logs): a revoke waits for the handlers of the partitions given up, and the
+//! first instance's bus already holds thousands of their messages.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

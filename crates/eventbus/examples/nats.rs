@@ -4,8 +4,10 @@
 //!
 //! Needs a nats-server with JetStream (`nats-server -js`) at `EVENTBUS_NATS_URL`, else
 //! nats://127.0.0.1:4222. The topic `orders` becomes a stream of its own, created when missing
-//! (see `NatsConfig` for its limits and retention); the group `billing` a durable consumer on it,
-//! which every instance of the service shares.
+//! (see `NatsConfig` for its limits and retention), split into 16 partitions by key; the group
+//! `billing` a durable consumer per partition. Every instance of the service subscribes the
+//! same way: the partitions are spread over the running instances, each key's messages
+//! handled by one instance at a time, in order.
 
 use std::time::Duration;
 
@@ -17,7 +19,7 @@ use tokio::sync::mpsc;
 async fn main() -> Result<(), BoxError> {
     let url = std::env::var("EVENTBUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     // A message a handler holds past `ack_wait` without the bus extending it (a crashed
-    // instance, say) is delivered again, to any member of the group.
+    // instance, say) is delivered again, to the instance that owns its partition then.
     let config = NatsConfig::new(&url)
         .consumer(ConsumerOptions::default().ack_wait(Duration::from_secs(30)));
     let bus = EventBus::new(NatsTransport::connect(config).await?);

@@ -265,9 +265,10 @@ struct ScaleOut {
 ///
 /// The order promise tested depends on the transport: with key affinity (all messages of a key
 /// go to one member), each key's messages are handled in publish order, one at a time, across
-/// both buses. Without it, order across instances is not promised; what is promised, and
-/// tested, is that the messages of a key that one bus handles are handled by it in publish
-/// order, one at a time.
+/// both buses; memory, NATS (keyed groups, its default) and Kafka promise it. Without it (NATS
+/// `Sharing::Any`), order across instances is not promised; what is promised, and tested, is
+/// that the messages of a key that one bus handles are handled by it in publish order, one at a
+/// time.
 pub async fn scale_out(h: &Harness) {
     const KEYS: usize = 20;
     let per_key = h.count(2000) / KEYS;
