@@ -136,6 +136,7 @@ impl Shared {
             partition,
             in_flight,
             served,
+            inherited,
             stream: pulling,
         } = pull;
         // Its pulls stop; what the client had buffered is read back by the next owner.
@@ -153,13 +154,19 @@ impl Shared {
                     tracing::warn!(%topic, partition, "a partition handed over still had messages in the bus after the member timeout; the server unpins it anyway");
                 } else if served.load(Ordering::Relaxed) {
                     // Only an owner that was sent something knows it was the pinned one.
-                    let recorded = match Released::now(&consumer, &held).await {
+                    let inherited = inherited
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    let recorded = match Released::now(&consumer, &held, &inherited).await {
                         Ok(released) => handover.record(&released).await.map_err(|e| e.to_string()),
                         Err(e) => Err(e),
                     };
                     if let Err(error) = recorded {
                         tracing::debug!(%topic, partition, %error, "could not record the hand-over; the next owner reads back what may be unacked");
                     }
+                } else if let Err(error) = extend(&consumer, &handover).await {
+                    tracing::debug!(%topic, partition, %error, "could not extend the hand-over record; the next owner reads back what may be unacked");
                 }
                 let name = consumer.cached_info().name.clone();
                 if let Err(e) = stream.unpin_consumer(&name, PIN_GROUP).await {
@@ -176,10 +183,12 @@ impl Shared {
 impl Released {
     /// The record of a release now, by a member whose bus holds none of the partition's
     /// messages: the consumer's state, and which of the messages it may have pending this
-    /// member acked (the ack may not have reached the server yet).
+    /// member (the ack may not have reached the server yet) or an earlier owner
+    /// (`inherited`, sorted) acked.
     async fn now(
         consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
         held: &Held,
+        inherited: &[u64],
     ) -> std::result::Result<Released, String> {
         /// A wider window is not a hand-over under way: leave it to the next owner's read-back.
         const WIDEST: u64 = 100_000;
@@ -198,9 +207,39 @@ impl Released {
             consumer_seq: info.delivered.consumer_sequence,
             floor,
             last,
-            acked: (floor + 1..=last).filter(|&seq| held.acked(seq)).collect(),
+            acked: (floor + 1..=last)
+                .filter(|&seq| held.acked(seq) || inherited.binary_search(&seq).is_ok())
+                .collect(),
         })
     }
+}
+
+/// For a member that handled nothing of the partition (it may have been sent messages it never
+/// took): moves the last hand-over record, if any, to the consumer's state now. Its window
+/// grows to the last delivery (what was sent here is unacked, so read back by the next owner)
+/// and what it says was acked stays acked; without this the record would no longer match
+/// the next owner's first delivery, and the next owner would read back, and handle again,
+/// what earlier owners acked above the ack floor.
+async fn extend(
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::Config>,
+    handover: &Handover,
+) -> std::result::Result<(), String> {
+    let Some(earlier) = handover.read().await else {
+        return Ok(());
+    };
+    let info = consumer.get_info().await.map_err(|e| e.to_string())?;
+    let floor = earlier.floor.max(info.ack_floor.stream_sequence);
+    let extended = Released {
+        consumer_seq: info.delivered.consumer_sequence,
+        floor,
+        last: info.delivered.stream_sequence.max(earlier.last),
+        acked: earlier
+            .acked
+            .into_iter()
+            .filter(|&seq| seq > floor)
+            .collect(),
+    };
+    handover.record(&extended).await.map_err(|e| e.to_string())
 }
 
 /// One owned partition's pull.
@@ -208,6 +247,7 @@ struct PartitionSource {
     partition: u16,
     in_flight: InFlight,
     served: Arc<AtomicBool>,
+    inherited: Arc<std::sync::Mutex<Vec<u64>>>,
     stream: BoxStream<'static, Result<Incoming<NatsAck>>>,
 }
 
@@ -238,6 +278,7 @@ impl KeyedSource {
             }
             let in_flight = InFlight::default();
             let served = Arc::new(AtomicBool::new(false));
+            let inherited = Arc::default();
             let puller = Puller {
                 consumer: shared.consumers[usize::from(partition)].clone(),
                 stream: shared.stream.clone(),
@@ -251,6 +292,7 @@ impl KeyedSource {
                     max_pending: shared.max_pending,
                     handover: Handover::new(shared.store.clone(), &shared.group_key, partition),
                     served: Arc::clone(&served),
+                    inherited: Arc::clone(&inherited),
                 }),
             };
             let stream = pull_stream(
@@ -266,6 +308,7 @@ impl KeyedSource {
                 partition,
                 in_flight,
                 served,
+                inherited,
                 stream,
             });
         }

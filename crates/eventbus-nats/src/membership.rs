@@ -383,14 +383,19 @@ impl Handover {
             .map(drop)
     }
 
-    /// Takes the record: `None` if there is none or it could not be deleted (a record left
-    /// behind would describe a later term wrongly).
-    pub(crate) async fn take(&self) -> Option<Released> {
+    /// The record, if there is one.
+    pub(crate) async fn read(&self) -> Option<Released> {
         let entry = self.store.entry(&self.key).await.ok()??;
         if entry.operation != kv::Operation::Put {
             return None;
         }
-        let released = Released::decode(std::str::from_utf8(&entry.value).ok()?)?;
+        Released::decode(std::str::from_utf8(&entry.value).ok()?)
+    }
+
+    /// Takes the record: `None` if there is none or it could not be deleted (a record left
+    /// behind would describe a later term wrongly).
+    pub(crate) async fn take(&self) -> Option<Released> {
+        let released = self.read().await?;
         self.store.delete(&self.key).await.ok()?;
         Some(released)
     }

@@ -358,6 +358,11 @@ pub(crate) struct PartitionPull {
     /// Set at the first delivery: this member was the pinned one, so its release may
     /// record a clean hand-over.
     pub(crate) served: Arc<AtomicBool>,
+    /// Stream sequences earlier owners acked above the ack floor (sorted), from the hand-over
+    /// record this term opened with: never read back, and passed on in this owner's own
+    /// record (the floor stays below a message left unacked, and every ack above it must be
+    /// remembered until the floor passes it).
+    pub(crate) inherited: Arc<std::sync::Mutex<Vec<u64>>>,
 }
 
 impl Puller {
@@ -488,6 +493,7 @@ impl Puller {
             return Vec::new();
         };
         let handover = partition.handover.clone();
+        let inherited = Arc::clone(&partition.inherited);
         let consumer = self.consumer.clone();
         let stream = self.stream.clone();
         let subject = partition.subject.clone();
@@ -499,10 +505,18 @@ impl Puller {
                     Err(e) => return Err(e.to_string()),
                 };
                 // The window that may hold unacked messages, and what in it was acked.
+                let lock = |m: &std::sync::Mutex<Vec<u64>>| {
+                    m.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone()
+                };
                 let (mut seq, end, acked) = match handover.take().await {
                     // Every delivery, a redelivery too, takes the next consumer sequence: the
                     // record is this term's if the opening delivery is the first after it.
                     Some(r) if opening.consumer_sequence == r.consumer_seq + 1 => {
+                        *inherited
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = r.acked.clone();
                         (r.floor + 1, r.last, r.acked)
                     }
                     _ => {
@@ -511,7 +525,7 @@ impl Puller {
                         } else {
                             opening.stream_sequence.saturating_sub(1)
                         };
-                        (info.ack_floor.stream_sequence + 1, end, Vec::new())
+                        (info.ack_floor.stream_sequence + 1, end, lock(&inherited))
                     }
                 };
                 let mut read = Vec::new();
