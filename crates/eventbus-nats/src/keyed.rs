@@ -5,13 +5,14 @@
 //! The invariant across a hand-over: no key's later message is handled before its earlier
 //! message was acked, or was handed to the new owner first. It holds because
 //! - the old owner stops pulling a partition it lost, waits until the bus settled every
-//!   message of it (acked, or left unacked at a close), and only then unpins the consumer;
-//!   a crashed owner stops pulling by itself, and the server unpins it after the member
-//!   timeout;
+//!   message of it (acked, or left unacked at a close), records which messages it acked (a
+//!   hand-over record, see [`Released`]) and only then unpins the consumer; a crashed owner
+//!   stops pulling by itself, and the server unpins it after the member timeout;
 //! - the server delivers a pinned consumer's messages to the pinned client only, so the new
 //!   owner gets nothing before that;
-//! - at its first delivery the new owner reads back the partition's messages that were sent and
-//!   not acked (the crashed owner's, or those lost on the way) and handles them first (see
+//! - at its first delivery the new owner reads back, in stream order, the partition's messages
+//!   that were sent and not acked (all the record does not list as acked; with no record, as
+//!   after a crash, everything above the ack floor) and handles them first (see
 //!   `Puller::recover_pending`).
 
 use std::pin::Pin;
