@@ -1,6 +1,7 @@
-//! Subscribing and the pull loop: the subscription's durable consumer and its one puller,
-//! the bus's incoming messages for its deliveries, and the recovery of messages lost on the
-//! way across a reconnect.
+//! Subscribing and the pull loop: a [`Sharing::Any`] subscription's durable consumer and its
+//! one puller (a keyed one pulls each partition it owns with the same loop, see
+//! `keyed.rs`), the bus's incoming messages for its deliveries, and the recovery of messages
+//! lost on the way across a reconnect or left unacked by a partition's earlier owner.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
