@@ -255,6 +255,16 @@ impl NatsTransport {
         .with_persistence()
         .with_key_affinity();
 
+    /// What the transport offers when its groups share topics by `sharing`.
+    pub(crate) const fn capabilities_with(sharing: Sharing) -> Capabilities {
+        match sharing {
+            Sharing::ByKey => Self::CAPABILITIES,
+            Sharing::Any => Capabilities::none()
+                .with_consumer_groups()
+                .with_persistence(),
+        }
+    }
+
     /// Connects. A server that is down, refuses, or rejects the credentials or the TLS
     /// handshake gives a typed error within [`NatsConfig::connect_timeout`] (see the crate
     /// docs, section *Security*).
@@ -438,12 +448,7 @@ impl Transport for NatsTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        match self.inner.config.consumer.sharing {
-            Sharing::ByKey => Self::CAPABILITIES,
-            Sharing::Any => Capabilities::none()
-                .with_consumer_groups()
-                .with_persistence(),
-        }
+        Self::capabilities_with(self.inner.config.consumer.sharing)
     }
 
     fn connection(&self) -> eventbus_core::Connection {

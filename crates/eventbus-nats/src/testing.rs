@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventbus_core::EventBus;
-use eventbus_core::transport::Capabilities;
 use eventbus_testkit::brokers::{ServerProcess, shared};
 use eventbus_testkit::conformance::Harness;
 
@@ -106,29 +105,27 @@ fn harness_on<K>(url: String, sharing: Sharing, keep: Arc<K>) -> Harness
 where
     K: Send + Sync + 'static,
 {
-    let capabilities = match sharing {
-        Sharing::ByKey => NatsTransport::CAPABILITIES,
-        _ => Capabilities::none()
-            .with_consumer_groups()
-            .with_persistence(),
-    };
-    Harness::new("nats", capabilities, move |options| {
-        let url = url.clone();
-        let _keep = Arc::clone(&keep);
-        async move {
-            // A short ack wait: messages left unacked at a subscription's close (by design)
-            // come back in seconds rather than the default 30 s.
-            let config = NatsConfig::new(url.clone()).consumer(
-                ConsumerOptions::default()
-                    .ack_wait(Duration::from_secs(3))
-                    .sharing(sharing),
-            );
-            let transport = NatsTransport::connect(config)
-                .await
-                .unwrap_or_else(|e| panic!("connect to nats-server at {url}: {e}"));
-            EventBus::builder(transport).options(options).build()
-        }
-    })
+    Harness::new(
+        "nats",
+        NatsTransport::capabilities_with(sharing),
+        move |options| {
+            let url = url.clone();
+            let _keep = Arc::clone(&keep);
+            async move {
+                // A short ack wait: messages left unacked at a subscription's close (by design)
+                // come back in seconds rather than the default 30 s.
+                let config = NatsConfig::new(url.clone()).consumer(
+                    ConsumerOptions::default()
+                        .ack_wait(Duration::from_secs(3))
+                        .sharing(sharing),
+                );
+                let transport = NatsTransport::connect(config)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to nats-server at {url}: {e}"));
+                EventBus::builder(transport).options(options).build()
+            }
+        },
+    )
 }
 
 /// The conformance harness on the shared server: every check but `reconnect`. Groups are keyed
