@@ -45,6 +45,11 @@ fn brokers(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Installs the brokers where they are missing (for commands that start brokers of their own).
+pub(crate) fn install() -> Result<(), String> {
+    brokers(&["install"]).map(drop)
+}
+
 /// Runs `f` with the shared brokers `kinds` up: installs and starts those that do not answer,
 /// and stops only those afterwards, so a session's `cargo xtask brokers up` stays up.
 pub(crate) fn with_shared_brokers(

@@ -113,6 +113,18 @@ xflags::xflags! {
             optional --messages n: u64
         }
 
+        /// A 3-node cluster (NATS JetStream, or Kafka in KRaft) of its own loses the node
+        /// leading the topic (SIGKILL) under keyed load and gets it back (the `cluster` tool,
+        /// release build). A table of lost, duplicated, order violations, what the topic
+        /// stores, failover times and throughput before / during / after, and
+        /// `target/cluster/<transport>.svg`; fails on a lost message or a broken key order.
+        cmd cluster {
+            /// nats | kafka | all (default: all).
+            optional --transport transport: Transport
+            /// Messages per run (default 10,000).
+            optional --messages n: u64
+        }
+
         /// Instructions (callgrind) and heap allocations per message on a fixed workload,
         /// against the dispatcher's targets.
         cmd cost {
@@ -145,6 +157,7 @@ pub enum XtaskCmd {
     Bench(Bench),
     Groups(Groups),
     ScaleOut(ScaleOut),
+    Cluster(Cluster),
     Cost(Cost),
     Help(Help),
 }
@@ -200,6 +213,12 @@ pub struct Groups {
 pub struct ScaleOut {
     pub transport: Option<Transport>,
     pub only: Option<ScaleOutPart>,
+    pub messages: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Cluster {
+    pub transport: Option<Transport>,
     pub messages: Option<u64>,
 }
 

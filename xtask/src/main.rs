@@ -3,6 +3,7 @@
 
 mod bench;
 mod brokers;
+mod cluster;
 mod conformance;
 mod flags;
 mod groups;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
         XtaskCmd::Bench(cmd) => cmd.run(),
         XtaskCmd::Groups(cmd) => cmd.run(),
         XtaskCmd::ScaleOut(cmd) => cmd.run(),
+        XtaskCmd::Cluster(cmd) => cmd.run(),
         XtaskCmd::Cost(cmd) => cmd.run(),
         XtaskCmd::Help(_) => {
             println!("{}", flags::Xtask::HELP);
@@ -112,6 +114,8 @@ mod tests {
             "groups --quick --rounds 2",
             "scale-out",
             "scale-out --transport kafka --only throughput --messages 20000",
+            "cluster",
+            "cluster --transport nats --messages 5000",
             "help",
         ] {
             if let Err(e) = parse(line) {
@@ -133,6 +137,7 @@ mod tests {
             "bench --rounds many",
             "cost --profile --profile",
             "scale-out --only leave",
+            "cluster --transport memory --messages",
         ] {
             let result = parse(line);
             assert!(

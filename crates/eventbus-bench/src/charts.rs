@@ -1,7 +1,8 @@
 //! The tools' SVG charts (plotters), drawn here once: bars (a median with its min–max spread,
 //! or a single value) on a linear or log axis, and one run's tasks and heap over time. The
 //! benchmarks' charts ([`crate::report`]: `docs/bench/*.svg`) and the load levels' chart
-//! ([`crate::load`]: `target/load/<transport>.svg`) are made of these.
+//! ([`crate::load`]: `target/load/<transport>.svg`) and a cluster's failover
+//! ([`crate::cluster`]: `target/cluster/<transport>.svg`) are made of these.
 //!
 //! ```
 //! use eventbus_bench::charts::{self, Axis, Bar};
@@ -300,6 +301,70 @@ pub fn timeline(area: &Area<'_>, caption: &str, t: &Timeline) -> Result<(), Erro
     Ok(())
 }
 
+/// Two rates over time (`(seconds, first, second)`: published and handled a second), with
+/// events as labelled dashed lines (`(seconds, label)`).
+pub fn rates(
+    area: &Area<'_>,
+    caption: &str,
+    points: &[(f64, f64, f64)],
+    marks: &[(f64, &str)],
+) -> Result<(), Error> {
+    let end = points
+        .iter()
+        .map(|p| p.0)
+        .chain(marks.iter().map(|m| m.0))
+        .fold(1.0, f64::max)
+        * 1.02;
+    let top = points.iter().map(|p| p.1.max(p.2)).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 13))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0.0..end, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("s since the load started")
+        .y_desc("messages/s")
+        .x_labels(10)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_labels(6)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 11))
+        .light_line_style(RGBColor(0xee, 0xee, 0xee))
+        .draw()?;
+    let label = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
+    for &(at, text) in marks {
+        chart.draw_series(DashedLineSeries::new(
+            [(at, 0.0), (at, top)],
+            4,
+            4,
+            GREY.stroke_width(1),
+        ))?;
+        chart.draw_series([Text::new(text.to_owned(), (at + end * 0.005, top * 0.98), label.clone())])?;
+    }
+    for (name, colour, pick) in [
+        ("published/s", BLUE, (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64),
+        ("handled/s", ORANGE, |p| p.2),
+    ] {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.0, pick(p))),
+                colour.stroke_width(2),
+            ))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(GREY)
+        .label_font(("sans-serif", 11))
+        .draw()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +418,15 @@ mod tests {
             assert!(svg.contains(text), "no {text:?}");
         }
         drawn(|root| timeline(root, "no samples", &Timeline::default()));
+    }
+
+    #[test]
+    fn rates_draw_both_series_and_the_marks() {
+        let points: Vec<_> = (0..20).map(|i| (i as f64 * 0.25, 500.0, 480.0)).collect();
+        let svg = drawn(|root| rates(root, "a cluster", &points, &[(1.0, "kill"), (3.0, "restart")]));
+        for text in ["a cluster", "published/s", "handled/s", "kill", "restart"] {
+            assert!(svg.contains(text), "no {text:?}");
+        }
+        drawn(|root| rates(root, "nothing", &[], &[]));
     }
 }

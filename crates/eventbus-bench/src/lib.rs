@@ -21,7 +21,9 @@
 //! - [`groups`]: Kafka's group protocols side by side under joins, leaves and kills;
 //! - [`scale_out`]: one group of instances on NATS or Kafka losing one to `close`, one to
 //!   SIGKILL and gaining a replacement under load, and 3 instances against 1 draining a
-//!   backlog.
+//!   backlog;
+//! - [`cluster`]: a 3-node NATS or Kafka cluster losing the node that leads the topic under
+//!   keyed load, and getting it back.
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
@@ -39,10 +41,12 @@
 //!   it;
 //! - `subscription-cost`: threads and broker connections per Kafka subscription;
 //! - `group-protocols`: [`groups`] (`cargo xtask groups`);
-//! - `scale-out`: [`scale_out`] (`cargo xtask scale-out`).
+//! - `scale-out`: [`scale_out`] (`cargo xtask scale-out`);
+//! - `cluster`: [`cluster`] (`cargo xtask cluster`).
 #![warn(missing_docs)]
 
 pub mod charts;
+pub mod cluster;
 pub mod cost;
 pub mod groups;
 pub mod hol;
@@ -74,4 +78,16 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `target/` of this build (the tools' executables live in `target/<profile>/`), where they
+/// write their charts and tables.
+pub fn target_dir() -> std::path::PathBuf {
+    let from_exe = || {
+        let exe = std::env::current_exe().ok()?;
+        Some(exe.parent()?.parent()?.to_path_buf())
+    };
+    from_exe().unwrap_or_else(|| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+    })
 }

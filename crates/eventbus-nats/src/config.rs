@@ -251,7 +251,9 @@ impl ConsumerOptions {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// Server address(es), e.g. `nats://127.0.0.1:4222`.
+    /// Server address, e.g. `nats://127.0.0.1:4222`, or a cluster's, comma-separated
+    /// (`nats://a:4222,nats://b:4222`): the client connects to one of them and reconnects to
+    /// another (or to one the cluster announced) when it goes away.
     pub url: String,
     /// Client options: authentication (token, user/password, nkey, credentials file), TLS,
     /// name, ... passed to async-nats as they are (the transport sets its event callback and
@@ -274,6 +276,14 @@ pub struct NatsConfig {
     pub subject_prefix: Option<String>,
     /// Most messages one pull asks for (default 256; at most half what the bus can buffer).
     pub fetch_batch: usize,
+    /// How long a publish is made again, with the same message id, after a failure that a
+    /// cluster's failover explains: no stream leader answered (one is being elected), the ack
+    /// did not come (the leader died before sending it), the connection broke (the client
+    /// reconnects to another server). Default 20 s: nats-server elects a new leader 4 to 9 s
+    /// after the last one fell silent, and the bus's publish timeout (30 s) still bounds the
+    /// whole. The stream's duplicate window drops a copy it already holds. `Duration::ZERO`:
+    /// fail at once.
+    pub publish_retry: Duration,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -289,6 +299,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("stream_prefix", &self.stream_prefix)
             .field("subject_prefix", &self.subject_prefix)
             .field("fetch_batch", &self.fetch_batch)
+            .field("publish_retry", &self.publish_retry)
             .finish()
     }
 }
@@ -323,7 +334,14 @@ impl NatsConfig {
             stream_prefix: "EB_".into(),
             subject_prefix: None,
             fetch_batch: 256,
+            publish_retry: Duration::from_secs(20),
         }
+    }
+    /// Sets how long a publish is made again after a failover's failure (see
+    /// [`publish_retry`](Self::publish_retry)).
+    pub fn publish_retry(mut self, d: Duration) -> Self {
+        self.publish_retry = d;
+        self
     }
     /// Sets the client options (authentication, TLS, ...).
     pub fn connect_options(mut self, options: async_nats::ConnectOptions) -> Self {

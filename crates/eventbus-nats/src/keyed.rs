@@ -29,7 +29,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::watch;
 
 use crate::held::Held;
-use crate::membership::{Handover, Membership, Released, bucket_name};
+use crate::membership::{Bucket, Handover, Membership, Released, bucket_name};
 use crate::provision::{PIN_GROUP, partition_consumer_config};
 use crate::pull::{PartitionPull, Puller, pull_stream};
 use crate::{NatsAck, NatsTransport, partition};
@@ -59,7 +59,10 @@ pub(crate) async fn subscribe(
     let membership = Membership::join(
         inner.js.clone(),
         &inner.io_handle,
-        bucket_name(&config.stream_prefix),
+        Bucket {
+            name: bucket_name(&config.stream_prefix),
+            replicas: config.stream_for(&topic).replicas,
+        },
         group_key.clone(),
         nuid::next().to_string(),
         partitions,

@@ -313,9 +313,17 @@ impl NatsTransport {
                     state_tx.send_replace(state);
                 }
             });
-        let url = config.url.clone();
+        // A cluster's seeds, comma-separated, as nats.go takes them; async-nats parses one
+        // address per string.
+        let urls: Vec<String> = config
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(ToOwned::to_owned)
+            .collect();
         let timeout = config.connect_timeout;
-        let connecting = io.run(async move { options.connect(url).await });
+        let connecting = io.run(async move { options.connect(urls.as_slice()).await });
         let client = match tokio::time::timeout(timeout + Duration::from_secs(1), connecting).await
         {
             Ok(Some(Ok(client))) => client,

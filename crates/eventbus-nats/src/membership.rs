@@ -18,7 +18,18 @@ use tokio::sync::{oneshot, watch};
 
 use crate::partition;
 
-/// The bucket holding every keyed group's members (of every stream with this prefix).
+/// The bucket holding every keyed group's members (of every stream with this prefix), and its
+/// hand-over records.
+#[derive(Debug, Clone)]
+pub(crate) struct Bucket {
+    pub(crate) name: String,
+    /// Its replicas when this member creates it: those of the group's stream, so the group
+    /// survives the loss of as many servers as its stream does. A bucket that exists is used
+    /// as it is.
+    pub(crate) replicas: usize,
+}
+
+/// The name of the bucket of streams with this prefix.
 pub(crate) fn bucket_name(stream_prefix: &str) -> String {
     let prefix: String = stream_prefix
         .chars()
@@ -50,7 +61,7 @@ impl Membership {
     pub(crate) async fn join(
         js: jetstream::Context,
         io: &tokio::runtime::Handle,
-        bucket: String,
+        bucket: Bucket,
         group_key: String,
         member: String,
         partitions: u16,
@@ -58,7 +69,7 @@ impl Membership {
     ) -> Result<Membership, crate::NatsError> {
         let store = io
             .spawn({
-                let js = js.clone();
+                let (js, bucket) = (js.clone(), bucket.clone());
                 async move { open_bucket(&js, &bucket).await }
             })
             .await
@@ -92,6 +103,7 @@ impl Membership {
         let (leave, left) = oneshot::channel();
         let task = io.spawn(keep(Keep {
             js,
+            bucket,
             store: store.clone(),
             group_key,
             key,
@@ -141,12 +153,16 @@ fn stopped() -> crate::NatsError {
     )
 }
 
-async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, crate::NatsError> {
-    match js.get_key_value(bucket).await {
+async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &Bucket,
+) -> Result<kv::Store, crate::NatsError> {
+    match js.get_key_value(&bucket.name).await {
         Ok(store) => Ok(store),
         Err(_) => js
             .create_key_value(kv::Config {
-                bucket: bucket.to_owned(),
+                bucket: bucket.name.clone(),
+                num_replicas: bucket.replicas,
                 description: "eventbus keyed-group members".to_owned(),
                 history: 1,
                 // Keys of crashed members go by themselves; the live ones are renewed far
@@ -161,6 +177,7 @@ async fn open_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store,
 
 struct Keep {
     js: jetstream::Context,
+    bucket: Bucket,
     store: kv::Store,
     group_key: String,
     key: String,
@@ -266,7 +283,7 @@ async fn keep(mut k: Keep) {
                 if let Err(e) = k.store.put(&k.key, bytes::Bytes::new()).await {
                     tracing::warn!(group = %k.group_key, error = %e, "could not renew membership");
                     // The bucket may be gone (a server that lost its store): make it again.
-                    if let Ok(store) = open_bucket(&k.js, &k.store.name).await {
+                    if let Ok(store) = open_bucket(&k.js, &k.bucket).await {
                         k.store = store;
                         k.watch = None;
                     }

@@ -1,17 +1,72 @@
 //! Publishing: one message or a batch (pipelined), each with its `Nats-Msg-Id` and key
 //! headers to its partition's subject, returning after JetStream's ack.
+//!
+//! A publish that fails the way a cluster's failover makes it fail is made again, with the
+//! same message id, for up to [`NatsConfig::publish_retry`](crate::NatsConfig::publish_retry):
+//! the stream's duplicate window drops a copy it already holds, so the stream ends up with
+//! each message once. A batch whose messages failed so is made again from its first failed
+//! message on, one message at a time, so none of them overtakes an earlier one.
+
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use eventbus_core::transport::{Publisher, settle_batch};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use bytes::Bytes;
+use eventbus_core::transport::Publisher;
 use eventbus_core::{Error, Message, Result};
 
 use crate::mapping::{HEADER_ID, HEADER_KEY};
 use crate::{NatsError, NatsTransport};
 
+/// A message as it goes out: subject, headers, payload.
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// Which step of a publish failed, with async-nats's error.
+enum Failed {
+    Send(PublishError),
+    Ack(PublishError),
+}
+
+impl Failed {
+    fn kind(&self) -> PublishErrorKind {
+        match self {
+            Failed::Send(e) | Failed::Ack(e) => e.kind(),
+        }
+    }
+
+    /// Whether making the publish again may succeed: no stream leader answered (one is being
+    /// elected: async-nats reports the server's "no responders" as `StreamNotFound`), the ack
+    /// did not come in time, or the connection broke.
+    fn passing(&self) -> bool {
+        matches!(
+            self.kind(),
+            PublishErrorKind::StreamNotFound
+                | PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+        )
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            Failed::Send(e) => NatsError::request("publish", e).into(),
+            Failed::Ack(e) => NatsError::request("publish ack", e).into(),
+        }
+    }
+}
+
+/// The waits between attempts: from 50 ms, doubling, at most 1 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64 << attempt.min(5)).min(Duration::from_secs(1))
+}
+
 impl NatsTransport {
-    /// Sends one message (its stream ensured by the caller) and returns its ack future.
-    async fn send(&self, message: &Message) -> Result<jetstream::context::PublishAckFuture> {
+    /// Checks `message` against the server's limit and makes what goes out.
+    fn outgoing(&self, message: &Message) -> Result<Outgoing> {
         let max = self.inner.client.max_payload();
         let size = message.encoded_len();
         if max > 0 && size > max {
@@ -34,18 +89,56 @@ impl NatsTransport {
             &config.subject(message.topic()),
             crate::partition::of(message, partitions),
         );
+        Ok(Outgoing {
+            subject,
+            headers,
+            payload: message.payload().clone(),
+        })
+    }
+
+    /// Sends one message (its stream ensured by the caller); returns its ack future.
+    async fn send(
+        &self,
+        out: Outgoing,
+    ) -> std::result::Result<jetstream::context::PublishAckFuture, Failed> {
         self.inner
             .js
-            .publish_with_headers(subject, headers, message.payload().clone())
+            .publish_with_headers(out.subject, out.headers, out.payload)
             .await
-            .map_err(|e| NatsError::request("publish", e).into())
+            .map_err(Failed::Send)
     }
-}
 
-async fn confirm(ack: jetstream::context::PublishAckFuture) -> Result<()> {
-    ack.await
-        .map(drop)
-        .map_err(|e| NatsError::request("publish ack", e).into())
+    /// Sends `message` (its stream ensured by the caller) and waits for its ack; a failure
+    /// that may pass is tried again until `deadline`.
+    async fn publish_one(&self, message: &Message, deadline: Instant) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            let failed = match self.send(self.outgoing(message)?).await {
+                Ok(ack) => match ack.await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => Failed::Ack(e),
+                },
+                Err(failed) => failed,
+            };
+            let wait = backoff(attempt);
+            if !failed.passing() || Instant::now() + wait > deadline {
+                return Err(failed.into_error());
+            }
+            tracing::debug!(
+                message_id = %message.id(),
+                error = %failed.kind(),
+                attempt,
+                "publish failed; making it again"
+            );
+            tokio::time::sleep(wait).await;
+            self.check_open()?;
+            attempt += 1;
+        }
+    }
+
+    fn retry_deadline(&self) -> Instant {
+        Instant::now() + self.inner.config.publish_retry
+    }
 }
 
 #[async_trait::async_trait]
@@ -53,30 +146,101 @@ impl Publisher for NatsTransport {
     async fn publish(&self, message: Message) -> Result<()> {
         self.check_open()?;
         self.ensure_stream(message.topic()).await?;
-        confirm(self.send(&message).await?).await
+        self.publish_one(&message, self.retry_deadline()).await
     }
 
     /// Sends every message, then waits for all the acks (pipelined), by the batch rule of
-    /// [`Publisher::publish_batch`].
+    /// [`Publisher::publish_batch`]. If the first failure in message order is one that may
+    /// pass, the messages from it on are made again one at a time (see the module docs).
     async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
+        let deadline = self.retry_deadline();
         let mut acks = Vec::with_capacity(messages.len());
-        let mut sent = Ok(());
+        // Why sending stopped early: a message that cannot go out at all, or a send failure.
+        let mut stopped: Option<std::result::Result<Failed, Error>> = None;
         for (i, message) in messages.iter().enumerate() {
             if (i == 0 || message.topic() != messages[i - 1].topic())
                 && let Err(e) = self.ensure_stream(message.topic()).await
             {
-                sent = Err(e);
+                stopped = Some(Err(e));
                 break;
             }
-            match self.send(message).await {
-                Ok(ack) => acks.push(confirm(ack)),
+            let sent = match self.outgoing(message) {
+                Ok(out) => self.send(out).await,
                 Err(e) => {
-                    sent = Err(e);
+                    stopped = Some(Err(e));
+                    break;
+                }
+            };
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(failed) => {
+                    stopped = Some(Ok(failed));
                     break;
                 }
             }
         }
-        settle_batch(acks, sent).await
+        // Every confirmation is awaited before anything is decided or sent again.
+        let sent = acks.len();
+        let mut first_failed: Option<(usize, Failed)> = None;
+        for (i, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = ack.await {
+                first_failed.get_or_insert((i, Failed::Ack(e)));
+            }
+        }
+        let (from, failed) = match (first_failed, stopped) {
+            (Some(first), _) => first,
+            (None, Some(Ok(failed))) => (sent, failed),
+            (None, Some(Err(e))) => return Err(e),
+            (None, None) => return Ok(()),
+        };
+        if !failed.passing() {
+            return Err(failed.into_error());
+        }
+        tracing::debug!(
+            error = %failed.kind(),
+            from,
+            of = messages.len(),
+            "batch publish failed; making it again one message at a time"
+        );
+        for (i, message) in messages.iter().enumerate().skip(from) {
+            if i == from || message.topic() != messages[i - 1].topic() {
+                self.ensure_stream(message.topic()).await?;
+            }
+            self.publish_one(message, deadline).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_failover_explains_is_tried_again() {
+        let failed = |kind| Failed::Ack(PublishError::new(kind));
+        for kind in [
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::TimedOut,
+            PublishErrorKind::BrokenPipe,
+        ] {
+            assert!(failed(kind).passing(), "{kind:?}");
+        }
+        for kind in [
+            PublishErrorKind::WrongLastMessageId,
+            PublishErrorKind::WrongLastSequence,
+            PublishErrorKind::MaxAckPending,
+            PublishErrorKind::MaxPayloadExceeded,
+            PublishErrorKind::Other,
+        ] {
+            assert!(!failed(kind).passing(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_50_ms_to_at_most_a_second() {
+        let waits: Vec<u64> = (0..7).map(|a| backoff(a).as_millis() as u64).collect();
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000, 1000]);
     }
 }

@@ -314,6 +314,40 @@ async fn broker_down_at_connect_is_a_typed_error() {
     );
 }
 
+/// A publish made while the server is down goes through once it is back: the transport makes
+/// it again with the same message id (within `publish_retry`) after async-nats's ack timeout
+/// (5 s) ran out, and the stream's duplicate window keeps one copy if an earlier attempt got
+/// there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_while_the_server_is_down_goes_through_once_it_is_back() {
+    let mut server = PrivateServer::start(&[]);
+    let config = NatsConfig::new(server.url());
+    let t = NatsTransport::connect(config.clone()).await.unwrap();
+    let js = t.jetstream().clone();
+    let bus = EventBus::new(t);
+    let topic = unique("outage");
+    bus.publish(Message::new(&topic, "before")).await.unwrap();
+    server.kill();
+    let publishing = tokio::spawn({
+        let (bus, topic) = (bus.clone(), topic.clone());
+        async move { bus.publish(Message::new(&topic, "during").with_id("during")).await }
+    });
+    // Longer than the ack timeout: the first attempt fails.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!publishing.is_finished(), "{:?}", publishing.await);
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    publishing.await.unwrap().unwrap();
+    let mut stream = js.get_stream(config.stream_name(&topic)).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 2);
+    bus.close().await.unwrap();
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_with_the_server_dead_leaves_no_task_or_thread() {
     let mut server = PrivateServer::start(&[]);

@@ -14,7 +14,6 @@
 //! where LEVELS is `low`, `medium`, `high`, `extreme`, `large`, a comma-separated list of
 //! them, `go` (the four Go levels, the default) or `all` (the four and `large`).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use eventbus_bench::load::{Level, LevelResult, LoadReport, Scenario};
@@ -77,15 +76,6 @@ fn levels(spec: &str) -> Result<Vec<Level>, String> {
         return Err(format!("no level given\n{USAGE}"));
     }
     Ok(out)
-}
-
-/// `target/` of this build: the executable lives in `target/<profile>/`.
-fn target_dir() -> PathBuf {
-    let from_exe = || {
-        let exe = std::env::current_exe().ok()?;
-        Some(exe.parent()?.parent()?.to_path_buf())
-    };
-    from_exe().unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
 /// Kafka brokers for `--transport kafka`: `EVENTBUS_KAFKA_BROKERS`, or else a private Kafka
@@ -213,7 +203,7 @@ fn main() -> ExitCode {
          snapshot. Scenario A is unkeyed (no order promised); B checks order per aggregate."
     );
 
-    let dir = target_dir().join("load");
+    let dir = eventbus_bench::target_dir().join("load");
     let json = dir.join(format!("{}.json", report.transport));
     let svg = dir.join(format!("{}.svg", report.transport));
     let mut failed = false;

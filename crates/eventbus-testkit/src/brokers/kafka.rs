@@ -30,6 +30,7 @@ const CLUSTER_ID: &str = "ZXZlbnRidXMtdGVzdC1rYQ";
 fn properties(
     port: u16,
     controller_port: u16,
+    node: u32,
     store: &Path,
     sasl_ssl: Option<(&SaslSsl, &Path)>,
     extra: &[String],
@@ -48,8 +49,8 @@ fn properties(
     }
     format!(
         "process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:{controller_port}
+node.id={node}
+controller.quorum.voters={node}@127.0.0.1:{controller_port}
 listeners={listeners}
 advertised.listeners={advertised}
 controller.listener.names=CONTROLLER
@@ -168,6 +169,7 @@ listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.p
 pub(super) fn command(
     port: u16,
     controller_port: u16,
+    node: u32,
     dir: &Path,
     store: &Path,
     sasl_ssl: Option<&SaslSsl>,
@@ -184,13 +186,14 @@ pub(super) fn command(
         properties(
             port,
             controller_port,
+            node,
             store,
             sasl_ssl.map(|l| (l, keystore.as_path())),
             extra,
         ),
     )?;
     if !store.exists() {
-        copy_dir(&template()?, store)?;
+        copy_dir(&template(node)?, store)?;
     }
     let mut command = java();
     command
@@ -218,14 +221,18 @@ fn java() -> Command {
     }
 }
 
-/// The formatted store every broker starts from, made on first use.
-fn template() -> std::io::Result<PathBuf> {
-    let template = kafka_home().join("template");
+/// The formatted store every broker with `node.id` `node` starts from, made on first use (the
+/// store records its node's id).
+fn template(node: u32) -> std::io::Result<PathBuf> {
+    let template = match node {
+        1 => kafka_home().join("template"),
+        n => kafka_home().join(format!("template-node-{n}")),
+    };
     if template.join("meta.properties").is_file() {
         return Ok(template);
     }
     // Formatted beside it and renamed into place: concurrent tests may all get here first.
-    let staging = kafka_home().join(format!(".template.{}", std::process::id()));
+    let staging = kafka_home().join(format!(".template-{node}.{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
@@ -233,7 +240,7 @@ fn template() -> std::io::Result<PathBuf> {
     let store = staging.join("store");
     let config = staging.join("server.properties");
     // The ports are not recorded in the store (static quorum): any will do.
-    std::fs::write(&config, properties(9092, 9093, &store, None, &[]))?;
+    std::fs::write(&config, properties(9092, 9093, node, &store, None, &[]))?;
     run_quietly(
         java()
             .arg("-cp")
@@ -269,6 +276,12 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// link a Kafka client.
 pub(super) fn answers(port: u16) -> bool {
     metadata_brokers(port).is_ok_and(|brokers| brokers > 0)
+}
+
+/// How many brokers a broker on `port` lists in its metadata (all of a cluster's, once it is
+/// whole).
+pub(super) fn brokers_listed(port: u16) -> std::io::Result<i32> {
+    metadata_brokers(port)
 }
 
 fn metadata_brokers(port: u16) -> std::io::Result<i32> {

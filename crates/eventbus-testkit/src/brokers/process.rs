@@ -47,12 +47,16 @@ pub struct ServerProcess {
     port: u16,
     /// Kafka's controller listener (unused by NATS).
     controller_port: u16,
+    /// Kafka's `node.id` (1 unless it is a node of a [`Cluster`](super::Cluster)).
+    node: u32,
     /// Kafka's `SASL_SSL` listener, if it has one (its `Debug` hides the password).
     sasl_ssl: Option<kafka::SaslSsl>,
     dir: PathBuf,
     child: Option<Child>,
     /// Left running when this is dropped (a shared broker).
     detached: bool,
+    /// Its directory is kept when this is dropped, as after a failed test.
+    keep: bool,
 }
 
 impl ServerProcess {
@@ -115,6 +119,37 @@ impl ServerProcess {
         Self::start(kind, extra, port, controller_port, dir, false, sasl_ssl)
     }
 
+    /// Node `node` of a cluster, launched on the given ports and directory but not waited for:
+    /// a KRaft node answers only once a quorum of its controllers runs, so a cluster launches
+    /// all of them and then waits ([`await_ready`](Self::await_ready)).
+    pub(super) fn launch_node(
+        kind: ServerKind,
+        node: u32,
+        extra: &[String],
+        port: u16,
+        controller_port: u16,
+        dir: PathBuf,
+    ) -> std::io::Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let mut server = ServerProcess {
+            kind,
+            extra: extra.to_vec(),
+            port,
+            controller_port,
+            node,
+            sasl_ssl: None,
+            dir,
+            child: None,
+            detached: false,
+            keep: false,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
     /// Starts `kind` on the given ports with `dir` for its store and log (a store already there
     /// is used as it is), and waits until it answers.
     pub(super) fn start(
@@ -132,10 +167,12 @@ impl ServerProcess {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             port,
             controller_port,
+            node: 1,
             sasl_ssl,
             dir,
             child: None,
             detached,
+            keep: false,
         };
         if let Err(e) = server.spawn() {
             // `spawn` has stopped the process; what it logged is the evidence: keep it.
@@ -182,12 +219,19 @@ impl ServerProcess {
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
+        self.launch()?;
+        self.await_ready()
+    }
+
+    /// Starts the process, its output appended to its log.
+    fn launch(&mut self) -> std::io::Result<()> {
         let store = self.store();
         let mut command = match self.kind {
             ServerKind::Nats => nats::command(self.port, &store, &self.extra)?,
             ServerKind::Kafka => kafka::command(
                 self.port,
                 self.controller_port,
+                self.node,
                 &self.dir,
                 &store,
                 self.sasl_ssl.as_ref(),
@@ -207,11 +251,18 @@ impl ServerProcess {
             // reach it.
             std::os::unix::process::CommandExt::process_group(&mut command, 0);
         }
-        let mut child = command.spawn().map_err(|e| {
+        let child = command.spawn().map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot start {}: {e}", self.kind.name()))
         })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until the launched process answers on its port; kills it if it does not within
+    /// its start timeout, or reports that it exited.
+    pub(super) fn await_ready(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + self.kind.start_timeout();
-        loop {
+        let failure = loop {
             let ready = match self.kind {
                 ServerKind::Nats => nats::answers(self.port),
                 // A `SASL_SSL` listener is opened with the others; that it takes connections
@@ -224,31 +275,26 @@ impl ServerProcess {
                 }
             };
             if ready {
-                break;
+                return Ok(());
             }
+            let Some(child) = self.child.as_mut() else {
+                break "is not running".to_owned();
+            };
             if let Some(status) = child.try_wait()? {
-                return Err(std::io::Error::other(format!(
-                    "{} exited ({status}) before it answered on port {}; its log: {}",
-                    self.kind.name(),
-                    self.port,
-                    self.log().display()
-                )));
+                break format!("exited ({status}) before it answered");
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(std::io::Error::other(format!(
-                    "{} did not answer on port {} within {:?}; its log: {}",
-                    self.kind.name(),
-                    self.port,
-                    self.kind.start_timeout(),
-                    self.log().display()
-                )));
+                break format!("did not answer within {:?}", self.kind.start_timeout());
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-        self.child = Some(child);
-        Ok(())
+        };
+        self.kill();
+        Err(std::io::Error::other(format!(
+            "{} on port {} {failure}; its log: {}",
+            self.kind.name(),
+            self.port,
+            self.log().display()
+        )))
     }
 
     /// SIGKILL, as a crash would, and waits for it to exit.
@@ -263,6 +309,12 @@ impl ServerProcess {
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill();
         self.spawn()
+    }
+
+    /// Keeps its directory (log and store) when this is dropped, as a failed test does: for a
+    /// tool that failed without panicking.
+    pub fn keep_on_drop(&mut self) {
+        self.keep = true;
     }
 
     /// Leaves it running after this is dropped; returns its pid.
@@ -281,9 +333,9 @@ impl Drop for ServerProcess {
             return;
         }
         self.kill();
-        if std::thread::panicking() {
+        if self.keep || std::thread::panicking() {
             eprintln!(
-                "{} broker of the failed test kept: log {}, store {}",
+                "{} broker of the failed run kept: log {}, store {}",
                 self.kind.name(),
                 self.log().display(),
                 self.store().display()
@@ -294,7 +346,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+pub(super) fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -1,0 +1,97 @@
+//! A 3-node NATS or Kafka cluster losing the node that leads the topic under keyed load, and
+//! getting it back; see `eventbus_bench::cluster`.
+//!
+//! `cargo xtask cluster [--transport nats|kafka|all] [--messages N]`, or
+//! `cargo run --release -p eventbus-bench --bin cluster -- [--transport nats|kafka|all]
+//! [--messages N]`.
+//!
+//! Starts its own clusters (nodes on free ports, stores under `$TMPDIR/eventbus-brokers/`,
+//! kept with their logs when a run fails). Prints a table and writes
+//! `target/cluster/<transport>.svg` (published and handled a second, the kill and the restart
+//! marked). Fails when a message is lost, a key's order is broken, or a NATS stream does not
+//! hold every message exactly once.
+
+use std::process::ExitCode;
+
+use eventbus_bench::cluster::{self, HEAD, Plan, Transport};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let transports = match value("--transport").as_deref() {
+        None | Some("all") => Transport::ALL.to_vec(),
+        Some(name) => match Transport::parse(name) {
+            Ok(t) => vec![t],
+            Err(e) => {
+                eprintln!("--transport: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let plan = Plan {
+        messages: eventbus_bench::arg("--messages", Plan::default().messages),
+        ..Plan::default()
+    };
+    let runtime = eventbus_bench::runtime();
+    let dir = eventbus_bench::target_dir().join("cluster");
+    let mut failures = Vec::new();
+    let mut rows = Vec::new();
+    for &t in &transports {
+        match runtime.block_on(cluster::run(t, plan)) {
+            Ok(f) => {
+                rows.push(cluster::row(t, &f));
+                if !f.errors.is_empty() {
+                    println!(
+                        "{}: {} publish calls failed and were made again: {}",
+                        t.name(),
+                        f.failed_publishes,
+                        f.errors.join("; ")
+                    );
+                }
+                if f.tally.broken() {
+                    failures.push(format!("{}: {:?}", t.name(), f.tally));
+                }
+                if t == Transport::Nats && f.stored != Ok(plan.messages) {
+                    failures.push(format!(
+                        "nats: the stream holds {:?} messages, {} were published",
+                        f.stored, plan.messages
+                    ));
+                }
+                let path = dir.join(format!("{}.svg", t.name()));
+                match cluster::svg(t, &f).map(|svg| {
+                    std::fs::create_dir_all(&dir)?;
+                    std::fs::write(&path, svg)
+                }) {
+                    Ok(Ok(())) => println!("{}: chart {}", t.name(), path.display()),
+                    Ok(Err(e)) => eprintln!("{}: cannot write the chart: {e}", t.name()),
+                    Err(e) => eprintln!("{}: cannot draw the chart: {e}", t.name()),
+                }
+            }
+            Err(e) => failures.push(format!("{}: {e}", t.name())),
+        }
+    }
+    println!(
+        "\nA {}-node cluster loses the node leading the topic (SIGKILL) at {:.0}% of the load and gets it back at {:.0}% ({} messages over {} keys at {}/s, replication 3)\n\n{HEAD}",
+        plan.nodes,
+        plan.kill_at * 100.0,
+        plan.restart_at * 100.0,
+        plan.messages,
+        plan.keys,
+        plan.rate
+    );
+    for row in rows {
+        println!("{row}");
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for f in &failures {
+            eprintln!("FAILED: {f}");
+        }
+        ExitCode::FAILURE
+    }
+}
