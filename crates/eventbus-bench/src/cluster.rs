@@ -111,6 +111,12 @@ pub struct Figures {
     pub publish_failover: Duration,
     /// Between the kill and the restart: the longest time without a handled message.
     pub handle_failover: Duration,
+    /// The longest a message waited from its confirmed publish to its first handling: the
+    /// failover as the slowest key saw it (a part of the topic may come back later than the
+    /// rest).
+    pub longest_wait: Duration,
+    /// The message that waited longest (its number: key `k-<n % keys>`).
+    pub slowest: Option<u64>,
     /// How long the node took to be back and current after its restart began.
     pub rejoin: Duration,
     /// Before the kill, between the kill and the restart, after the restart.
@@ -129,7 +135,7 @@ pub async fn run(transport: Transport, plan: Plan) -> Result<Figures, String> {
     })
     .map_err(|e| format!("cluster: {e}"))?;
     let result = scenario(transport, &mut cluster, plan).await;
-    if result.is_err() {
+    if result.is_err() || std::env::var_os("EVENTBUS_KEEP_LOGS").is_some() {
         // Its nodes' logs and stores show what the cluster did.
         cluster.keep_on_drop();
     }
@@ -260,6 +266,8 @@ async fn scenario(
         errors: published.errors,
         publish_failover: longest_gap(&published.confirmed, kill, restart),
         handle_failover: longest_gap(&handled, kill, restart),
+        longest_wait: longest_wait(&published.confirmed, &record.handled).1,
+        slowest: longest_wait(&published.confirmed, &record.handled).0,
         rejoin,
         rates: [
             phase(start, kill),
@@ -402,6 +410,24 @@ fn longest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
     longest
 }
 
+/// The message that waited longest from its confirmed publish (`confirmed[n]`) to its first
+/// handling, and how long.
+fn longest_wait(confirmed: &[Instant], handled: &[Handled]) -> (Option<u64>, Duration) {
+    let mut first = vec![None; confirmed.len()];
+    for h in handled {
+        if let Some(slot @ None) = first.get_mut(h.n as usize) {
+            *slot = Some(h.at);
+        }
+    }
+    confirmed
+        .iter()
+        .zip(first)
+        .enumerate()
+        .filter_map(|(n, (&sent, at))| Some((n as u64, at?.saturating_duration_since(sent))))
+        .max_by_key(|&(_, wait)| wait)
+        .map_or((None, Duration::ZERO), |(n, wait)| (Some(n), wait))
+}
+
 /// Both rates in 250 ms buckets from `start` to `end`.
 fn series(start: Instant, end: Instant, published: &[Instant], handled: &[Instant]) -> Vec<Point> {
     const BUCKET: f64 = 0.25;
@@ -506,7 +532,7 @@ impl Publisher {
 }
 
 /// The table's head.
-pub const HEAD: &str = "| transport | messages | lost | duplicated | order violations | stored | killed | failover: publishes | failover: handling | failed publishes | msg/s before / during / after (published) | msg/s before / during / after (handled) | node back after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEAD: &str = "| transport | messages | lost | duplicated | order violations | stored | killed | failover: publishes | failover: handling | longest wait, publish to handling | failed publishes | msg/s before / during / after (published) | msg/s before / during / after (handled) | node back after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// A row of the table.
 pub fn row(transport: Transport, f: &Figures) -> String {
@@ -518,7 +544,7 @@ pub fn row(transport: Transport, f: &Figures) -> String {
             .join(" / ")
     };
     format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} | {} | {} | {:.1} s |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} ms | {} ms | {} ms | {} | {} | {} | {:.1} s |",
         transport.name(),
         f.tally.published,
         f.tally.lost,
@@ -528,6 +554,7 @@ pub fn row(transport: Transport, f: &Figures) -> String {
         f.killed,
         f.publish_failover.as_millis(),
         f.handle_failover.as_millis(),
+        f.longest_wait.as_millis(),
         f.failed_publishes,
         rates(|r| r.published),
         rates(|r| r.handled),
@@ -546,7 +573,7 @@ pub fn svg(transport: Transport, f: &Figures) -> Result<String, charts::Error> {
         charts::rates(
             root,
             &format!(
-                "{}: a 3-node cluster loses its leader ({})",
+                "{}: a 3-node cluster loses {}",
                 transport.name(),
                 f.killed
             ),
@@ -573,6 +600,24 @@ mod tests {
         assert_eq!(
             longest_gap(&times, at(45), at(400)),
             Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn the_longest_wait_is_from_a_confirmation_to_the_first_handling() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let handled = |n, ms| Handled {
+            at: at(ms),
+            member: 0,
+            n,
+        };
+        // Message 1 is handled twice, the second time late; message 2 before its publish
+        // returned.
+        let waits = [handled(0, 30), handled(1, 50), handled(1, 900), handled(2, 5)];
+        assert_eq!(
+            longest_wait(&[at(0), at(10), at(20)], &waits),
+            (Some(1), Duration::from_millis(40))
         );
     }
 

@@ -102,8 +102,8 @@ pub(crate) fn pull_stream(
         topic: Arc<str>,
         held: Arc<Held>,
         io: tokio::runtime::Handle,
-        /// Set after an error: the next poll waits a little.
-        pause: bool,
+        /// Errors in a row: the next poll waits 100 ms, doubling with each, at most 800 ms.
+        errors: u32,
         /// The transport's connection count when the puller last looked.
         generation: u64,
         /// Set when a pull stream replaces an ended one: what the old one was sent in flight
@@ -126,7 +126,7 @@ pub(crate) fn pull_stream(
         topic: Arc::from(topic),
         held,
         io,
-        pause: false,
+        errors: 0,
         generation,
         renewed: false,
         highest: 0,
@@ -139,12 +139,14 @@ pub(crate) fn pull_stream(
             if let Some(incoming) = st.ready.pop_front() {
                 return Some((Ok(incoming), st));
             }
-            if std::mem::take(&mut st.pause) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            if st.errors > 0 {
+                let wait = Duration::from_millis(100 << (st.errors - 1).min(3));
+                tokio::time::sleep(wait).await;
             }
             if let Some(current) = &mut st.current {
                 match current.next().await {
                     Some(Ok(msg)) => {
+                        st.errors = 0;
                         // Parsed once: the reply subject is split and its numbers read.
                         let info = Delivered::of(&msg);
                         if let Some(partition) = &st.puller.partition {
@@ -206,8 +208,24 @@ pub(crate) fn pull_stream(
                     // itself (it re-requests once connected) and keeps the messages it has
                     // buffered, whose loss would bring them back later, behind newer
                     // messages of their keys. Report it, and pause before polling again.
+                    //
+                    // Unless the server lost the pull: no heartbeat came, or no server took
+                    // the request (the consumer's leader died and no other is elected yet).
+                    // async-nats would ask again only when the lost pull expires, plus 5 s; a
+                    // new pull asks at once. Nothing is buffered at these errors (async-nats
+                    // reports a missed heartbeat with its buffer empty, and no delivery
+                    // follows a request nobody took), and what was sent and never arrived is
+                    // read back at the new pull's first delivery (a partition's new term, or
+                    // the gap check of a renewed pull).
                     Some(Err(e)) => {
-                        st.pause = true;
+                        st.errors += 1;
+                        if matches!(
+                            e.kind(),
+                            pull::MessagesErrorKind::MissingHeartbeat
+                                | pull::MessagesErrorKind::NoResponders
+                        ) {
+                            st.current = None;
+                        }
                         let error = NatsError::request("pull", e);
                         return Some((Err(error.into()), st));
                     }
@@ -246,8 +264,9 @@ pub(crate) fn pull_stream(
                     st.current = Some(stream);
                 }
                 Ok(Err(e)) => {
-                    // Disconnected, say: report it and pull again; the client reconnects.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // Disconnected, say: report it and pull again after a pause; the client
+                    // reconnects.
+                    st.errors += 1;
                     return Some((Err(NatsError::request("pull", e).into()), st));
                 }
                 // The I/O runtime is gone: the transport closed.

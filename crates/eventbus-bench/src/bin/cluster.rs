@@ -5,7 +5,8 @@
 //! `cargo run --release -p eventbus-bench --bin cluster -- [--transport nats|kafka|all]
 //! [--messages N]`.
 //!
-//! Starts its own clusters (nodes on free ports, stores under `$TMPDIR/eventbus-brokers/`,
+//! `EVENTBUS_LOG=<filter>` logs the buses to stderr; `EVENTBUS_KEEP_LOGS=1` keeps the nodes'
+//! logs and stores after a run that passed too. Starts its own clusters (nodes on free ports, stores under `$TMPDIR/eventbus-brokers/`,
 //! kept with their logs when a run fails). Prints a table and writes
 //! `target/cluster/<transport>.svg` (published and handled a second, the kill and the restart
 //! marked). Fails when a message is lost, a key's order is broken, or a NATS stream does not
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
         messages: eventbus_bench::arg("--messages", Plan::default().messages),
         ..Plan::default()
     };
+    // The buses' logs on stderr, per `EVENTBUS_LOG` (e.g. `eventbus_nats=debug`).
+    eventbus_bench::members::init_logs();
     let runtime = eventbus_bench::runtime();
     let dir = eventbus_bench::target_dir().join("cluster");
     let mut failures = Vec::new();
@@ -44,6 +47,14 @@ fn main() -> ExitCode {
         match runtime.block_on(cluster::run(t, plan)) {
             Ok(f) => {
                 rows.push(cluster::row(t, &f));
+                if let Some(n) = f.slowest {
+                    println!(
+                        "{}: the message that waited longest: m-{n}, key k-{}, {} ms",
+                        t.name(),
+                        n % plan.keys,
+                        f.longest_wait.as_millis()
+                    );
+                }
                 if !f.errors.is_empty() {
                     println!(
                         "{}: {} publish calls failed and were made again: {}",
