@@ -58,7 +58,6 @@ impl Cluster {
                 all_routes.clone(),
                 "-m".to_owned(),
                 monitors[i].to_string(),
-                "-D".to_owned(),
             ];
             cluster.nodes.push(ServerProcess::launch_node(
                 ServerKind::Nats,
