@@ -333,7 +333,8 @@ pub fn rates(
         .label_style(("sans-serif", 11))
         .light_line_style(RGBColor(0xee, 0xee, 0xee))
         .draw()?;
-    let label = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
+    let label =
+        TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Left, VPos::Top));
     for &(at, text) in marks {
         chart.draw_series(DashedLineSeries::new(
             [(at, 0.0), (at, top)],
@@ -341,10 +342,18 @@ pub fn rates(
             4,
             GREY.stroke_width(1),
         ))?;
-        chart.draw_series([Text::new(text.to_owned(), (at + end * 0.005, top * 0.98), label.clone())])?;
+        chart.draw_series([Text::new(
+            text.to_owned(),
+            (at + end * 0.005, top * 0.98),
+            label.clone(),
+        )])?;
     }
     for (name, colour, pick) in [
-        ("published/s", BLUE, (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64),
+        (
+            "published/s",
+            BLUE,
+            (|p: &(f64, f64, f64)| p.1) as fn(&(f64, f64, f64)) -> f64,
+        ),
         ("handled/s", ORANGE, |p| p.2),
     ] {
         chart
@@ -423,7 +432,14 @@ mod tests {
     #[test]
     fn rates_draw_both_series_and_the_marks() {
         let points: Vec<_> = (0..20).map(|i| (i as f64 * 0.25, 500.0, 480.0)).collect();
-        let svg = drawn(|root| rates(root, "a cluster", &points, &[(1.0, "kill"), (3.0, "restart")]));
+        let svg = drawn(|root| {
+            rates(
+                root,
+                "a cluster",
+                &points,
+                &[(1.0, "kill"), (3.0, "restart")],
+            )
+        });
         for text in ["a cluster", "published/s", "handled/s", "kill", "restart"] {
             assert!(svg.contains(text), "no {text:?}");
         }

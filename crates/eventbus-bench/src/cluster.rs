@@ -374,7 +374,12 @@ async fn stored(transport: Transport, cluster: &Cluster, topic: &str) -> Result<
                 .get_stream(NatsConfig::new("").stream_name(topic))
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(stream.info().await.map_err(|e| e.to_string())?.state.messages)
+            Ok(stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages)
         }
         Transport::Kafka => {
             let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -572,11 +577,7 @@ pub fn svg(transport: Transport, f: &Figures) -> Result<String, charts::Error> {
     charts::render((800, 400), |root| {
         charts::rates(
             root,
-            &format!(
-                "{}: a 3-node cluster loses {}",
-                transport.name(),
-                f.killed
-            ),
+            &format!("{}: a 3-node cluster loses {}", transport.name(), f.killed),
             &points,
             &[(f.marks.0, "kill"), (f.marks.1, "restart")],
         )
@@ -614,7 +615,12 @@ mod tests {
         };
         // Message 1 is handled twice, the second time late; message 2 before its publish
         // returned.
-        let waits = [handled(0, 30), handled(1, 50), handled(1, 900), handled(2, 5)];
+        let waits = [
+            handled(0, 30),
+            handled(1, 50),
+            handled(1, 900),
+            handled(2, 5),
+        ];
         assert_eq!(
             longest_wait(&[at(0), at(10), at(20)], &waits),
             (Some(1), Duration::from_millis(40))

@@ -330,7 +330,10 @@ async fn a_publish_while_the_server_is_down_goes_through_once_it_is_back() {
     server.kill();
     let publishing = tokio::spawn({
         let (bus, topic) = (bus.clone(), topic.clone());
-        async move { bus.publish(Message::new(&topic, "during").with_id("during")).await }
+        async move {
+            bus.publish(Message::new(&topic, "during").with_id("during"))
+                .await
+        }
     });
     // Longer than the ack timeout: the first attempt fails.
     tokio::time::sleep(Duration::from_secs(6)).await;

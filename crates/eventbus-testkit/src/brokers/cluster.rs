@@ -207,7 +207,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let dir = self.nodes.first().and_then(|n| n.dir().parent().map(ToOwned::to_owned));
+        let dir = self
+            .nodes
+            .first()
+            .and_then(|n| n.dir().parent().map(ToOwned::to_owned));
         // Each node removes its own directory (or keeps it, and says so, in a failed test).
         self.nodes.clear();
         if let Some(dir) = dir {
