@@ -253,4 +253,21 @@ pub enum EnvelopeError {
         /// The aggregate id header.
         aggregate_id: String,
     },
+    /// The body of a format that carries the envelope in its body (the Go SDK's JSON) does not
+    /// parse; the parser's message says where.
+    #[error("the envelope body is not valid: {0}")]
+    MalformedBody(String),
+    /// A required field of such a body is missing.
+    #[error("field {0:?} is missing")]
+    MissingField(&'static str),
+    /// A field is present but its value is not valid (or cannot be written in the format).
+    #[error("field {field:?} has invalid value {value:?}: {reason}")]
+    InvalidField {
+        /// Field name.
+        field: &'static str,
+        /// The value found (truncated to 64 characters).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Codec, Envelope};
 use crate::error::{BoxError, EnvelopeError};
 use crate::message::Message;
 
@@ -57,6 +57,8 @@ pub struct Delivery {
 #[derive(Debug)]
 pub(crate) struct Scope {
     pub(crate) group: Arc<str>,
+    /// How the topic's envelopes travel.
+    pub(crate) codec: Codec,
     pub(crate) closing: CancellationToken,
 }
 
@@ -68,6 +70,7 @@ impl Delivery {
             attempt: 1,
             scope: Arc::new(Scope {
                 group: Arc::from(group),
+                codec: Codec::default(),
                 closing: CancellationToken::new(),
             }),
         }
@@ -98,11 +101,12 @@ impl Delivery {
     pub fn cancellation(&self) -> &CancellationToken {
         &self.scope.closing
     }
-    /// Decodes the message as an [`Envelope`]. Returned from a handler, the error is
-    /// permanent (see [`Permanent::is_permanent`]): a message that is not an envelope fails
-    /// at once, it is never retried.
+    /// Decodes the message as an [`Envelope`], with the codec of the subscription's topic
+    /// ([`BusOptions::codec_for`](crate::BusOptions::codec_for)). Returned from a handler, the
+    /// error is permanent (see [`Permanent::is_permanent`]): a message that is not an envelope
+    /// fails at once, it is never retried.
     pub fn envelope(&self) -> Result<Envelope, EnvelopeError> {
-        Envelope::from_message(&self.message)
+        self.scope.codec.decode(&self.message)
     }
     /// Decodes the payload as JSON; a failure is a [`Permanent`] [`DecodeError`], so returning it
     /// with `?` from a handler is never retried.

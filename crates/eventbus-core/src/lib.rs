@@ -68,7 +68,7 @@ pub mod validate;
 pub use bus::{BusOptions, EventBus, EventBusBuilder, SubscribeOptions, Subscription};
 pub use dead_letter::DeadLetter;
 pub use dispatch::{Dispatch, Dispatcher, DispatcherConfig, DispatcherStats, Route, RouteBuilder};
-pub use envelope::Envelope;
+pub use envelope::{Codec, Envelope};
 pub use error::{BoxError, EnvelopeError, Error, HeaderError, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Handler, Panicked, Permanent, handler_fn, json_handler};

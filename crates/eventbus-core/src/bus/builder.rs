@@ -77,6 +77,18 @@ impl<T: Transport> EventBusBuilder<T> {
         self.options.publish_timeout = d;
         self
     }
+    /// How envelopes travel on topics without a codec of their own (default
+    /// [`Codec::Headers`](crate::Codec::Headers)).
+    pub fn codec(mut self, codec: crate::Codec) -> Self {
+        self.options.codec = codec;
+        self
+    }
+    /// How envelopes travel on `topic` ([`Codec::GoSdk`](crate::Codec::GoSdk) for a topic
+    /// shared with services on the Go SDK).
+    pub fn topic_codec(mut self, topic: impl Into<String>, codec: crate::Codec) -> Self {
+        self.options.topic_codecs.insert(topic.into(), codec);
+        self
+    }
     /// All options at once.
     pub fn options(mut self, options: BusOptions) -> Self {
         self.options = options;

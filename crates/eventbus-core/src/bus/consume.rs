@@ -126,6 +126,7 @@ pub(crate) async fn pump<S, A>(
                         subscribed.record_error(&error);
                     }
                     Poll::Ready(Some(Ok(Incoming { message, ack }))) => {
+                        let message = route.keyed(message);
                         let kept = subscribed.dead_letter.as_ref().map(|_| Arc::clone(&message));
                         let token = acks.insert((ack, kept));
                         let reply = Reply::Queue { token };

@@ -136,9 +136,15 @@ impl EventBus {
         self.inner.outlet.publish(message).await
     }
 
-    /// Publishes an envelope on `topic`, keyed by its aggregate id.
+    /// Publishes an envelope on `topic`, keyed by its aggregate id, in the topic's
+    /// [`Codec`](crate::Codec) ([`BusOptions::codec_for`]).
     pub async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<()> {
-        self.publish(envelope.to_message(topic)).await
+        let message = self
+            .inner
+            .options
+            .codec_for(topic)
+            .encode(envelope, topic)?;
+        self.publish(message).await
     }
 
     /// Publishes a typed event as version `aggregate_version` of `aggregate_id` (see
@@ -205,6 +211,7 @@ impl EventBus {
             .topic_for(topic)?;
         let route = Route::builder(topic, group, handler)
             .retry(options.retry.unwrap_or(self.inner.options.retry))
+            .codec(self.inner.options.codec_for(topic))
             .closing(self.inner.closing.child_token())
             .abort(self.inner.abort.child_token())
             .build();

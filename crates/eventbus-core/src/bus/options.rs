@@ -1,10 +1,12 @@
 //! What a bus and its subscriptions can be told: bounds, retries, dead letters, limits and
 //! deadlines.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::dead_letter::DeadLetter;
 use crate::dispatch::DispatcherConfig;
+use crate::envelope::Codec;
 use crate::retry::RetryPolicy;
 use crate::validate::Limits;
 
@@ -27,6 +29,18 @@ pub struct BusOptions {
     pub drain_timeout: Duration,
     /// How long a publish may wait for the transport (default 30 s).
     pub publish_timeout: Duration,
+    /// How envelopes travel on topics without their own codec (default [`Codec::Headers`]).
+    pub codec: Codec,
+    /// Codecs of single topics (a topic shared with services on the Go SDK:
+    /// [`Codec::GoSdk`]).
+    pub topic_codecs: HashMap<String, Codec>,
+}
+
+impl BusOptions {
+    /// The codec of `topic`: its own, else the bus's.
+    pub fn codec_for(&self, topic: &str) -> Codec {
+        self.topic_codecs.get(topic).copied().unwrap_or(self.codec)
+    }
 }
 
 impl Default for BusOptions {
@@ -39,6 +53,8 @@ impl Default for BusOptions {
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(30),
             publish_timeout: Duration::from_secs(30),
+            codec: Codec::default(),
+            topic_codecs: HashMap::new(),
         }
     }
 }

@@ -12,8 +12,10 @@ use tokio_util::sync::ReusableBoxFuture;
 use tower::ServiceExt;
 
 use super::budget::Reservation;
+use crate::envelope::Codec;
 use crate::error::BoxError;
 use crate::handler::{Delivery, Handler, Scope};
+use crate::message::Message;
 use crate::outcome::Outcome;
 use crate::retry::{RetryPolicy, Retrying};
 use crate::telemetry::RouteMetrics;
@@ -100,6 +102,7 @@ pub struct RouteBuilder {
     group: Arc<str>,
     handler: Box<dyn ErasedHandler>,
     retry: RetryPolicy,
+    codec: Codec,
     closing: CancellationToken,
     abort: CancellationToken,
 }
@@ -118,6 +121,13 @@ impl RouteBuilder {
     /// How failed calls are retried (default: [`RetryPolicy::default`]).
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+    /// How the topic's envelopes travel: deliveries decode with it, and a message that arrives
+    /// without a key is keyed by it where the format carries the aggregate id elsewhere
+    /// (default: [`Codec::Headers`]).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
         self
     }
     /// Fires when intake stops: deliveries see it, and queued messages are then cancelled, not
@@ -140,6 +150,7 @@ impl RouteBuilder {
             topic: self.topic,
             scope: Arc::new(Scope {
                 group: self.group,
+                codec: self.codec,
                 closing: self.closing,
             }),
             handler: self.handler,
@@ -162,8 +173,22 @@ impl Route {
             group: Arc::from(group),
             handler: Box::new(Erased(handler)),
             retry: RetryPolicy::default(),
+            codec: Codec::default(),
             closing: CancellationToken::new(),
             abort: CancellationToken::new(),
+        }
+    }
+
+    /// `message`, keyed by the route's codec if it arrived without a key and the codec finds
+    /// one in it (the Go SDK's NATS messages carry the aggregate id in their body only): the
+    /// dispatcher orders by key.
+    pub(crate) fn keyed(&self, message: Arc<Message>) -> Arc<Message> {
+        if message.key().is_some() {
+            return message;
+        }
+        match self.scope.codec.key_of(&message) {
+            Some(key) => Arc::new(Arc::unwrap_or_clone(message).with_key(key)),
+            None => message,
         }
     }
     /// Messages of the route waiting out a backoff before another attempt, longest failing
