@@ -55,6 +55,22 @@ pub struct StreamOptions {
     /// consumer per partition, so this is also the most instances of a group that get work.
     /// Fixed for a stream's life: a stream with another count is refused.
     pub partitions: u16,
+    /// Bind the topic to an existing stream of this name, made by another program (the Go
+    /// SDK's, which names its streams itself and publishes to the topic as the subject):
+    /// - messages are published to the topic's subject as it is, with no partition number;
+    /// - the stream is never created or changed, whatever the [`Provision`] (its settings are
+    ///   its owner's): it must exist, with a subject that matches the topic's
+    ///   ([`Error::TopicMissing`](eventbus_core::Error::TopicMissing) or
+    ///   [`Error::SettingsMismatch`](eventbus_core::Error::SettingsMismatch) otherwise), and
+    ///   the other settings here are not used;
+    /// - the topic has one partition: a keyed group ([`Sharing::ByKey`]) is one pinned consumer,
+    ///   so one instance at a time consumes the topic, in stream order (keys cannot be spread
+    ///   over partitions that the stream's owner does not publish to).
+    ///
+    /// Messages that arrive without a key (the Go SDK's NATS messages carry the aggregate id in
+    /// their body) are keyed by the topic's codec
+    /// ([`Codec::GoSdk`](eventbus_core::Codec::GoSdk)).
+    pub bind: Option<String>,
 }
 
 impl Default for StreamOptions {
@@ -68,6 +84,7 @@ impl Default for StreamOptions {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             partitions: 16,
+            bind: None,
         }
     }
 }
@@ -111,6 +128,11 @@ impl StreamOptions {
     /// Sets the partition count (at least 1).
     pub fn partitions(mut self, n: u16) -> Self {
         self.partitions = n.max(1);
+        self
+    }
+    /// Binds the topic to the existing stream `stream` (see [`bind`](Self::bind)).
+    pub fn bind(mut self, stream: impl Into<String>) -> Self {
+        self.bind = Some(stream.into());
         self
     }
 }
@@ -393,6 +415,16 @@ impl NatsConfig {
         self.topics.get(topic).unwrap_or(&self.stream)
     }
 
+    /// How `topic`'s stream is split into partitions.
+    pub(crate) fn layout(&self, topic: &str) -> crate::partition::Layout {
+        let options = self.stream_for(topic);
+        crate::partition::Layout::new(
+            self.subject(topic),
+            options.partitions,
+            options.bind.is_some(),
+        )
+    }
+
     /// The subject a topic's messages are published on.
     pub fn subject(&self, topic: &str) -> String {
         match &self.subject_prefix {
@@ -405,6 +437,9 @@ impl NatsConfig {
     /// written `_D`. Every `_` after the prefix starts a two-character escape, so distinct topics
     /// never share a stream (`a.b` → `EB_a_Db`, `a_b` → `EB_a__b`).
     pub fn stream_name(&self, topic: &str) -> String {
+        if let Some(bound) = &self.stream_for(topic).bind {
+            return bound.clone();
+        }
         let mut name = String::with_capacity(self.stream_prefix.len() + topic.len() + 8);
         name.push_str(&self.stream_prefix);
         for c in topic.chars() {

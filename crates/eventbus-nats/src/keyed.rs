@@ -44,7 +44,8 @@ pub(crate) async fn subscribe(
     let config = &inner.config;
     let topic = request.topic().to_owned();
     let group = request.group().to_owned();
-    let partitions = config.stream_for(&topic).partitions;
+    let layout = config.layout(&topic);
+    let partitions = layout.partitions;
     let stream = transport.stream_handle(&topic).await?;
     let mut consumers = Vec::with_capacity(usize::from(partitions));
     for p in 0..partitions {
@@ -78,7 +79,7 @@ pub(crate) async fn subscribe(
         redelivery_delay: request.redelivery_delay(),
         member_timeout: config.consumer.member_timeout,
         max_pending: usize::try_from(config.consumer.max_ack_pending).unwrap_or(usize::MAX),
-        topic_subject: config.subject(&topic),
+        layout,
         transport: transport.clone(),
         store: membership.store.clone(),
         group_key,
@@ -117,7 +118,7 @@ struct Shared {
     redelivery_delay: Duration,
     member_timeout: Duration,
     max_pending: usize,
-    topic_subject: String,
+    layout: partition::Layout,
     transport: NatsTransport,
     /// The membership bucket, for hand-over records.
     store: async_nats::jetstream::kv::Store,
@@ -290,7 +291,7 @@ impl KeyedSource {
                 connects: Arc::clone(&shared.transport.inner.connects),
                 recover_limit: 0,
                 partition: Some(PartitionPull {
-                    subject: partition::subject(&shared.topic_subject, partition),
+                    subject: shared.layout.subject_of(partition),
                     in_flight: in_flight.clone(),
                     member_timeout: shared.member_timeout,
                     max_pending: shared.max_pending,

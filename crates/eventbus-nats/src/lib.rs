@@ -533,7 +533,7 @@ impl Transport for NatsTransport {
     async fn lag(&self, topic: &str, group: &str) -> Result<u64> {
         let stream = self.stream_handle(topic).await?;
         let consumers = match self.inner.config.consumer.sharing {
-            Sharing::ByKey => (0..self.inner.config.stream_for(topic).partitions)
+            Sharing::ByKey => (0..self.inner.config.layout(topic).partitions)
                 .map(|p| partition::consumer_name(group, p))
                 .collect(),
             Sharing::Any => vec![group.to_owned()],

@@ -5,6 +5,63 @@ use std::collections::BTreeMap;
 
 use eventbus_core::Message;
 
+/// How a topic's stream is split: its partitions and their subjects.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    /// The topic's subject.
+    topic_subject: String,
+    /// How many partitions (1 for a bound stream).
+    pub(crate) partitions: u16,
+    /// Whether a partition's subject carries its number: not on a stream bound with
+    /// [`StreamOptions::bind`](crate::StreamOptions::bind), whose owner publishes to the
+    /// topic's subject itself.
+    numbered: bool,
+}
+
+impl Layout {
+    pub(crate) fn new(topic_subject: String, partitions: u16, bound: bool) -> Self {
+        Layout {
+            topic_subject,
+            partitions: if bound { 1 } else { partitions.max(1) },
+            numbered: !bound,
+        }
+    }
+
+    /// The partition `message` goes to.
+    pub(crate) fn partition_of(&self, message: &Message) -> u16 {
+        of(message, self.partitions)
+    }
+
+    /// The subject of `partition`.
+    pub(crate) fn subject_of(&self, partition: u16) -> String {
+        if self.numbered {
+            subject(&self.topic_subject, partition)
+        } else {
+            self.topic_subject.clone()
+        }
+    }
+
+    /// Every partition's subject, in order: the stream's subjects.
+    pub(crate) fn subjects(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.subject_of(p)).collect()
+    }
+}
+
+/// Whether NATS subject `subject` matches the (possibly wildcard) subject `pattern` of a
+/// stream: `*` matches one token, a final `>` one or more.
+pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 /// The partition of a message: FNV-1a (32 bits) of its key, or of its id when it has none,
 /// modulo `partitions`. FNV-1a because the partition is part of the stream's layout: every
 /// publisher, in any language or version, must compute the same one (a std or foldhash hash
@@ -27,13 +84,6 @@ fn fnv1a(bytes: &[u8]) -> u32 {
 /// its own (a key may hold `.`, so the key itself never goes into the subject).
 pub(crate) fn subject(topic_subject: &str, partition: u16) -> String {
     format!("{topic_subject}.{partition}")
-}
-
-/// Every partition's subject, in order: the stream's subjects.
-pub(crate) fn subjects(topic_subject: &str, partitions: u16) -> Vec<String> {
-    (0..partitions.max(1))
-        .map(|p| subject(topic_subject, p))
-        .collect()
 }
 
 /// The durable consumer of one partition for a keyed group. `=` cannot be in a group name, so
@@ -90,6 +140,31 @@ mod tests {
 
     fn members(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("member-{i:02}")).collect()
+    }
+
+    #[test]
+    fn stream_subjects_match_as_nats_matches_them() {
+        assert!(matches("orders", "orders"));
+        assert!(matches("orders.*", "orders.created"));
+        assert!(matches("orders.>", "orders.created.eu"));
+        assert!(matches(">", "orders"));
+        assert!(!matches("orders.>", "orders"));
+        assert!(!matches("orders.*", "orders.created.eu"));
+        assert!(!matches("orders", "orders.created"));
+        assert!(!matches("billing.*", "orders.created"));
+    }
+
+    #[test]
+    fn a_bound_stream_has_one_partition_on_the_topics_own_subject() {
+        let bound = Layout::new("orders".into(), 16, true);
+        assert_eq!(bound.partitions, 1);
+        assert_eq!(bound.subjects(), ["orders"]);
+        assert_eq!(
+            bound.partition_of(&Message::new("orders", "x").with_key("k")),
+            0
+        );
+        let own = Layout::new("orders".into(), 3, false);
+        assert_eq!(own.subjects(), ["orders.0", "orders.1", "orders.2"]);
     }
 
     #[test]

@@ -20,6 +20,15 @@ impl NatsTransport {
         {
             return Ok(());
         }
+        if let Some(bound) = &inner.config.stream_for(topic).bind {
+            self.check_bound(topic, bound).await?;
+            inner
+                .ensured
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(topic.to_owned());
+            return Ok(());
+        }
         let want = stream_config(&inner.config, topic);
         match inner.js.get_stream(&want.name).await {
             Ok(mut existing) => {
@@ -60,13 +69,7 @@ impl NatsTransport {
                     }
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if not_found(&e) => {
                 if inner.config.provision == Provision::ValidateOnly {
                     return Err(Error::TopicMissing {
                         transport: NAME,
@@ -89,6 +92,53 @@ impl NatsTransport {
             .insert(topic.to_owned());
         Ok(())
     }
+}
+
+impl NatsTransport {
+    /// Checks the stream a topic is bound to ([`StreamOptions::bind`](crate::StreamOptions::bind)):
+    /// it exists and one of its subjects matches the topic's. Nothing about it is changed.
+    async fn check_bound(&self, topic: &str, stream: &str) -> Result<()> {
+        let subject = self.inner.config.subject(topic);
+        let subjects = match self.inner.js.get_stream(stream).await {
+            Ok(mut existing) => existing
+                .info()
+                .await
+                .map_err(|e| NatsError::request("stream info", e))?
+                .config
+                .subjects
+                .clone(),
+            Err(e) if not_found(&e) => {
+                return Err(Error::TopicMissing {
+                    transport: NAME,
+                    topic: topic.to_owned(),
+                    resource: format!("stream {stream} (bound: made by another program)"),
+                });
+            }
+            Err(e) => return Err(NatsError::request("stream info", e).into()),
+        };
+        if subjects
+            .iter()
+            .any(|pattern| crate::partition::matches(pattern, &subject))
+        {
+            Ok(())
+        } else {
+            Err(Error::SettingsMismatch {
+                transport: NAME,
+                resource: format!("stream {stream} (bound)"),
+                setting: "subjects",
+                expected: format!("a subject matching {subject:?}"),
+                actual: format!("{subjects:?}"),
+            })
+        }
+    }
+}
+
+fn not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 /// What an existing stream's subjects say about its layout, for the error that refuses it.
@@ -143,7 +193,7 @@ fn stream_config(config: &NatsConfig, topic: &str) -> stream::Config {
     let o = config.stream_for(topic);
     stream::Config {
         name: config.stream_name(topic),
-        subjects: crate::partition::subjects(&config.subject(topic), o.partitions),
+        subjects: config.layout(topic).subjects(),
         storage: match o.storage {
             Storage::File => stream::StorageType::File,
             Storage::Memory => stream::StorageType::Memory,
@@ -209,7 +259,7 @@ pub(crate) fn partition_consumer_config(
     partition: u16,
 ) -> pull::Config {
     pull::Config {
-        filter_subject: crate::partition::subject(&config.subject(topic), partition),
+        filter_subject: config.layout(topic).subject_of(partition),
         priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![PIN_GROUP.to_owned()],
         priority_timeout: config.consumer.member_timeout,

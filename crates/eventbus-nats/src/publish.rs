@@ -83,12 +83,8 @@ impl NatsTransport {
         if let Some(key) = message.key() {
             headers.insert(HEADER_KEY, key.as_str());
         }
-        let config = &self.inner.config;
-        let partitions = config.stream_for(message.topic()).partitions;
-        let subject = crate::partition::subject(
-            &config.subject(message.topic()),
-            crate::partition::of(message, partitions),
-        );
+        let layout = self.inner.config.layout(message.topic());
+        let subject = layout.subject_of(layout.partition_of(message));
         Ok(Outgoing {
             subject,
             headers,

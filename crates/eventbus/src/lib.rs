@@ -37,11 +37,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use eventbus_core::{
-    BoxError, BusOptions, Capabilities, Connection, ConnectionState, DeadLetter, DecodeError,
-    Delivery, DispatcherConfig, DispatcherStats, Envelope, EnvelopeError, Error, Event, EventBus,
-    EventBusBuilder, EventDecodeError, Handler, HeaderError, Headers, Health, Key, Limits, Message,
-    MessageId, NameError, Panicked, Permanent, Result, RetryPolicy, Retrying, SubscribeOptions,
-    Subscription, SubscriptionHealth, Transport, event_handler, handler_fn, json_handler,
+    BoxError, BusOptions, Capabilities, Codec, Connection, ConnectionState, DeadLetter,
+    DecodeError, Delivery, DispatcherConfig, DispatcherStats, Envelope, EnvelopeError, Error,
+    Event, EventBus, EventBusBuilder, EventDecodeError, Handler, HeaderError, Headers, Health, Key,
+    Limits, Message, MessageId, NameError, Panicked, Permanent, Result, RetryPolicy, Retrying,
+    SubscribeOptions, Subscription, SubscriptionHealth, Transport, event_handler, handler_fn,
+    json_handler,
 };
 pub use eventbus_core::{
     backlog, dead_letter, dedup, envelope, event, handler, health, propagation, telemetry, validate,
