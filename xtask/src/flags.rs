@@ -113,6 +113,12 @@ xflags::xflags! {
             optional --messages n: u64
         }
 
+        /// Wire compatibility with the Go SDK this project replaces (jxt-core v1.7.5): the
+        /// `go_sdk` tests of every crate (golden vectors of its envelope, its traffic on NATS
+        /// and Kafka played by raw clients, in both directions), on the shared brokers
+        /// (started if down, stopped after).
+        cmd interop {}
+
         /// A 3-node cluster (NATS JetStream, or Kafka in KRaft) of its own loses the node
         /// leading the topic (SIGKILL) under keyed load and gets it back (the `cluster` tool,
         /// release build). A table of lost, duplicated, order violations, what the topic
@@ -157,6 +163,7 @@ pub enum XtaskCmd {
     Bench(Bench),
     Groups(Groups),
     ScaleOut(ScaleOut),
+    Interop(Interop),
     Cluster(Cluster),
     Cost(Cost),
     Help(Help),
@@ -215,6 +222,9 @@ pub struct ScaleOut {
     pub only: Option<ScaleOutPart>,
     pub messages: Option<u64>,
 }
+
+#[derive(Debug)]
+pub struct Interop;
 
 #[derive(Debug)]
 pub struct Cluster {

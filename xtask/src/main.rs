@@ -7,6 +7,7 @@ mod cluster;
 mod conformance;
 mod flags;
 mod groups;
+mod interop;
 mod load;
 mod report;
 mod scale_out;
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         XtaskCmd::Groups(cmd) => cmd.run(),
         XtaskCmd::ScaleOut(cmd) => cmd.run(),
         XtaskCmd::Cluster(cmd) => cmd.run(),
+        XtaskCmd::Interop(cmd) => cmd.run(),
         XtaskCmd::Cost(cmd) => cmd.run(),
         XtaskCmd::Help(_) => {
             println!("{}", flags::Xtask::HELP);
@@ -115,6 +117,7 @@ mod tests {
             "scale-out",
             "scale-out --transport kafka --only throughput --messages 20000",
             "cluster",
+            "interop",
             "cluster --transport nats --messages 5000",
             "help",
         ] {

@@ -30,6 +30,14 @@
 //!   count is refused with [`Error::SettingsMismatch`] (`setting: "partitions"`) whatever the
 //!   [`Provision`]: moving keys between partitions would break their order. Consume what such a
 //!   stream holds with the version that made it, then delete it.
+//! - A topic bound with [`StreamOptions::bind`] lives on a stream another program made (the
+//!   Go SDK's, whose subject is the topic itself): published to the topic's subject with no
+//!   partition number, the stream never created or changed, and one partition, so a keyed
+//!   group is one pinned consumer (one instance at a time consumes it). With
+//!   [`Codec::GoSdk`](eventbus_core::Codec::GoSdk) for the topic, messages that arrive
+//!   without our key header (the Go SDK sends the JSON body alone) are keyed by the body's
+//!   aggregate id before they are dispatched: the documented exception to "the key is the
+//!   message's key".
 //! - A consumer group is keyed by default ([`Sharing::ByKey`]): one durable pull consumer per
 //!   partition, `<group>=<n>`, filtered to the partition's subject, with the `pinned_client`
 //!   priority policy, so one instance at a time receives a partition's messages (see *Scaling
