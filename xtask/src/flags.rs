@@ -119,6 +119,16 @@ xflags::xflags! {
         /// (started if down, stopped after).
         cmd interop {}
 
+        /// This bus against Go event buses, one machine, one run (the `peers` tool, release
+        /// build): builds the Go harness of `peers/go/` (Go modules from the module proxy),
+        /// then runs the Go SDK's load scenarios A and B at its four levels on the memory bus
+        /// and on each Go peer, every cell a fresh process, peers interleaved; a table in
+        /// `target/peers/peers.md`. Needs Go (not run in CI).
+        cmd peers {
+            /// Rounds per cell (default 3).
+            optional --rounds n: usize
+        }
+
         /// A 3-node cluster (NATS JetStream, or Kafka in KRaft) of its own loses the node
         /// leading the topic (SIGKILL) under keyed load and gets it back (the `cluster` tool,
         /// release build). A table of lost, duplicated, order violations, what the topic
@@ -164,6 +174,7 @@ pub enum XtaskCmd {
     Groups(Groups),
     ScaleOut(ScaleOut),
     Interop(Interop),
+    Peers(Peers),
     Cluster(Cluster),
     Cost(Cost),
     Help(Help),
@@ -225,6 +236,11 @@ pub struct ScaleOut {
 
 #[derive(Debug)]
 pub struct Interop;
+
+#[derive(Debug)]
+pub struct Peers {
+    pub rounds: Option<usize>,
+}
 
 #[derive(Debug)]
 pub struct Cluster {

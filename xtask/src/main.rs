@@ -9,6 +9,7 @@ mod flags;
 mod groups;
 mod interop;
 mod load;
+mod peers;
 mod report;
 mod scale_out;
 mod test;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         XtaskCmd::ScaleOut(cmd) => cmd.run(),
         XtaskCmd::Cluster(cmd) => cmd.run(),
         XtaskCmd::Interop(cmd) => cmd.run(),
+        XtaskCmd::Peers(cmd) => cmd.run(),
         XtaskCmd::Cost(cmd) => cmd.run(),
         XtaskCmd::Help(_) => {
             println!("{}", flags::Xtask::HELP);
@@ -118,6 +120,7 @@ mod tests {
             "scale-out --transport kafka --only throughput --messages 20000",
             "cluster",
             "interop",
+            "peers --rounds 1",
             "cluster --transport nats --messages 5000",
             "help",
         ] {

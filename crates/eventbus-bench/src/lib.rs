@@ -23,7 +23,9 @@
 //!   SIGKILL and gaining a replacement under load, and 3 instances against 1 draining a
 //!   backlog;
 //! - [`cluster`]: a 3-node NATS or Kafka cluster losing the node that leads the topic under
-//!   keyed load, and getting it back.
+//!   keyed load, and getting it back;
+//! - [`peers`]: the memory bus against Go event buses built from `peers/go/`, the same load
+//!   scenarios, one machine, one run.
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
@@ -42,7 +44,8 @@
 //! - `subscription-cost`: threads and broker connections per Kafka subscription;
 //! - `group-protocols`: [`groups`] (`cargo xtask groups`);
 //! - `scale-out`: [`scale_out`] (`cargo xtask scale-out`);
-//! - `cluster`: [`cluster`] (`cargo xtask cluster`).
+//! - `cluster`: [`cluster`] (`cargo xtask cluster`);
+//! - `peers`: [`peers`] (`cargo xtask peers`).
 #![warn(missing_docs)]
 
 pub mod charts;
@@ -55,6 +58,7 @@ pub mod lanes;
 pub mod load;
 pub mod members;
 pub mod nats;
+pub mod peers;
 pub mod report;
 pub mod scale_out;
 pub mod scenario;

@@ -1,0 +1,33 @@
+//! `cargo xtask peers`: builds the Go harness (`peers/go/`) and runs the `peers` tool against
+//! it: this bus and Go event buses, the same load scenarios, one machine, one run.
+
+use std::process::Command;
+
+use crate::flags;
+use crate::util::{tool, workspace_root};
+
+impl flags::Peers {
+    pub(crate) fn run(self) -> Result<(), String> {
+        let root = workspace_root()?;
+        let binary = root.join("target").join("peers").join("go-peer");
+        eprintln!(
+            "$ go build -o {} ./cmd/peer (in peers/go)",
+            binary.display()
+        );
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&binary)
+            .arg("./cmd/peer")
+            .current_dir(root.join("peers").join("go"))
+            .status()
+            .map_err(|e| format!("cannot run go (Go 1.26 is needed for the peers): {e}"))?;
+        if !status.success() {
+            return Err(format!("building the Go peers failed ({status})"));
+        }
+        let mut args = vec!["--go-peer".to_owned(), binary.display().to_string()];
+        if let Some(n) = self.rounds {
+            args.extend(["--rounds".to_owned(), n.to_string()]);
+        }
+        tool("peers", &args)
+    }
+}
