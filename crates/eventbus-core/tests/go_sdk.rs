@@ -199,6 +199,14 @@ fn what_the_go_sdk_refuses_is_refused_with_a_typed_error() {
 }
 
 #[test]
+fn a_null_payload_is_a_payload_as_the_go_sdk_takes_it() {
+    // The Go SDK checks the raw payload's length: `null` passes, a missing one does not.
+    let body = r#"{"event_id":"e","aggregate_id":"a","event_type":"T","event_version":1,"timestamp":"2026-03-01T10:00:00Z","payload":null}"#;
+    let env = Codec::GoSdk.decode(&Message::new("orders", body)).unwrap();
+    assert_eq!(&env.payload[..], b"null");
+}
+
+#[test]
 fn an_envelope_the_go_format_cannot_hold_fails_to_encode() {
     let not_json = Envelope::new("order:7", "T", 1, &b"plain text"[..]).unwrap();
     let tenant_name = full().with_tenant_id("acme");

@@ -95,8 +95,16 @@ struct Incoming<'a> {
     correlation_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     tenant_id: Option<Tenant<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
+}
+
+/// A field that is there, `null` included (an `Option` alone reads `null` as absent).
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// A tenant id as either shape of the Go SDK writes it.
@@ -298,10 +306,8 @@ pub(crate) fn decode(msg: &Message) -> Result<Envelope, EnvelopeError> {
         .timestamp
         .ok_or(EnvelopeError::MissingField("timestamp"))?;
     let occurred_at = parse_timestamp(&timestamp)?;
+    // Present is enough, `null` included: the Go SDK's check is on the raw bytes' length.
     let payload = body.payload.ok_or(EnvelopeError::MissingField("payload"))?;
-    if payload.get() == "null" {
-        return Err(invalid("payload", "null", "required"));
-    }
     let optional =
         |value: Option<Cow<'_, str>>| value.filter(|v| !v.is_empty()).map(|v| v.into_owned());
     let tenant_id = match body.tenant_id {
