@@ -8,17 +8,26 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus_core::{BoxError, Codec, Delivery, Envelope, EventBus, handler_fn};
 use eventbus_kafka::KafkaTransport;
+use eventbus_testkit::order::VersionTracker;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use support::{SharedBroker, config, unique};
 use tokio::sync::mpsc;
+
+/// The number `a` of aggregate `order:<a>`.
+fn aggregate(env: &Envelope) -> usize {
+    let id = env.aggregate_id.as_str();
+    id.strip_prefix("order:")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an aggregate of the test: {id}"))
+}
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,9 +50,9 @@ async fn go_sdk_records_are_read_in_each_aggregates_order() {
     let broker = SharedBroker::get();
     let topic = unique("go-orders");
     let bus = bus(&broker.brokers(), &topic).await;
-    let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let order = Arc::new(VersionTracker::new(AGGREGATES as usize));
     let (done_tx, mut done) = mpsc::unbounded_channel();
-    let record = Arc::clone(&seen);
+    let record = Arc::clone(&order);
     let sub = bus
         .subscribe(
             &topic,
@@ -55,12 +64,7 @@ async fn go_sdk_records_are_read_in_each_aggregates_order() {
                     assert_eq!(env.tenant_id.as_deref(), Some("3"));
                     let v = env.event_version.get();
                     tokio::time::sleep(Duration::from_millis((VERSIONS - v) % 5)).await;
-                    record
-                        .lock()
-                        .unwrap()
-                        .entry(env.aggregate_id.as_str().to_owned())
-                        .or_default()
-                        .push(v);
+                    record.observe(aggregate(&env), v);
                     done_tx.send(()).unwrap();
                     Ok::<_, BoxError>(())
                 }
@@ -117,11 +121,8 @@ async fn go_sdk_records_are_read_in_each_aggregates_order() {
             .expect("every Go record handled")
             .unwrap();
     }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.len(), AGGREGATES as usize);
-    for (aggregate, versions) in &seen {
-        assert_eq!(*versions, (1..=VERSIONS).collect::<Vec<_>>(), "{aggregate}");
-    }
+    assert_eq!(order.received(), AGGREGATES * VERSIONS);
+    assert_eq!((order.violations(), order.lost(VERSIONS)), (0, 0));
     sub.close().await;
     bus.close().await.unwrap();
 }

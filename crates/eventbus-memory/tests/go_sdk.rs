@@ -3,13 +3,21 @@
 //! (its JSON body alone, no key) keyed by their aggregate id, so each aggregate's events are
 //! handled in order while the handlers take different times.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventbus_core::{BoxError, Codec, Delivery, Envelope, EventBus, Message, handler_fn};
 use eventbus_memory::MemoryTransport;
+use eventbus_testkit::order::VersionTracker;
 use tokio::sync::mpsc;
+
+/// The number `a` of aggregate `order:<a>`.
+fn aggregate(env: &Envelope) -> usize {
+    let id = env.aggregate_id.as_str();
+    id.strip_prefix("order:")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an aggregate of the test: {id}"))
+}
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -72,9 +80,9 @@ async fn keyless_go_messages_are_keyed_by_their_aggregate_and_handled_in_its_ord
     const AGGREGATES: u64 = 5;
     const VERSIONS: u64 = 20;
     let bus = bus();
-    let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let order = Arc::new(VersionTracker::new(AGGREGATES as usize));
     let (done_tx, mut done) = mpsc::unbounded_channel();
-    let record = Arc::clone(&seen);
+    let record = Arc::clone(&order);
     let sub = bus
         .subscribe(
             "orders",
@@ -87,12 +95,7 @@ async fn keyless_go_messages_are_keyed_by_their_aggregate_and_handled_in_its_ord
                     // Later versions finish faster: without a key, they would overtake.
                     let v = env.event_version.get();
                     tokio::time::sleep(Duration::from_millis((VERSIONS - v) % 7)).await;
-                    record
-                        .lock()
-                        .unwrap()
-                        .entry(env.aggregate_id.as_str().to_owned())
-                        .or_default()
-                        .push(v);
+                    record.observe(aggregate(&env), v);
                     done_tx.send(()).unwrap();
                     Ok::<_, BoxError>(())
                 }
@@ -113,11 +116,8 @@ async fn keyless_go_messages_are_keyed_by_their_aggregate_and_handled_in_its_ord
             .unwrap()
             .unwrap();
     }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.len(), AGGREGATES as usize);
-    for (aggregate, versions) in &seen {
-        assert_eq!(*versions, (1..=VERSIONS).collect::<Vec<_>>(), "{aggregate}");
-    }
+    assert_eq!(order.received(), AGGREGATES * VERSIONS);
+    assert_eq!((order.violations(), order.lost(VERSIONS)), (0, 0));
     sub.close().await;
     bus.close().await.unwrap();
 }

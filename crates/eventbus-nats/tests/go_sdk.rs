@@ -10,15 +10,23 @@
 #[allow(unused_imports)]
 mod support;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use eventbus_core::{BoxError, Codec, Delivery, Envelope, Error, EventBus, Message, handler_fn};
 use eventbus_nats::{NatsConfig, NatsTransport, StreamOptions};
+use eventbus_testkit::order::VersionTracker;
 use support::{SharedServer, unique};
 use tokio::sync::mpsc;
+
+/// The number `a` of aggregate `order:<a>`.
+fn aggregate(env: &Envelope) -> usize {
+    let id = env.aggregate_id.as_str();
+    id.strip_prefix("order:")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("not an aggregate of the test: {id}"))
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -94,9 +102,9 @@ async fn go_sdk_messages_on_its_own_stream_are_read_in_each_aggregates_order() {
         }
     }
     let bus = bound_bus(&shared.url(), &topic, &name).await;
-    let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let order = Arc::new(VersionTracker::new(AGGREGATES as usize));
     let (done_tx, mut done) = mpsc::unbounded_channel();
-    let record = Arc::clone(&seen);
+    let record = Arc::clone(&order);
     let sub = bus
         .subscribe(
             &topic,
@@ -114,12 +122,7 @@ async fn go_sdk_messages_on_its_own_stream_are_read_in_each_aggregates_order() {
                     // Later versions finish sooner: only the key keeps them in order.
                     let v = env.event_version.get();
                     tokio::time::sleep(Duration::from_millis((VERSIONS - v) % 5)).await;
-                    record
-                        .lock()
-                        .unwrap()
-                        .entry(env.aggregate_id.as_str().to_owned())
-                        .or_default()
-                        .push(v);
+                    record.observe(aggregate(&env), v);
                     done_tx.send(()).unwrap();
                     Ok::<_, BoxError>(())
                 }
@@ -133,11 +136,8 @@ async fn go_sdk_messages_on_its_own_stream_are_read_in_each_aggregates_order() {
             .expect("every Go message handled")
             .unwrap();
     }
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert_eq!(seen.len(), AGGREGATES as usize);
-    for (aggregate, versions) in &seen {
-        assert_eq!(*versions, (1..=VERSIONS).collect::<Vec<_>>(), "{aggregate}");
-    }
+    assert_eq!(order.received(), AGGREGATES * VERSIONS);
+    assert_eq!((order.violations(), order.lost(VERSIONS)), (0, 0));
     // The stream is the Go SDK's as it made it: one subject, the topic.
     let info = js
         .get_stream(&name)
