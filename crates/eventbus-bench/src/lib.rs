@@ -95,3 +95,15 @@ pub fn target_dir() -> std::path::PathBuf {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
     })
 }
+
+/// A tool's exit: success, or each failure on stderr as `FAILED: …` and failure.
+pub fn exit_code(failures: &[String]) -> std::process::ExitCode {
+    for f in failures {
+        eprintln!("FAILED: {f}");
+    }
+    if failures.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -91,6 +91,15 @@ impl Transport {
         }
     }
 
+    /// The transports a tool's `--transport` value names: `nats`, `kafka`, or `all` (also
+    /// when absent).
+    pub fn from_flag(value: Option<&str>) -> Result<Vec<Transport>, String> {
+        match value {
+            None | Some("all") => Ok(Self::ALL.to_vec()),
+            Some(name) => Self::parse(name).map(|t| vec![t]),
+        }
+    }
+
     /// The inverse of [`name`](Self::name).
     pub fn parse(s: &str) -> Result<Transport, String> {
         Self::ALL

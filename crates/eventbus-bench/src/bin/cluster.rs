@@ -23,15 +23,12 @@ fn main() -> ExitCode {
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let transports = match value("--transport").as_deref() {
-        None | Some("all") => Transport::ALL.to_vec(),
-        Some(name) => match Transport::parse(name) {
-            Ok(t) => vec![t],
-            Err(e) => {
-                eprintln!("--transport: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let transports = match Transport::from_flag(value("--transport").as_deref()) {
+        Ok(transports) => transports,
+        Err(e) => {
+            eprintln!("--transport: {e}");
+            return ExitCode::from(2);
+        }
     };
     let plan = Plan {
         messages: eventbus_bench::arg("--messages", Plan::default().messages),
@@ -97,12 +94,5 @@ fn main() -> ExitCode {
     for row in rows {
         println!("{row}");
     }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        ExitCode::FAILURE
-    }
+    eventbus_bench::exit_code(&failures)
 }

@@ -104,12 +104,5 @@ fn main() -> std::process::ExitCode {
         }
     }
     drop(private);
-    if failures.is_empty() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        std::process::ExitCode::FAILURE
-    }
+    eventbus_bench::exit_code(&failures)
 }

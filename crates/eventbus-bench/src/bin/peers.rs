@@ -94,14 +94,7 @@ fn main() -> ExitCode {
     } else {
         println!("\n{}", path.display());
     }
-    if failures.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        for f in &failures {
-            eprintln!("FAILED: {f}");
-        }
-        ExitCode::FAILURE
-    }
+    eventbus_bench::exit_code(&failures)
 }
 
 /// One cell of this bus, in a process of its own.
