@@ -258,6 +258,7 @@ async fn scenario(
             handled: count(&handled),
         }
     };
+    let (slowest, longest_wait) = longest_wait(&published.confirmed, &record.handled);
     Ok(Figures {
         tally: members::tally(&record, plan.messages, plan.keys),
         stored,
@@ -266,8 +267,8 @@ async fn scenario(
         errors: published.errors,
         publish_failover: longest_gap(&published.confirmed, kill, restart),
         handle_failover: longest_gap(&handled, kill, restart),
-        longest_wait: longest_wait(&published.confirmed, &record.handled).1,
-        slowest: longest_wait(&published.confirmed, &record.handled).0,
+        longest_wait,
+        slowest,
         rejoin,
         rates: [
             phase(start, kill),
