@@ -2,8 +2,9 @@
 //! their own stores, that a test kills and restarts one by one.
 //!
 //! - NATS: `nats-server -js` nodes named `n1`, `n2`, … joined by routes into one JetStream
-//!   cluster; each also serves its monitoring port, whose `/healthz` says when its JetStream is
-//!   current (a meta leader known, its streams and consumers caught up).
+//!   cluster (each started after, and routed to, the nodes before it); each also serves its
+//!   monitoring port, whose `/healthz` says when its JetStream is current (a meta leader
+//!   known, its streams and consumers caught up).
 //! - Kafka: KRaft nodes that are each broker and controller, `node.id` 1, 2, …, with a static
 //!   quorum of all of them; replication and `min.insync.replicas` default to the cluster's
 //!   (3 and 2 for three nodes), and the broker's liveness timeouts are cut from 9 s to 3 s so
@@ -19,13 +20,19 @@ use super::{ServerKind, ServerProcess, kafka};
 /// JVMs starting on two cores take tens of seconds).
 const FORM_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long after a NATS node starts its routes may still change: nats-server dials a route
+/// that failed again a second later.
+const ROUTES_SETTLE: Duration = Duration::from_millis(1500);
+
 /// Nodes of one broker kind forming one cluster.
 #[derive(Debug)]
 pub struct Cluster {
     kind: ServerKind,
     nodes: Vec<ServerProcess>,
-    /// NATS: each node's monitoring port (`/healthz`).
+    /// NATS: each node's monitoring port (`/healthz`, `/routez`).
     monitors: Vec<u16>,
+    /// When a node was last started.
+    launched: Instant,
 }
 
 impl Cluster {
@@ -36,16 +43,17 @@ impl Cluster {
         let routes = free_ports(size)?;
         let monitors = free_ports(size)?;
         let name = format!("eventbus-{}-{}", std::process::id(), ports[0]);
+        let mut cluster = Cluster {
+            kind: ServerKind::Nats,
+            nodes: Vec::with_capacity(size),
+            monitors: monitors.clone(),
+            launched: Instant::now(),
+        };
         let all_routes = routes
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
-            kind: ServerKind::Nats,
-            nodes: Vec::with_capacity(size),
-            monitors: monitors.clone(),
-        };
         for i in 0..size {
             let extra = [
                 "--server_name".to_owned(),
@@ -105,6 +113,7 @@ impl Cluster {
             kind: ServerKind::Kafka,
             nodes: Vec::with_capacity(size),
             monitors: Vec::new(),
+            launched: Instant::now(),
         };
         for i in 0..size {
             cluster.nodes.push(ServerProcess::launch_node(
@@ -166,6 +175,7 @@ impl Cluster {
     /// Starts node `i` again on its ports and store, and waits until the cluster is whole
     /// again (NATS: every node current; Kafka: every node listed).
     pub fn restart(&mut self, i: usize) -> std::io::Result<()> {
+        self.launched = Instant::now();
         self.nodes[i].restart()?;
         self.await_whole()
     }
@@ -178,7 +188,18 @@ impl Cluster {
         let deadline = Instant::now() + FORM_TIMEOUT;
         loop {
             let whole = match self.kind {
-                ServerKind::Nats => self.monitors.iter().all(|&m| healthy(m)),
+                // Current, and routed to every other node after the routes settled: a node
+                // that dialed one not yet listening dials again a second later, and nats-server
+                // closes one of the two connections that makes with the other side's; a
+                // JetStream request on it at that moment is lost (a consumer being created
+                // timed out so in one CI run).
+                ServerKind::Nats => {
+                    self.launched.elapsed() > ROUTES_SETTLE
+                        && self
+                            .monitors
+                            .iter()
+                            .all(|&m| healthy(m) && routed(m, self.nodes.len()))
+                }
                 ServerKind::Kafka => self
                     .nodes
                     .iter()
@@ -246,16 +267,28 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 /// Whether nats-server's monitoring port answers `/healthz` with 200: JetStream enabled, a
 /// meta leader known, and every stream and consumer of this node current.
 fn healthy(monitor: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", monitor)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut status = [0u8; 12];
-    stream.read_exact(&mut status).is_ok() && status.ends_with(b" 200")
+    get(monitor, "/healthz")
+        .is_some_and(|response| response.split_whitespace().nth(1) == Some("200"))
+}
+
+/// Whether the node behind `monitor` has routes to all `nodes - 1` others (`/routez`).
+fn routed(monitor: u16, nodes: usize) -> bool {
+    get(monitor, "/routez").is_some_and(|body| {
+        (0..nodes)
+            .filter(|&i| body.contains(&format!("\"remote_name\": \"{}\"", node_name(i))))
+            .count()
+            >= nodes - 1
+    })
+}
+
+/// The whole HTTP/1.0 response to `GET path` on the monitoring port.
+fn get(monitor: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", monitor)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
 }

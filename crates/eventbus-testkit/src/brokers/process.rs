@@ -289,6 +289,8 @@ impl ServerProcess {
             std::thread::sleep(Duration::from_millis(50));
         };
         self.kill();
+        // What it logged is the evidence: keep it.
+        self.keep = true;
         Err(std::io::Error::other(format!(
             "{} on port {} {failure}; its log: {}",
             self.kind.name(),
