@@ -176,14 +176,15 @@ impl Publisher for NatsTransport {
                 }
             }
         }
-        // Every confirmation is awaited before anything is decided or sent again.
+        // Every confirmation is awaited before anything is decided or sent again, all at
+        // once: async-nats starts an ack's timeout (5 s) when it is awaited, so awaiting them
+        // one after another would wait 5 s per ack a dead leader never sends.
         let sent = acks.len();
-        let mut first_failed: Option<(usize, Failed)> = None;
-        for (i, ack) in acks.into_iter().enumerate() {
-            if let Err(e) = ack.await {
-                first_failed.get_or_insert((i, Failed::Ack(e)));
-            }
-        }
+        let first_failed = futures::future::join_all(acks.into_iter().map(|ack| ack.into_future()))
+            .await
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, acked)| acked.err().map(|e| (i, Failed::Ack(e))));
         let (from, failed) = match (first_failed, stopped) {
             (Some(first), _) => first,
             (None, Some(Ok(failed))) => (sent, failed),
