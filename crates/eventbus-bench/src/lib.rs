@@ -76,12 +76,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// The number after `--name` on the tools' command line, or `default` (absent or not a number).
 pub fn arg(name: &str, default: u64) -> u64 {
+    flag(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The word after `--name` on the tools' command line, if any.
+pub fn flag(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// `target/` of this build (the tools' executables live in `target/<profile>/`), where they

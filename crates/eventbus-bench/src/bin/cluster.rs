@@ -17,13 +17,7 @@ use std::process::ExitCode;
 use eventbus_bench::cluster::{self, HEAD, Plan, Transport};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let transports = match Transport::from_flag(value("--transport").as_deref()) {
+    let transports = match Transport::from_flag(eventbus_bench::flag("--transport").as_deref()) {
         Ok(transports) => transports,
         Err(e) => {
             eprintln!("--transport: {e}");

@@ -28,13 +28,8 @@ fn main() -> std::process::ExitCode {
         };
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let only_protocol = value("--protocol");
-    let only_scenario = value("--scenario");
+    let only_protocol = eventbus_bench::flag("--protocol");
+    let only_scenario = eventbus_bench::flag("--scenario");
     let rounds = eventbus_bench::arg("--rounds", 1) as usize;
     let plan = if quick {
         Plan {

@@ -37,12 +37,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some(go_peer) = args
-        .iter()
-        .position(|a| a == "--go-peer")
-        .and_then(|i| args.get(i + 1))
-        .map(PathBuf::from)
-    else {
+    let Some(go_peer) = eventbus_bench::flag("--go-peer").map(PathBuf::from) else {
         eprintln!("usage: peers --go-peer <binary built from peers/go> [--rounds N]");
         return ExitCode::from(2);
     };

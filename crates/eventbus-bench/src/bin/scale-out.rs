@@ -27,19 +27,14 @@ fn main() -> ExitCode {
             }
         };
     }
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let transports = match Transport::from_flag(value("--transport").as_deref()) {
+    let transports = match Transport::from_flag(eventbus_bench::flag("--transport").as_deref()) {
         Ok(transports) => transports,
         Err(e) => {
             eprintln!("--transport: {e}");
             return ExitCode::from(2);
         }
     };
-    let only = value("--only");
+    let only = eventbus_bench::flag("--only");
     if only
         .as_deref()
         .is_some_and(|o| o != "scenario" && o != "throughput")
