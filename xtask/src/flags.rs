@@ -120,11 +120,15 @@ xflags::xflags! {
         cmd interop {}
 
         /// This bus against Go event buses, one machine, one run (the `peers` tool, release
-        /// build): builds the Go harness of `peers/go/` (Go modules from the module proxy),
-        /// then runs the Go SDK's load scenarios A and B at its four levels on the memory bus
-        /// and on each Go peer, every cell a fresh process, peers interleaved; a table in
-        /// `target/peers/peers.md`. Needs Go (not run in CI).
+        /// build): builds the Go harness of `peers/go/` (Watermill's GoChannel, NATS and Kafka
+        /// pub/subs, from the module proxy), then runs the Go SDK's load scenarios A and B at
+        /// its four levels, a stalled aggregate among 1,000 and a large run on each transport
+        /// of this bus and on the Go peers of the same kind, every cell a fresh process, peers
+        /// interleaved; the table goes into BENCHMARKS.md and `target/peers/peers.md`. On the
+        /// shared brokers (started if down, stopped after). Needs Go (not run in CI).
         cmd peers {
+            /// memory | nats | kafka | all (default: all).
+            optional --transport transport: Transport
             /// Rounds per cell (default 3).
             optional --rounds n: usize
         }
@@ -239,6 +243,7 @@ pub struct Interop;
 
 #[derive(Debug)]
 pub struct Peers {
+    pub transport: Option<Transport>,
     pub rounds: Option<usize>,
 }
 

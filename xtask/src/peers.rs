@@ -1,9 +1,11 @@
 //! `cargo xtask peers`: builds the Go harness (`peers/go/`) and runs the `peers` tool against
-//! it: this bus and Go event buses, the same load scenarios, one machine, one run.
+//! it: this bus and Go event buses, the same load scenarios, one machine, one run, the table
+//! into BENCHMARKS.md.
 
 use std::process::Command;
 
-use crate::flags;
+use crate::brokers::with_shared_brokers;
+use crate::flags::{self, Broker, Transport};
 use crate::util::{tool, workspace_root};
 
 impl flags::Peers {
@@ -24,10 +26,27 @@ impl flags::Peers {
         if !status.success() {
             return Err(format!("building the Go peers failed ({status})"));
         }
-        let mut args = vec!["--go-peer".to_owned(), binary.display().to_string()];
+        let mut args = vec![
+            "--go-peer".to_owned(),
+            binary.display().to_string(),
+            "--report".to_owned(),
+            root.display().to_string(),
+        ];
         if let Some(n) = self.rounds {
             args.extend(["--rounds".to_owned(), n.to_string()]);
         }
-        tool("peers", &args)
+        let brokers: &[Broker] = match self.transport {
+            Some(Transport::Memory) => &[],
+            Some(Transport::Nats) => &[Broker::Nats],
+            Some(Transport::Kafka) => &[Broker::Kafka],
+            None | Some(Transport::All) => &[Broker::Nats, Broker::Kafka],
+        };
+        if let Some(t) = self.transport {
+            args.extend(["--transport".to_owned(), t.name().to_owned()]);
+        }
+        if brokers.is_empty() {
+            return tool("peers", &args);
+        }
+        with_shared_brokers(brokers, || tool("peers", &args))
     }
 }

@@ -125,6 +125,7 @@ impl Level {
             shape,
             deadline: Duration::from_secs(if large { 600 } else { 60 }),
             progress: large.then_some(Duration::from_secs(2)),
+            stall: None,
         }
     }
 }

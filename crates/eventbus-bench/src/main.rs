@@ -425,7 +425,14 @@ fn print_comparison(c: &Comparison) {
 fn write_report(root: &Path, results: &Results) -> Result<(), Box<dyn std::error::Error>> {
     results.write_svgs(&root.join("docs/bench"))?;
     let path = root.join("BENCHMARKS.md");
-    std::fs::write(&path, results.markdown("docs/bench"))?;
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut doc = results.markdown("docs/bench");
+    for name in report::KEPT_SECTIONS {
+        if let Some(body) = report::section(&old, name) {
+            doc = report::splice(&doc, name, body);
+        }
+    }
+    std::fs::write(&path, doc)?;
     println!("wrote {} and docs/bench/*.svg", path.display());
     Ok(())
 }

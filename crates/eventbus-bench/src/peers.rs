@@ -1,25 +1,154 @@
-//! This bus and Go event buses side by side, one machine, one run: the Go SDK's load scenarios
-//! (see [`crate::load`]) on the memory bus and on Go peers built from `peers/go/` (a harness of
-//! this repository over Go modules from the module proxy), each cell run in a fresh process of
-//! its own (so RSS after close is the cell's), peers interleaved round by round.
+//! This bus and Go event buses side by side, one machine, one run: the same load scenarios on
+//! each transport of this bus and on Go peers built from `peers/go/` (a harness of this
+//! repository over Go modules from the module proxy), against the same brokers, each cell run
+//! in a fresh process of its own (so RSS after close is the cell's), peers interleaved round
+//! by round.
+//!
+//! The cases ([`Case`]): the Go SDK's scenarios A and B at its four levels (see
+//! [`crate::load`]); head-of-line, B at Extreme plus one aggregate whose 2 messages take 1 s
+//! each to handle, published first ([`crate::scenario::Stall`]); and a large run, 1,000,000
+//! messages over 10,000 aggregates in memory, capped at 100,000 messages or 60 s on a broker.
 //!
 //! Both sides print the same figures as one JSON line ([`Cell`]): throughput to the last
 //! receipt, end-to-end p50 / p99 from a send timestamp in the payload, loss, duplicates,
-//! per-aggregate order violations (scenario B), tasks or goroutines at start / peak / after
-//! close, heap and RSS after close.
+//! per-aggregate order violations, tasks or goroutines at start / peak / after close, heap and
+//! RSS after close.
 //!
-//! Peers so far: Watermill's GoChannel (v1.5.1) with `BlockPublishUntilSubscriberAck`, the
-//! setting its docs give for in-order delivery, and with its defaults. Not yet: the Go SDK
-//! itself (its module is refused by the module proxy), Watermill's NATS and Kafka pub/subs,
-//! the head-of-line and large scenarios.
+//! The Go peers ([`Transport::go_peers`]): Watermill v1.5.1's GoChannel (with
+//! `BlockPublishUntilSubscriberAck`, the setting its docs give for in-order delivery, and with
+//! its defaults), its NATS JetStream pub/sub (`watermill-nats/v2`) and its Kafka pub/sub
+//! (`watermill-kafka/v3`). The Go SDK itself is not among them: the module proxy refuses its
+//! module (see the README).
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::load::{Level, Scenario};
+use crate::scenario::{Load, Stall};
 use crate::stats::Samples;
+
+/// Where a case runs: a transport of this bus, and the Go peers of the same kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// In process: the memory bus; Watermill's GoChannel.
+    Memory,
+    /// The shared nats-server.
+    Nats,
+    /// The shared Kafka broker.
+    Kafka,
+}
+
+impl Transport {
+    /// Every transport, in the table's order.
+    pub const ALL: [Transport; 3] = [Transport::Memory, Transport::Nats, Transport::Kafka];
+
+    /// Its name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Memory => "memory",
+            Transport::Nats => "nats",
+            Transport::Kafka => "kafka",
+        }
+    }
+
+    /// The inverse of [`name`](Self::name).
+    pub fn parse(name: &str) -> Result<Transport, String> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name() == name)
+            .ok_or_else(|| format!("expected memory, nats or kafka, got {name:?}"))
+    }
+
+    /// The Go peers measured against this bus on this transport.
+    pub fn go_peers(self) -> &'static [&'static str] {
+        match self {
+            Transport::Memory => &["watermill-gochannel", "watermill-gochannel-async"],
+            Transport::Nats => &["watermill-nats"],
+            Transport::Kafka => &["watermill-kafka"],
+        }
+    }
+}
+
+/// A load every peer of a transport runs: a group of rows of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// The Go SDK's scenario at one of its levels.
+    Go(Level, Scenario),
+    /// Head-of-line: B at Extreme plus [`HOL_STALL`].
+    Hol,
+    /// 1,000,000 messages over 10,000 aggregates (scenario B); on a broker, the first
+    /// [`BROKER_CAP`] of them, or what 60 s bring.
+    Large,
+}
+
+/// The stalled aggregate of [`Case::Hol`].
+pub const HOL_STALL: Stall = Stall {
+    messages: 2,
+    sleep: Duration::from_secs(1),
+};
+
+/// Messages of [`Case::Large`] on a broker.
+pub const BROKER_CAP: u64 = 100_000;
+
+impl Case {
+    /// Every case, in the table's order.
+    pub fn all() -> Vec<Case> {
+        Level::GO
+            .into_iter()
+            .flat_map(|level| Scenario::BOTH.map(|s| Case::Go(level, s)))
+            .chain([Case::Hol, Case::Large])
+            .collect()
+    }
+
+    /// Its name: `low-A` … `extreme-B`, `hol`, `large`.
+    pub fn name(self) -> String {
+        match self {
+            Case::Go(level, scenario) => format!("{}-{}", level.name(), scenario_name(scenario)),
+            Case::Hol => "hol".into(),
+            Case::Large => "large".into(),
+        }
+    }
+
+    /// The inverse of [`name`](Self::name).
+    pub fn parse(name: &str) -> Result<Case, String> {
+        Self::all()
+            .into_iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| format!("unknown case {name:?}"))
+    }
+
+    /// Its load on `transport`.
+    pub fn load(self, transport: Transport) -> Load {
+        match self {
+            Case::Go(level, scenario) => level.load(scenario),
+            Case::Hol => Load {
+                stall: Some(HOL_STALL),
+                ..Level::Extreme.load(Scenario::B)
+            },
+            Case::Large if transport == Transport::Memory => Level::Large.load(Scenario::B),
+            Case::Large => {
+                let load = Level::Large.load(Scenario::B);
+                Load {
+                    versions: BROKER_CAP / load.aggregates as u64,
+                    deadline: Duration::from_secs(60),
+                    ..load
+                }
+            }
+        }
+    }
+
+    /// Its scenario letter in the Go harness: `A`, `B`, or `H` (B with a stalled aggregate).
+    fn go_scenario(self) -> &'static str {
+        match self {
+            Case::Go(_, scenario) => scenario_name(scenario),
+            Case::Hol => "H",
+            Case::Large => "B",
+        }
+    }
+}
 
 /// One cell's figures, as a peer prints them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,27 +194,39 @@ pub struct Cell {
     pub rss_after_bytes: u64,
 }
 
-/// The Go peers the harness offers.
-pub const GO_PEERS: [&str; 2] = ["watermill-gochannel", "watermill-gochannel-async"];
-
-/// Runs one cell on a Go peer: `peer_binary -peer <peer> -scenario <s> -messages <n>
-/// -aggregates <k>`.
+/// Runs one cell on a Go peer: the harness binary with the case's load as flags, and the
+/// shared brokers' addresses.
 pub fn go_cell(
     peer_binary: &Path,
     peer: &str,
-    level: Level,
-    scenario: Scenario,
+    transport: Transport,
+    case: Case,
 ) -> Result<Cell, String> {
-    let out = Command::new(peer_binary)
+    let load = case.load(transport);
+    let mut command = Command::new(peer_binary);
+    command
         .args(["-peer", peer])
-        .args(["-scenario", scenario_name(scenario)])
-        .args(["-messages", &level.messages().to_string()])
-        .args(["-aggregates", &level.aggregates().to_string()])
+        .args(["-scenario", case.go_scenario()])
+        .args(["-messages", &load.messages().to_string()])
+        .args(["-aggregates", &load.aggregates.to_string()])
+        .args(["-deadline", &format!("{}ms", load.deadline.as_millis())])
+        .args(["-nats-url", &eventbus_testkit::brokers::shared::nats_url()])
+        .args([
+            "-kafka-brokers",
+            &eventbus_testkit::brokers::shared::kafka_brokers(),
+        ]);
+    if let Some(stall) = load.stall {
+        command
+            .args(["-stall-messages", &stall.messages.to_string()])
+            .args(["-stall", &format!("{}ms", stall.sleep.as_millis())]);
+    }
+    let out = command
         .output()
         .map_err(|e| format!("{}: {e}", peer_binary.display()))?;
     if !out.status.success() {
         return Err(format!(
-            "{peer} failed ({}): {}",
+            "{peer} {} failed ({}): {}",
+            case.name(),
             out.status,
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -134,19 +275,21 @@ impl Rounds {
     }
 
     /// Whether a round lost a message, broke an aggregate's order (when `ordered`) or did not
-    /// finish.
-    pub fn broken(&self, ordered: bool) -> bool {
-        self.cells
-            .iter()
-            .any(|c| c.lost > 0 || !c.completed || (ordered && c.order_violations > 0))
+    /// finish; with `capped` (a case cut at its deadline), an unfinished round is judged by
+    /// its order alone.
+    pub fn broken(&self, ordered: bool, capped: bool) -> bool {
+        self.cells.iter().any(|c| {
+            let short = if c.completed { c.lost > 0 } else { !capped };
+            short || (ordered && c.order_violations > 0)
+        })
     }
 }
 
 /// The table's head.
-pub const HEAD: &str = "| level | scenario | bus | settings | msg/s (median, min–max) | p50 / p99 | order violations | lost | duplicated | tasks or goroutines start / peak / after close | heap after close | RSS after close | eventbus ÷ this |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEAD: &str = "| case | bus | settings | msg/s (median, min–max) | p50 / p99 | order violations | lost | duplicated | tasks or goroutines start / peak / after close | heap after close | RSS after close | eventbus ÷ this |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
-/// A row: `rounds` of one bus in one cell; `ours` is this bus's median throughput there.
-pub fn row(level: Level, scenario: Scenario, rounds: &Rounds, ours: f64) -> String {
+/// A row: `rounds` of one bus in one case; `ours` is this bus's median throughput there.
+pub fn row(case: Case, rounds: &Rounds, ours: f64) -> String {
     let Some(first) = rounds.cells.first() else {
         return String::new();
     };
@@ -154,9 +297,8 @@ pub fn row(level: Level, scenario: Scenario, rounds: &Rounds, ours: f64) -> Stri
     let max = |pick: fn(&Cell) -> u64| rounds.cells.iter().map(pick).max().unwrap_or(0);
     let median = |pick: fn(&Cell) -> f64| rounds.samples(pick).median();
     format!(
-        "| {} | {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} | {} | {} | {} / {} / {} | {:.1} MB | {:.1} MB | {:.2}× |",
-        level.name(),
-        scenario_name(scenario),
+        "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} | {} | {} | {} / {} / {} | {:.1} MB | {:.1} MB | {:.2}× |",
+        case.name(),
         first.peer,
         first.settings,
         throughput.median(),
@@ -186,9 +328,31 @@ mod tests {
         let cell: Cell = serde_json::from_str(line).unwrap();
         assert_eq!((cell.tasks_start, cell.tasks_peak), (1, 21));
         let rounds = Rounds { cells: vec![cell] };
-        assert!(rounds.broken(true));
-        assert!(!rounds.broken(false));
-        let row = row(Level::Medium, Scenario::B, &rounds, 50_000.0);
+        assert!(rounds.broken(true, false));
+        assert!(!rounds.broken(false, false));
+        let row = row(Case::Go(Level::Medium, Scenario::B), &rounds, 50_000.0);
         assert!(row.contains("| 0.50× |"), "{row}");
+        assert!(
+            row.starts_with("| medium-B | watermill-gochannel |"),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn cases_are_named_and_parsed_back() {
+        let all = Case::all();
+        assert_eq!(all.len(), 10);
+        for case in all {
+            assert_eq!(Case::parse(&case.name()), Ok(case));
+        }
+    }
+
+    #[test]
+    fn the_large_case_is_capped_on_brokers_only() {
+        assert_eq!(Case::Large.load(Transport::Memory).messages(), 1_000_000);
+        let capped = Case::Large.load(Transport::Kafka);
+        assert_eq!((capped.messages(), capped.aggregates), (BROKER_CAP, 10_000));
+        assert_eq!(capped.deadline, Duration::from_secs(60));
+        assert_eq!(Case::Hol.load(Transport::Nats).stall, Some(HOL_STALL));
     }
 }

@@ -54,6 +54,32 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// Sections of BENCHMARKS.md that another tool writes, by name: `peers` (`cargo xtask
+/// peers`, Go buses side by side, which needs Go and takes long). The report keeps them when
+/// it is regenerated, so one file holds every figure.
+pub const KEPT_SECTIONS: [&str; 1] = ["peers"];
+
+/// `doc` with the section `name` (the text between the lines `<!-- name -->` and
+/// `<!-- /name -->`) replaced by `body`, or `body` appended in those markers if it had none.
+pub fn splice(doc: &str, name: &str, body: &str) -> String {
+    let (open, close) = (format!("<!-- {name} -->\n"), format!("<!-- /{name} -->\n"));
+    let marked = format!("{open}{}\n{close}", body.trim_end());
+    match (doc.find(&open), doc.find(&close)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{marked}{}", &doc[..a], &doc[b + close.len()..])
+        }
+        _ => format!("{}\n\n{marked}", doc.trim_end()),
+    }
+}
+
+/// The body of section `name` of `doc` (see [`splice`]), if it has one.
+pub fn section<'a>(doc: &'a str, name: &str) -> Option<&'a str> {
+    let (open, close) = (format!("<!-- {name} -->\n"), format!("<!-- /{name} -->\n"));
+    let start = doc.find(&open)? + open.len();
+    let end = start + doc[start..].find(&close)?;
+    Some(&doc[start..end])
+}
+
 /// What the machine is: CPU model, cores, kernel, rustc.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -347,4 +373,25 @@ fn bars(
     charts::write(path, (width, 360), |root| {
         charts::bars(root, title, data, Axis::Linear, fmt)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_section_is_replaced_in_place_or_appended() {
+        let doc = "# Benchmarks\n\n## Throughput\n";
+        let once = splice(doc, "peers", "## Peers\n\nfirst\n");
+        assert_eq!(
+            once,
+            "# Benchmarks\n\n## Throughput\n\n<!-- peers -->\n## Peers\n\nfirst\n<!-- /peers -->\n"
+        );
+        assert_eq!(section(&once, "peers"), Some("## Peers\n\nfirst\n"));
+        let twice = splice(&once, "peers", "## Peers\n\nsecond");
+        assert_eq!(twice.matches("<!-- peers -->").count(), 1);
+        assert_eq!(section(&twice, "peers"), Some("## Peers\n\nsecond\n"));
+        assert!(twice.starts_with(doc));
+        assert_eq!(section(doc, "peers"), None);
+    }
 }

@@ -1,24 +1,31 @@
 //! This bus and Go event buses side by side (`eventbus_bench::peers`): the Go SDK's load
-//! scenarios A and B at Low / Medium / High / Extreme on the memory bus and on the Go peers,
-//! every cell in a fresh process, peers interleaved round by round. Prints a markdown table and
-//! writes it to `target/peers/peers.md`.
+//! scenarios A and B at its four levels, the head-of-line case and the large run, on each
+//! transport of this bus and on the Go peers of the same kind, against the same brokers, every
+//! cell in a fresh process, peers interleaved round by round. Prints a markdown table, writes
+//! it to `target/peers/peers.md` and, with `--report ROOT`, into `ROOT/BENCHMARKS.md`.
 //!
-//! `cargo xtask peers [--rounds N]` builds the Go harness (`peers/go/`) and runs this with
-//! `--go-peer <its binary>`; `peers cell <level> <A|B>` is one cell of this bus (what the
-//! table's eventbus rows run).
+//! `cargo xtask peers [--transport T] [--rounds N]` builds the Go harness (`peers/go/`),
+//! brings the shared brokers up and runs this with `--go-peer <its binary>`;
+//! `peers cell <transport> <case>` is one cell of this bus (what the table's eventbus rows
+//! run).
 //!
-//! Fails when this bus lost a message, broke an aggregate's order or did not finish; a Go
-//! peer doing so is a figure of the table.
+//! Fails when this bus lost a message, broke an aggregate's order or did not finish (on a
+//! broker, the large case's 60 s cap excepted); a Go peer doing so is a figure of the table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use eventbus_bench::load::{self, Level, Scenario};
-use eventbus_bench::peers::{self, Cell, GO_PEERS, HEAD, Rounds};
+use eventbus_bench::peers::{self, Case, Cell, HEAD, Rounds, Transport};
+use eventbus_bench::{report, scenario};
 use eventbus_core::EventBus;
+use eventbus_kafka::{KafkaConfig, KafkaTransport};
 use eventbus_memory::MemoryTransport;
+use eventbus_nats::{NatsConfig, NatsTransport};
+use eventbus_testkit::brokers::shared;
 
 eventbus_testkit::install_heap_counter!();
+
+const USAGE: &str = "usage: peers --go-peer <binary built from peers/go> [--transport memory|nats|kafka|all] [--rounds N] [--report ROOT]\n       peers cell <memory|nats|kafka> <case>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,96 +45,144 @@ fn main() -> ExitCode {
         };
     }
     let Some(go_peer) = eventbus_bench::flag("--go-peer").map(PathBuf::from) else {
-        eprintln!("usage: peers --go-peer <binary built from peers/go> [--rounds N]");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
+    };
+    let transports = match eventbus_bench::flag("--transport").as_deref() {
+        None | Some("all") => Transport::ALL.to_vec(),
+        Some(name) => match Transport::parse(name) {
+            Ok(t) => vec![t],
+            Err(e) => {
+                eprintln!("{e}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let rounds = eventbus_bench::arg("--rounds", 3).max(1);
     let me = std::env::current_exe().expect("this executable");
     let mut table = format!(
-        "Memory bus against Go peers, {rounds} rounds per cell interleaved, each cell a fresh process (2 tokio workers; Go with GOMAXPROCS the machine's)\n\n{HEAD}\n"
+        "{rounds} rounds per cell, interleaved (this bus, then each Go peer, round by round); \
+         each cell a fresh process; this bus on a tokio runtime of 2 workers, Go with \
+         GOMAXPROCS the machine's (2). `hol`: B at Extreme plus one aggregate whose {} messages \
+         take {:?} each to handle, published first: figures are the other aggregates'. \
+         `large`: 1,000,000 messages over 10,000 aggregates in memory; {} over 10,000 or 60 s \
+         on a broker.\n",
+        peers::HOL_STALL.messages,
+        peers::HOL_STALL.sleep,
+        peers::BROKER_CAP,
     );
     let mut failures = Vec::new();
-    for level in Level::GO {
-        for scenario in Scenario::BOTH {
+    for transport in transports {
+        table.push_str(&format!("\n### {}\n\n{HEAD}\n", transport.name()));
+        println!("\n{}\n{HEAD}", transport.name());
+        for case in Case::all() {
             let mut ours = Rounds::default();
-            let mut theirs: Vec<Rounds> = GO_PEERS.iter().map(|_| Rounds::default()).collect();
+            let go_peers = transport.go_peers();
+            let mut theirs: Vec<Rounds> = go_peers.iter().map(|_| Rounds::default()).collect();
             for _ in 0..rounds {
-                match our_cell(&me, level, scenario) {
+                match our_cell(&me, transport, case) {
                     Ok(c) => ours.cells.push(c),
                     Err(e) => failures.push(e),
                 }
-                for (i, peer) in GO_PEERS.iter().enumerate() {
-                    match peers::go_cell(&go_peer, peer, level, scenario) {
-                        Ok(c) => theirs[i].cells.push(c),
+                for (peer, rounds) in go_peers.iter().zip(&mut theirs) {
+                    match peers::go_cell(&go_peer, peer, transport, case) {
+                        Ok(c) => rounds.cells.push(c),
                         Err(e) => failures.push(e),
                     }
                 }
             }
-            let ordered = scenario == Scenario::B;
-            if ours.broken(ordered) {
+            // The large case on a broker is capped at 60 s: not finishing there is a figure.
+            let capped = case == Case::Large && transport != Transport::Memory;
+            if ours.broken(case.load(transport).shape.keyed(), capped) {
                 failures.push(format!(
-                    "eventbus, {} {}: {:?}",
-                    level.name(),
-                    peers::scenario_name(scenario),
+                    "eventbus on {}, {}: {:?}",
+                    transport.name(),
+                    case.name(),
                     ours.cells
                 ));
             }
             let median = ours.throughput();
             for r in std::iter::once(&ours).chain(&theirs) {
-                let row = peers::row(level, scenario, r, median);
+                let row = peers::row(case, r, median);
                 println!("{row}");
                 table.push_str(&row);
                 table.push('\n');
             }
         }
     }
-    let path = eventbus_bench::target_dir().join("peers").join("peers.md");
-    if let Err(e) = std::fs::create_dir_all(path.parent().expect("a directory"))
-        .and_then(|()| std::fs::write(&path, &table))
-    {
-        eprintln!("cannot write {}: {e}", path.display());
-    } else {
-        println!("\n{}", path.display());
+    if let Err(e) = write(&table) {
+        failures.push(e);
     }
     eventbus_bench::exit_code(&failures)
 }
 
+/// Writes the table to `target/peers/peers.md` and, with `--report ROOT`, into
+/// `ROOT/BENCHMARKS.md`'s section of it.
+fn write(table: &str) -> Result<(), String> {
+    let path = eventbus_bench::target_dir().join("peers").join("peers.md");
+    std::fs::create_dir_all(path.parent().expect("a directory"))
+        .and_then(|()| std::fs::write(&path, table))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("\n{}", path.display());
+    if let Some(root) = eventbus_bench::flag("--report") {
+        let path = Path::new(&root).join("BENCHMARKS.md");
+        let doc = std::fs::read_to_string(&path).unwrap_or_default();
+        let section = format!(
+            "## Against Go event buses\n\nGenerated by `{}` on {}, from {}.\n\n{table}",
+            command(),
+            report::machine(),
+            report::source(),
+        );
+        std::fs::write(&path, report::splice(&doc, "peers", &section))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// The command that made the table, as a user would type it.
+fn command() -> String {
+    let mut c = "cargo xtask peers".to_owned();
+    for flag in ["--transport", "--rounds"] {
+        if let Some(v) = eventbus_bench::flag(flag) {
+            c.push_str(&format!(" {flag} {v}"));
+        }
+    }
+    c
+}
+
 /// One cell of this bus, in a process of its own.
-fn our_cell(me: &PathBuf, level: Level, scenario: Scenario) -> Result<Cell, String> {
+fn our_cell(me: &Path, transport: Transport, case: Case) -> Result<Cell, String> {
     let out = Command::new(me)
-        .args(["cell", level.name(), peers::scenario_name(scenario)])
+        .args(["cell", transport.name(), &case.name()])
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "eventbus cell {} {} failed: {}",
-            level.name(),
-            peers::scenario_name(scenario),
+            transport.name(),
+            case.name(),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
 }
 
-/// `cell <level> <A|B>`: the scenario on the memory bus, its figures as a [`Cell`].
+/// `cell <transport> <case>`: the case on this bus, its figures as a [`Cell`].
 fn cell(args: &[String]) -> Result<Cell, String> {
-    let [level, scenario] = args else {
-        return Err("cell <level> <A|B>".into());
+    let [transport, case] = args else {
+        return Err("cell <memory|nats|kafka> <case>".into());
     };
-    let level = Level::parse(level).ok_or_else(|| format!("unknown level {level:?}"))?;
-    let scenario = match scenario.as_str() {
-        "A" => Scenario::A,
-        "B" => Scenario::B,
-        other => return Err(format!("unknown scenario {other:?}")),
-    };
-    let report = eventbus_bench::runtime().block_on(load::run(level, scenario, || async {
-        EventBus::builder(MemoryTransport::new()).build()
+    let (transport, case) = (Transport::parse(transport)?, Case::parse(case)?);
+    let (label, load) = (case.name(), case.load(transport));
+    let report = eventbus_bench::runtime().block_on(scenario::run_bus(&label, load, || async {
+        bus(transport).await
     }));
     let usage = report.usage;
     Ok(Cell {
         peer: "eventbus".into(),
-        settings: "memory bus, defaults".into(),
-        scenario: peers::scenario_name(scenario).into(),
+        settings: settings(transport).into(),
+        scenario: label,
         published: report.published,
         received: report.received,
         lost: report.lost,
@@ -144,4 +199,37 @@ fn cell(args: &[String]) -> Result<Cell, String> {
         heap_after_bytes: usage.after_close.heap_bytes as u64,
         rss_after_bytes: peers::rss(),
     })
+}
+
+fn settings(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Memory => "memory bus, defaults",
+        Transport::Nats => {
+            "NATS bus, defaults (publish awaits the ack; pull consumer; ack after handling)"
+        }
+        Transport::Kafka => {
+            "Kafka bus, defaults (4 partitions; publish awaits the delivery report; commit after handling)"
+        }
+    }
+}
+
+/// This bus on `transport`, on the shared brokers.
+async fn bus(transport: Transport) -> EventBus {
+    match transport {
+        Transport::Memory => EventBus::builder(MemoryTransport::new()).build(),
+        Transport::Nats => {
+            let url = shared::nats_url();
+            let t = NatsTransport::connect(NatsConfig::new(url.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to NATS at {url}: {e}"));
+            EventBus::builder(t).build()
+        }
+        Transport::Kafka => {
+            let brokers = shared::kafka_brokers();
+            let t = KafkaTransport::connect(KafkaConfig::new(brokers.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("cannot connect to Kafka at {brokers}: {e}"));
+            EventBus::builder(t).build()
+        }
+    }
 }

@@ -37,6 +37,7 @@ fn main() {
             shape: Shape::Envelope,
             deadline: Duration::from_secs(120),
             progress: None,
+            stall: None,
         };
         println!(
             "report: memory transport, {topics} topics x {} aggregates x {versions} versions = {} envelopes, 2 runtime workers\n",

@@ -47,6 +47,7 @@ fn main() {
                 shape,
                 deadline: Duration::from_secs(120),
                 progress: None,
+                stall: None,
             };
             let (mut bus, mut raw) = (Vec::new(), Vec::new());
             for _ in 0..rounds {

@@ -88,6 +88,23 @@ pub struct Load {
     pub deadline: Duration,
     /// Print a progress line to stderr this often while waiting for receipts (`None`: quiet).
     pub progress: Option<Duration>,
+    /// One more aggregate, [`STALLED`], whose handling stalls (the head-of-line scenario).
+    pub stall: Option<Stall>,
+}
+
+/// The aggregate id (and key) of [`Stall`]'s messages.
+pub const STALLED: &str = "stalled";
+
+/// An aggregate whose every message takes `sleep` to handle: `messages` versions of
+/// [`STALLED`], which topic 0's sender publishes before anything else. They are not part of
+/// the load's figures: loss, order, latency and the time to the last receipt count the other
+/// aggregates only, which is what head-of-line blocking would hurt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// Messages of the stalled aggregate.
+    pub messages: u64,
+    /// How long handling each of them takes (an async sleep).
+    pub sleep: Duration,
 }
 
 impl Load {
@@ -99,6 +116,10 @@ impl Load {
     /// The message of `aggregate` at `version`, stamped with the time since `epoch`.
     fn message(&self, topic: &str, aggregate: usize, version: u64, epoch: Instant) -> Message {
         let sent = nanos_since(epoch);
+        if aggregate == usize::MAX {
+            // The stalled aggregate: its key is all a handler looks at.
+            return Message::new(topic, sent.to_le_bytes().to_vec()).with_key(STALLED);
+        }
         match self.shape {
             Shape::Raw | Shape::Unkeyed => {
                 let len = STAMP_LEN + self.payload.max(ID_LEN);
@@ -130,13 +151,19 @@ impl Load {
         }
     }
 
-    /// What sender `t` publishes, in order.
+    /// What sender `t` publishes, in order; the stalled aggregate is `usize::MAX`.
     fn plan(self, t: usize) -> impl Iterator<Item = (usize, u64)> {
-        (1..=self.versions).flat_map(move |version| {
-            (t..self.aggregates)
-                .step_by(self.topics)
-                .map(move |aggregate| (aggregate, version))
-        })
+        let stalled = match self.stall {
+            Some(stall) if t == 0 => stall.messages,
+            _ => 0,
+        };
+        (1..=stalled)
+            .map(|version| (usize::MAX, version))
+            .chain((1..=self.versions).flat_map(move |version| {
+                (t..self.aggregates)
+                    .step_by(self.topics)
+                    .map(move |aggregate| (aggregate, version))
+            }))
     }
 }
 
@@ -247,7 +274,27 @@ impl Recorder {
         }
     }
 
-    /// The handler's work for one delivery.
+    /// The handler's work for one delivery: [`Recorder::observe`], or a sleep for a message
+    /// of the stalled aggregate. The recording happens before the future is returned, so the
+    /// future holds nothing of the recorder (no reference count per message).
+    fn handle(&self, message: &Message) -> impl Future<Output = Result<(), BoxError>> + use<> {
+        let stall = self
+            .load
+            .stall
+            .filter(|_| message.key().is_some_and(|k| k.as_str() == STALLED));
+        let handled = match stall {
+            Some(_) => Ok(()),
+            None => self.observe(message),
+        };
+        async move {
+            if let Some(stall) = stall {
+                tokio::time::sleep(stall.sleep).await;
+            }
+            handled
+        }
+    }
+
+    /// Records one delivery of the load.
     fn observe(&self, message: &Message) -> Result<(), BoxError> {
         let d = decode(self.load.shape, message)?;
         self.e2e
@@ -385,7 +432,8 @@ async fn send_plan(
         }
         let now = Instant::now();
         latency.record(now - at);
-        sent.count += 1;
+        // The stalled aggregate is outside the load's figures (see `Stall`).
+        sent.count += u64::from(aggregate != usize::MAX);
         sent.last = Some(now);
     }
     sent
@@ -465,10 +513,7 @@ where
     let mut subs = Vec::new();
     for topic in &topics {
         let recorder = Arc::clone(&recorder);
-        let handler = handler_fn(move |d: Delivery| {
-            let handled = recorder.observe(d.message());
-            async move { handled }
-        });
+        let handler = handler_fn(move |d: Delivery| recorder.handle(d.message()));
         match bus.subscribe(topic, "load", handler).await {
             Ok(sub) => subs.push(sub),
             Err(e) => panic!("subscribe failed: {e}"),
@@ -526,9 +571,7 @@ pub async fn run_raw_mpsc(label: &str, load: Load) -> Report {
         let recorder = Arc::clone(&recorder);
         consumers.push(tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
-                let handled = recorder.observe(&message);
-                let handler = async move { handled };
-                if let Err(e) = handler.await {
+                if let Err(e) = recorder.handle(&message).await {
                     panic!("raw handler failed: {e}");
                 }
             }
@@ -585,6 +628,7 @@ mod tests {
             shape: Shape::Envelope,
             deadline: Duration::from_secs(1),
             progress: None,
+            stall: None,
         };
         let mut all: Vec<_> = (0..5).flat_map(|t| load.plan(t)).collect();
         assert_eq!(all.len() as u64, load.messages());
@@ -614,6 +658,7 @@ mod tests {
                 shape,
                 deadline: Duration::from_secs(1),
                 progress: None,
+                stall: None,
             };
             let m = load.message("t", 7, 9, epoch);
             assert_eq!(m.key().is_some(), shape.keyed());
@@ -637,6 +682,7 @@ mod tests {
                 shape,
                 deadline: Duration::from_secs(30),
                 progress: None,
+                stall: None,
             };
             let r = run_raw_mpsc("raw", load).await;
             assert!(r.completed);
