@@ -257,6 +257,17 @@ pub fn rss() -> u64 {
     pages * 4096
 }
 
+/// Adds to `legend` (the list under a transport's table) the settings of each bus of
+/// `buses` it does not list yet.
+pub fn add_settings<'a>(legend: &mut String, buses: impl IntoIterator<Item = &'a Rounds>) {
+    for cell in buses.into_iter().filter_map(|r| r.cells.first()) {
+        let entry = format!("- {}: {}\n", cell.peer, cell.settings);
+        if !legend.contains(&entry) {
+            legend.push_str(&entry);
+        }
+    }
+}
+
 /// The rounds of one peer in one cell.
 #[derive(Debug, Default)]
 pub struct Rounds {
@@ -286,7 +297,7 @@ impl Rounds {
 }
 
 /// The table's head.
-pub const HEAD: &str = "| case | bus | settings | msg/s (median, min–max) | p50 / p99 | order violations | lost | duplicated | tasks or goroutines start / peak / after close | heap after close | RSS after close | eventbus ÷ this |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEAD: &str = "| case | bus | msg/s (median, min–max) | p50 / p99 | order violations | lost | duplicated | tasks or goroutines start / peak / after close | heap after close | RSS after close | eventbus ÷ this |\n|---|---|---|---|---|---|---|---|---|---|---|";
 
 /// A row: `rounds` of one bus in one case; `ours` is this bus's median throughput there.
 pub fn row(case: Case, rounds: &Rounds, ours: f64) -> String {
@@ -297,10 +308,9 @@ pub fn row(case: Case, rounds: &Rounds, ours: f64) -> String {
     let max = |pick: fn(&Cell) -> u64| rounds.cells.iter().map(pick).max().unwrap_or(0);
     let median = |pick: fn(&Cell) -> f64| rounds.samples(pick).median();
     format!(
-        "| {} | {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} | {} | {} | {} / {} / {} | {:.1} MB | {:.1} MB | {:.2}× |",
+        "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} µs / {:.0} µs | {} | {} | {} | {} / {} / {} | {:.1} MB | {:.1} MB | {:.2}× |",
         case.name(),
         first.peer,
-        first.settings,
         throughput.median(),
         throughput.min(),
         throughput.max(),
@@ -336,6 +346,9 @@ mod tests {
             row.starts_with("| medium-B | watermill-gochannel |"),
             "{row}"
         );
+        let mut legend = String::new();
+        add_settings(&mut legend, [&rounds, &rounds]);
+        assert_eq!(legend, "- watermill-gochannel: GoChannel\n");
     }
 
     #[test]

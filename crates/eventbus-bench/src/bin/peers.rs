@@ -6,8 +6,9 @@
 //!
 //! `cargo xtask peers [--transport T] [--rounds N]` builds the Go harness (`peers/go/`),
 //! brings the shared brokers up and runs this with `--go-peer <its binary>`;
-//! `peers cell <transport> <case>` is one cell of this bus (what the table's eventbus rows
-//! run).
+//! `peers cell <transport> <case> [--buffers N]` is one cell of this bus (what the table's
+//! eventbus rows run; `--buffers`, in memory only, bounds the topic and the dispatcher to N
+//! messages).
 //!
 //! Fails when this bus lost a message, broke an aggregate's order or did not finish (on a
 //! broker, the large case's 60 s cap excepted); a Go peer doing so is a figure of the table.
@@ -18,14 +19,16 @@ use std::process::{Command, ExitCode};
 use eventbus_bench::peers::{self, Case, Cell, HEAD, Rounds, Transport};
 use eventbus_bench::{report, scenario};
 use eventbus_core::EventBus;
+use eventbus_kafka::testing::SharedBroker;
 use eventbus_kafka::{KafkaConfig, KafkaTransport};
-use eventbus_memory::MemoryTransport;
+use eventbus_memory::{MemoryConfig, MemoryTransport};
+use eventbus_nats::testing::SharedServer;
 use eventbus_nats::{NatsConfig, NatsTransport};
 use eventbus_testkit::brokers::shared;
 
 eventbus_testkit::install_heap_counter!();
 
-const USAGE: &str = "usage: peers --go-peer <binary built from peers/go> [--transport memory|nats|kafka|all] [--rounds N] [--report ROOT]\n       peers cell <memory|nats|kafka> <case>";
+const USAGE: &str = "usage: peers --go-peer <binary built from peers/go> [--transport memory|nats|kafka|all] [--rounds N] [--report ROOT]\n       peers cell <memory|nats|kafka> <case> [--buffers N]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -75,14 +78,18 @@ fn main() -> ExitCode {
     for transport in transports {
         table.push_str(&format!("\n### {}\n\n{HEAD}\n", transport.name()));
         println!("\n{}\n{HEAD}", transport.name());
+        let mut legend = String::new();
         for case in Case::all() {
-            let mut ours = Rounds::default();
+            let variants = our_variants(transport);
+            let mut ours: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
             let go_peers = transport.go_peers();
             let mut theirs: Vec<Rounds> = go_peers.iter().map(|_| Rounds::default()).collect();
             for _ in 0..rounds {
-                match our_cell(&me, transport, case) {
-                    Ok(c) => ours.cells.push(c),
-                    Err(e) => failures.push(e),
+                for (buffers, rounds) in variants.iter().zip(&mut ours) {
+                    match our_cell(&me, transport, case, *buffers) {
+                        Ok(c) => rounds.cells.push(c),
+                        Err(e) => failures.push(e),
+                    }
                 }
                 for (peer, rounds) in go_peers.iter().zip(&mut theirs) {
                     match peers::go_cell(&go_peer, peer, transport, case) {
@@ -93,22 +100,28 @@ fn main() -> ExitCode {
             }
             // The large case on a broker is capped at 60 s: not finishing there is a figure.
             let capped = case == Case::Large && transport != Transport::Memory;
-            if ours.broken(case.load(transport).shape.keyed(), capped) {
+            for r in ours
+                .iter()
+                .filter(|r| r.broken(case.load(transport).shape.keyed(), capped))
+            {
                 failures.push(format!(
                     "eventbus on {}, {}: {:?}",
                     transport.name(),
                     case.name(),
-                    ours.cells
+                    r.cells
                 ));
             }
-            let median = ours.throughput();
-            for r in std::iter::once(&ours).chain(&theirs) {
+            let median = ours[0].throughput();
+            for r in ours.iter().chain(&theirs) {
                 let row = peers::row(case, r, median);
                 println!("{row}");
                 table.push_str(&row);
                 table.push('\n');
             }
+            peers::add_settings(&mut legend, ours.iter().chain(&theirs));
         }
+        table.push_str(&format!("\nSettings:\n{legend}"));
+        println!("\n{legend}");
     }
     if let Err(e) = write(&table) {
         failures.push(e);
@@ -151,12 +164,29 @@ fn command() -> String {
     c
 }
 
+/// The settings this bus runs a transport's cases with, as `--buffers` of a cell: the
+/// defaults first (what the ratios are to), and in memory also small buffers, which trade
+/// nothing measurable for a far shorter wait in a burst (see the README).
+fn our_variants(transport: Transport) -> &'static [Option<usize>] {
+    match transport {
+        Transport::Memory => &[None, Some(64)],
+        Transport::Nats | Transport::Kafka => &[None],
+    }
+}
+
 /// One cell of this bus, in a process of its own.
-fn our_cell(me: &Path, transport: Transport, case: Case) -> Result<Cell, String> {
-    let out = Command::new(me)
-        .args(["cell", transport.name(), &case.name()])
-        .output()
-        .map_err(|e| e.to_string())?;
+fn our_cell(
+    me: &Path,
+    transport: Transport,
+    case: Case,
+    buffers: Option<usize>,
+) -> Result<Cell, String> {
+    let mut command = Command::new(me);
+    command.args(["cell", transport.name(), &case.name()]);
+    if let Some(n) = buffers {
+        command.args(["--buffers", &n.to_string()]);
+    }
+    let out = command.output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "eventbus cell {} {} failed: {}",
@@ -170,18 +200,33 @@ fn our_cell(me: &Path, transport: Transport, case: Case) -> Result<Cell, String>
 
 /// `cell <transport> <case>`: the case on this bus, its figures as a [`Cell`].
 fn cell(args: &[String]) -> Result<Cell, String> {
-    let [transport, case] = args else {
-        return Err("cell <memory|nats|kafka> <case>".into());
+    let (transport, case, buffers) = match args {
+        [transport, case] => (transport, case, None),
+        [transport, case, flag, n] if flag == "--buffers" && transport == "memory" => {
+            let n = n.parse().map_err(|e| format!("--buffers {n}: {e}"))?;
+            (transport, case, Some(n))
+        }
+        _ => return Err("cell <memory|nats|kafka> <case> [--buffers N (memory)]".into()),
     };
     let (transport, case) = (Transport::parse(transport)?, Case::parse(case)?);
     let (label, load) = (case.name(), case.load(transport));
+    // What the cell makes on a shared broker (names holding this process's id) is deleted when
+    // these guards drop, after the figures are taken.
+    let _nats = (transport == Transport::Nats).then(SharedServer::get);
+    let _kafka = (transport == Transport::Kafka).then(SharedBroker::get);
     let report = eventbus_bench::runtime().block_on(scenario::run_bus(&label, load, || async {
-        bus(transport).await
+        bus(transport, buffers).await
     }));
     let usage = report.usage;
     Ok(Cell {
-        peer: "eventbus".into(),
-        settings: settings(transport).into(),
+        peer: match buffers {
+            None => "eventbus".into(),
+            Some(n) => format!("eventbus, buffers {n}"),
+        },
+        settings: match buffers {
+            None => settings(transport).into(),
+            Some(n) => format!("memory bus, topic_capacity and max_buffered {n}"),
+        },
         scenario: label,
         published: report.published,
         received: report.received,
@@ -213,10 +258,18 @@ fn settings(transport: Transport) -> &'static str {
     }
 }
 
-/// This bus on `transport`, on the shared brokers.
-async fn bus(transport: Transport) -> EventBus {
+/// This bus on `transport`, on the shared brokers; in memory, with `buffers` as both the
+/// topic's capacity and the dispatcher's `max_buffered` if given.
+async fn bus(transport: Transport, buffers: Option<usize>) -> EventBus {
     match transport {
-        Transport::Memory => EventBus::builder(MemoryTransport::new()).build(),
+        Transport::Memory => match buffers {
+            Some(n) => EventBus::builder(MemoryTransport::with_config(
+                MemoryConfig::default().topic_capacity(n),
+            ))
+            .max_buffered(n)
+            .build(),
+            None => EventBus::builder(MemoryTransport::new()).build(),
+        },
         Transport::Nats => {
             let url = shared::nats_url();
             let t = NatsTransport::connect(NatsConfig::new(url.clone()))
