@@ -72,6 +72,81 @@ impl Transport {
     }
 }
 
+/// How this bus is set up for a row: its defaults, or one setting a user can change that
+/// the comparison showed matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Every default.
+    Defaults,
+    /// In memory: the topic's capacity and the dispatcher's `max_buffered` both 64, so a burst
+    /// waits in the publishers instead of in buffers.
+    SmallBuffers,
+    /// On NATS: one partition per topic (`StreamOptions::partitions(1)`), so a keyed group is
+    /// one pinned consumer, like the Go peer's one subscriber, instead of 16.
+    OnePartition,
+}
+
+impl Variant {
+    /// The variants measured on `transport`, [`Variant::Defaults`] first (what the ratios are
+    /// to).
+    pub fn on(transport: Transport) -> &'static [Variant] {
+        match transport {
+            Transport::Memory => &[Variant::Defaults, Variant::SmallBuffers],
+            Transport::Nats => &[Variant::Defaults, Variant::OnePartition],
+            Transport::Kafka => &[Variant::Defaults],
+        }
+    }
+
+    /// Its name on a cell's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Defaults => "defaults",
+            Variant::SmallBuffers => "small-buffers",
+            Variant::OnePartition => "one-partition",
+        }
+    }
+
+    /// The inverse of [`name`](Self::name).
+    pub fn parse(name: &str) -> Result<Variant, String> {
+        [
+            Variant::Defaults,
+            Variant::SmallBuffers,
+            Variant::OnePartition,
+        ]
+        .into_iter()
+        .find(|v| v.name() == name)
+        .ok_or_else(|| format!("unknown variant {name:?}"))
+    }
+
+    /// The bus column of its rows.
+    pub fn bus(self) -> &'static str {
+        match self {
+            Variant::Defaults => "eventbus",
+            Variant::SmallBuffers => "eventbus, buffers 64",
+            Variant::OnePartition => "eventbus, 1 partition",
+        }
+    }
+
+    /// Its settings, in words.
+    pub fn settings(self, transport: Transport) -> &'static str {
+        match (self, transport) {
+            (Variant::SmallBuffers, _) => "memory bus, topic_capacity 64, max_buffered 64",
+            (Variant::OnePartition, _) => {
+                "NATS bus, StreamOptions::partitions(1): one pinned consumer per group and topic"
+            }
+            (Variant::Defaults, Transport::Memory) => {
+                "memory bus, defaults (topic_capacity 10,000, max_buffered 4,096)"
+            }
+            (Variant::Defaults, Transport::Nats) => {
+                "NATS bus, defaults: publish awaits the ack (Nats-Msg-Id for dedup); a keyed group is 16 partition subjects, a pinned pull consumer each; ack after handling"
+            }
+            (Variant::Defaults, Transport::Kafka) => {
+                "Kafka bus, defaults: 4 partitions, idempotent producer (acks=all), publish awaits the delivery report; commit after handling"
+            }
+        }
+    }
+}
+
 /// A load every peer of a transport runs: a group of rows of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Case {
@@ -357,6 +432,13 @@ mod tests {
         assert_eq!(all.len(), 10);
         for case in all {
             assert_eq!(Case::parse(&case.name()), Ok(case));
+        }
+        for transport in Transport::ALL {
+            let variants = Variant::on(transport);
+            assert_eq!(variants[0], Variant::Defaults, "ratios are to the defaults");
+            for v in variants {
+                assert_eq!(Variant::parse(v.name()), Ok(*v));
+            }
         }
     }
 

@@ -6,9 +6,9 @@
 //!
 //! `cargo xtask peers [--transport T] [--rounds N]` builds the Go harness (`peers/go/`),
 //! brings the shared brokers up and runs this with `--go-peer <its binary>`;
-//! `peers cell <transport> <case> [--buffers N]` is one cell of this bus (what the table's
-//! eventbus rows run; `--buffers`, in memory only, bounds the topic and the dispatcher to N
-//! messages).
+//! `peers cell <transport> <case> [<variant>]` is one cell of this bus (what the table's
+//! eventbus rows run; `defaults`, `small-buffers` or `one-partition`, see
+//! `eventbus_bench::peers::Variant`).
 //!
 //! Fails when this bus lost a message, broke an aggregate's order or did not finish (on a
 //! broker, the large case's 60 s cap excepted); a Go peer doing so is a figure of the table.
@@ -16,19 +16,19 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use eventbus_bench::peers::{self, Case, Cell, HEAD, Rounds, Transport};
+use eventbus_bench::peers::{self, Case, Cell, HEAD, Rounds, Transport, Variant};
 use eventbus_bench::{report, scenario};
 use eventbus_core::EventBus;
 use eventbus_kafka::testing::SharedBroker;
 use eventbus_kafka::{KafkaConfig, KafkaTransport};
 use eventbus_memory::{MemoryConfig, MemoryTransport};
 use eventbus_nats::testing::SharedServer;
-use eventbus_nats::{NatsConfig, NatsTransport};
+use eventbus_nats::{NatsConfig, NatsTransport, StreamOptions};
 use eventbus_testkit::brokers::shared;
 
 eventbus_testkit::install_heap_counter!();
 
-const USAGE: &str = "usage: peers --go-peer <binary built from peers/go> [--transport memory|nats|kafka|all] [--rounds N] [--report ROOT]\n       peers cell <memory|nats|kafka> <case> [--buffers N]";
+const USAGE: &str = "usage: peers --go-peer <binary built from peers/go> [--transport memory|nats|kafka|all] [--rounds N] [--report ROOT]\n       peers cell <memory|nats|kafka> <case> [defaults|small-buffers|one-partition]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -80,13 +80,13 @@ fn main() -> ExitCode {
         println!("\n{}\n{HEAD}", transport.name());
         let mut legend = String::new();
         for case in Case::all() {
-            let variants = our_variants(transport);
+            let variants = Variant::on(transport);
             let mut ours: Vec<Rounds> = variants.iter().map(|_| Rounds::default()).collect();
             let go_peers = transport.go_peers();
             let mut theirs: Vec<Rounds> = go_peers.iter().map(|_| Rounds::default()).collect();
             for _ in 0..rounds {
-                for (buffers, rounds) in variants.iter().zip(&mut ours) {
-                    match our_cell(&me, transport, case, *buffers) {
+                for (variant, rounds) in variants.iter().zip(&mut ours) {
+                    match our_cell(&me, transport, case, *variant) {
                         Ok(c) => rounds.cells.push(c),
                         Err(e) => failures.push(e),
                     }
@@ -164,29 +164,12 @@ fn command() -> String {
     c
 }
 
-/// The settings this bus runs a transport's cases with, as `--buffers` of a cell: the
-/// defaults first (what the ratios are to), and in memory also small buffers, which trade
-/// nothing measurable for a far shorter wait in a burst (see the README).
-fn our_variants(transport: Transport) -> &'static [Option<usize>] {
-    match transport {
-        Transport::Memory => &[None, Some(64)],
-        Transport::Nats | Transport::Kafka => &[None],
-    }
-}
-
 /// One cell of this bus, in a process of its own.
-fn our_cell(
-    me: &Path,
-    transport: Transport,
-    case: Case,
-    buffers: Option<usize>,
-) -> Result<Cell, String> {
-    let mut command = Command::new(me);
-    command.args(["cell", transport.name(), &case.name()]);
-    if let Some(n) = buffers {
-        command.args(["--buffers", &n.to_string()]);
-    }
-    let out = command.output().map_err(|e| e.to_string())?;
+fn our_cell(me: &Path, transport: Transport, case: Case, variant: Variant) -> Result<Cell, String> {
+    let out = Command::new(me)
+        .args(["cell", transport.name(), &case.name(), variant.name()])
+        .output()
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "eventbus cell {} {} failed: {}",
@@ -200,13 +183,10 @@ fn our_cell(
 
 /// `cell <transport> <case>`: the case on this bus, its figures as a [`Cell`].
 fn cell(args: &[String]) -> Result<Cell, String> {
-    let (transport, case, buffers) = match args {
-        [transport, case] => (transport, case, None),
-        [transport, case, flag, n] if flag == "--buffers" && transport == "memory" => {
-            let n = n.parse().map_err(|e| format!("--buffers {n}: {e}"))?;
-            (transport, case, Some(n))
-        }
-        _ => return Err("cell <memory|nats|kafka> <case> [--buffers N (memory)]".into()),
+    let (transport, case, variant) = match args {
+        [transport, case] => (transport, case, Variant::Defaults),
+        [transport, case, variant] => (transport, case, Variant::parse(variant)?),
+        _ => return Err("cell <memory|nats|kafka> <case> [<variant>]".into()),
     };
     let (transport, case) = (Transport::parse(transport)?, Case::parse(case)?);
     let (label, load) = (case.name(), case.load(transport));
@@ -215,18 +195,12 @@ fn cell(args: &[String]) -> Result<Cell, String> {
     let _nats = (transport == Transport::Nats).then(SharedServer::get);
     let _kafka = (transport == Transport::Kafka).then(SharedBroker::get);
     let report = eventbus_bench::runtime().block_on(scenario::run_bus(&label, load, || async {
-        bus(transport, buffers).await
+        bus(transport, variant).await
     }));
     let usage = report.usage;
     Ok(Cell {
-        peer: match buffers {
-            None => "eventbus".into(),
-            Some(n) => format!("eventbus, buffers {n}"),
-        },
-        settings: match buffers {
-            None => settings(transport).into(),
-            Some(n) => format!("memory bus, topic_capacity and max_buffered {n}"),
-        },
+        peer: variant.bus().into(),
+        settings: variant.settings(transport).into(),
         scenario: label,
         published: report.published,
         received: report.received,
@@ -246,38 +220,27 @@ fn cell(args: &[String]) -> Result<Cell, String> {
     })
 }
 
-fn settings(transport: Transport) -> &'static str {
-    match transport {
-        Transport::Memory => "memory bus, defaults",
-        Transport::Nats => {
-            "NATS bus, defaults (publish awaits the ack; pull consumer; ack after handling)"
-        }
-        Transport::Kafka => {
-            "Kafka bus, defaults (4 partitions; publish awaits the delivery report; commit after handling)"
-        }
-    }
-}
-
-/// This bus on `transport`, on the shared brokers; in memory, with `buffers` as both the
-/// topic's capacity and the dispatcher's `max_buffered` if given.
-async fn bus(transport: Transport, buffers: Option<usize>) -> EventBus {
-    match transport {
-        Transport::Memory => match buffers {
-            Some(n) => EventBus::builder(MemoryTransport::with_config(
-                MemoryConfig::default().topic_capacity(n),
-            ))
-            .max_buffered(n)
-            .build(),
-            None => EventBus::builder(MemoryTransport::new()).build(),
-        },
-        Transport::Nats => {
+/// This bus on `transport` set up as `variant`, on the shared brokers.
+async fn bus(transport: Transport, variant: Variant) -> EventBus {
+    match (transport, variant) {
+        (Transport::Memory, Variant::SmallBuffers) => EventBus::builder(
+            MemoryTransport::with_config(MemoryConfig::default().topic_capacity(64)),
+        )
+        .max_buffered(64)
+        .build(),
+        (Transport::Memory, _) => EventBus::builder(MemoryTransport::new()).build(),
+        (Transport::Nats, _) => {
             let url = shared::nats_url();
-            let t = NatsTransport::connect(NatsConfig::new(url.clone()))
+            let mut config = NatsConfig::new(url.clone());
+            if variant == Variant::OnePartition {
+                config = config.stream(StreamOptions::default().partitions(1));
+            }
+            let t = NatsTransport::connect(config)
                 .await
                 .unwrap_or_else(|e| panic!("cannot connect to NATS at {url}: {e}"));
             EventBus::builder(t).build()
         }
-        Transport::Kafka => {
+        (Transport::Kafka, _) => {
             let brokers = shared::kafka_brokers();
             let t = KafkaTransport::connect(KafkaConfig::new(brokers.clone()))
                 .await
