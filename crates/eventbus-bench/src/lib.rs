@@ -24,8 +24,9 @@
 //!   backlog;
 //! - [`cluster`]: a 3-node NATS or Kafka cluster losing the node that leads the topic under
 //!   keyed load, and getting it back;
-//! - [`peers`]: the memory bus against Go event buses built from `peers/go/`, the same load
-//!   scenarios, one machine, one run.
+//! - [`peers`]: this bus against Go event buses built from `peers/go/` (Watermill's GoChannel,
+//!   NATS and Kafka pub/subs), the same load scenarios on each transport, one machine, one
+//!   run.
 //!
 //! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
 //! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
