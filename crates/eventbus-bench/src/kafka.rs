@@ -28,6 +28,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
+use crate::cpu::{Run, Start};
 use crate::workload::{Counter, Noop, PAYLOAD_LEN};
 
 /// Publish chunk of both sides.
@@ -79,8 +80,8 @@ fn key(i: usize) -> String {
     format!("key-{}", i % KEYS)
 }
 
-/// Raw rdkafka: `n` messages, run number `run` (names are unique per run). Messages/s.
-pub async fn raw(brokers: &str, n: usize, run: u32) -> f64 {
+/// Raw rdkafka: `n` messages, run number `run` (names are unique per run): its rate and process CPU per message.
+pub async fn raw(brokers: &str, n: usize, run: u32) -> Run {
     let topic = topic("raw", run);
     // The topic as the bus would provision it (4 partitions), by the transport's admin path.
     let provisioner = KafkaTransport::connect(KafkaConfig::new(brokers))
@@ -191,7 +192,7 @@ pub async fn raw(brokers: &str, n: usize, run: u32) -> f64 {
         .expect("report")
         .map_err(|(e, _)| e)
         .expect("warm-up delivery");
-    let started = Instant::now();
+    let started = Start::now();
     let mut sent = 0;
     while sent < n {
         let mut deliveries = Vec::with_capacity(CHUNK);
@@ -221,18 +222,18 @@ pub async fn raw(brokers: &str, n: usize, run: u32) -> f64 {
                 .expect("delivery");
         }
     }
-    let finished = counter.wait().await;
+    let figures = started.finish(n, counter.wait().await);
     tokio::task::spawn_blocking(move || {
         reader.join().expect("reader");
         drop(producer);
     })
     .await
     .expect("join");
-    crate::workload::rate(n, finished - started)
+    figures
 }
 
-/// The Kafka bus: `n` messages through `publish_batch` and one subscription. Messages/s.
-pub async fn bus(brokers: &str, n: usize, run: u32) -> f64 {
+/// The Kafka bus: `n` messages through `publish_batch` and one subscription: its rate and process CPU per message.
+pub async fn bus(brokers: &str, n: usize, run: u32) -> Run {
     let topic = topic("bus", run);
     let transport = KafkaTransport::connect(KafkaConfig::new(brokers))
         .await
@@ -248,7 +249,7 @@ pub async fn bus(brokers: &str, n: usize, run: u32) -> f64 {
     bus.publish(Message::new(&topic, payload()).with_key("warm-up"))
         .await
         .expect("warm-up publish");
-    let started = Instant::now();
+    let started = Start::now();
     let mut sent = 0;
     while sent < n {
         let chunk: Vec<_> = (sent..(sent + CHUNK).min(n))
@@ -257,8 +258,8 @@ pub async fn bus(brokers: &str, n: usize, run: u32) -> f64 {
         sent += chunk.len();
         bus.publish_batch(chunk).await.expect("publish");
     }
-    let finished = counter.wait().await;
+    let figures = started.finish(n, counter.wait().await);
     sub.close().await;
     bus.close().await.expect("close");
-    crate::workload::rate(n, finished - started)
+    figures
 }

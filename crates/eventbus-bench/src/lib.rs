@@ -8,6 +8,7 @@
 //!   design) and [`hol`], the head-of-line scenario that compares it with the dispatcher;
 //! - [`nats`]: the NATS bus against raw async-nats on the same stream settings;
 //! - [`kafka`]: the Kafka bus against raw rdkafka on the same client settings;
+//! - [`cpu`]: process CPU time per message, for the broker benchmarks;
 //! - [`stats`]: interleaved rounds (A B A B …), medians, spreads and ratios;
 //! - [`scenario`]: the load harness (messages over topics, checked for loss, duplicates and
 //!   order, timed to the last receipt, tasks and heap sampled) and its raw mpsc baseline;
@@ -52,6 +53,7 @@
 pub mod charts;
 pub mod cluster;
 pub mod cost;
+pub mod cpu;
 pub mod groups;
 pub mod hol;
 pub mod kafka;

@@ -175,8 +175,11 @@ fn run(args: &Args) -> ExitCode {
         for run in 0..rounds as u32 {
             let raw = runtime.block_on(nats::raw(nats::URL, n, run));
             let bus = runtime.block_on(nats::bus(nats::URL, n, run));
-            c.round(raw, bus);
-            eprintln!("NATS round {run}: raw {raw:.0} msg/s, bus {bus:.0} msg/s");
+            c.round_with_cpu(raw, bus);
+            eprintln!(
+                "NATS round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
+                raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
+            );
         }
         print_comparison(&c);
         results.comparisons.push((c, Some(0.95)));
@@ -210,8 +213,11 @@ fn run(args: &Args) -> ExitCode {
                         let bus = runtime.block_on(kafka::bus(broker.brokers(), n, run));
                         (runtime.block_on(kafka::raw(broker.brokers(), n, run)), bus)
                     };
-                    c.round(raw, bus);
-                    eprintln!("Kafka round {run}: raw {raw:.0} msg/s, bus {bus:.0} msg/s");
+                    c.round_with_cpu(raw, bus);
+                    eprintln!(
+                        "Kafka round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
+                        raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
+                    );
                 }
                 print_comparison(&c);
                 results.comparisons.push((c, Some(0.95)));

@@ -9,7 +9,7 @@
 //! message after the no-op handler. Timed from the first publish to the last handler call.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
@@ -17,6 +17,7 @@ use eventbus_core::{EventBus, Message};
 use eventbus_nats::{NatsConfig, NatsTransport};
 use futures::StreamExt;
 
+use crate::cpu::{Run, Start};
 use crate::workload::{Counter, Noop, PAYLOAD_LEN};
 
 /// Publish chunk and pull batch of both sides.
@@ -43,8 +44,8 @@ fn transport_config(url: &str) -> NatsConfig {
     NatsConfig::new(url).fetch_batch(CHUNK)
 }
 
-/// Raw async-nats: `n` messages, run number `run` (names are unique per run). Messages/s.
-pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
+/// Raw async-nats: `n` messages, run number `run` (names are unique per run): its rate and process CPU per message.
+pub async fn raw(url: &str, n: usize, run: u32) -> Run {
     let topic = topic("raw", run);
     let provisioner = NatsTransport::connect(transport_config(url))
         .await
@@ -98,7 +99,7 @@ pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
     let subjects: Vec<String> = (0..partitions)
         .map(|p| format!("{}.{p}", config.subject(&topic)))
         .collect();
-    let started = Instant::now();
+    let started = Start::now();
     let mut sent = 0;
     while sent < n {
         let mut acks = Vec::with_capacity(CHUNK);
@@ -117,14 +118,14 @@ pub async fn raw(url: &str, n: usize, run: u32) -> f64 {
             ack.await.expect("publish ack");
         }
     }
-    let finished = counter.wait().await;
+    let figures = started.finish(n, counter.wait().await);
     let _ = consuming.await;
     let _ = js.delete_stream(config.stream_name(&topic)).await;
-    crate::workload::rate(n, finished - started)
+    figures
 }
 
-/// The NATS bus: `n` messages through `publish_batch` and one subscription. Messages/s.
-pub async fn bus(url: &str, n: usize, run: u32) -> f64 {
+/// The NATS bus: `n` messages through `publish_batch` and one subscription: its rate and process CPU per message.
+pub async fn bus(url: &str, n: usize, run: u32) -> Run {
     let topic = topic("bus", run);
     let transport = NatsTransport::connect(transport_config(url))
         .await
@@ -137,7 +138,7 @@ pub async fn bus(url: &str, n: usize, run: u32) -> f64 {
         .subscribe(&topic, "bench", Noop(Arc::clone(&counter)))
         .await
         .expect("subscribe");
-    let started = Instant::now();
+    let started = Start::now();
     let mut sent = 0;
     while sent < n {
         let chunk: Vec<_> = (0..CHUNK.min(n - sent))
@@ -146,9 +147,9 @@ pub async fn bus(url: &str, n: usize, run: u32) -> f64 {
         sent += chunk.len();
         bus.publish_batch(chunk).await.expect("publish");
     }
-    let finished = counter.wait().await;
+    let figures = started.finish(n, counter.wait().await);
     sub.close().await;
     bus.close().await.expect("close");
     let _ = js.delete_stream(stream).await;
-    crate::workload::rate(n, finished - started)
+    figures
 }

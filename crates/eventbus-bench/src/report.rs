@@ -178,6 +178,39 @@ impl Results {
             );
         }
         let _ = writeln!(md, "\n![ratios]({charts}/ratios.svg)\n");
+        let with_cpu: Vec<_> = self
+            .comparisons
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| !c.cpu_ratios.0.is_empty())
+            .collect();
+        if !with_cpu.is_empty() {
+            let _ = writeln!(md, "## CPU per message against raw clients\n");
+            let _ = writeln!(
+                md,
+                "Process CPU time (user + system, every thread of the process; `/proc/self/stat`, \
+                 10 ms ticks) from the first publish to the last receipt, divided by the \
+                 messages, in the same runs as the rows above. The broker's own CPU is not \
+                 counted.\n"
+            );
+            let _ = writeln!(
+                md,
+                "| case | raw client µs/msg | eventbus µs/msg | eventbus ÷ raw | target |\n|---|---|---|---|---|"
+            );
+            let spread = |x: &Samples| format!("{:.1} ({:.1}–{:.1})", x.median(), x.min(), x.max());
+            for c in with_cpu {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | ≤ 1.10×: {} |",
+                    c.name,
+                    spread(&c.baseline_cpu_us),
+                    spread(&c.candidate_cpu_us),
+                    Ratio(&c.cpu_ratios),
+                    verdict(c.cpu_ratios.median() <= 1.10)
+                );
+            }
+            let _ = writeln!(md);
+        }
         if let Some((hol, rows)) = &self.hol {
             let _ = writeln!(
                 md,
@@ -393,5 +426,30 @@ mod tests {
         assert_eq!(section(&twice, "peers"), Some("## Peers\n\nsecond\n"));
         assert!(twice.starts_with(doc));
         assert_eq!(section(doc, "peers"), None);
+    }
+
+    #[test]
+    fn cpu_per_message_gets_its_table_where_it_was_measured() {
+        use crate::cpu::Run;
+        use std::time::Duration;
+        let run = |rate: f64, us: u64| Run {
+            rate,
+            cpu_per_message: Duration::from_micros(us),
+        };
+        let mut nats = Comparison::new("NATS bus vs raw async-nats", "NATS", 10);
+        nats.round_with_cpu(run(1000.0, 40), run(950.0, 50));
+        let mut memory = Comparison::new("memory bus vs raw loop", "memory", 10);
+        memory.round(1000.0, 500.0);
+        let results = Results {
+            comparisons: vec![(nats, Some(0.95)), (memory, Some(0.5))],
+            ..Results::default()
+        };
+        let md = results.markdown("docs/bench");
+        let cpu = &md[md.find("## CPU per message").expect("a CPU table")..];
+        assert!(
+            cpu.contains("| NATS bus vs raw async-nats | 40.0 (40.0–40.0) | 50.0 (50.0–50.0) | 1.25× (1.25–1.25) | ≤ 1.10×: "),
+            "{cpu}"
+        );
+        assert!(!cpu.contains("memory bus vs raw loop |"), "{cpu}");
     }
 }

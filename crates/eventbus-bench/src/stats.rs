@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::cpu::Run;
+
 /// Samples of one figure, one per round.
 #[derive(Debug, Clone, Default)]
 pub struct Samples(pub Vec<f64>);
@@ -42,6 +44,12 @@ pub struct Comparison {
     pub candidate: Samples,
     /// candidate / baseline of each round (both runs of a round are back to back).
     pub ratios: Samples,
+    /// Process CPU per message, µs, of the baseline in each round (empty where not measured).
+    pub baseline_cpu_us: Samples,
+    /// The same of the candidate.
+    pub candidate_cpu_us: Samples,
+    /// candidate CPU / baseline CPU of each round.
+    pub cpu_ratios: Samples,
 }
 
 impl Comparison {
@@ -54,6 +62,9 @@ impl Comparison {
             baseline: Samples::default(),
             candidate: Samples::default(),
             ratios: Samples::default(),
+            baseline_cpu_us: Samples::default(),
+            candidate_cpu_us: Samples::default(),
+            cpu_ratios: Samples::default(),
         }
     }
     /// Records one round.
@@ -61,6 +72,16 @@ impl Comparison {
         self.baseline.push(baseline);
         self.candidate.push(candidate);
         self.ratios.push(candidate / baseline);
+    }
+
+    /// Records one round whose runs also measured CPU per message.
+    pub fn round_with_cpu(&mut self, baseline: Run, candidate: Run) {
+        self.round(baseline.rate, candidate.rate);
+        let micros = |r: Run| r.cpu_per_message.as_secs_f64() * 1e6;
+        self.baseline_cpu_us.push(micros(baseline));
+        self.candidate_cpu_us.push(micros(candidate));
+        self.cpu_ratios
+            .push(micros(candidate) / micros(baseline).max(f64::MIN_POSITIVE));
     }
 }
 
