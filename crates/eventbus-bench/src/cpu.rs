@@ -5,19 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-/// User plus system CPU time of this process so far (`/proc/self/stat`, in the kernel's
-/// `USER_HZ` ticks of 10 ms); zero where that file cannot be read.
+/// User plus system CPU time of this process so far, every thread counted, those that ended
+/// too (`getrusage(RUSAGE_SELF)`); zero if the call fails.
 pub fn process() -> Duration {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            // The command name, field 2, is in brackets and may hold spaces: count from the
-            // closing one. utime and stime are fields 14 and 15, so 12th and 13th after it.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let mut fields = rest.split_whitespace().skip(11);
-            let user: u64 = fields.next()?.parse().ok()?;
-            let system: u64 = fields.next()?.parse().ok()?;
-            Some(Duration::from_millis((user + system) * 10))
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike;
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let micros = u.user_time().num_microseconds() + u.system_time().num_microseconds();
+            Duration::from_micros(u64::try_from(micros).unwrap_or(0))
         })
         .unwrap_or_default()
 }
@@ -64,8 +60,8 @@ mod tests {
 
     #[test]
     fn work_shows_as_process_cpu() {
-        // Spins until the counter moved by 50 ms of CPU: on a loaded machine that takes longer,
-        // never fails; a counter that does not move runs into the 10 s limit.
+        // Spins until the counter moved by 50 ms of CPU: on a loaded machine that takes longer
+        // but never fails; a counter that does not move runs into the 10 s limit.
         let before = process();
         let limit = Instant::now() + Duration::from_secs(10);
         let mut x = 0u64;

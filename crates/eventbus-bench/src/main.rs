@@ -183,6 +183,22 @@ fn run(args: &Args) -> ExitCode {
         }
         print_comparison(&c);
         results.comparisons.push((c, Some(0.95)));
+        let mut c = Comparison::new(
+            "NATS bus vs raw async-nats, publish only (pipelined, every ack awaited)",
+            "NATS publish",
+            n,
+        );
+        for run in 0..rounds as u32 {
+            let raw = runtime.block_on(nats::raw_publish(nats::URL, n, run));
+            let bus = runtime.block_on(nats::bus_publish(nats::URL, n, run));
+            c.round_with_cpu(raw, bus);
+            eprintln!(
+                "NATS publish round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
+                raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
+            );
+        }
+        print_comparison(&c);
+        results.comparisons.push((c, Some(0.95)));
     } else {
         results
             .notes

@@ -7,6 +7,8 @@
 //! the bus's `publish_batch` does) with a `Nats-Msg-Id` header, consume through a durable pull
 //! consumer in batches of [`CHUNK`] with the transport's consumer settings, and ack each
 //! message after the no-op handler. Timed from the first publish to the last handler call.
+//!
+//! [`raw_publish`] and [`bus_publish`] are the publishing half alone, timed to the last ack.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,13 +95,23 @@ pub async fn raw(url: &str, n: usize, run: u32) -> Run {
             }
         }
     });
+    let started = Start::now();
+    publish_raw(&js, &config, &topic, n).await;
+    let figures = started.finish(n, counter.wait().await);
+    let _ = consuming.await;
+    let _ = js.delete_stream(config.stream_name(&topic)).await;
+    figures
+}
+
+/// Publishes `n` messages to `topic`'s stream through `js`, in pipelined chunks of [`CHUNK`],
+/// each with a `Nats-Msg-Id`, every ack awaited.
+async fn publish_raw(js: &jetstream::Context, config: &NatsConfig, topic: &str, n: usize) {
     // The stream's subjects are its partitions' (`<subject>.<n>`); spread over them as the
     // bus spreads keyless messages.
     let partitions = usize::from(config.stream.partitions);
     let subjects: Vec<String> = (0..partitions)
-        .map(|p| format!("{}.{p}", config.subject(&topic)))
+        .map(|p| format!("{}.{p}", config.subject(topic)))
         .collect();
-    let started = Start::now();
     let mut sent = 0;
     while sent < n {
         let mut acks = Vec::with_capacity(CHUNK);
@@ -118,9 +130,52 @@ pub async fn raw(url: &str, n: usize, run: u32) -> Run {
             ack.await.expect("publish ack");
         }
     }
-    let figures = started.finish(n, counter.wait().await);
-    let _ = consuming.await;
+}
+
+/// Publishes `n` messages to `topic` through `bus`, in `publish_batch` chunks of [`CHUNK`].
+async fn publish_bus(bus: &EventBus, topic: &str, n: usize) {
+    let mut sent = 0;
+    while sent < n {
+        let chunk: Vec<_> = (0..CHUNK.min(n - sent))
+            .map(|_| Message::new(topic, payload()))
+            .collect();
+        sent += chunk.len();
+        bus.publish_batch(chunk).await.expect("publish");
+    }
+}
+
+/// Raw async-nats publishing only (no consumer): its rate and process CPU per message.
+pub async fn raw_publish(url: &str, n: usize, run: u32) -> Run {
+    let topic = topic("raw-pub", run);
+    let provisioner = NatsTransport::connect(transport_config(url))
+        .await
+        .expect("connect");
+    provisioner.ensure_stream(&topic).await.expect("stream");
+    let config = provisioner.config().clone();
+    let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let started = Start::now();
+    publish_raw(&js, &config, &topic, n).await;
+    let figures = started.finish(n, std::time::Instant::now());
     let _ = js.delete_stream(config.stream_name(&topic)).await;
+    figures
+}
+
+/// The NATS bus publishing only (no subscription; the stream made before the clock starts, as
+/// the raw side's): its rate and process CPU per message.
+pub async fn bus_publish(url: &str, n: usize, run: u32) -> Run {
+    let topic = topic("bus-pub", run);
+    let transport = NatsTransport::connect(transport_config(url))
+        .await
+        .expect("connect");
+    transport.ensure_stream(&topic).await.expect("stream");
+    let js = transport.jetstream().clone();
+    let stream = transport.config().stream_name(&topic);
+    let bus = EventBus::new(transport);
+    let started = Start::now();
+    publish_bus(&bus, &topic, n).await;
+    let figures = started.finish(n, std::time::Instant::now());
+    bus.close().await.expect("close");
+    let _ = js.delete_stream(stream).await;
     figures
 }
 
@@ -139,14 +194,7 @@ pub async fn bus(url: &str, n: usize, run: u32) -> Run {
         .await
         .expect("subscribe");
     let started = Start::now();
-    let mut sent = 0;
-    while sent < n {
-        let chunk: Vec<_> = (0..CHUNK.min(n - sent))
-            .map(|_| Message::new(&topic, payload()))
-            .collect();
-        sent += chunk.len();
-        bus.publish_batch(chunk).await.expect("publish");
-    }
+    publish_bus(&bus, &topic, n).await;
     let figures = started.finish(n, counter.wait().await);
     sub.close().await;
     bus.close().await.expect("close");

@@ -188,10 +188,10 @@ impl Results {
             let _ = writeln!(md, "## CPU per message against raw clients\n");
             let _ = writeln!(
                 md,
-                "Process CPU time (user + system, every thread of the process; `/proc/self/stat`, \
-                 10 ms ticks) from the first publish to the last receipt, divided by the \
-                 messages, in the same runs as the rows above. The broker's own CPU is not \
-                 counted.\n"
+                "Process CPU time (user + system, every thread of the process: \
+                 `getrusage(RUSAGE_SELF)`) from the first publish to the last receipt (publish \
+                 only: to the last ack), divided by the messages, in the same runs as the rows \
+                 above. The broker's own CPU is not counted.\n"
             );
             let _ = writeln!(
                 md,
