@@ -610,6 +610,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stalled_aggregate_is_handled_and_left_out_of_the_figures() {
+        let load = Load {
+            topics: 2,
+            aggregates: 10,
+            versions: 5,
+            payload: 16,
+            shape: Shape::Envelope,
+            deadline: Duration::from_secs(30),
+            progress: None,
+            stall: Some(Stall {
+                messages: 3,
+                sleep: Duration::from_millis(10),
+            }),
+        };
+        let report = crate::runtime().block_on(run_bus("stall", load, || async {
+            EventBus::builder(eventbus_memory::MemoryTransport::new()).build()
+        }));
+        // The figures count the other aggregates only.
+        assert!(report.completed, "{:?}", report.errors);
+        assert_eq!((report.published, report.received), (50, 50));
+        assert_eq!(
+            (report.lost, report.duplicates, report.order_violations),
+            (0, 0, 0)
+        );
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        // A stalled message recorded as one of the load's would not decode, and its handler
+        // would fail it at once (published first, it is handled long before the last other).
+        let stats = report.dispatcher.expect("the bus's stats");
+        assert_eq!((stats.failed, stats.retried, stats.panicked), (0, 0, 0));
+    }
+
+    #[test]
     fn seen_counts_duplicates() {
         let s = Seen::new(130);
         assert_eq!(s.mark(0), Some(1));
