@@ -175,11 +175,7 @@ fn run(args: &Args) -> ExitCode {
         for run in 0..rounds as u32 {
             let raw = runtime.block_on(nats::raw(nats::URL, n, run));
             let bus = runtime.block_on(nats::bus(nats::URL, n, run));
-            c.round_with_cpu(raw, bus);
-            eprintln!(
-                "NATS round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
-                raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
-            );
+            record_round(&mut c, run, raw, bus);
         }
         print_comparison(&c);
         results.comparisons.push((c, Some(0.95)));
@@ -191,11 +187,7 @@ fn run(args: &Args) -> ExitCode {
         for run in 0..rounds as u32 {
             let raw = runtime.block_on(nats::raw_publish(nats::URL, n, run));
             let bus = runtime.block_on(nats::bus_publish(nats::URL, n, run));
-            c.round_with_cpu(raw, bus);
-            eprintln!(
-                "NATS publish round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
-                raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
-            );
+            record_round(&mut c, run, raw, bus);
         }
         print_comparison(&c);
         results.comparisons.push((c, Some(0.95)));
@@ -229,11 +221,7 @@ fn run(args: &Args) -> ExitCode {
                         let bus = runtime.block_on(kafka::bus(broker.brokers(), n, run));
                         (runtime.block_on(kafka::raw(broker.brokers(), n, run)), bus)
                     };
-                    c.round_with_cpu(raw, bus);
-                    eprintln!(
-                        "Kafka round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
-                        raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
-                    );
+                    record_round(&mut c, run, raw, bus);
                 }
                 print_comparison(&c);
                 results.comparisons.push((c, Some(0.95)));
@@ -432,6 +420,20 @@ fn command(args: &Args) -> String {
         c.push_str(&format!(" --rounds {r}"));
     }
     c
+}
+
+/// Records a round of a comparison that measured CPU, and says so on stderr.
+fn record_round(
+    c: &mut Comparison,
+    run: u32,
+    raw: eventbus_bench::cpu::Run,
+    bus: eventbus_bench::cpu::Run,
+) {
+    c.round_with_cpu(raw, bus);
+    eprintln!(
+        "{} round {run}: raw {:.0} msg/s, {:?} CPU/msg; bus {:.0} msg/s, {:?} CPU/msg",
+        c.label, raw.rate, raw.cpu_per_message, bus.rate, bus.cpu_per_message
+    );
 }
 
 fn print_comparison(c: &Comparison) {
