@@ -77,7 +77,7 @@ pub use message::{Headers, Key, Message, MessageId};
 pub use outcome::Outcome;
 pub use retry::{RetryPolicy, Retrying};
 pub use transport::{
-    Acknowledge, Capabilities, Incoming, Provision, Publisher, SubscribeRequest, Subscriber,
-    Transport,
+    Acknowledge, Capabilities, Incoming, Provision, PublishFuture, Publisher, SubscribeRequest,
+    Subscriber, Transport,
 };
 pub use validate::Limits;

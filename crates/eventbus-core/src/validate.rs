@@ -12,16 +12,36 @@ pub const MAX_GROUP_LEN: usize = 128;
 /// Longest message key / aggregate id.
 pub const MAX_KEY_LEN: usize = 256;
 
-const TOPIC_CHARS: &str = "letters, digits, '.', '_', '-'";
-const GROUP_CHARS: &str = "letters, digits, '_', '-'";
-const KEY_CHARS: &str = "letters, digits, ':', '_', '-', '.', '/'";
+/// The bytes a kind of name may hold, as a table: keys are checked on every publish, and a
+/// table costs one load per byte.
+struct Charset {
+    allowed: [bool; 256],
+    described: &'static str,
+}
 
-fn check(
-    name: &str,
-    max: usize,
-    allowed: &'static str,
-    ok: impl Fn(u8) -> bool,
-) -> Result<(), NameError> {
+impl Charset {
+    /// ASCII letters and digits, and `extra`.
+    const fn new(extra: &[u8], described: &'static str) -> Self {
+        let mut allowed = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            allowed[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let mut i = 0;
+        while i < extra.len() {
+            allowed[extra[i] as usize] = true;
+            i += 1;
+        }
+        Charset { allowed, described }
+    }
+}
+
+const TOPIC_CHARS: Charset = Charset::new(b"._-", "letters, digits, '.', '_', '-'");
+const GROUP_CHARS: Charset = Charset::new(b"_-", "letters, digits, '_', '-'");
+const KEY_CHARS: Charset = Charset::new(b":_-./", "letters, digits, ':', '_', '-', '.', '/'");
+
+fn check(name: &str, max: usize, chars: &Charset) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
@@ -31,21 +51,24 @@ fn check(
             max,
         });
     }
-    if let Some((at, ch)) = name
-        .char_indices()
-        .find(|&(_, c)| !c.is_ascii() || !ok(c as u8))
-    {
-        return Err(NameError::InvalidChar { ch, at, allowed });
+    // Every allowed byte is ASCII, so the first refused byte starts a character.
+    if let Some(at) = name.bytes().position(|b| !chars.allowed[usize::from(b)]) {
+        let ch = name[at..]
+            .chars()
+            .next()
+            .unwrap_or(char::REPLACEMENT_CHARACTER);
+        return Err(NameError::InvalidChar {
+            ch,
+            at,
+            allowed: chars.described,
+        });
     }
     Ok(())
 }
 
 /// Checks a topic name: 1 to 249 of `[A-Za-z0-9._-]`, and every `.`-separated token non-empty.
 pub fn validate_topic(topic: &str) -> Result<(), Error> {
-    let res = check(topic, MAX_TOPIC_LEN, TOPIC_CHARS, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
-    })
-    .and_then(|()| {
+    let res = check(topic, MAX_TOPIC_LEN, &TOPIC_CHARS).and_then(|()| {
         if topic.split('.').any(str::is_empty) {
             Err(NameError::EmptyToken)
         } else {
@@ -60,10 +83,7 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
 
 /// Checks a consumer group name: 1 to 128 of `[A-Za-z0-9_-]` (a NATS durable name has no `.`).
 pub fn validate_group(group: &str) -> Result<(), Error> {
-    check(group, MAX_GROUP_LEN, GROUP_CHARS, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')
-    })
-    .map_err(|reason| Error::InvalidGroup {
+    check(group, MAX_GROUP_LEN, &GROUP_CHARS).map_err(|reason| Error::InvalidGroup {
         group: group.to_owned(),
         reason,
     })
@@ -71,10 +91,7 @@ pub fn validate_group(group: &str) -> Result<(), Error> {
 
 /// Checks a message key (aggregate id): 1 to 256 of `[A-Za-z0-9:_\-./]`.
 pub fn validate_key(key: &str) -> Result<(), Error> {
-    check(key, MAX_KEY_LEN, KEY_CHARS, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-' | b'.' | b'/')
-    })
-    .map_err(|reason| Error::InvalidKey {
+    check(key, MAX_KEY_LEN, &KEY_CHARS).map_err(|reason| Error::InvalidKey {
         key: key.to_owned(),
         reason,
     })
@@ -336,6 +353,22 @@ mod tests {
         assert!(validate_key("a b").is_err());
         assert!(validate_group("billing-v2_x").is_ok());
         assert!(validate_group("billing.v2").is_err());
+    }
+
+    /// The refused character is reported whole, at its byte offset, also after multi-byte
+    /// text and when it is not ASCII.
+    #[test]
+    fn the_first_refused_character_is_named_at_its_offset() {
+        let refused = |e| match e {
+            Err(Error::InvalidKey {
+                reason: NameError::InvalidChar { ch, at, .. },
+                ..
+            }) => (ch, at),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(refused(validate_key("order-ä1")), ('ä', 6));
+        assert_eq!(refused(validate_key("ab cd")), (' ', 2));
+        assert_eq!(refused(validate_key("日本")), ('日', 0));
     }
 
     #[test]

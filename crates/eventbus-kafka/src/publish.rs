@@ -3,7 +3,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use eventbus_core::transport::{Publisher, settle_batch};
+use eventbus_core::transport::{PublishFuture, Publisher, settle_batch};
 use eventbus_core::{Error, Message, Result};
 use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -89,19 +89,26 @@ impl KafkaTransport {
     }
 }
 
-#[async_trait::async_trait]
 impl Publisher for KafkaTransport {
-    async fn publish(&self, message: Message) -> Result<()> {
-        self.check_open()?;
-        self.ensure_topic(message.topic()).await?;
-        let producer = self.producer()?;
-        let delivery = self.send(&producer, &message).await?;
-        self.confirm(&message, delivery).await
+    fn publish(&self, message: Message) -> PublishFuture<'_> {
+        PublishFuture::waiting(async move {
+            self.check_open()?;
+            self.ensure_topic(message.topic()).await?;
+            let producer = self.producer()?;
+            let delivery = self.send(&producer, &message).await?;
+            self.confirm(&message, delivery).await
+        })
     }
 
     /// Queues every message, then waits for all the delivery reports (pipelined), by the batch
     /// rule of [`Publisher::publish_batch`].
-    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+    fn publish_batch(&self, messages: Vec<Message>) -> PublishFuture<'_> {
+        PublishFuture::waiting(self.publish_all(messages))
+    }
+}
+
+impl KafkaTransport {
+    async fn publish_all(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         let producer = self.producer()?;
         let mut deliveries = Vec::with_capacity(messages.len());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use eventbus_core::transport::Publisher;
+use eventbus_core::transport::{PublishFuture, Publisher};
 use eventbus_core::{Error, Message, Result};
 
 use crate::MemoryTransport;
@@ -81,29 +81,30 @@ impl Drop for Blocked<'_> {
     }
 }
 
-#[async_trait::async_trait]
 impl Publisher for MemoryTransport {
-    async fn publish(&self, message: Message) -> Result<()> {
-        // The waiting append lives in its own box, made only when the topic is full, so the
-        // future boxed for every publish holds little more than the message.
+    fn publish(&self, message: Message) -> PublishFuture<'_> {
+        // A topic with room takes the message on the spot: nothing to wait for, no future
+        // to box. Only a full topic makes one.
         match self.try_append(message) {
-            Append::Done(appended) => appended,
-            Append::Full(message) => Box::pin(self.append(std::iter::once(message))).await,
+            Append::Done(appended) => PublishFuture::ready(appended),
+            Append::Full(message) => PublishFuture::waiting(self.append(std::iter::once(message))),
         }
     }
 
-    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
-        // One append per run of messages on the same topic, in order.
-        let mut run: Vec<Message> = Vec::new();
-        for message in messages {
-            if run
-                .last()
-                .is_some_and(|last| last.topic() != message.topic())
-            {
-                self.append(std::mem::take(&mut run)).await?;
+    fn publish_batch(&self, messages: Vec<Message>) -> PublishFuture<'_> {
+        PublishFuture::waiting(async move {
+            // One append per run of messages on the same topic, in order.
+            let mut run: Vec<Message> = Vec::new();
+            for message in messages {
+                if run
+                    .last()
+                    .is_some_and(|last| last.topic() != message.topic())
+                {
+                    self.append(std::mem::take(&mut run)).await?;
+                }
+                run.push(message);
             }
-            run.push(message);
-        }
-        self.append(run).await
+            self.append(run).await
+        })
     }
 }

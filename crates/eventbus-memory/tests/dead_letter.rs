@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use eventbus_core::transport::{
-    Capabilities, Publisher, Started, SubscribeRequest, Subscriber, Transport,
+    Capabilities, PublishFuture, Publisher, Started, SubscribeRequest, Subscriber, Transport,
 };
 use eventbus_core::{
     BoxError, DeadLetter, Delivery, Error, EventBus, Message, Result, RetryPolicy,
@@ -24,17 +24,16 @@ struct RefusingDlq {
     refused: Arc<AtomicU32>,
 }
 
-#[async_trait::async_trait]
 impl Publisher for RefusingDlq {
-    async fn publish(&self, message: Message) -> Result<()> {
+    fn publish(&self, message: Message) -> PublishFuture<'_> {
         if message.topic().ends_with(".dlq") && self.refuse.load(Ordering::SeqCst) {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(Error::transport(
+            return PublishFuture::ready(Err(Error::transport(
                 "memory",
                 "dead-letter topic refused (test)",
-            ));
+            )));
         }
-        self.inner.publish(message).await
+        self.inner.publish(message)
     }
 }
 

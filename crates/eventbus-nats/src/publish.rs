@@ -13,7 +13,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use bytes::Bytes;
-use eventbus_core::transport::Publisher;
+use eventbus_core::transport::{PublishFuture, Publisher};
 use eventbus_core::{Error, Message, Result};
 
 use crate::mapping::{HEADER_ID, HEADER_KEY};
@@ -137,18 +137,25 @@ impl NatsTransport {
     }
 }
 
-#[async_trait::async_trait]
 impl Publisher for NatsTransport {
-    async fn publish(&self, message: Message) -> Result<()> {
-        self.check_open()?;
-        self.ensure_stream(message.topic()).await?;
-        self.publish_one(&message, self.retry_deadline()).await
+    fn publish(&self, message: Message) -> PublishFuture<'_> {
+        PublishFuture::waiting(async move {
+            self.check_open()?;
+            self.ensure_stream(message.topic()).await?;
+            self.publish_one(&message, self.retry_deadline()).await
+        })
     }
 
     /// Sends every message, then waits for all the acks (pipelined), by the batch rule of
     /// [`Publisher::publish_batch`]. If the first failure in message order is one that may
     /// pass, the messages from it on are made again one at a time (see the module docs).
-    async fn publish_batch(&self, messages: Vec<Message>) -> Result<()> {
+    fn publish_batch(&self, messages: Vec<Message>) -> PublishFuture<'_> {
+        PublishFuture::waiting(self.publish_all(messages))
+    }
+}
+
+impl NatsTransport {
+    async fn publish_all(&self, messages: Vec<Message>) -> Result<()> {
         self.check_open()?;
         let deadline = self.retry_deadline();
         let mut acks = Vec::with_capacity(messages.len());

@@ -35,25 +35,28 @@ pub(crate) struct PublishStats {
     pub(crate) slowest_us: AtomicU64,
     /// Letters published to dead-letter topics (their originals then acked).
     pub(crate) dead_lettered: AtomicU64,
-    /// Per-topic metric handles, registered on first use.
-    metrics: RwLock<HashMap<String, Arc<PublishMetrics>, foldhash::fast::RandomState>>,
+    /// The topics published to, each validated when first seen, with its metric handles.
+    topics: RwLock<HashMap<String, Arc<PublishMetrics>, foldhash::fast::RandomState>>,
 }
 
 impl PublishStats {
-    fn metrics(&self, topic: &str) -> Arc<PublishMetrics> {
+    /// The metric handles of `topic`; the first time it is seen, its name is validated. A
+    /// topic is in the map only if valid, so its name is checked once, not on every publish.
+    fn topic(&self, topic: &str) -> Result<Arc<PublishMetrics>> {
         if let Some(m) = self
-            .metrics
+            .topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
         {
-            return Arc::clone(m);
+            return Ok(Arc::clone(m));
         }
-        let mut all = self.metrics.write().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
+        validate_topic(topic)?;
+        let mut all = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(Arc::clone(
             all.entry(topic.to_owned())
                 .or_insert_with(|| Arc::new(PublishMetrics::new(topic))),
-        )
+        ))
     }
 }
 
@@ -99,15 +102,17 @@ impl std::fmt::Debug for Outlet {
 }
 
 impl Outlet {
-    pub(crate) fn validate(&self, message: &Message) -> Result<()> {
-        validate_topic(message.topic())?;
+    /// Checks `message` for publishing; returns its topic's metric handles.
+    fn validate(&self, message: &Message) -> Result<Arc<PublishMetrics>> {
+        let topic = self.stats.topic(message.topic())?;
         if let Some(key) = message.key() {
             validate_key(key.as_str())?;
         }
         for (name, value) in message.headers().iter() {
             validate_header(name, value)?;
         }
-        self.limits.check_size(message.encoded_len())
+        self.limits.check_size(message.encoded_len())?;
+        Ok(topic)
     }
 
     async fn with_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
@@ -127,14 +132,13 @@ impl Outlet {
     }
 
     pub(crate) async fn publish(&self, mut message: Message) -> Result<()> {
-        self.validate(&message)?;
+        let metrics = self.validate(&message)?;
         let span = tracing::info_span!(
             "eventbus.publish",
             topic = message.topic(),
             key = message.key().map(|k| k.as_str()),
             message_id = %message.id(),
         );
-        let metrics = self.stats.metrics(message.topic());
         async {
             propagation::inject(&mut message);
             let publishing = InFlight::start(&self.stats);
@@ -147,8 +151,14 @@ impl Outlet {
     }
 
     pub(crate) async fn publish_batch(&self, mut messages: Vec<Message>) -> Result<()> {
-        messages.iter().try_for_each(|m| self.validate(m))?;
-        let Some(first) = messages.first() else {
+        // All checked before any is sent. A batch usually targets one topic; its figures are
+        // counted on the first message's.
+        let mut metrics = None;
+        for message in &messages {
+            let topic = self.validate(message)?;
+            metrics.get_or_insert(topic);
+        }
+        let (Some(metrics), Some(first)) = (metrics, messages.first()) else {
             return Ok(());
         };
         let span = tracing::info_span!(
@@ -156,8 +166,6 @@ impl Outlet {
             topic = first.topic(),
             messages = messages.len(),
         );
-        // A batch usually targets one topic; its figures are counted there.
-        let metrics = self.stats.metrics(first.topic());
         async {
             messages.iter_mut().for_each(propagation::inject);
             let n = messages.len() as u64;

@@ -11,6 +11,7 @@ use backon::ExponentialBackoff;
 use futures::FutureExt;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -27,14 +28,20 @@ pub(super) struct Job {
     route: Arc<Route>,
     message: Arc<Message>,
     attempts: u32,
-    /// Boxed: only retried jobs need it, and every job is moved through the queues.
-    delays: Option<Box<ExponentialBackoff>>,
-    first_failure: Option<SystemTime>,
-    /// Its entry in the route's list of retrying messages, while it has one.
-    retrying: Option<usize>,
+    /// Boxed: only a job that failed has it, and every job is moved through the queues.
+    failing: Option<Box<Failing>>,
     /// Taken when the outcome is sent; a job dropped unfinished (its runtime shut down)
     /// replies `Cancelled` from `Drop`, so no waiter is left hanging.
     reply: Option<(Reply, Reservation)>,
+}
+
+/// What a job that failed carries into its next attempts.
+struct Failing {
+    first_failure: SystemTime,
+    /// Made on the first retryable failure.
+    delays: Option<ExponentialBackoff>,
+    /// Its entry in the route's list of retrying messages, while it has one.
+    retrying: Option<usize>,
 }
 
 impl Job {
@@ -44,7 +51,7 @@ impl Job {
 
     /// Sends the outcome (once) and takes the job off the route's retrying list.
     fn reply_once(&mut self, outcome: Outcome) {
-        if let Some(slot) = self.retrying.take() {
+        if let Some(slot) = self.failing.as_mut().and_then(|f| f.retrying.take()) {
             self.route.done_retrying(slot);
         }
         if let Some((reply, room)) = self.reply.take() {
@@ -70,9 +77,7 @@ impl Job {
             route,
             message,
             attempts: 0,
-            delays: None,
-            first_failure: None,
-            retrying: None,
+            failing: None,
             reply: Some((reply, reservation)),
         }
     }
@@ -219,9 +224,9 @@ impl Shared {
         let mut searching = true;
         let mut done: Option<(Job, Outcome)> = None;
         let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
+        // Made only when the worker parks: most turns of the loop take a job instead.
+        let mut parked = std::pin::pin!(None::<Notified<'_>>);
         loop {
-            let parked = self.work.notified();
-            tokio::pin!(parked);
             // One lock per job: release the finished job's key and take the next ready job.
             let (next, park) = {
                 let mut st = self.lock();
@@ -257,7 +262,10 @@ impl Shared {
                 } else if park {
                     // Registered before the lock is released, so a wake that sees us idle cannot
                     // be missed.
-                    parked.as_mut().enable();
+                    parked.set(Some(self.work.notified()));
+                    if let Some(parked) = parked.as_mut().as_pin_mut() {
+                        parked.enable();
+                    }
                     st.idle += 1;
                     drop(st);
                 } else {
@@ -272,7 +280,10 @@ impl Shared {
             match next {
                 Some(job) => done = self.run(job, &mut slot).await,
                 None if park => {
-                    parked.await;
+                    if let Some(parked) = parked.as_mut().as_pin_mut() {
+                        parked.await;
+                    }
+                    parked.set(None);
                     searching = true;
                 }
                 None => return,
@@ -376,12 +387,20 @@ impl Shared {
         if route.scope.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
         }
-        let first_failure = *job.first_failure.get_or_insert_with(SystemTime::now);
+        let failing = job.failing.get_or_insert_with(|| {
+            Box::new(Failing {
+                first_failure: SystemTime::now(),
+                delays: None,
+                retrying: None,
+            })
+        });
+        let first_failure = failing.first_failure;
         let delay = if !route.retry.is_retryable(&error) {
             None
         } else {
-            job.delays
-                .get_or_insert_with(|| Box::new(route.retry.delays()))
+            failing
+                .delays
+                .get_or_insert_with(|| route.retry.delays())
                 .next()
         };
         let Some(delay) = delay else {
@@ -397,8 +416,8 @@ impl Shared {
             ));
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
-        job.retrying = Some(route.note_retrying(
-            job.retrying,
+        failing.retrying = Some(route.note_retrying(
+            failing.retrying,
             Retrying {
                 key: job.message.key().cloned(),
                 message_id: job.message.id().clone(),

@@ -6,8 +6,9 @@ use std::task::{Context, Poll, ready};
 
 use tokio::runtime::Handle;
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio_util::sync::PollSemaphore;
+use tokio::sync::{
+    AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot,
+};
 use tower::Service;
 
 use super::budget::{ByteBudget, Reservation};
@@ -17,6 +18,10 @@ use super::route::Reply;
 use super::{DispatcherStats, Route};
 use crate::error::Error;
 use crate::message::Message;
+
+/// Sync as well as Send: a dispatcher handle is shared by reference across tasks.
+type SlotWait =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
 /// Bounds of a [`Dispatcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,8 +94,9 @@ pub struct Dispatcher {
     budget: Arc<ByteBudget>,
     max_buffered: usize,
     per_subscription: usize,
-    semaphore: Arc<Semaphore>,
-    slots: PollSemaphore,
+    slots: Arc<Semaphore>,
+    /// A slot being waited for: only when none was free, so the common path makes no future.
+    slot_wait: Option<SlotWait>,
     reserved: Option<OwnedSemaphorePermit>,
     bytes_wait: Option<Pin<Box<OwnedNotified>>>,
 }
@@ -105,8 +111,8 @@ impl Clone for Dispatcher {
             budget: Arc::clone(&self.budget),
             max_buffered: self.max_buffered,
             per_subscription: self.per_subscription,
-            semaphore: Arc::clone(&self.semaphore),
-            slots: self.slots.clone(),
+            slots: Arc::clone(&self.slots),
+            slot_wait: None,
             reserved: None,
             bytes_wait: None,
         }
@@ -130,7 +136,6 @@ impl Dispatcher {
     pub fn new(config: DispatcherConfig) -> Self {
         let max_in_flight = config.max_in_flight.max(1);
         let max_buffered = config.max_buffered.max(max_in_flight);
-        let semaphore = Arc::new(Semaphore::new(max_buffered));
         let shared = Arc::new(Shared::new(max_in_flight, Handle::current()));
         Dispatcher {
             _handles: Arc::new(Handles(Arc::clone(&shared))),
@@ -144,8 +149,8 @@ impl Dispatcher {
             per_subscription: config
                 .max_buffered_per_subscription
                 .map_or(max_buffered, |n| n.clamp(1, max_buffered)),
-            slots: PollSemaphore::new(Arc::clone(&semaphore)),
-            semaphore,
+            slots: Arc::new(Semaphore::new(max_buffered)),
+            slot_wait: None,
             reserved: None,
             bytes_wait: None,
         }
@@ -186,7 +191,7 @@ impl Dispatcher {
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.semaphore.is_closed()
+        self.slots.is_closed()
     }
 
     /// Closes intake and waits until every task the dispatcher started (workers, retry
@@ -217,7 +222,7 @@ impl Service<Dispatch> for Dispatcher {
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if self.reserved.is_none() {
-            match ready!(self.slots.poll_acquire(cx)) {
+            match ready!(self.poll_slot(cx)) {
                 Some(permit) => self.reserved = Some(permit),
                 None => return Poll::Ready(Err(Error::Closed)),
             }
@@ -236,7 +241,7 @@ impl Service<Dispatch> for Dispatcher {
                 .bytes_wait
                 .get_or_insert_with(|| Box::pin(Arc::clone(&budget.freed).notified_owned()));
             // Register before re-checking, so a release between the check and the poll wakes us.
-            if !wait.as_mut().enable() && !budget.has_room() && !self.semaphore.is_closed() {
+            if !wait.as_mut().enable() && !budget.has_room() && !self.slots.is_closed() {
                 ready!(wait.as_mut().poll(cx));
             }
             self.bytes_wait = None;
@@ -251,6 +256,25 @@ impl Service<Dispatch> for Dispatcher {
 }
 
 impl Dispatcher {
+    /// A buffer slot: taken at once when one is free, else waited for in the semaphore's fair
+    /// queue. `None` once closed.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<Option<OwnedSemaphorePermit>> {
+        if self.slot_wait.is_none() {
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => return Poll::Ready(Some(permit)),
+                Err(TryAcquireError::Closed) => return Poll::Ready(None),
+                Err(TryAcquireError::NoPermits) => {}
+            }
+        }
+        let slots = &self.slots;
+        let wait = self
+            .slot_wait
+            .get_or_insert_with(|| Box::pin(Arc::clone(slots).acquire_owned()));
+        let permit = ready!(wait.as_mut().poll(cx));
+        self.slot_wait = None;
+        Poll::Ready(permit.ok())
+    }
+
     /// Admits a message whose outcome goes to `reply`: what `call` does, and what the bus's
     /// consuming loops use to avoid a future per message. Needs room reserved by `poll_ready`.
     pub(crate) fn submit(&mut self, req: Dispatch, reply: Reply) {

@@ -13,7 +13,7 @@ pub(crate) mod publisher;
 pub use crate::bus::subscription::{Started, SubscribeRequest};
 pub use incoming::{Acknowledge, Incoming, Settle};
 pub use provision::Provision;
-pub use publisher::{Publisher, settle_batch};
+pub use publisher::{PublishFuture, Publisher, settle_batch};
 
 use crate::error::Result;
 
