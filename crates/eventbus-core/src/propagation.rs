@@ -63,11 +63,12 @@ mod otel {
         }
     }
 
-    pub(super) fn inject(message: &mut Message) {
-        if message.headers().get(super::TRACEPARENT).is_some() {
+    pub(super) fn inject(span: &tracing::Span, message: &mut Message) {
+        // A span no subscriber records has no trace context to write.
+        if span.is_disabled() || message.headers().get(super::TRACEPARENT).is_some() {
             return;
         }
-        let cx = tracing::Span::current().context();
+        let cx = span.context();
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut Inject(message.headers_mut()));
         });
@@ -84,13 +85,13 @@ mod otel {
     }
 }
 
-/// Writes the current span's trace context into `message`'s headers (see the module docs).
+/// Writes `span`'s trace context into `message`'s headers (see the module docs).
 #[inline]
-pub(crate) fn inject(message: &mut Message) {
+pub(crate) fn inject(span: &tracing::Span, message: &mut Message) {
     #[cfg(feature = "opentelemetry")]
-    otel::inject(message);
+    otel::inject(span, message);
     #[cfg(not(feature = "opentelemetry"))]
-    let _ = message;
+    let _ = (span, message);
 }
 
 /// Makes the trace context in `message`'s headers the parent of `span`.
@@ -121,8 +122,8 @@ mod tests {
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let mut message = Message::new("orders", "x");
         tracing::subscriber::with_default(subscriber, || {
-            let _span = tracing::info_span!("producer").entered();
-            inject(&mut message);
+            let span = tracing::info_span!("producer");
+            inject(&span, &mut message);
         });
         assert!(
             message.headers().get(TRACEPARENT).is_some(),

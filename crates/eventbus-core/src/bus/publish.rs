@@ -139,8 +139,8 @@ impl Outlet {
             key = message.key().map(|k| k.as_str()),
             message_id = %message.id(),
         );
+        propagation::inject(&span, &mut message);
         async {
-            propagation::inject(&mut message);
             let publishing = InFlight::start(&self.stats);
             let result = self.with_timeout(self.transport.publish(message)).await;
             publishing.finish(&metrics, 1, &result);
@@ -166,8 +166,10 @@ impl Outlet {
             topic = first.topic(),
             messages = messages.len(),
         );
+        for message in &mut messages {
+            propagation::inject(&span, message);
+        }
         async {
-            messages.iter_mut().for_each(propagation::inject);
             let n = messages.len() as u64;
             let publishing = InFlight::start(&self.stats);
             let result = self
