@@ -374,6 +374,48 @@ fn poll_ready_is_pending_at_max_buffered_and_woken_when_a_message_finishes() {
     });
 }
 
+/// Slots freed together wake the waiters one after another: the first woken takes one and,
+/// seeing another free, wakes the next. Nobody waits while a slot is free.
+#[test]
+fn slots_freed_together_wake_as_many_waiters() {
+    run(async {
+        let probe = Probe::new();
+        for name in ["m1", "m2"] {
+            probe.hold(name);
+        }
+        let route = probe.route("orders", RetryPolicy::never());
+        let d = Dispatcher::new(config(2, 2, usize::MAX));
+        let mut full = mock::Spawn::new(d.clone());
+        assert_ready_ok!(full.poll_ready());
+        let r1 = full.call(dispatch(&route, msg(None, "m1")));
+        assert_ready_ok!(full.poll_ready());
+        let r2 = full.call(dispatch(&route, msg(None, "m2")));
+        probe.started().await;
+        probe.started().await;
+
+        let (mut a, mut b) = (mock::Spawn::new(d.clone()), mock::Spawn::new(d.clone()));
+        assert_pending!(a.poll_ready());
+        assert_pending!(b.poll_ready());
+
+        // Both slots are freed before either waiter runs.
+        probe.release("m1");
+        probe.release("m2");
+        assert_handled(r1.await, 1);
+        assert_handled(r2.await, 1);
+        assert!(
+            a.is_woken(),
+            "the first slot freed from a full buffer wakes a waiter"
+        );
+        assert_ready_ok!(a.poll_ready());
+        assert!(
+            b.is_woken(),
+            "a second slot is free: the next waiter is woken too"
+        );
+        assert_ready_ok!(b.poll_ready());
+        assert_eq!(d.stats().buffered, 2, "the two reservations");
+    });
+}
+
 #[test]
 fn poll_ready_is_pending_while_buffered_bytes_reach_the_cap_and_woken_below_it() {
     run(async {
@@ -1324,6 +1366,49 @@ async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
     watchdog(d.shutdown()).await;
     let stats = d.stats();
     assert_eq!(stats.handled, 1000);
+    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_producers_at_the_slot_bound_are_always_woken() {
+    let handler = handler_fn(|_d: Delivery| async {
+        tokio::task::yield_now().await;
+        Ok::<_, BoxError>(())
+    });
+    let route = Arc::new(
+        Route::builder("orders", "group", handler)
+            .retry(RetryPolicy::never())
+            .build(),
+    );
+    // Two slots for eight producers: nearly every admission waits for a slot, and a freed slot
+    // wakes one waiter, who must pass the wake on when it leaves a slot free.
+    let d = Dispatcher::new(config(2, 2, usize::MAX));
+
+    let producers = (0..8).map(|p| {
+        let (mut d, route) = (d.clone(), route.clone());
+        tokio::spawn(async move {
+            let mut responses = Vec::new();
+            for i in 0..200 {
+                responses.push(submit(&mut d, &route, msg(None, &format!("{p}{i:03}"))).await);
+                // Some callers take a slot and give it back unused, as a consuming loop whose
+                // source is empty does (by dropping a clone holding the reservation).
+                if i % 7 == 0 {
+                    let mut idle = d.clone();
+                    ServiceExt::<Dispatch>::ready(&mut idle)
+                        .await
+                        .expect("open");
+                }
+            }
+            join_all(responses).await
+        })
+    });
+    let outcomes = watchdog(join_all(producers)).await;
+    for outcome in outcomes.into_iter().flat_map(|o| o.expect("producer ran")) {
+        assert_handled(outcome, 1);
+    }
+    watchdog(d.shutdown()).await;
+    let stats = d.stats();
+    assert_eq!(stats.handled, 1600);
     assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
 }
 

@@ -1,27 +1,20 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll, ready};
 
 use tokio::runtime::Handle;
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{
-    AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot,
-};
+use tokio::sync::{Notify, oneshot};
 use tower::Service;
 
-use super::budget::{ByteBudget, Reservation};
+use super::budget::{Budget, Reservation};
 use super::future::ResponseFuture;
 use super::queue::{Job, Shared};
 use super::route::Reply;
 use super::{DispatcherStats, Route};
 use crate::error::Error;
 use crate::message::Message;
-
-/// Sync as well as Send: a dispatcher handle is shared by reference across tasks.
-type SlotWait =
-    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
 /// Bounds of a [`Dispatcher`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +84,21 @@ pub struct Dispatch {
 pub struct Dispatcher {
     shared: Arc<Shared>,
     _handles: Arc<Handles>,
-    budget: Arc<ByteBudget>,
+    budget: Arc<Budget>,
     max_buffered: usize,
     per_subscription: usize,
-    slots: Arc<Semaphore>,
-    /// A slot being waited for: only when none was free, so the common path makes no future.
-    slot_wait: Option<SlotWait>,
-    reserved: Option<OwnedSemaphorePermit>,
-    bytes_wait: Option<Pin<Box<OwnedNotified>>>,
+    /// A slot taken by `poll_ready` for the next `call`.
+    reserved: bool,
+    /// Room being waited for, and which: made only at a bound, so the common path makes no
+    /// future.
+    wait: Option<(Need, Pin<Box<OwnedNotified>>)>,
+}
+
+/// What a caller of `poll_ready` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    Slot,
+    Bytes,
 }
 
 impl Clone for Dispatcher {
@@ -111,11 +111,15 @@ impl Clone for Dispatcher {
             budget: Arc::clone(&self.budget),
             max_buffered: self.max_buffered,
             per_subscription: self.per_subscription,
-            slots: Arc::clone(&self.slots),
-            slot_wait: None,
-            reserved: None,
-            bytes_wait: None,
+            reserved: false,
+            wait: None,
         }
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.unreserve();
     }
 }
 
@@ -123,7 +127,7 @@ impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
             .field("stats", &self.stats())
-            .field("reserved", &self.reserved.is_some())
+            .field("reserved", &self.reserved)
             .finish()
     }
 }
@@ -140,19 +144,13 @@ impl Dispatcher {
         Dispatcher {
             _handles: Arc::new(Handles(Arc::clone(&shared))),
             shared,
-            budget: Arc::new(ByteBudget {
-                used: AtomicUsize::new(0),
-                max: config.max_buffered_bytes.max(1),
-                freed: Arc::new(Notify::new()),
-            }),
+            budget: Arc::new(Budget::new(max_buffered, config.max_buffered_bytes)),
             max_buffered,
             per_subscription: config
                 .max_buffered_per_subscription
                 .map_or(max_buffered, |n| n.clamp(1, max_buffered)),
-            slots: Arc::new(Semaphore::new(max_buffered)),
-            slot_wait: None,
-            reserved: None,
-            bytes_wait: None,
+            reserved: false,
+            wait: None,
         }
     }
 
@@ -169,29 +167,27 @@ impl Dispatcher {
     /// Gives back room reserved by `poll_ready` and not used by a `call` (a consuming loop whose
     /// source had nothing to deliver), so other callers can have it.
     pub(crate) fn unreserve(&mut self) {
-        self.reserved = None;
+        if std::mem::take(&mut self.reserved) {
+            self.budget.release(1, 0);
+        }
     }
 
     /// Current counters.
     pub fn stats(&self) -> DispatcherStats {
         // Every admitted job and every reservation made by `poll_ready` holds one slot.
-        let held = self.max_buffered - self.slots.available_permits().min(self.max_buffered);
-        self.shared.stats(
-            held,
-            self.budget.used.load(std::sync::atomic::Ordering::Relaxed),
-        )
+        self.shared
+            .stats(self.budget.slots_taken(), self.budget.bytes_taken())
     }
 
     /// Stops intake: `poll_ready` returns `Err(Closed)` from now on, for every clone. Messages
     /// already admitted still run (or are cancelled by their route's tokens).
     pub fn close(&self) {
-        self.slots.close();
-        self.budget.freed.notify_waiters();
+        self.budget.close();
     }
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.slots.is_closed()
+        self.budget.is_closed()
     }
 
     /// Closes intake and waits until every task the dispatcher started (workers, retry
@@ -221,30 +217,30 @@ impl Service<Dispatch> for Dispatcher {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.reserved.is_none() {
-            match ready!(self.poll_slot(cx)) {
-                Some(permit) => self.reserved = Some(permit),
-                None => return Poll::Ready(Err(Error::Closed)),
-            }
-        }
+        // Whether this call consumed a wake meant for slot waiters.
+        let mut woken_for_slot = false;
         loop {
-            if self.is_closed() {
-                self.reserved = None;
+            if self.budget.is_closed() {
+                self.unreserve();
+                self.wait = None;
                 return Poll::Ready(Err(Error::Closed));
             }
-            if self.budget.has_room() {
-                self.bytes_wait = None;
+            if !self.reserved {
+                if !self.budget.try_take_slot() {
+                    woken_for_slot |= ready!(self.wait_for(Need::Slot, cx));
+                    continue;
+                }
+                self.reserved = true;
+                // A wake is for one slot: if more are free, the next waiter gets one too.
+                if std::mem::take(&mut woken_for_slot) && self.budget.has_free_slot() {
+                    self.budget.slot_freed.notify_one();
+                }
+            }
+            if self.budget.has_byte_room() {
+                self.wait = None;
                 return Poll::Ready(Ok(()));
             }
-            let budget = &self.budget;
-            let wait = self
-                .bytes_wait
-                .get_or_insert_with(|| Box::pin(Arc::clone(&budget.freed).notified_owned()));
-            // Register before re-checking, so a release between the check and the poll wakes us.
-            if !wait.as_mut().enable() && !budget.has_room() && !self.slots.is_closed() {
-                ready!(wait.as_mut().poll(cx));
-            }
-            self.bytes_wait = None;
+            ready!(self.wait_for(Need::Bytes, cx));
         }
     }
 
@@ -256,36 +252,37 @@ impl Service<Dispatch> for Dispatcher {
 }
 
 impl Dispatcher {
-    /// A buffer slot: taken at once when one is free, else waited for in the semaphore's fair
-    /// queue. `None` once closed.
-    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<Option<OwnedSemaphorePermit>> {
-        if self.slot_wait.is_none() {
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(permit) => return Poll::Ready(Some(permit)),
-                Err(TryAcquireError::Closed) => return Poll::Ready(None),
-                Err(TryAcquireError::NoPermits) => {}
-            }
+    /// Waits for `need`: the first call registers for its wake-up and returns at once, so the
+    /// caller looks again (room freed before registering is seen then); later calls wait for
+    /// the wake-up. `Ready(true)` when a wake-up was consumed.
+    fn wait_for(&mut self, need: Need, cx: &mut Context<'_>) -> Poll<bool> {
+        if let Some((waiting_for, wait)) = &mut self.wait
+            && *waiting_for == need
+        {
+            ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+            return Poll::Ready(true);
         }
-        let slots = &self.slots;
-        let wait = self
-            .slot_wait
-            .get_or_insert_with(|| Box::pin(Arc::clone(slots).acquire_owned()));
-        let permit = ready!(wait.as_mut().poll(cx));
-        self.slot_wait = None;
-        Poll::Ready(permit.ok())
+        let notify: &Arc<Notify> = match need {
+            Need::Slot => &self.budget.slot_freed,
+            Need::Bytes => &self.budget.bytes_freed,
+        };
+        let mut wait = Box::pin(Arc::clone(notify).notified_owned());
+        wait.as_mut().enable();
+        self.wait = Some((need, wait));
+        Poll::Ready(false)
     }
 
     /// Admits a message whose outcome goes to `reply`: what `call` does, and what the bus's
     /// consuming loops use to avoid a future per message. Needs room reserved by `poll_ready`.
     pub(crate) fn submit(&mut self, req: Dispatch, reply: Reply) {
-        let slot = self
-            .reserved
-            .take()
-            .expect("poll_ready must be called first");
+        assert!(
+            std::mem::take(&mut self.reserved),
+            "poll_ready must be called first"
+        );
         let bytes = req.message.encoded_len();
-        self.budget.take(bytes);
+        self.budget.take_bytes(bytes);
         let reservation = Reservation {
-            _slot: slot,
             bytes,
             budget: Arc::clone(&self.budget),
         };
