@@ -51,8 +51,8 @@ impl flags::Cost {
     }
 }
 
-/// Builds the `eventbus-bench` binary and the two workload binaries that `cost` runs under it
-/// in release mode, then runs `eventbus-bench <command> <args>`.
+/// Builds the `eventbus-bench` binary and the three workload binaries that `cost` and the growth
+/// table run under it in release mode, then runs `eventbus-bench <command> <args>`.
 fn bench_binary(command: &str, args: &[String]) -> Result<(), String> {
     cargo(&[
         "build",
@@ -66,6 +66,8 @@ fn bench_binary(command: &str, args: &[String]) -> Result<(), String> {
         "cost-workload",
         "--bin",
         "alloc-workload",
+        "--bin",
+        "heap-workload",
     ])?;
     let mut full = vec![
         "run",

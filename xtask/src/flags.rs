@@ -72,7 +72,8 @@ xflags::xflags! {
         /// shared server (started if down, stopped after), Kafka on a private broker (or
         /// EVENTBUS_KAFKA_BROKERS).
         cmd bench {
-            /// Also the cost per message; writes BENCHMARKS.md and docs/bench/*.svg.
+            /// Also the cost per message and how it grows with keys and subscriptions; writes
+            /// BENCHMARKS.md and docs/bench/*.svg.
             optional --report
             /// Fewer messages and rounds.
             optional --quick

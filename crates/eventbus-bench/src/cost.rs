@@ -8,9 +8,12 @@
 //! over `n`, so setting up and closing the dispatcher or bus cancels out.
 //!
 //! The workloads: `raw` (the mpsc → handler loop), `dispatcher` (the dispatcher alone) and
-//! `memory` (the memory bus end to end), all with [`KEYS`] keys and the no-op handler.
-//! Two tiny binaries run them: `cost-workload` (plain, for callgrind) and `alloc-workload`
-//! (with the counting allocator, which prints the count).
+//! `memory` (the memory bus end to end), all with [`KEYS`] keys and the no-op handler; and
+//! the growth table's two ([`SPREAD_WORKLOADS`], [`crate::growth`]), whose messages are
+//! spread over several routes or topics. Three tiny binaries run them, each with the command
+//! line of [`WorkloadArgs`]: `cost-workload` (plain, for callgrind), `alloc-workload` (with
+//! the counting allocator, which prints the count) and `heap-workload` (with a peak-tracking
+//! allocator, for the growth table).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +27,11 @@ pub const KEYS: usize = 1_000;
 pub const MESSAGES: usize = 20_000;
 /// The workloads, in report order.
 pub const WORKLOADS: [&str; 3] = ["raw", "dispatcher", "memory"];
+/// The growth table's workloads: the dispatcher over `subscriptions` routes
+/// ([`workload::dispatcher_routes`]) and the memory bus over `subscriptions` topics
+/// ([`workload::memory_bus_topics`]), messages from [`workload::spread`]. Apart from
+/// `dispatcher` and `memory` so that those stay the workloads the targets were measured on.
+pub const SPREAD_WORKLOADS: [&str; 2] = ["dispatcher-routes", "memory-topics"];
 /// Targets of the issue: most allocations and instructions per message in the dispatcher.
 pub const TARGET_ALLOCATIONS: f64 = 2.0;
 /// See [`TARGET_ALLOCATIONS`].
@@ -43,23 +51,87 @@ pub fn measured<R>(f: impl FnOnce() -> R) -> R {
     std::hint::black_box(f())
 }
 
-/// Runs workload `name` with `messages` messages, counting only the workload itself;
-/// `around` is called just before and just after (the allocation counter reads there).
-pub fn run_workload(name: &str, messages: usize, mut around: impl FnMut()) {
+/// The command line of the workload binaries: `<workload> <messages> [keys] [subscriptions]`
+/// (keys default to [`KEYS`], subscriptions to 1; `raw`, `dispatcher` and `memory` have one
+/// subscription whatever is given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadArgs {
+    /// One of [`WORKLOADS`] or [`SPREAD_WORKLOADS`].
+    pub workload: String,
+    /// Messages of the run.
+    pub messages: usize,
+    /// Keys, round robin.
+    pub keys: usize,
+    /// Routes or topics of the spread workloads.
+    pub subscriptions: usize,
+}
+
+impl WorkloadArgs {
+    /// `workload` with `messages` messages, [`KEYS`] keys and one subscription.
+    pub fn new(workload: &str, messages: usize) -> Self {
+        WorkloadArgs {
+            workload: workload.to_owned(),
+            messages,
+            keys: KEYS,
+            subscriptions: 1,
+        }
+    }
+
+    /// From the words after the program's name; what is missing or not a number takes its
+    /// default (workload `dispatcher`, [`MESSAGES`], [`KEYS`], 1).
+    pub fn parse(args: &[String]) -> Self {
+        let number =
+            |i: usize, default: usize| args.get(i).and_then(|n| n.parse().ok()).unwrap_or(default);
+        WorkloadArgs {
+            workload: args.first().map_or("dispatcher", String::as_str).to_owned(),
+            messages: number(1, MESSAGES),
+            keys: number(2, KEYS).max(1),
+            subscriptions: number(3, 1).max(1),
+        }
+    }
+
+    /// This process's command line.
+    pub fn from_env() -> Self {
+        Self::parse(&std::env::args().skip(1).collect::<Vec<_>>())
+    }
+
+    /// The command line that [`parse`](Self::parse) reads back.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            self.workload.clone(),
+            self.messages.to_string(),
+            self.keys.to_string(),
+            self.subscriptions.to_string(),
+        ]
+    }
+
+    /// The same workload with `messages` messages.
+    pub fn with_messages(&self, messages: usize) -> Self {
+        WorkloadArgs {
+            messages,
+            ..self.clone()
+        }
+    }
+}
+
+/// Runs the workload `args` names, counting only the workload itself; `around` is called just
+/// before and just after (the allocation counter reads there).
+pub fn run_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    match name {
+    let (messages, keys, subscriptions) = (args.messages, args.keys, args.subscriptions);
+    match args.workload.as_str() {
         "raw" | "dispatcher" => {
             // The pool outlives the region, so freeing the messages is not counted.
-            let pool: Vec<Arc<_>> = workload::messages("cost", KEYS, messages)
+            let pool: Vec<Arc<_>> = workload::messages("cost", keys, messages)
                 .into_iter()
                 .map(Arc::new)
                 .collect();
             let items = pool.clone();
             around();
-            if name == "raw" {
+            if args.workload == "raw" {
                 measured(|| runtime.block_on(workload::raw_mpsc(items)));
             } else {
                 measured(|| runtime.block_on(workload::dispatcher(items)));
@@ -69,23 +141,39 @@ pub fn run_workload(name: &str, messages: usize, mut around: impl FnMut()) {
         }
         "memory" => {
             // The bus takes messages by value; the clones share id and payload with the pool.
-            let pool = workload::messages("cost", KEYS, messages);
+            let pool = workload::messages("cost", keys, messages);
             let items = pool.clone();
             around();
             measured(|| runtime.block_on(workload::memory_bus(items)));
             around();
             drop(pool);
         }
-        other => panic!("unknown workload {other}: one of {WORKLOADS:?}"),
+        "dispatcher-routes" => {
+            let pool = workload::spread(keys, subscriptions, messages);
+            let items = pool.clone();
+            around();
+            measured(|| {
+                runtime.block_on(workload::dispatcher_routes(items, messages, subscriptions))
+            });
+            around();
+            drop(pool);
+        }
+        "memory-topics" => {
+            let pool = workload::spread(keys, subscriptions, messages);
+            let items: Vec<_> = pool.iter().map(|(_, m)| (**m).clone()).collect();
+            let topics: Vec<String> = (0..subscriptions).map(workload::spread_topic).collect();
+            around();
+            measured(|| runtime.block_on(workload::memory_bus_topics(items, messages, &topics)));
+            around();
+            drop(pool);
+        }
+        other => panic!("unknown workload {other}: one of {WORKLOADS:?} or {SPREAD_WORKLOADS:?}"),
     }
 }
 
-/// The `main` of the two workload binaries: `<workload> <messages>`.
-pub fn workload_main(mut around: impl FnMut()) {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let name = args.first().map_or("dispatcher", String::as_str);
-    let messages = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(MESSAGES);
-    run_workload(name, messages, &mut around);
+/// The `main` of `cost-workload` and `alloc-workload`: the workload of [`WorkloadArgs`].
+pub fn workload_main(around: impl FnMut()) {
+    run_workload(&WorkloadArgs::from_env(), around);
 }
 
 /// Cost per message of one workload.
@@ -107,15 +195,14 @@ pub fn sibling(name: &str) -> PathBuf {
     exe.with_file_name(name)
 }
 
-fn callgrind(exe: &Path, workload: &str, messages: usize, out: &Path) -> Result<u64, String> {
+fn callgrind(exe: &Path, args: &WorkloadArgs, out: &Path) -> Result<u64, String> {
     let output = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg("--toggle-collect=*measured*")
         .arg("--dump-instr=no")
         .arg(exe)
-        .arg(workload)
-        .arg(messages.to_string())
+        .args(args.to_args())
         .output()
         .map_err(|e| format!("cannot run valgrind: {e}"))?;
     if !output.status.success() {
@@ -134,10 +221,24 @@ fn callgrind(exe: &Path, workload: &str, messages: usize, out: &Path) -> Result<
         .ok_or_else(|| format!("no totals in {}", out.display()))
 }
 
-fn allocations(exe: &Path, workload: &str, messages: usize) -> Result<(u64, u64, u64), String> {
+/// Instructions per message of the workload `args` (`args.messages` = n): callgrind over n and
+/// 2n messages, (2n − n) / n. The files go into `dir` as `<stem>.<n>.callgrind` and
+/// `<stem>.<2n>.callgrind`.
+pub fn instructions(args: &WorkloadArgs, dir: &Path, stem: &str) -> Result<f64, String> {
+    let exe = sibling("cost-workload");
+    let n = args.messages;
+    let i1 = callgrind(&exe, args, &dir.join(format!("{stem}.{n}.callgrind")))?;
+    let i2 = callgrind(
+        &exe,
+        &args.with_messages(2 * n),
+        &dir.join(format!("{stem}.{}.callgrind", 2 * n)),
+    )?;
+    Ok((i2 as f64 - i1 as f64) / n as f64)
+}
+
+fn allocations(exe: &Path, args: &WorkloadArgs) -> Result<(u64, u64, u64), String> {
     let output = Command::new(exe)
-        .arg(workload)
-        .arg(messages.to_string())
+        .args(args.to_args())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -159,22 +260,16 @@ fn allocations(exe: &Path, workload: &str, messages: usize) -> Result<(u64, u64,
 /// Measures every workload; `dir` gets the callgrind files (`<workload>.<n>.callgrind`).
 pub fn measure(dir: &Path, with_callgrind: bool) -> Result<Vec<(&'static str, Cost)>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let (plain, counting) = (sibling("cost-workload"), sibling("alloc-workload"));
+    let counting = sibling("alloc-workload");
     let n = MESSAGES;
     WORKLOADS
         .iter()
         .map(|&w| {
-            let (a1, r1, b1) = allocations(&counting, w, n)?;
-            let (a2, r2, b2) = allocations(&counting, w, 2 * n)?;
+            let args = WorkloadArgs::new(w, n);
+            let (a1, r1, b1) = allocations(&counting, &args)?;
+            let (a2, r2, b2) = allocations(&counting, &args.with_messages(2 * n))?;
             let instructions = if with_callgrind {
-                let i1 = callgrind(&plain, w, n, &dir.join(format!("{w}.{n}.callgrind")))?;
-                let i2 = callgrind(
-                    &plain,
-                    w,
-                    2 * n,
-                    &dir.join(format!("{w}.{}.callgrind", 2 * n)),
-                )?;
-                Some((i2 as f64 - i1 as f64) / n as f64)
+                Some(instructions(&args, dir, w)?)
             } else {
                 None
             };

@@ -14,6 +14,8 @@
 //!   order, timed to the last receipt, tasks and heap sampled) and its raw mpsc baseline;
 //! - [`load`]: the Go SDK's load levels and scenarios over it, as a table, JSON and a chart;
 //! - [`cost`]: instructions (callgrind) and heap allocations per message on a fixed workload;
+//! - [`growth`]: how throughput, peak heap and instructions per message grow with keys and
+//!   subscriptions, on the dispatcher and the memory bus;
 //! - [`report`]: BENCHMARKS.md and its SVG charts;
 //! - [`charts`]: the SVG charts of [`report`] and [`load`], drawn in one place;
 //! - [`members`]: bus instances as child processes (killable with SIGKILL), a steady keyed
@@ -29,8 +31,9 @@
 //!   NATS and Kafka pub/subs), the same load scenarios on each transport, one machine, one
 //!   run.
 //!
-//! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`); the
-//! criterion benches (`cargo bench -p eventbus-bench`) time the same workloads.
+//! The `eventbus-bench` binary runs them (`cargo xtask bench`, `cargo xtask cost`,
+//! `eventbus-bench growth`); the criterion benches (`cargo bench -p eventbus-bench`) time the
+//! same workloads.
 //!
 //! The other tools are binaries of this crate too, each built with every transport
 //! (`cargo run --release -p eventbus-bench --bin <tool> -- <flags>`):
@@ -55,6 +58,7 @@ pub mod cluster;
 pub mod cost;
 pub mod cpu;
 pub mod groups;
+pub mod growth;
 pub mod hol;
 pub mod kafka;
 pub mod lanes;

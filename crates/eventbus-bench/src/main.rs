@@ -4,10 +4,13 @@
 //!   ratios (dispatcher and memory bus against the raw mpsc loop, NATS bus against raw
 //!   async-nats when a server answers on 127.0.0.1:4222, Kafka bus against raw rdkafka on a
 //!   private Apache Kafka or `EVENTBUS_KAFKA_BROKERS`), interleaved rounds, and the
-//!   head-of-line table; with `--report`, also the cost per message, then
+//!   head-of-line table; with `--report`, also the cost per message and the growth table, then
 //!   `ROOT/BENCHMARKS.md` and `ROOT/docs/bench/*.svg`.
 //! - `eventbus-bench cost [--no-callgrind] [--profile]`: instructions and allocations per
 //!   message (needs the `cost-workload` and `alloc-workload` binaries beside this one).
+//! - `eventbus-bench growth [--rounds N] [--quick] [--no-callgrind]`: how throughput, peak heap
+//!   and instructions per message grow with keys and subscriptions (needs `cost-workload` and
+//!   `heap-workload` beside this one: `cargo build --release -p eventbus-bench`).
 //!
 //! `cargo xtask bench [--report]` and `cargo xtask cost` build and run it.
 
@@ -19,7 +22,7 @@ use eventbus_bench::cost::{self, TARGET_ALLOCATIONS, TARGET_INSTRUCTIONS};
 use eventbus_bench::hol::{Design, Hol};
 use eventbus_bench::report::{HolRow, Results};
 use eventbus_bench::stats::{Comparison, Rate, Ratio, Samples};
-use eventbus_bench::{kafka, nats, report, runtime, workload};
+use eventbus_bench::{growth, kafka, nats, report, runtime, workload};
 
 struct Args(Vec<String>);
 
@@ -44,13 +47,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("growth") => {
+            let table = growth::measure(&growth_plan(&args));
+            println!("{}", table.markdown());
+            ExitCode::SUCCESS
+        }
         _ => {
             eprintln!(
                 "usage: eventbus-bench run [--rounds N] [--quick] [--no-nats] [--no-kafka] [--report ROOT]\n\
-                 \x20      eventbus-bench cost [--no-callgrind] [--profile]"
+                 \x20      eventbus-bench cost [--no-callgrind] [--profile]\n\
+                 \x20      eventbus-bench growth [--rounds N] [--quick] [--no-callgrind]"
             );
             ExitCode::from(2)
         }
+    }
+}
+
+/// Rounds of `run` and `growth`: `--rounds N`, else 5 (3 with `--quick`).
+fn rounds(args: &Args) -> usize {
+    args.value("--rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if args.flag("--quick") { 3 } else { 5 })
+        .max(1)
+}
+
+fn growth_plan(args: &Args) -> growth::Plan {
+    let callgrind = !args.flag("--no-callgrind") && cost::valgrind_available();
+    growth::Plan {
+        rounds: rounds(args),
+        quick: args.flag("--quick"),
+        callgrind,
     }
 }
 
@@ -110,11 +136,7 @@ fn cost_command(args: &Args) -> Result<(), String> {
 
 fn run(args: &Args) -> ExitCode {
     let quick = args.flag("--quick");
-    let rounds: usize = args
-        .value("--rounds")
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(if quick { 3 } else { 5 })
-        .max(1);
+    let rounds = rounds(args);
     let scale = if quick { 5 } else { 1 };
     let runtime = runtime();
     let mut results = Results {
@@ -303,6 +325,9 @@ fn run(args: &Args) -> ExitCode {
         }
         let _ = std::fs::remove_dir_all(&dir);
         println!("\n{}", report::cost_table(&results.cost));
+        let table = growth::measure(&growth_plan(args));
+        println!("\n{}", table.markdown());
+        results.growth = Some(table);
         results.gaps = gaps(&results);
         for g in &results.gaps {
             println!("- {g}");

@@ -44,6 +44,8 @@ pub struct Results {
     pub cost: Vec<(&'static str, Cost)>,
     /// Profiles of cost workloads (callgrind, self instructions per message).
     pub profiles: Vec<(&'static str, String)>,
+    /// How cost grows with keys and subscriptions.
+    pub growth: Option<crate::growth::Table>,
     /// Notes: what was not measured and why.
     pub notes: Vec<String>,
     /// Missed targets: by how much, where the time goes, what would close the gap.
@@ -299,6 +301,14 @@ impl Results {
                 2 * crate::cost::MESSAGES
             );
         }
+        if let Some(growth) = &self.growth {
+            let _ = writeln!(md, "## How cost grows with keys and subscriptions\n");
+            let _ = writeln!(
+                md,
+                "`eventbus-bench growth` prints this section.\n\n{}",
+                growth.markdown()
+            );
+        }
         if !self.gaps.is_empty() {
             let _ = writeln!(
                 md,
@@ -426,6 +436,33 @@ mod tests {
         assert_eq!(section(&twice, "peers"), Some("## Peers\n\nsecond\n"));
         assert!(twice.starts_with(doc));
         assert_eq!(section(doc, "peers"), None);
+    }
+
+    #[test]
+    fn the_growth_table_gets_its_section_before_the_kept_ones() {
+        let results = Results {
+            growth: Some(crate::growth::Table {
+                rounds: 1,
+                ..Default::default()
+            }),
+            ..Results::default()
+        };
+        let md = results.markdown("docs/bench");
+        assert!(
+            md.contains("## How cost grows with keys and subscriptions\n"),
+            "{md}"
+        );
+        let doc = splice(&md, "peers", "## Peers\n");
+        assert!(
+            doc.find("## How cost grows").expect("growth")
+                < doc.find("<!-- peers -->").expect("peers"),
+            "{doc}"
+        );
+        assert!(
+            !Results::default()
+                .markdown("docs/bench")
+                .contains("How cost grows")
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Runs one fixed workload of [`eventbus_bench::cost`] with a counting allocator and prints
+//! Runs one workload of [`eventbus_bench::cost`] with a counting allocator and prints
 //! the allocations (new blocks and reallocations) and bytes allocated inside it:
-//! `<workload> <messages>`.
+//! `<workload> <messages> [keys] [subscriptions]`.
 
 use eventbus_testkit::leak::stats_alloc::{INSTRUMENTED_SYSTEM, Stats};
 
