@@ -37,7 +37,7 @@ impl Subscriber for MemoryTransport {
 
 impl MemoryTransport {
     /// A new member of `group` on `topic` (created if need be), with its share of the keys.
-    pub(crate) fn join(
+    fn join(
         &self,
         topic: &str,
         group: &str,
@@ -76,7 +76,7 @@ impl MemoryTransport {
 }
 
 /// One subscription's view of its group.
-pub(crate) struct Member {
+struct Member {
     topic: Arc<Topic>,
     group: usize,
     /// Its id in its group's `keys`.

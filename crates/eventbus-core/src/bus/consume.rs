@@ -46,10 +46,6 @@ pub(crate) async fn pump<S, A>(
     let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
         FuturesUnordered::new();
     let mut done = Vec::with_capacity(64);
-    // A batch of finished messages being settled, split so the acks can be handed over while
-    // their outcomes and rooms stay here.
-    let (mut batch, mut kept) = (Vec::with_capacity(64), Vec::with_capacity(64));
-    let mut settles = Vec::with_capacity(64);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
@@ -78,16 +74,8 @@ pub(crate) async fn pump<S, A>(
                         )));
                         continue;
                     }
-                    batch.push(ack);
-                    kept.push((outcome, room));
-                }
-                A::settle_batch(
-                    batch.drain(..).zip(kept.iter().map(|(outcome, _)| outcome)),
-                    |s| settles.push(s),
-                );
-                // The room is freed only once the message is settled.
-                for (s, (_, room)) in settles.drain(..).zip(kept.drain(..)) {
-                    match s {
+                    // The room is freed only once the message is settled.
+                    match ack.settle(&outcome) {
                         Settle::Done(settled) => report(&subscribed, settled),
                         Settle::Later(settling_io) => settling.push(async move {
                             let settled = settling_io.await;

@@ -23,22 +23,6 @@ pub trait Acknowledge: Send + 'static {
     /// [`Outcome::Handled`]: ack. [`Outcome::Failed`]: nack (or dead-letter).
     /// [`Outcome::Cancelled`]: leave unacked, for redelivery.
     fn settle(self, outcome: &Outcome) -> Settle;
-
-    /// Settles the messages of one subscription that finished together, in the order given,
-    /// calling `settled` with each one's [`Settle`] in that order. The bus hands over what
-    /// finished since it last looked, so a transport whose settling takes a lock (or a round
-    /// trip) per call can override this to take it once per batch. The default settles them
-    /// one by one.
-    fn settle_batch<'a>(
-        batch: impl IntoIterator<Item = (Self, &'a Outcome)>,
-        mut settled: impl FnMut(Settle),
-    ) where
-        Self: Sized,
-    {
-        for (ack, outcome) in batch {
-            settled(ack.settle(outcome));
-        }
-    }
 }
 
 /// How settling went: most acks are bookkeeping that is done at once (an offset to commit, a
