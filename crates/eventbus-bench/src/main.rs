@@ -385,6 +385,12 @@ fn gaps(results: &Results) -> Vec<String> {
                 per("memory"),
                 per("raw")
             )
+        } else if c.name.starts_with("dispatcher") {
+            ". Where its instructions go: the dispatcher profile below and the note on its \
+             instructions; what only two threads show (the dispatcher's state lock shared by \
+             the producer and the workers, wake-ups across threads) is not in an instruction \
+             count"
+                .to_owned()
         } else {
             ". Not profiled in this run (callgrind is too slow against a live server); the \
              spread says whether the gap is real: compare the min–max of the ratio with the \
