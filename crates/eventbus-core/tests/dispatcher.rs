@@ -1334,17 +1334,39 @@ async fn per_key_order_holds_across_threads() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
+/// A route whose handler yields once, so calls overlap across threads.
+fn yielding_route() -> Arc<Route> {
     let handler = handler_fn(|_d: Delivery| async {
         tokio::task::yield_now().await;
         Ok::<_, BoxError>(())
     });
-    let route = Arc::new(
+    Arc::new(
         Route::builder("orders", "group", handler)
             .retry(RetryPolicy::never())
             .build(),
-    );
+    )
+}
+
+/// Waits for the producers: every message handled, then, after shutdown, `handled` counted
+/// and no slot or byte still held.
+async fn every_message_handled_then_nothing_held(
+    producers: impl Iterator<Item = tokio::task::JoinHandle<Vec<Result<Outcome, Error>>>>,
+    d: &Dispatcher,
+    handled: u64,
+) {
+    let outcomes = watchdog(join_all(producers)).await;
+    for outcome in outcomes.into_iter().flat_map(|o| o.expect("producer ran")) {
+        assert_handled(outcome, 1);
+    }
+    watchdog(d.shutdown()).await;
+    let stats = d.stats();
+    assert_eq!(stats.handled, handled);
+    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
+    let route = yielding_route();
     let len = msg(None, "0000").encoded_len();
     // Room for about two messages: nearly every admission waits for bytes to be freed.
     let d = Dispatcher::new(config(4, 64, 2 * len));
@@ -1359,27 +1381,12 @@ async fn concurrent_producers_at_the_byte_cap_are_always_woken() {
             join_all(responses).await
         })
     });
-    let outcomes = watchdog(join_all(producers)).await;
-    for outcome in outcomes.into_iter().flat_map(|o| o.expect("producer ran")) {
-        assert_handled(outcome, 1);
-    }
-    watchdog(d.shutdown()).await;
-    let stats = d.stats();
-    assert_eq!(stats.handled, 1000);
-    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+    every_message_handled_then_nothing_held(producers, &d, 1000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_producers_at_the_slot_bound_are_always_woken() {
-    let handler = handler_fn(|_d: Delivery| async {
-        tokio::task::yield_now().await;
-        Ok::<_, BoxError>(())
-    });
-    let route = Arc::new(
-        Route::builder("orders", "group", handler)
-            .retry(RetryPolicy::never())
-            .build(),
-    );
+    let route = yielding_route();
     // Two slots for eight producers: nearly every admission waits for a slot, and a freed slot
     // wakes one waiter, who must pass the wake on when it leaves a slot free.
     let d = Dispatcher::new(config(2, 2, usize::MAX));
@@ -1402,14 +1409,7 @@ async fn concurrent_producers_at_the_slot_bound_are_always_woken() {
             join_all(responses).await
         })
     });
-    let outcomes = watchdog(join_all(producers)).await;
-    for outcome in outcomes.into_iter().flat_map(|o| o.expect("producer ran")) {
-        assert_handled(outcome, 1);
-    }
-    watchdog(d.shutdown()).await;
-    let stats = d.stats();
-    assert_eq!(stats.handled, 1600);
-    assert_eq!((stats.buffered, stats.buffered_bytes), (0, 0));
+    every_message_handled_then_nothing_held(producers, &d, 1600).await;
 }
 
 // ---------------------------------------------------------------------------------------------
