@@ -712,6 +712,60 @@ fn a_failing_message_is_retried_in_place_while_other_keys_flow() {
     });
 }
 
+#[test]
+fn later_messages_of_a_key_wait_behind_a_retry_even_when_taken_together() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("k1");
+        probe.plan("k2", [Act::Fail]);
+        let route = probe.route("orders", retry_every(Duration::from_secs(1)));
+        let mut d = Dispatcher::new(config(4, 64, usize::MAX));
+
+        let k1 = submit(&mut d, &route, msg(Some("K"), "k1")).await;
+        assert_eq!(probe.started().await, "k1");
+        // Queued behind k1, so a worker takes k2, k3 and k4 together once k1 is done.
+        let rest = [
+            submit(&mut d, &route, msg(Some("K"), "k2")).await,
+            submit(&mut d, &route, msg(Some("K"), "k3")).await,
+            submit(&mut d, &route, msg(Some("K"), "k4")).await,
+        ];
+        probe.release("k1");
+        assert_handled(k1.await, 1);
+
+        // k2 failed and backs off: the two taken with it must not run meanwhile, and other
+        // keys flow.
+        let l1 = submit(&mut d, &route, msg(Some("L"), "l1")).await;
+        assert_handled(l1.await, 1);
+        settle().await;
+        assert_eq!(
+            probe.events_of("k"),
+            [start("k1", 1), end("k1", 1), start("k2", 1), end("k2", 1)]
+        );
+        assert_eq!(d.stats().active_keys, 1);
+
+        let [k2, k3, k4] = rest;
+        assert_handled(k2.await, 2);
+        assert_handled(k3.await, 1);
+        assert_handled(k4.await, 1);
+        assert_eq!(
+            probe.events_of("k"),
+            [
+                start("k1", 1),
+                end("k1", 1),
+                start("k2", 1),
+                end("k2", 1),
+                start("k2", 2),
+                end("k2", 2),
+                start("k3", 1),
+                end("k3", 1),
+                start("k4", 1),
+                end("k4", 1),
+            ]
+        );
+        assert_eq!(d.stats().active_keys, 0);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Panics
 // ---------------------------------------------------------------------------------------------

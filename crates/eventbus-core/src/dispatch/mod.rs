@@ -12,6 +12,11 @@
 //!   [`max_buffered_per_subscription`](DispatcherConfig::max_buffered_per_subscription) so
 //!   such a backlog stops only its own subscription, and bound stalls (a retry limit with
 //!   dead-lettering).
+//! - **Runs of one key.** A worker taking a key's next job also takes the jobs of that key
+//!   waiting behind it (up to 32) and runs them one after another, as they would run anyway:
+//!   one lock for the run instead of one per job, and no other key waits for them. A job of
+//!   the run whose handler waits, or that backs off before a retry, puts the rest back at the
+//!   front of its key's queue, so they hold no worker.
 //! - **Bounds.** At most [`max_in_flight`](DispatcherConfig::max_in_flight) handler calls run at
 //!   once; at most [`max_buffered`](DispatcherConfig::max_buffered) messages are admitted and
 //!   not yet finished, and admission stops once

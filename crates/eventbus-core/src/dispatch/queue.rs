@@ -1,14 +1,17 @@
 //! Keyed queues, the ready queue and the on-demand workers that drain it.
 
 use std::collections::VecDeque;
-use std::collections::hash_map::{Entry, HashMap};
+use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::task::Poll;
+use std::time::{Instant, SystemTime};
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -27,6 +30,12 @@ use crate::retry::Retrying;
 pub(super) struct Job {
     route: Arc<Route>,
     message: Arc<Message>,
+    /// Of the route and the message's key (if it has one), computed once, outside the lock:
+    /// the key map is probed with it on admission and on completion.
+    hash: u64,
+    /// Jobs of its key were waiting behind it when it became ready: the worker taking it looks
+    /// them up and takes them along.
+    followed: bool,
     attempts: u32,
     /// Boxed: only a job that failed has it, and every job is moved through the queues.
     failing: Option<Box<Failing>>,
@@ -76,23 +85,36 @@ impl Job {
         Job {
             route,
             message,
+            hash: 0,
+            followed: false,
             attempts: 0,
             failing: None,
             reply: Some((reply, reservation)),
         }
     }
-    fn key(&self) -> Option<(u64, Key)> {
-        self.message.key().map(|k| (self.route.id, k.clone()))
+    fn key(&self) -> Option<&Key> {
+        self.message.key()
     }
+    /// Whether `busy` is this job's key (of this job's route).
+    fn is_of(&self, busy: &Busy) -> bool {
+        busy.route == self.route.id && self.key() == Some(&busy.key)
+    }
+}
+
+/// A key with a job in the dispatcher (running, ready or backing off), and the jobs of the key
+/// waiting behind it.
+struct Busy {
+    route: u64,
+    key: Key,
+    hash: u64,
+    waiting: VecDeque<Job>,
 }
 
 #[derive(Default)]
 struct State {
-    /// Keys with a job in the dispatcher (running, ready or backing off), mapped to the jobs
-    /// waiting behind it. An entry exists exactly while the key is busy.
-    /// Hashed with foldhash (seeded per process): keys come from message data, so the hash must
-    /// not be predictable, but SipHash costs twice as much on this path.
-    keys: HashMap<(u64, Key), VecDeque<Job>, foldhash::fast::RandomState>,
+    /// Keys with a job in the dispatcher, found by [`Job::hash`]. An entry exists exactly
+    /// while the key is busy.
+    keys: HashTable<Busy>,
     /// Emptied queues of `keys`, kept for the next key that gets a waiting job: in a burst
     /// most busy keys get one, and a fresh queue would allocate for each.
     spare: Vec<VecDeque<Job>>,
@@ -110,8 +132,71 @@ struct State {
 const MAX_SPARE_QUEUES: usize = 1024;
 const MAX_SPARE_CAPACITY: usize = 8;
 
+/// Most jobs of one key a worker takes under one lock (see [`take_run`]).
+const MAX_RUN: usize = 32;
+
+/// Releases the keys of finished jobs: the next job waiting behind each becomes ready (and
+/// says whether more wait behind it), or the key's entry goes.
+fn release(st: &mut State, done: &[Finished]) {
+    let State {
+        keys, ready, spare, ..
+    } = st;
+    for Finished { job, release, .. } in done {
+        if !release || job.key().is_none() {
+            continue;
+        }
+        if let Ok(mut e) = keys.find_entry(job.hash, |busy| job.is_of(busy)) {
+            let waiting = &mut e.get_mut().waiting;
+            match waiting.pop_front() {
+                Some(mut next) => {
+                    next.followed = !waiting.is_empty();
+                    ready.push_back(next);
+                }
+                None => {
+                    let queue = e.remove().0.waiting;
+                    // Bounded, and only small queues: a key that once had a long backlog
+                    // does not pin its memory here.
+                    if spare.len() < MAX_SPARE_QUEUES && queue.capacity() <= MAX_SPARE_CAPACITY {
+                        spare.push(queue);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes the next ready job, and the jobs of its key waiting behind it (up to [`MAX_RUN`] in
+/// all): they would run one after another anyway, so taking them together spares a lock per
+/// job (a lock every producer shares) and keeps no other key waiting.
+fn take_run(st: &mut State, run: &mut VecDeque<Job>) {
+    let Some(mut job) = st.ready.pop_front() else {
+        return;
+    };
+    let behind = if std::mem::take(&mut job.followed) {
+        st.keys.find_mut(job.hash, |busy| job.is_of(busy))
+    } else {
+        None
+    };
+    run.push_back(job);
+    if let Some(busy) = behind {
+        let n = (MAX_RUN - 1).min(busy.waiting.len());
+        run.extend(busy.waiting.drain(..n));
+    }
+}
+
+/// A job that ran to its outcome, waiting for the next lock to release its key (when no job
+/// of its key was taken along behind it) and then to reply.
+struct Finished {
+    job: Job,
+    outcome: Outcome,
+    release: bool,
+}
+
 pub(super) struct Shared {
     state: Mutex<State>,
+    /// Hashes keys for [`State::keys`]: foldhash, seeded per process. Keys come from message
+    /// data, so the hash must not be predictable, but SipHash costs twice as much on this path.
+    hasher: foldhash::fast::RandomState,
     max_in_flight: usize,
     /// Parked workers kept for the next burst: spawning a task per message costs more than
     /// waking a parked one. About one per runtime thread; the rest exit when out of work.
@@ -136,6 +221,7 @@ impl Shared {
             .clamp(1, max_in_flight.max(1));
         Shared {
             state: Mutex::default(),
+            hasher: foldhash::fast::RandomState::default(),
             max_in_flight: max_in_flight.max(1),
             keep_idle,
             work: Notify::new(),
@@ -157,17 +243,28 @@ impl Shared {
     }
 
     /// Admits a job: it runs now if its key is idle, else it waits behind its key.
-    pub(super) fn submit(self: &Arc<Self>, job: Job) {
+    pub(super) fn submit(self: &Arc<Self>, mut job: Job) {
+        if let Some(key) = job.key() {
+            job.hash = self.hasher.hash_one((job.route.id, key.as_str()));
+        }
         let mut guard = self.lock();
         let st = &mut *guard;
-        if let Some(id) = job.key() {
-            match st.keys.entry(id) {
-                Entry::Occupied(mut waiting) => {
-                    waiting.get_mut().push_back(job);
+        if let Some(key) = job.key() {
+            match st
+                .keys
+                .entry(job.hash, |busy| job.is_of(busy), |busy| busy.hash)
+            {
+                Entry::Occupied(mut busy) => {
+                    busy.get_mut().waiting.push_back(job);
                     return;
                 }
                 Entry::Vacant(idle) => {
-                    idle.insert(st.spare.pop().unwrap_or_default());
+                    idle.insert(Busy {
+                        route: job.route.id,
+                        key: key.clone(),
+                        hash: job.hash,
+                        waiting: st.spare.pop().unwrap_or_default(),
+                    });
                 }
             }
         }
@@ -222,42 +319,24 @@ impl Shared {
     async fn work(self: Arc<Self>) {
         // Started or woken on behalf of a ready job (counted in `State::searching`).
         let mut searching = true;
-        let mut done: Option<(Job, Outcome)> = None;
+        // Jobs of one key taken under the last lock and not started yet.
+        let mut run: VecDeque<Job> = VecDeque::new();
+        // Finished jobs whose keys are released under the next lock, before they reply.
+        let mut done: Vec<Finished> = Vec::new();
         let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
-        // Made only when the worker parks: most turns of the loop take a job instead.
+        // Made only when the worker parks: most turns of the loop take jobs instead.
         let mut parked = std::pin::pin!(None::<Notified<'_>>);
         loop {
-            // One lock per job: release the finished job's key and take the next ready job.
-            let (next, park) = {
+            // One lock per run of jobs: release the finished jobs' keys and take the next run.
+            let park = {
                 let mut st = self.lock();
                 if std::mem::take(&mut searching) {
                     st.searching -= 1;
                 }
-                if let Some((job, _)) = &done
-                    && let Some(id) = job.key()
-                {
-                    let State {
-                        keys, ready, spare, ..
-                    } = &mut *st;
-                    if let Entry::Occupied(mut e) = keys.entry(id) {
-                        match e.get_mut().pop_front() {
-                            Some(next) => ready.push_back(next),
-                            None => {
-                                let queue = e.remove();
-                                // Bounded, and only small queues: a key that once had a
-                                // long backlog does not pin its memory here.
-                                if spare.len() < MAX_SPARE_QUEUES
-                                    && queue.capacity() <= MAX_SPARE_CAPACITY
-                                {
-                                    spare.push(queue);
-                                }
-                            }
-                        }
-                    }
-                }
-                let next = st.ready.pop_front();
-                let park = next.is_none() && !st.closed && st.idle < self.keep_idle;
-                if next.is_some() {
+                release(&mut st, &done);
+                take_run(&mut st, &mut run);
+                let park = run.is_empty() && !st.closed && st.idle < self.keep_idle;
+                if !run.is_empty() {
                     self.wake_worker(st);
                 } else if park {
                     // Registered before the lock is released, so a wake that sees us idle cannot
@@ -272,22 +351,70 @@ impl Shared {
                     st.workers -= 1;
                     drop(st);
                 }
-                (next, park)
+                park
             };
-            if let Some((job, outcome)) = done.take() {
-                self.complete(job, outcome);
-            }
-            match next {
-                Some(job) => done = self.run(job, &mut slot).await,
-                None if park => {
-                    if let Some(parked) = parked.as_mut().as_pin_mut() {
-                        parked.await;
-                    }
-                    parked.set(None);
-                    searching = true;
+            self.reply(&mut done);
+            if run.is_empty() {
+                if !park {
+                    return;
                 }
-                None => return,
+                if let Some(parked) = parked.as_mut().as_pin_mut() {
+                    parked.await;
+                }
+                parked.set(None);
+                searching = true;
+                continue;
             }
+            while let Some(job) = run.pop_front() {
+                let outcome = {
+                    let mut call = std::pin::pin!(self.run(job, &mut slot));
+                    match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+                        Poll::Ready(outcome) => outcome,
+                        Poll::Pending => {
+                            // The handler waits: the jobs of its key taken along go back to
+                            // its queue, so they hold no worker while they wait.
+                            self.give_back(&mut run, &mut done);
+                            call.await
+                        }
+                    }
+                };
+                match outcome {
+                    Some((job, outcome)) => done.push(Finished {
+                        job,
+                        outcome,
+                        release: run.is_empty(),
+                    }),
+                    // Backing off before a retry: its key stays busy, and the jobs taken along
+                    // wait behind the retry in the key's queue.
+                    None => self.give_back(&mut run, &mut done),
+                }
+            }
+        }
+    }
+
+    /// Puts the jobs of `run` back at the front of their key's queue (in order), behind the job
+    /// of the key still running or backing off; releases the keys of `done` and replies for
+    /// them.
+    fn give_back(&self, run: &mut VecDeque<Job>, done: &mut Vec<Finished>) {
+        // Jobs of the key taken along keep it busy: the finished ones have no key to release.
+        if !run.is_empty() || done.iter().any(|f| f.release) {
+            let mut st = self.lock();
+            release(&mut st, done);
+            if let Some(first) = run.front()
+                && let Some(busy) = st.keys.find_mut(first.hash, |busy| first.is_of(busy))
+            {
+                while let Some(job) = run.pop_back() {
+                    busy.waiting.push_front(job);
+                }
+            }
+        }
+        self.reply(done);
+    }
+
+    /// Sends the outcomes of finished jobs whose keys were released.
+    fn reply(&self, done: &mut Vec<Finished>) {
+        for Finished { job, outcome, .. } in done.drain(..) {
+            self.complete(job, outcome);
         }
     }
 
@@ -328,7 +455,7 @@ impl Shared {
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         let result = {
