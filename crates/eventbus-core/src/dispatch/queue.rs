@@ -433,7 +433,9 @@ impl Shared {
     /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to
     /// back off before a retry (its key stays busy meanwhile).
     async fn run(self: &Arc<Self>, mut job: Job, slot: &mut Slot) -> Option<(Job, Outcome)> {
-        let route = Arc::clone(&job.route);
+        // Borrowed, not cloned: the route's reference count is shared by every worker and
+        // producer, and touching it costs a cache line passed between threads.
+        let route: &Route = &job.route;
         if route.scope.closing.is_cancelled() {
             return Some((job, Outcome::Cancelled));
         }
@@ -560,7 +562,7 @@ impl Shared {
             async move {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = route.scope.closing.cancelled() => {}
+                    () = job.route.scope.closing.cancelled() => {}
                 }
                 shared.resume(job);
             },
