@@ -22,6 +22,7 @@
 //! The cells run the workloads [`cost::SPREAD_WORKLOADS`]: a subscription (or route) per
 //! topic, key `k` on topic `k mod subscriptions` ([`workload::spread`]).
 
+use crate::units::{bytes, thousands};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -112,7 +113,7 @@ impl Axis {
     fn fixed(self) -> String {
         match self {
             Axis::Keys => "1 subscription".to_owned(),
-            Axis::Subscriptions => format!("{} keys", count(SUBSCRIPTION_KEYS)),
+            Axis::Subscriptions => format!("{} keys", thousands(SUBSCRIPTION_KEYS as f64)),
         }
     }
 }
@@ -453,10 +454,10 @@ impl Table {
              callgrind). On one thread, so what only two workers bring (contention, wake-ups \
              across threads, tasks moving between workers) shows in msg/s alone.\n",
             self.rounds,
-            count(dispatcher.max_buffered),
-            count(memory.topic_capacity),
-            count(cost::MESSAGES),
-            count(CALLGRIND_MAX_KEYS),
+            thousands(dispatcher.max_buffered as f64),
+            thousands(memory.topic_capacity as f64),
+            thousands(cost::MESSAGES as f64),
+            thousands(CALLGRIND_MAX_KEYS as f64),
         );
         for axis in Axis::ALL {
             let _ = writeln!(md, "### By {} ({})\n", axis.noun(), axis.fixed());
@@ -471,10 +472,11 @@ impl Table {
                         md,
                         "| {} | {} | {} | {} | {} | {} |",
                         side.name(),
-                        count(axis.size(r.cell).unwrap_or(0)),
-                        count(r.messages),
+                        thousands(axis.size(r.cell).unwrap_or(0) as f64),
+                        thousands(r.messages as f64),
                         Rate(&r.throughput),
-                        r.heap.map_or_else(|| "—".to_owned(), |h| bytes(h.peak)),
+                        r.heap
+                            .map_or_else(|| "—".to_owned(), |h| bytes(h.peak as f64)),
                         r.instructions
                             .map_or_else(|| "—".to_owned(), |i| format!("{i:.0}")),
                     );
@@ -509,7 +511,7 @@ impl Table {
 /// min–max, and the word says whether every round agreed.
 pub fn ratio_line(side: Side, axis: Axis, rows: &[&Row]) -> Option<String> {
     let (first, last) = (rows.first()?, rows.last()?);
-    let size = |r: &Row| count(axis.size(r.cell).unwrap_or(0));
+    let size = |r: &Row| thousands(axis.size(r.cell).unwrap_or(0) as f64);
     let mut parts = Vec::new();
     let ratios = Samples(
         first
@@ -539,8 +541,8 @@ pub fn ratio_line(side: Side, axis: Axis, rows: &[&Row]) -> Option<String> {
         let ratio = b.peak as f64 / (a.peak as f64).max(1.0);
         parts.push(format!(
             "peak heap {ratio:.2}× ({} → {}, {})",
-            bytes(a.peak),
-            bytes(b.peak),
+            bytes(a.peak as f64),
+            bytes(b.peak as f64),
             trend(ratio)
         ));
     }
@@ -583,34 +585,6 @@ fn trend(ratio: f64) -> &'static str {
         "grows"
     } else {
         "falls"
-    }
-}
-
-/// `1000000` → `1,000,000`.
-pub fn count(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `1536` → `1.5 KiB`.
-pub fn bytes(b: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let x = b as f64;
-    if x >= KIB * KIB * KIB {
-        format!("{:.2} GiB", x / (KIB * KIB * KIB))
-    } else if x >= KIB * KIB {
-        format!("{:.1} MiB", x / (KIB * KIB))
-    } else if x >= KIB {
-        format!("{:.1} KiB", x / KIB)
-    } else {
-        format!("{b} B")
     }
 }
 
@@ -673,18 +647,6 @@ mod tests {
     }
 
     #[test]
-    fn counts_and_bytes_read_easily() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(100), "100");
-        assert_eq!(count(10_000), "10,000");
-        assert_eq!(count(1_000_000), "1,000,000");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
-        assert_eq!(bytes(2 * 1024 * 1024 * 1024), "2.00 GiB");
-    }
-
-    #[test]
     fn heap_line_parses() {
         assert_eq!(
             parse_heap("before=1234 peak=56\n"),
@@ -716,7 +678,7 @@ mod tests {
         assert_eq!(
             line,
             "dispatcher alone, keys 100 → 1,000,000: msg/s 0.50× (0.50–0.50, slower in every \
-             round); peak heap 1.00× (1.0 MiB → 1.0 MiB, flat); instructions/msg 1.25× (2000 → \
+             round); peak heap 1.00× (1.05 MB → 1.05 MB, flat); instructions/msg 1.25× (2000 → \
              2500, 100 → 10,000 keys, grows)."
         );
     }

@@ -70,6 +70,7 @@ pub mod report;
 pub mod scale_out;
 pub mod scenario;
 pub mod stats;
+pub mod units;
 pub mod workload;
 
 /// A tokio multi-thread runtime with 2 workers, like the figures in the project's baselines.

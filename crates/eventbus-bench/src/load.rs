@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+use crate::units::{bytes, compact_bytes, thousands};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -559,39 +560,6 @@ fn colour(s: Scenario) -> RGBColor {
     }
 }
 
-/// `1234567.8` as `1,234,568`.
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Bytes as KB or MB (10^3, 10^6).
-fn bytes(b: f64) -> String {
-    if b.abs() >= 1e6 {
-        format!("{:.2} MB", b / 1e6)
-    } else {
-        format!("{:.1} KB", b / 1e3)
-    }
-}
-
-/// Bytes in a few characters.
-fn compact_bytes(b: f64) -> String {
-    if b < 1e6 {
-        format!("{:.0} KB", b / 1e3)
-    } else if b < 1e7 {
-        format!("{:.1} MB", b / 1e6)
-    } else {
-        format!("{:.0} MB", b / 1e6)
-    }
-}
-
 /// Microseconds as µs, ms or s.
 fn micros(us: f64) -> String {
     if us < 1e3 {
@@ -644,13 +612,9 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(thousands(1_234_567.8), "1,234,568");
-        assert_eq!(thousands(999.0), "999");
         assert_eq!(micros(12.34), "12.3 µs");
         assert_eq!(micros(4_560.0), "4.56 ms");
         assert_eq!(duration_ms(2_500.0), "2.50 s");
-        assert_eq!(bytes(1_047_800.0), "1.05 MB");
-        assert_eq!(bytes(-2_500.0), "-2.5 KB");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
