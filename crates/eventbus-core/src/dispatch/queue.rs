@@ -396,7 +396,8 @@ impl Shared {
     /// of the key still running or backing off; releases the keys of `done` and replies for
     /// them.
     fn give_back(&self, run: &mut VecDeque<Job>, done: &mut Vec<Finished>) {
-        // Jobs of the key taken along keep it busy: the finished ones have no key to release.
+        // Lock only to put jobs back or to release a key: a finished job followed by another
+        // of its key releases nothing.
         if !run.is_empty() || done.iter().any(|f| f.release) {
             let mut st = self.lock();
             release(&mut st, done);
