@@ -16,7 +16,10 @@
 //!   waiting behind it (up to 32) and runs them one after another, as they would run anyway:
 //!   one lock for the run instead of one per job, and no other key waits for them. A job of
 //!   the run whose handler waits, or that backs off before a retry, puts the rest back at the
-//!   front of its key's queue, so they hold no worker.
+//!   front of its key's queue, so they hold no worker. A run therefore goes on without a
+//!   pause, as if all its jobs had started when it was taken: a route found closing then
+//!   cancels the whole run, and one that starts closing during a run lets it finish (a
+//!   handler that blocks its thread for long can thus delay a drain by up to 31 calls).
 //! - **Bounds.** At most [`max_in_flight`](DispatcherConfig::max_in_flight) handler calls run at
 //!   once; at most [`max_buffered`](DispatcherConfig::max_buffered) messages are admitted and
 //!   not yet finished, and admission stops once

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::{Instant, SystemTime};
@@ -125,6 +125,12 @@ struct State {
     searching: usize,
     /// Workers parked waiting for work (each has registered with `Shared::work`).
     idle: usize,
+    /// Workers holding jobs: the handler calls running now (one per such worker, as a
+    /// worker runs its jobs one at a time). Counted here, under the lock a worker takes
+    /// anyway to get its jobs, rather than with an atomic every worker shares per call.
+    running: usize,
+    /// Most workers ever holding jobs at once.
+    peak_running: usize,
     closed: bool,
 }
 
@@ -204,8 +210,6 @@ pub(super) struct Shared {
     work: Notify,
     pub(super) tracker: TaskTracker,
     runtime: Handle,
-    in_flight: AtomicUsize,
-    peak_in_flight: AtomicUsize,
     handled: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
@@ -227,8 +231,6 @@ impl Shared {
             work: Notify::new(),
             tracker: TaskTracker::new(),
             runtime,
-            in_flight: AtomicUsize::new(0),
-            peak_in_flight: AtomicUsize::new(0),
             handled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
@@ -319,6 +321,8 @@ impl Shared {
     async fn work(self: Arc<Self>) {
         // Started or woken on behalf of a ready job (counted in `State::searching`).
         let mut searching = true;
+        // Holding jobs (counted in `State::running`).
+        let mut running = false;
         // Jobs of one key taken under the last lock and not started yet.
         let mut run: VecDeque<Job> = VecDeque::new();
         // Finished jobs whose keys are released under the next lock, before they reply.
@@ -335,6 +339,15 @@ impl Shared {
                 }
                 release(&mut st, &done);
                 take_run(&mut st, &mut run);
+                if running == run.is_empty() {
+                    running = !running;
+                    if running {
+                        st.running += 1;
+                        st.peak_running = st.peak_running.max(st.running);
+                    } else {
+                        st.running -= 1;
+                    }
+                }
                 let park = run.is_empty() && !st.closed && st.idle < self.keep_idle;
                 if !run.is_empty() {
                     self.wake_worker(st);
@@ -365,9 +378,17 @@ impl Shared {
                 searching = true;
                 continue;
             }
+            // A run goes on only while its handlers finish on their first poll (one that waits,
+            // or backs off, gives the rest back), so it runs at once, as of when it was taken:
+            // whether its route is closing is read once for the run (a lock on the route's
+            // token), and each job's end is the next one's start (one clock read per job).
+            let closing = run
+                .front()
+                .is_some_and(|job| job.route.scope.closing.is_cancelled());
+            let mut clock = Instant::now();
             while let Some(job) = run.pop_front() {
                 let outcome = {
-                    let mut call = std::pin::pin!(self.run(job, &mut slot));
+                    let mut call = std::pin::pin!(self.run(job, &mut slot, closing, &mut clock));
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                         Poll::Ready(outcome) => outcome,
                         Poll::Pending => {
@@ -414,30 +435,45 @@ impl Shared {
 
     /// Sends the outcomes of finished jobs whose keys were released.
     fn reply(&self, done: &mut Vec<Finished>) {
+        // Counted once per batch: the counters are shared by every worker.
+        let (mut handled, mut failed, mut cancelled) = (0, 0, 0);
         for Finished { job, outcome, .. } in done.drain(..) {
-            self.complete(job, outcome);
+            let metrics = &job.route.metrics;
+            let (count, metric) = match &outcome {
+                Outcome::Handled { .. } => (&mut handled, &metrics.handled),
+                Outcome::Failed { .. } => (&mut failed, &metrics.failed),
+                Outcome::Cancelled => (&mut cancelled, &metrics.cancelled),
+            };
+            *count += 1;
+            metric.increment(1);
+            job.finish(outcome);
+        }
+        for (counter, n) in [
+            (&self.handled, handled),
+            (&self.failed, failed),
+            (&self.cancelled, cancelled),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
-    fn complete(&self, job: Job, outcome: Outcome) {
-        let metrics = &job.route.metrics;
-        let (counter, metric) = match &outcome {
-            Outcome::Handled { .. } => (&self.handled, &metrics.handled),
-            Outcome::Failed { .. } => (&self.failed, &metrics.failed),
-            Outcome::Cancelled => (&self.cancelled, &metrics.cancelled),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metric.increment(1);
-        job.finish(outcome);
-    }
-
-    /// Runs one attempt. Returns the job with its final outcome, or `None` when it went to
-    /// back off before a retry (its key stays busy meanwhile).
-    async fn run(self: &Arc<Self>, mut job: Job, slot: &mut Slot) -> Option<(Job, Outcome)> {
+    /// Runs one attempt, unless its route was `closing` when its run was taken. `clock` is
+    /// when the call starts, and is set to when it ended. Returns the job with its final
+    /// outcome, or `None` when it went to back off before a retry (its key stays busy
+    /// meanwhile).
+    async fn run(
+        self: &Arc<Self>,
+        mut job: Job,
+        slot: &mut Slot,
+        closing: bool,
+        clock: &mut Instant,
+    ) -> Option<(Job, Outcome)> {
         // Borrowed, not cloned: the route's reference count is shared by every worker and
         // producer, and touching it costs a cache line passed between threads.
         let route: &Route = &job.route;
-        if route.scope.closing.is_cancelled() {
+        if closing {
             return Some((job, Outcome::Cancelled));
         }
         job.attempts += 1;
@@ -458,9 +494,7 @@ impl Shared {
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let started = Instant::now();
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.peak_in_flight.fetch_max(now, Ordering::Relaxed);
+        let started = *clock;
         let result = {
             let (handler, slot) = (&route.handler, &mut *slot);
             let call = AssertUnwindSafe(
@@ -491,8 +525,11 @@ impl Shared {
                 route.metrics.panicked.increment(1);
             }
         }
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        route.metrics.duration.record(started.elapsed());
+        *clock = Instant::now();
+        route
+            .metrics
+            .duration
+            .record(clock.saturating_duration_since(started));
 
         let error = match result {
             None => return Some((job, Outcome::Cancelled)),
@@ -573,13 +610,13 @@ impl Shared {
     }
 
     pub(super) fn stats(&self, buffered: usize, buffered_bytes: usize) -> DispatcherStats {
-        let (workers, active_keys) = {
+        let (workers, active_keys, in_flight, peak_in_flight) = {
             let st = self.lock();
-            (st.workers, st.keys.len())
+            (st.workers, st.keys.len(), st.running, st.peak_running)
         };
         DispatcherStats {
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
+            in_flight,
+            peak_in_flight,
             workers,
             buffered,
             buffered_bytes,
