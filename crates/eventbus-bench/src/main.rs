@@ -427,11 +427,11 @@ fn gaps(results: &Results) -> Vec<String> {
             gaps.push(format!(
                 "Dispatcher instructions: {i:.0} per message against ≤ {TARGET_INSTRUCTIONS:.0} \
                  (over by {:.0}, {:.0} %). See the dispatcher profile below: the worker loop \
-                 (`Shared::work`, inlined into `TrackedFuture::poll`), the oneshot's send and \
-                 free (`Reply::send`), the key map entry (`HashMap::entry` on submit and on \
-                 completion: the key is hashed twice), the two `Instant` reads around each call \
-                 for the handler-duration histogram, the span, and the route's closing token \
-                 (`CancellationToken::is_cancelled` takes a mutex)",
+                 (`Shared::work`, inlined into `TrackedFuture::poll`), the oneshot of the \
+                 tower `call` (its allocation, and its send and free in `Reply::send`), the \
+                 key map entry (on submit and on completion), the handler call's boxed future \
+                 (`ReusableBoxFuture::set`), the clock read per call for the handler-duration \
+                 histogram, and the span",
                 i - TARGET_INSTRUCTIONS,
                 (i / TARGET_INSTRUCTIONS - 1.0) * 100.0
             ));
