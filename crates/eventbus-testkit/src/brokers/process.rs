@@ -37,7 +37,19 @@ impl ServerKind {
             ServerKind::Kafka => Duration::from_secs(90),
         }
     }
+
+    /// The line its log has once it listens on `port` (it binds a port only then).
+    fn listening_line(self, port: u16) -> String {
+        match self {
+            ServerKind::Nats => format!("Listening for client connections on 127.0.0.1:{port}"),
+            ServerKind::Kafka => format!("Awaiting socket connections on 127.0.0.1:{port}."),
+        }
+    }
 }
+
+/// Most starts of a private broker on fresh ports when one of its ports was taken (see
+/// [`ServerProcess::private`]).
+const PORT_ATTEMPTS: u32 = 5;
 
 /// A broker process on `127.0.0.1`.
 #[derive(Debug)]
@@ -57,6 +69,8 @@ pub struct ServerProcess {
     detached: bool,
     /// Its directory is kept when this is dropped, as after a failed test.
     keep: bool,
+    /// How long its log was when it was last launched: what follows is that run's.
+    log_from: u64,
 }
 
 impl ServerProcess {
@@ -97,26 +111,69 @@ impl ServerProcess {
         user: &str,
         password: &str,
     ) -> std::io::Result<Self> {
-        let listener = kafka::SaslSsl::new(free_port()?, certificates, user, password)?;
+        // Its port is picked with the others, by `private`.
+        let listener = kafka::SaslSsl::new(0, certificates, user, password)?;
         Self::private(ServerKind::Kafka, &[], Some(listener))
     }
 
+    /// A broker on free ports, in a directory of its own.
+    ///
+    /// A free port is one the system handed out and took back: until the broker binds it,
+    /// seconds later for a JVM, another process (the broker of a test running beside this
+    /// one) may get the same port. The broker that binds second then exits ("address already
+    /// in use"), and the port answers, but for the other broker; so readiness also asks the
+    /// broker's own log ([`listens`](Self::listens)), and a broker that lost a port is
+    /// started again on fresh ports, up to [`PORT_ATTEMPTS`] times.
     fn private(
         kind: ServerKind,
         extra: &[&str],
         sasl_ssl: Option<kafka::SaslSsl>,
     ) -> std::io::Result<Self> {
-        let port = free_port()?;
-        let controller_port = free_port()?;
-        let dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
-            "{}-{}-{port}",
-            kind.name(),
-            std::process::id()
-        ));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+        let mut server = ServerProcess {
+            kind,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            port: 0,
+            controller_port: 0,
+            node: 1,
+            sasl_ssl,
+            dir: PathBuf::new(),
+            child: None,
+            detached: false,
+            keep: false,
+            log_from: 0,
+        };
+        let mut attempt = 1;
+        loop {
+            server.port = free_port()?;
+            server.controller_port = free_port()?;
+            if let Some(listener) = &mut server.sasl_ssl {
+                listener.port = free_port()?;
+            }
+            server.dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
+                "{}-{}-{}",
+                kind.name(),
+                std::process::id(),
+                server.port
+            ));
+            if server.dir.exists() {
+                std::fs::remove_dir_all(&server.dir)?;
+            }
+            std::fs::create_dir_all(&server.dir)?;
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ATTEMPTS => {
+                    eprintln!("{e}; starting it again on other ports");
+                    let _ = std::fs::remove_dir_all(&server.dir);
+                    server.keep = false;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    // `spawn` has stopped the process; what it logged is the evidence: keep it.
+                    server.detached = true;
+                    return Err(e);
+                }
+            }
         }
-        Self::start(kind, extra, port, controller_port, dir, false, sasl_ssl)
     }
 
     /// Node `node` of a cluster, launched on the given ports and directory but not waited for:
@@ -145,6 +202,7 @@ impl ServerProcess {
             child: None,
             detached: false,
             keep: false,
+            log_from: 0,
         };
         server.launch()?;
         Ok(server)
@@ -173,6 +231,7 @@ impl ServerProcess {
             child: None,
             detached,
             keep: false,
+            log_from: 0,
         };
         if let Err(e) = server.spawn() {
             // `spawn` has stopped the process; what it logged is the evidence: keep it.
@@ -225,6 +284,7 @@ impl ServerProcess {
 
     /// Starts the process, its output appended to its log.
     fn launch(&mut self) -> std::io::Result<()> {
+        self.log_from = std::fs::metadata(self.log()).map_or(0, |m| m.len());
         let store = self.store();
         let mut command = match self.kind {
             ServerKind::Nats => nats::command(self.port, &store, &self.extra)?,
@@ -263,7 +323,7 @@ impl ServerProcess {
     pub(super) fn await_ready(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + self.kind.start_timeout();
         let failure = loop {
-            let ready = match self.kind {
+            let answers = match self.kind {
                 ServerKind::Nats => nats::answers(self.port),
                 // A `SASL_SSL` listener is opened with the others; that it takes connections
                 // is checked too (a TLS handshake here would need a TLS client).
@@ -274,29 +334,84 @@ impl ServerProcess {
                             .is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok())
                 }
             };
-            if ready {
+            // What answers on a port may be another process that took it (see `private`).
+            if answers && self.listens() {
                 return Ok(());
             }
             let Some(child) = self.child.as_mut() else {
-                break "is not running".to_owned();
+                break ("is not running".to_owned(), std::io::ErrorKind::Other);
             };
             if let Some(status) = child.try_wait()? {
-                break format!("exited ({status}) before it answered");
+                let kind = if self.lost_a_port() {
+                    std::io::ErrorKind::AddrInUse
+                } else {
+                    std::io::ErrorKind::Other
+                };
+                break (format!("exited ({status}) before it answered"), kind);
             }
             if Instant::now() > deadline {
-                break format!("did not answer within {:?}", self.kind.start_timeout());
+                break (
+                    format!("did not answer within {:?}", self.kind.start_timeout()),
+                    std::io::ErrorKind::Other,
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         };
+        let (failure, kind) = failure;
         self.kill();
         // What it logged is the evidence: keep it.
         self.keep = true;
-        Err(std::io::Error::other(format!(
-            "{} on port {} {failure}; its log: {}",
-            self.kind.name(),
-            self.port,
-            self.log().display()
-        )))
+        let taken = if kind == std::io::ErrorKind::AddrInUse {
+            " (another process took one of its ports)"
+        } else {
+            ""
+        };
+        Err(std::io::Error::new(
+            kind,
+            format!(
+                "{} on port {} {failure}{taken}; its log: {}",
+                self.kind.name(),
+                self.port,
+                self.log().display()
+            ),
+        ))
+    }
+
+    /// The ports it listens on: the client port, and Kafka's controller and `SASL_SSL` ones.
+    fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.port];
+        if self.kind == ServerKind::Kafka {
+            ports.push(self.controller_port);
+            ports.extend(self.sasl_ssl_port());
+        }
+        ports
+    }
+
+    /// Whether its log says it listens on each of its ports (since it was last launched).
+    fn listens(&self) -> bool {
+        let log = self.log_since_launch();
+        self.ports()
+            .into_iter()
+            .all(|port| log.contains(&self.kind.listening_line(port)))
+    }
+
+    /// Whether it failed to bind one of its ports since it was last launched.
+    fn lost_a_port(&self) -> bool {
+        self.log_since_launch()
+            .to_ascii_lowercase()
+            .contains("address already in use")
+    }
+
+    /// What it wrote to its log since it was last launched.
+    fn log_since_launch(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        if let Ok(mut log) = std::fs::File::open(self.log())
+            && log.seek(SeekFrom::Start(self.log_from)).is_ok()
+        {
+            let _ = log.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     /// SIGKILL, as a crash would, and waits for it to exit.
@@ -365,5 +480,52 @@ pub(super) fn run_quietly(command: &mut Command) -> std::io::Result<()> {
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Another process holds the broker's port (it took the port between its choice and the
+    /// broker's bind): the broker exits, and what answers on the port is the other process.
+    /// That is no started broker, and the error says the port was taken.
+    #[test]
+    fn a_broker_whose_port_another_process_holds_is_not_taken_for_started() {
+        // The other process: a server on the port greeting clients as nats-server does.
+        let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+        other.set_nonblocking(true).expect("nonblocking");
+        let port = other.local_addr().expect("address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let greeter = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match other.accept() {
+                        Ok((mut client, _)) => {
+                            let _ = client.write_all(b"INFO {}\r\n");
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                }
+            }
+        });
+        let dir = std::env::temp_dir()
+            .join("eventbus-brokers")
+            .join(format!("nats-port-taken-{}", std::process::id()));
+        let started =
+            ServerProcess::start(ServerKind::Nats, &[], port, 0, dir.clone(), false, None);
+        stop.store(true, Ordering::Relaxed);
+        greeter.join().expect("greeter");
+        let _ = std::fs::remove_dir_all(&dir);
+        let err = started.expect_err("a broker that could not bind its port counted as started");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     }
 }
