@@ -24,11 +24,15 @@ pub(crate) struct Held {
     dropped: Arc<AtomicU64>,
 }
 
+/// Hashes the registry's maps: foldhash, as they are looked up for every delivery and ack
+/// (SipHash costs about twice as much); seeded per process.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Default)]
 struct HeldState {
-    replies: HashMap<u64, async_nats::Subject>,
+    replies: HashMap<u64, async_nats::Subject, Hasher>,
     /// Messages held now (with their copy count).
-    seqs: HashMap<CopyKey, u32>,
+    seqs: HashMap<CopyKey, u32, Hasher>,
     /// Messages acked last: slot `seq % ACKED_MEMORY` holds the last acked message whose stream
     /// sequence falls there (sequences start at 1, so `(0, 0)` is an empty slot). Direct-mapped
     /// rather than a set with an eviction queue: one write per ack, no hashing, no growth.

@@ -375,7 +375,12 @@ pub(crate) struct InFlight(Arc<watch::Sender<usize>>);
 impl InFlight {
     /// Counts one more message until the guard drops.
     pub(crate) fn enter(&self) -> InFlightGuard {
-        self.0.send_modify(|n| *n += 1);
+        // Waiters wait for none left: only the change to zero wakes them (a wake per message
+        // would cost every delivery and every ack a round of notifications).
+        self.0.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         InFlightGuard(self.clone())
     }
 
@@ -391,7 +396,10 @@ pub(crate) struct InFlightGuard(InFlight);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.0.send_modify(|n| *n -= 1);
+        self.0.0.send_if_modified(|n| {
+            *n -= 1;
+            *n == 0
+        });
     }
 }
 

@@ -9,19 +9,20 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use eventbus_core::transport::{PublishFuture, Publisher};
 use eventbus_core::{Error, Message, Result};
 
 use crate::mapping::{HEADER_ID, HEADER_KEY};
-use crate::{NatsError, NatsTransport};
+use crate::partition::Layout;
+use crate::{NatsConfig, NatsError, NatsTransport};
 
 /// A message as it goes out: subject, headers, payload.
 struct Outgoing {
-    subject: String,
+    subject: Subject,
     headers: HeaderMap,
     payload: Bytes,
 }
@@ -59,14 +60,40 @@ impl Failed {
     }
 }
 
+/// The subjects of a topic's partitions, made once for a run of a batch's messages on one
+/// topic: each message's subject is then a shared one (a reference count), not a string made
+/// and copied per message.
+struct Subjects {
+    layout: Layout,
+    subjects: Vec<Subject>,
+}
+
+impl Subjects {
+    fn of(config: &NatsConfig, topic: &str) -> Self {
+        let layout = config.layout(topic);
+        let subjects = layout.subjects().into_iter().map(Subject::from).collect();
+        Subjects { layout, subjects }
+    }
+
+    fn of_message(&self, message: &Message) -> Subject {
+        self.subjects[usize::from(self.layout.partition_of(message))].clone()
+    }
+}
+
+/// The subject of `message`'s partition, made for it alone (a single publish).
+fn subject_of(config: &NatsConfig, message: &Message) -> Subject {
+    let layout = config.layout(message.topic());
+    Subject::from(layout.subject_of(layout.partition_of(message)))
+}
+
 /// The waits between attempts: from 50 ms, doubling, at most 1 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(5)).min(Duration::from_secs(1))
 }
 
 impl NatsTransport {
-    /// Checks `message` against the server's limit and makes what goes out.
-    fn outgoing(&self, message: &Message) -> Result<Outgoing> {
+    /// Checks `message` against the server's limit and makes what goes out to `subject`.
+    fn outgoing(&self, message: &Message, subject: Subject) -> Result<Outgoing> {
         let max = self.inner.client.max_payload();
         let size = message.encoded_len();
         if max > 0 && size > max {
@@ -83,8 +110,6 @@ impl NatsTransport {
         if let Some(key) = message.key() {
             headers.insert(HEADER_KEY, key.as_str());
         }
-        let layout = self.inner.config.layout(message.topic());
-        let subject = layout.subject_of(layout.partition_of(message));
         Ok(Outgoing {
             subject,
             headers,
@@ -109,7 +134,8 @@ impl NatsTransport {
     async fn publish_one(&self, message: &Message, deadline: Instant) -> Result<()> {
         let mut attempt = 0;
         loop {
-            let failed = match self.send(self.outgoing(message)?).await {
+            let out = self.outgoing(message, subject_of(&self.inner.config, message))?;
+            let failed = match self.send(out).await {
                 Ok(ack) => match ack.await {
                     Ok(_) => return Ok(()),
                     Err(e) => Failed::Ack(e),
@@ -161,14 +187,19 @@ impl NatsTransport {
         let mut acks = Vec::with_capacity(messages.len());
         // Why sending stopped early: a message that cannot go out at all, or a send failure.
         let mut stopped: Option<std::result::Result<Failed, Error>> = None;
+        let mut subjects: Option<Subjects> = None;
         for (i, message) in messages.iter().enumerate() {
-            if (i == 0 || message.topic() != messages[i - 1].topic())
-                && let Err(e) = self.ensure_stream(message.topic()).await
-            {
-                stopped = Some(Err(e));
-                break;
+            if i == 0 || message.topic() != messages[i - 1].topic() {
+                if let Err(e) = self.ensure_stream(message.topic()).await {
+                    stopped = Some(Err(e));
+                    break;
+                }
+                subjects = None;
             }
-            let sent = match self.outgoing(message) {
+            let subject = subjects
+                .get_or_insert_with(|| Subjects::of(&self.inner.config, message.topic()))
+                .of_message(message);
+            let sent = match self.outgoing(message, subject) {
                 Ok(out) => self.send(out).await,
                 Err(e) => {
                     stopped = Some(Err(e));

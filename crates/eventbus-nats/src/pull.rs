@@ -151,18 +151,19 @@ pub(crate) fn pull_stream(
                         let info = Delivered::of(&msg);
                         if let Some(partition) = &st.puller.partition {
                             partition.served.store(true, Ordering::Relaxed);
+                            // Borrowed: the pin is copied only when it changed.
                             let pin = msg
                                 .headers
                                 .as_ref()
                                 .and_then(|h| h.get(PIN_HEADER))
-                                .map(|v| v.as_str().to_owned());
+                                .map(|v| v.as_str());
                             let generation = st.puller.connects.load(Ordering::Relaxed);
-                            let repinned = pin.is_some() && pin != st.pin;
+                            let repinned = pin.is_some() && pin != st.pin.as_deref();
                             if !st.term_checked || generation != st.generation || repinned {
                                 st.term_checked = true;
                                 st.generation = generation;
-                                if pin.is_some() {
-                                    st.pin = pin;
+                                if let Some(pin) = pin {
+                                    st.pin = Some(pin.to_owned());
                                 }
                                 if let Some(info) = info {
                                     let recovered = st

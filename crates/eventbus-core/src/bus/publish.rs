@@ -105,14 +105,19 @@ impl Outlet {
     /// Checks `message` for publishing; returns its topic's metric handles.
     fn validate(&self, message: &Message) -> Result<Arc<PublishMetrics>> {
         let topic = self.stats.topic(message.topic())?;
+        self.check(message)?;
+        Ok(topic)
+    }
+
+    /// Checks what [`validate`](Self::validate) checks besides the topic.
+    fn check(&self, message: &Message) -> Result<()> {
         if let Some(key) = message.key() {
             validate_key(key.as_str())?;
         }
         for (name, value) in message.headers().iter() {
             validate_header(name, value)?;
         }
-        self.limits.check_size(message.encoded_len())?;
-        Ok(topic)
+        self.limits.check_size(message.encoded_len())
     }
 
     async fn with_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
@@ -152,11 +157,16 @@ impl Outlet {
 
     pub(crate) async fn publish_batch(&self, mut messages: Vec<Message>) -> Result<()> {
         // All checked before any is sent. A batch usually targets one topic; its figures are
-        // counted on the first message's.
+        // counted on the first message's, and a topic is looked up once per run of it.
         let mut metrics = None;
+        let mut checked: Option<&str> = None;
         for message in &messages {
-            let topic = self.validate(message)?;
-            metrics.get_or_insert(topic);
+            if checked != Some(message.topic()) {
+                let topic = self.stats.topic(message.topic())?;
+                metrics.get_or_insert(topic);
+                checked = Some(message.topic());
+            }
+            self.check(message)?;
         }
         let (Some(metrics), Some(first)) = (metrics, messages.first()) else {
             return Ok(());
