@@ -435,18 +435,15 @@ impl Shared {
 
     /// Sends the outcomes of finished jobs whose keys were released.
     fn reply(&self, done: &mut Vec<Finished>) {
-        // Counted once per batch: the counters are shared by every worker.
+        // Counted before any reply goes, so whoever sees an outcome sees it counted; and once
+        // per batch, as the counters are shared by every worker.
         let (mut handled, mut failed, mut cancelled) = (0, 0, 0);
-        for Finished { job, outcome, .. } in done.drain(..) {
-            let metrics = &job.route.metrics;
-            let (count, metric) = match &outcome {
-                Outcome::Handled { .. } => (&mut handled, &metrics.handled),
-                Outcome::Failed { .. } => (&mut failed, &metrics.failed),
-                Outcome::Cancelled => (&mut cancelled, &metrics.cancelled),
-            };
-            *count += 1;
-            metric.increment(1);
-            job.finish(outcome);
+        for finished in done.iter() {
+            match finished.outcome {
+                Outcome::Handled { .. } => handled += 1,
+                Outcome::Failed { .. } => failed += 1,
+                Outcome::Cancelled => cancelled += 1,
+            }
         }
         for (counter, n) in [
             (&self.handled, handled),
@@ -456,6 +453,16 @@ impl Shared {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
+        }
+        for Finished { job, outcome, .. } in done.drain(..) {
+            let metrics = &job.route.metrics;
+            let metric = match &outcome {
+                Outcome::Handled { .. } => &metrics.handled,
+                Outcome::Failed { .. } => &metrics.failed,
+                Outcome::Cancelled => &metrics.cancelled,
+            };
+            metric.increment(1);
+            job.finish(outcome);
         }
     }
 
