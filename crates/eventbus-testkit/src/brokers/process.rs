@@ -129,49 +129,37 @@ impl ServerProcess {
         extra: &[&str],
         sasl_ssl: Option<kafka::SaslSsl>,
     ) -> std::io::Result<Self> {
-        let mut server = ServerProcess {
-            kind,
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-            port: 0,
-            controller_port: 0,
-            node: 1,
-            sasl_ssl,
-            dir: PathBuf::new(),
-            child: None,
-            detached: false,
-            keep: false,
-            log_from: 0,
-        };
         let mut attempt = 1;
         loop {
-            server.port = free_port()?;
-            server.controller_port = free_port()?;
-            if let Some(listener) = &mut server.sasl_ssl {
+            let port = free_port()?;
+            let controller_port = free_port()?;
+            let mut listener = sasl_ssl.clone();
+            if let Some(listener) = &mut listener {
                 listener.port = free_port()?;
             }
-            server.dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
-                "{}-{}-{}",
+            let dir = std::env::temp_dir().join("eventbus-brokers").join(format!(
+                "{}-{}-{port}",
                 kind.name(),
-                std::process::id(),
-                server.port
+                std::process::id()
             ));
-            if server.dir.exists() {
-                std::fs::remove_dir_all(&server.dir)?;
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
             }
-            std::fs::create_dir_all(&server.dir)?;
-            match server.spawn() {
-                Ok(()) => return Ok(server),
+            match Self::start(
+                kind,
+                extra,
+                port,
+                controller_port,
+                dir.clone(),
+                false,
+                listener,
+            ) {
                 Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempt < PORT_ATTEMPTS => {
                     eprintln!("{e}; starting it again on other ports");
-                    let _ = std::fs::remove_dir_all(&server.dir);
-                    server.keep = false;
+                    let _ = std::fs::remove_dir_all(&dir);
                     attempt += 1;
                 }
-                Err(e) => {
-                    // `spawn` has stopped the process; what it logged is the evidence: keep it.
-                    server.detached = true;
-                    return Err(e);
-                }
+                started => return started,
             }
         }
     }
