@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
-use tokio::sync::{Notify, oneshot};
 use tower::Service;
 
 use super::budget::{Budget, Reservation};
@@ -247,7 +247,9 @@ impl Service<Dispatch> for Dispatcher {
     fn call(&mut self, req: Dispatch) -> ResponseFuture {
         let (tx, rx) = oneshot::channel();
         self.submit(req, Reply::Oneshot(tx));
-        ResponseFuture { rx }
+        ResponseFuture {
+            rx: sync_wrapper::SyncWrapper::new(rx.into_future()),
+        }
     }
 }
 
