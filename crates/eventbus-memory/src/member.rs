@@ -357,4 +357,71 @@ mod tests {
         }
         assert_eq!(taken.len(), 2 * SLOTS - 1, "all but the one settled");
     }
+
+    fn take_acks(member: &mut Member) -> Vec<crate::MemoryAck> {
+        let mut acks = Vec::new();
+        while let Next::Message(incoming) = member.try_next() {
+            acks.push(incoming.ack);
+        }
+        acks
+    }
+
+    /// A batch spanning two topics settles each ack as its outcome says, reports one `Settle`
+    /// per ack, and wakes a publisher waiting for room in a full topic.
+    #[tokio::test]
+    async fn a_batch_of_acks_settles_each_and_frees_room_for_a_waiting_publisher() {
+        let t = MemoryTransport::with_config(crate::MemoryConfig::default().topic_capacity(3));
+        let mut a = t.join("a", "g", Duration::ZERO, usize::MAX);
+        let mut b = t.join("b", "g", Duration::ZERO, usize::MAX);
+        for topic in ["a", "b"] {
+            for i in 0..3 {
+                let m = Message::new(topic, i.to_string()).with_key(format!("k{i}"));
+                t.publish(m).await.unwrap();
+            }
+        }
+        let (a_acks, b_acks) = (take_acks(&mut a), take_acks(&mut b));
+        assert_eq!(
+            (a_acks.len(), b_acks.len()),
+            (3, 3),
+            "every message delivered"
+        );
+        let mut waiting = std::pin::pin!(t.publish(Message::new("a", "3").with_key("k3")));
+        assert!(
+            futures::poll!(waiting.as_mut()).is_pending(),
+            "topic a is full"
+        );
+
+        let outcomes = [
+            Outcome::Handled { attempts: 1 },
+            Outcome::Cancelled,
+            Outcome::Handled { attempts: 1 },
+        ];
+        let batch = a_acks.into_iter().zip(outcomes).chain(
+            b_acks
+                .into_iter()
+                .map(|ack| (ack, Outcome::Handled { attempts: 1 })),
+        );
+        let mut settled = 0;
+        crate::MemoryAck::settle_batch(batch, |settle| {
+            assert!(matches!(settle, Settle::Done(Ok(()))));
+            settled += 1;
+        });
+        assert_eq!(settled, 6, "one report per ack");
+
+        assert_eq!(t.retained("b"), 0, "every message of b acked");
+        assert_eq!(t.retained("a"), 1, "the cancelled message of a is kept");
+        // Woken by the batch (not by a later event): its next poll appends.
+        match futures::poll!(waiting.as_mut()) {
+            std::task::Poll::Ready(published) => published.expect("room for the publisher"),
+            std::task::Poll::Pending => panic!("the waiting publisher was not woken"),
+        }
+        // The cancelled message comes again, then the one published into the freed room.
+        // (Their acks are held: one dropped unsettled would release its message again.)
+        let mut again = Vec::new();
+        while let Next::Message(incoming) = a.try_next() {
+            again.push(incoming);
+        }
+        let payloads: Vec<&[u8]> = again.iter().map(|i| &i.message.payload()[..]).collect();
+        assert_eq!(payloads, [b"1", b"3"]);
+    }
 }

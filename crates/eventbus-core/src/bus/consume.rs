@@ -46,6 +46,9 @@ pub(crate) async fn pump<S, A>(
     let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
         FuturesUnordered::new();
     let mut done = Vec::with_capacity(64);
+    // The batch being settled, and the room each of its messages holds in the dispatcher.
+    let mut to_settle: Vec<(A, Outcome)> = Vec::with_capacity(64);
+    let mut rooms: Vec<Reservation> = Vec::with_capacity(64);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
@@ -74,16 +77,26 @@ pub(crate) async fn pump<S, A>(
                         )));
                         continue;
                     }
-                    // The room is freed only once the message is settled.
-                    match ack.settle(&outcome) {
-                        Settle::Done(settled) => report(&subscribed, settled),
+                    to_settle.push((ack, outcome));
+                    rooms.push(room);
+                }
+                // Settled together (the transport may do it under one lock), each message's
+                // room freed only once it is settled.
+                let mut rooms = rooms.drain(..);
+                A::settle_batch(to_settle.drain(..), |settle| {
+                    let room = rooms.next();
+                    match settle {
+                        Settle::Done(settled) => {
+                            drop(room);
+                            report(&subscribed, settled);
+                        }
                         Settle::Later(settling_io) => settling.push(async move {
                             let settled = settling_io.await;
                             drop(room);
                             settled
                         }),
                     }
-                }
+                });
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {

@@ -23,6 +23,21 @@ pub trait Acknowledge: Send + 'static {
     /// [`Outcome::Handled`]: ack. [`Outcome::Failed`]: nack (or dead-letter).
     /// [`Outcome::Cancelled`]: leave unacked, for redelivery.
     fn settle(self, outcome: &Outcome) -> Settle;
+
+    /// Settles messages of one subscription, in the order given, handing each one's
+    /// [`Settle`] to `settled`, in the same order. The bus settles whatever finished together
+    /// through this. The default settles them one by one; a transport whose settling takes a
+    /// lock its publishers share (the memory broker's topic) overrides it to take the lock
+    /// once per batch.
+    fn settle_batch<I>(batch: I, mut settled: impl FnMut(Settle))
+    where
+        Self: Sized,
+        I: IntoIterator<Item = (Self, Outcome)>,
+    {
+        for (ack, outcome) in batch {
+            settled(ack.settle(&outcome));
+        }
+    }
 }
 
 /// How settling went: most acks are bookkeeping that is done at once (an offset to commit, a
