@@ -609,6 +609,115 @@ fn a_stalled_key_holds_back_only_its_own_later_messages() {
     });
 }
 
+/// A worker whose handlers finish on the spot takes several keys' ready jobs at once. A
+/// handler of them that waits gives the rest back where each came from (the rest of its own
+/// key behind it, other keys' first jobs to the ready queue), so none of them waits for it.
+#[test]
+fn a_handler_that_waits_gives_back_the_other_keys_jobs_taken_with_it() {
+    run(async {
+        let probe = Probe::new();
+        probe.hold("a1");
+        probe.hold("c1");
+        let orders = probe.route("orders", RetryPolicy::never());
+        let mut d = Dispatcher::new(config(3, 256, usize::MAX));
+        // Handled on the spot: its worker takes other keys' ready jobs along from now on.
+        let w = submit(&mut d, &orders, msg(Some("W"), "w")).await;
+        assert_handled(w.await, 1);
+
+        // All submitted before a worker runs (one thread): the first run takes a1, u, b1, c1
+        // and d1; a1 waits and gives back the rest, c1 waits in a later run holding c2 and d1.
+        let mut responses = HashMap::new();
+        for (key, name) in [
+            (Some("A"), "a1"),
+            (Some("A"), "a2"),
+            (None, "u"),
+            (Some("B"), "b1"),
+            (Some("C"), "c1"),
+            (Some("C"), "c2"),
+            (Some("D"), "d1"),
+        ] {
+            responses.insert(name, submit(&mut d, &orders, msg(key, name)).await);
+        }
+        for name in ["u", "b1", "d1"] {
+            let response = responses.remove(name).expect("submitted");
+            assert_handled(response.await, 1);
+        }
+        let started = probe.started_names();
+        assert!(started.contains(&"a1".to_owned()) && started.contains(&"c1".to_owned()));
+        assert!(!started.contains(&"a2".to_owned()) && !started.contains(&"c2".to_owned()));
+        let stats = d.stats();
+        assert_eq!(
+            (stats.in_flight, stats.active_keys, stats.buffered),
+            (2, 2, 4)
+        );
+
+        probe.release("a1");
+        probe.release("c1");
+        for name in ["a1", "a2", "c1", "c2"] {
+            let response = responses.remove(name).expect("submitted");
+            assert_handled(response.await, 1);
+        }
+        assert_eq!(
+            probe.events_of("a"),
+            [start("a1", 1), end("a1", 1), start("a2", 1), end("a2", 1)]
+        );
+        assert_eq!(
+            probe.events_of("c"),
+            [start("c1", 1), end("c1", 1), start("c2", 1), end("c2", 1)]
+        );
+        let stats = d.stats();
+        assert_eq!(
+            (stats.in_flight, stats.active_keys, stats.buffered),
+            (0, 0, 0)
+        );
+        assert_eq!(stats.handled, 8);
+    });
+}
+
+/// A call that finishes on its first poll but keeps its thread busy (a handler computing, or
+/// blocking) makes its worker give back the other keys' jobs it took along, and take one key at
+/// a time from then on: those jobs wait behind one such call, not behind several.
+#[test]
+fn after_a_call_that_kept_its_thread_the_worker_gives_back_other_keys_jobs() {
+    run(async {
+        let started = Arc::new(Mutex::new(Vec::<String>::new()));
+        let log = Arc::clone(&started);
+        let handler = handler_fn(move |d: Delivery| {
+            let name = String::from_utf8(d.payload().to_vec()).expect("utf-8 name");
+            if name == "s1" {
+                // Real time, not the paused clock: the thread is kept busy.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            lock(&log).push(name);
+            async { Ok::<_, BoxError>(()) }
+        });
+        let route = Arc::new(Route::builder("orders", "group", handler).build());
+        let mut d = Dispatcher::new(config(1, 256, usize::MAX));
+        // Handled on the spot: its worker takes other keys' ready jobs along from now on.
+        assert_handled(submit(&mut d, &route, msg(Some("W"), "w")).await.await, 1);
+        lock(&started).clear();
+
+        // The run takes s1, x1 and y1; s1 keeps the thread, so x1 and y1 go back, x1 with x2
+        // now behind it, and the worker takes one key at a time: x1 and x2, then y1, then s2
+        // (ready since s1 finished).
+        let mut responses = Vec::new();
+        for (key, name) in [
+            ("S", "s1"),
+            ("S", "s2"),
+            ("X", "x1"),
+            ("X", "x2"),
+            ("Y", "y1"),
+        ] {
+            responses.push(submit(&mut d, &route, msg(Some(key), name)).await);
+        }
+        for outcome in join_all(responses).await {
+            assert_handled(outcome, 1);
+        }
+        assert_eq!(*lock(&started), ["s1", "x1", "x2", "y1", "s2"]);
+        assert_eq!(d.stats().active_keys, 0);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. max_in_flight
 // ---------------------------------------------------------------------------------------------
@@ -1525,7 +1634,11 @@ async fn run_scenario(specs: Vec<Spec>) -> Result<(), TestCaseError> {
                     {
                         lock(&trace.overlaps).push(seq);
                     }
-                    tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+                    // No delay: the call finishes on its first poll, as most handlers do, and
+                    // its worker then takes several keys' jobs at once.
+                    if spec.delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(spec.delay_ms)).await;
+                    }
                     if let Some(key) = spec.key {
                         lock(&trace.running).remove(&(r, key));
                     }

@@ -39,6 +39,9 @@ pub(super) struct Job {
     /// Jobs of its key were waiting behind it when it became ready: the worker taking it looks
     /// them up and takes them along.
     followed: bool,
+    /// In a worker's run: the next job of the run is of its key, so finishing this one
+    /// releases nothing (the key stays with the run).
+    run_continues: bool,
     attempts: u32,
     /// Boxed: only a job that failed has it, and every job is moved through the queues.
     failing: Option<Box<Failing>>,
@@ -90,6 +93,7 @@ impl Job {
             message,
             hash: 0,
             followed: false,
+            run_continues: false,
             attempts: 0,
             failing: None,
             reply: Some((reply, reservation)),
@@ -141,8 +145,12 @@ struct State {
 const MAX_SPARE_QUEUES: usize = 1024;
 const MAX_SPARE_CAPACITY: usize = 8;
 
-/// Most jobs of one key a worker takes under one lock (see [`take_run`]).
+/// Most jobs a worker takes under one lock (see [`take_run`]).
 const MAX_RUN: usize = 32;
+
+/// A handler call that finished on its first poll but took longer than this kept its thread
+/// busy: the worker stops taking other keys' jobs along, and gives back those it holds.
+const SLOW_CALL: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Releases the keys of finished jobs: the next job waiting behind each becomes ready (and
 /// says whether more wait behind it), or the key's entry goes.
@@ -174,22 +182,35 @@ fn release(st: &mut State, done: &[Finished]) {
     }
 }
 
-/// Takes the next ready job, and the jobs of its key waiting behind it (up to [`MAX_RUN`] in
-/// all): they would run one after another anyway, so taking them together spares a lock per
-/// job (a lock every producer shares) and keeps no other key waiting.
-fn take_run(st: &mut State, run: &mut VecDeque<Job>) {
-    let Some(mut job) = st.ready.pop_front() else {
-        return;
-    };
-    let behind = if std::mem::take(&mut job.followed) {
-        st.keys.find_mut(job.hash, |busy| job.is_of(busy))
-    } else {
-        None
-    };
-    run.push_back(job);
-    if let Some(busy) = behind {
-        let n = (MAX_RUN - 1).min(busy.waiting.len());
-        run.extend(busy.waiting.drain(..n));
+/// Takes the next ready job and the jobs of its key waiting behind it: they would run one
+/// after another anyway, so taking them together spares a lock per job (a lock every producer
+/// shares) and keeps no other key waiting. With `other_keys`, goes on with the next ready
+/// jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs. Jobs of one key are next
+/// to each other in the run, marked by [`Job::run_continues`].
+fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
+    while run.len() < MAX_RUN {
+        let Some(mut job) = st.ready.pop_front() else {
+            return;
+        };
+        let behind = if std::mem::take(&mut job.followed) {
+            st.keys.find_mut(job.hash, |busy| job.is_of(busy))
+        } else {
+            None
+        };
+        let n = behind
+            .as_ref()
+            .map_or(0, |busy| (MAX_RUN - run.len() - 1).min(busy.waiting.len()));
+        job.run_continues = n > 0;
+        run.push_back(job);
+        if let Some(busy) = behind {
+            for (i, mut next) in busy.waiting.drain(..n).enumerate() {
+                next.run_continues = i + 1 < n;
+                run.push_back(next);
+            }
+        }
+        if !other_keys {
+            return;
+        }
     }
 }
 
@@ -326,8 +347,12 @@ impl Shared {
         let mut searching = true;
         // Holding jobs (counted in `State::running`).
         let mut running = false;
-        // Jobs of one key taken under the last lock and not started yet.
+        // Jobs taken under the last lock and not started yet: a run (see `take_run`).
         let mut run: VecDeque<Job> = VecDeque::new();
+        // Whether the last run finished on the spot (no handler waited, none backed off): only
+        // then does the next run take other keys' ready jobs too. A worker whose handlers wait
+        // would give those back each time, and they would wait meanwhile for its lock.
+        let mut on_the_spot = false;
         // Finished jobs whose keys are released under the next lock, before they reply.
         let mut done: Vec<Finished> = Vec::new();
         let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
@@ -341,7 +366,7 @@ impl Shared {
                     st.searching -= 1;
                 }
                 release(&mut st, &done);
-                take_run(&mut st, &mut run);
+                take_run(&mut st, &mut run, on_the_spot);
                 if running == run.is_empty() {
                     running = !running;
                     if running {
@@ -383,55 +408,136 @@ impl Shared {
             }
             // A run goes on only while its handlers finish on their first poll (one that waits,
             // or backs off, gives the rest back), so it runs at once, as of when it was taken:
-            // whether its route is closing is read once for the run (a lock on the route's
+            // whether a route is closing is read once for the run (a lock on the route's
             // token), and each job's end is the next one's start (one clock read per job).
-            let closing = run
-                .front()
-                .is_some_and(|job| job.route.scope.closing.is_cancelled());
+            let mut closing: Option<(u64, bool)> = None;
             let mut clock = Instant::now();
+            on_the_spot = true;
             while let Some(job) = run.pop_front() {
+                let closing = match closing {
+                    Some((route, closing)) if route == job.route.id => closing,
+                    _ => {
+                        let now = job.route.scope.closing.is_cancelled();
+                        closing = Some((job.route.id, now));
+                        now
+                    }
+                };
+                let continues = job.run_continues;
+                let began = clock;
                 let outcome = {
                     let mut call = std::pin::pin!(self.run(job, &mut slot, closing, &mut clock));
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                         Poll::Ready(outcome) => outcome,
                         Poll::Pending => {
-                            // The handler waits: the jobs of its key taken along go back to
-                            // its queue, so they hold no worker while they wait.
-                            self.give_back(&mut run, &mut done);
+                            // The handler waits: the rest of the run goes back where it was
+                            // taken from, so it holds no worker while this one waits.
+                            on_the_spot = false;
+                            self.give_back(continues, &mut run, &mut done);
                             call.await
                         }
                     }
                 };
                 match outcome {
-                    Some((job, outcome)) => done.push(Finished {
-                        job,
-                        outcome,
-                        release: run.is_empty(),
-                    }),
-                    // Backing off before a retry: its key stays busy, and the jobs taken along
-                    // wait behind the retry in the key's queue.
-                    None => self.give_back(&mut run, &mut done),
+                    Some((job, outcome)) => {
+                        done.push(Finished {
+                            // Its key goes on in the run unless the run was given back.
+                            release: !job.run_continues || run.is_empty(),
+                            job,
+                            outcome,
+                        });
+                        if on_the_spot && clock.duration_since(began) > SLOW_CALL {
+                            // A call that kept the thread: other keys' jobs of the run go back
+                            // for another worker rather than wait behind more such calls.
+                            on_the_spot = false;
+                            let ours = if continues {
+                                run.iter()
+                                    .position(|j| !j.run_continues)
+                                    .map_or(run.len(), |i| i + 1)
+                            } else {
+                                0
+                            };
+                            if ours < run.len() {
+                                let mut others = run.split_off(ours);
+                                self.give_back(false, &mut others, &mut done);
+                            }
+                        }
+                    }
+                    // Backing off before a retry: its key stays busy, and the jobs of its key
+                    // taken along wait behind the retry in the key's queue.
+                    None => {
+                        on_the_spot = false;
+                        self.give_back(continues, &mut run, &mut done);
+                    }
                 }
             }
         }
     }
 
-    /// Puts the jobs of `run` back at the front of their key's queue (in order), behind the job
-    /// of the key still running or backing off; releases the keys of `done` and replies for
-    /// them.
-    fn give_back(&self, run: &mut VecDeque<Job>, done: &mut Vec<Finished>) {
+    /// Puts the jobs of `run` back where they were taken from, in order, when a job of the run
+    /// waits or backs off: the rest of that job's key (`continues`: the run starts with some)
+    /// to the front of its key's queue, behind it; each other key's first job to the front of
+    /// the ready queue, and its later jobs to the front of its key's queue. Releases the keys
+    /// of `done` and replies for them.
+    fn give_back(
+        self: &Arc<Self>,
+        continues: bool,
+        run: &mut VecDeque<Job>,
+        done: &mut Vec<Finished>,
+    ) {
         // Lock only to put jobs back or to release a key: a finished job followed by another
         // of its key releases nothing.
-        if !run.is_empty() || done.iter().any(|f| f.release) {
-            let mut st = self.lock();
-            release(&mut st, done);
-            if let Some(first) = run.front()
-                && let Some(busy) = st.keys.find_mut(first.hash, |busy| first.is_of(busy))
-            {
-                while let Some(job) = run.pop_back() {
-                    busy.waiting.push_front(job);
-                }
+        if run.is_empty() && !done.iter().any(|f| f.release) {
+            self.reply(done);
+            return;
+        }
+        let mut st = self.lock();
+        release(&mut st, done);
+        // Each key's jobs, from the last key's to the first's, so that pushing to the fronts
+        // keeps their order.
+        let mut to_ready = false;
+        while let Some(last) = run.pop_back() {
+            // The jobs of `last`'s key in the run: back to where its run_continues chain starts.
+            let mut key_jobs = vec![last];
+            while run.back().is_some_and(|job| job.run_continues) {
+                key_jobs.push(run.pop_back().expect("a job"));
             }
+            // `key_jobs` is the key's jobs, last first. The first of the key's jobs was ready,
+            // unless it continues the job that stopped the run.
+            let first_was_ready = !(continues && run.is_empty());
+            let mut head = if first_was_ready {
+                key_jobs.pop()
+            } else {
+                None
+            };
+            let Some(job) = key_jobs.first().or(head.as_ref()) else {
+                continue;
+            };
+            let hash = job.hash;
+            let busy = st.keys.find_mut(hash, |busy| job.is_of(busy));
+            match busy {
+                Some(busy) => {
+                    for mut job in key_jobs {
+                        job.run_continues = false;
+                        busy.waiting.push_front(job);
+                    }
+                    if let Some(head) = head.as_mut() {
+                        head.followed = !busy.waiting.is_empty();
+                    }
+                }
+                // A job without a key has no queue: it was ready, and goes back alone.
+                None => debug_assert!(key_jobs.is_empty()),
+            }
+            if let Some(mut head) = head {
+                head.run_continues = false;
+                st.ready.push_front(head);
+                to_ready = true;
+            }
+        }
+        if to_ready {
+            // This worker is about to wait: another takes the ready jobs it gave back.
+            self.wake_worker(st);
+        } else {
+            drop(st);
         }
         self.reply(done);
     }
