@@ -26,11 +26,16 @@ impl Unsettled {
             self.start = offset;
         } else {
             let i = (offset - self.start) as usize;
-            if i >= self.flags.len() {
-                self.flags.resize(i + 1, false);
+            if i == self.flags.len() {
+                // The next offset: the common case, and a push costs less than a resize.
+                self.flags.push_back(true);
+            } else {
+                if i > self.flags.len() {
+                    self.flags.resize(i + 1, false);
+                }
+                debug_assert!(!self.flags[i], "offset {offset} delivered twice");
+                self.flags[i] = true;
             }
-            debug_assert!(!self.flags[i], "offset {offset} delivered twice");
-            self.flags[i] = true;
         }
         self.count += 1;
     }
