@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use crossbeam_utils::CachePadded;
 use eventbus_core::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,7 +25,9 @@ pub(crate) struct Broker {
 
 #[derive(Debug)]
 pub(crate) struct Topic {
-    pub(crate) state: Mutex<TopicState>,
+    /// Padded: every publish, delivery and ack clones or drops the topic's `Arc`, and its
+    /// count would otherwise share a cache line with the lock they all take.
+    pub(crate) state: CachePadded<Mutex<TopicState>>,
     /// Publishers waiting for room.
     pub(crate) space: Notify,
 }

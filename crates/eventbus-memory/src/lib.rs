@@ -67,6 +67,7 @@ mod unsettled;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crossbeam_utils::CachePadded;
 use eventbus_core::Result;
 use eventbus_core::transport::{Capabilities, Transport};
 use tokio::sync::Notify;
@@ -147,7 +148,7 @@ impl MemoryTransport {
         }
         Arc::clone(topics.entry(name.to_owned()).or_insert_with(|| {
             Arc::new(Topic {
-                state: Mutex::new(TopicState::default()),
+                state: CachePadded::new(Mutex::new(TopicState::default())),
                 space: Notify::new(),
             })
         }))
