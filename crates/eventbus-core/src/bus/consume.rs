@@ -49,6 +49,8 @@ pub(crate) async fn pump<S, A>(
     // The batch being settled, and the room each of its messages holds in the dispatcher.
     let mut to_settle: Vec<(A, Outcome)> = Vec::with_capacity(64);
     let mut rooms: Vec<Reservation> = Vec::with_capacity(64);
+    // Rooms of the batch's messages settled on the spot.
+    let mut freed: Vec<Reservation> = Vec::with_capacity(64);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;
@@ -87,7 +89,7 @@ pub(crate) async fn pump<S, A>(
                     let room = rooms.next();
                     match settle {
                         Settle::Done(settled) => {
-                            drop(room);
+                            freed.extend(room);
                             report(&subscribed, settled);
                         }
                         Settle::Later(settling_io) => settling.push(async move {
@@ -97,6 +99,9 @@ pub(crate) async fn pump<S, A>(
                         }),
                     }
                 });
+                // Freed together: one update of the dispatcher's shared counters per batch.
+                Reservation::release_all(freed.iter_mut());
+                freed.clear();
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {

@@ -9,13 +9,54 @@ use tokio::sync::Notify;
 /// Room a job holds from admission to completion: one buffer slot and its bytes.
 /// Released on drop, so every path out (done, cancelled, dropped at runtime shutdown) frees it.
 pub(crate) struct Reservation {
+    /// 1, or 0 once released by [`release_all`](Self::release_all).
+    pub(super) slots: usize,
     pub(super) bytes: usize,
     pub(super) budget: Arc<Budget>,
 }
 
+impl Reservation {
+    pub(super) fn new(bytes: usize, budget: Arc<Budget>) -> Self {
+        Reservation {
+            slots: 1,
+            bytes,
+            budget,
+        }
+    }
+
+    /// Frees the room of every reservation of `rooms`, with one update of each counter per
+    /// budget rather than one per message: the counters are shared with every producer.
+    pub(crate) fn release_all<'a>(rooms: impl IntoIterator<Item = &'a mut Reservation>) {
+        let mut pending: Option<(Arc<Budget>, usize, usize)> = None;
+        for room in rooms {
+            let (slots, bytes) = (
+                std::mem::take(&mut room.slots),
+                std::mem::take(&mut room.bytes),
+            );
+            match &mut pending {
+                Some((budget, s, b)) if Arc::ptr_eq(budget, &room.budget) => {
+                    *s += slots;
+                    *b += bytes;
+                }
+                _ => {
+                    if let Some((budget, s, b)) = pending.take() {
+                        budget.release(s, b);
+                    }
+                    pending = Some((Arc::clone(&room.budget), slots, bytes));
+                }
+            }
+        }
+        if let Some((budget, s, b)) = pending {
+            budget.release(s, b);
+        }
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.budget.release(1, self.bytes);
+        if self.slots > 0 {
+            self.budget.release(self.slots, self.bytes);
+        }
     }
 }
 

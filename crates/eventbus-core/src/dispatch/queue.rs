@@ -563,6 +563,14 @@ impl Shared {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
+        // The room of outcomes that go straight to a waiting caller, freed at once before any
+        // is sent (whoever sees an outcome sees its room free), with one update of the shared
+        // counters. Outcomes that go to a consuming loop carry their room there, to be freed
+        // once the message is settled.
+        Reservation::release_all(done.iter_mut().filter_map(|f| match &mut f.job.reply {
+            Some((Reply::Oneshot(_), room)) => Some(room),
+            _ => None,
+        }));
         for Finished { job, outcome, .. } in done.drain(..) {
             let metrics = &job.route.metrics;
             let metric = match &outcome {

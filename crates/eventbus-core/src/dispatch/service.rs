@@ -287,10 +287,7 @@ impl Dispatcher {
         );
         let bytes = req.message.encoded_len();
         self.budget.take_bytes(bytes);
-        let reservation = Reservation {
-            bytes,
-            budget: Arc::clone(&self.budget),
-        };
+        let reservation = Reservation::new(bytes, Arc::clone(&self.budget));
         self.shared
             .submit(Job::new(req.route, req.message, reply, reservation));
     }
