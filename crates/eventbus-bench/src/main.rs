@@ -374,11 +374,13 @@ fn gaps(results: &Results) -> Vec<String> {
             };
             format!(
                 ". Per message the memory bus costs {} against the raw loop's {} (cost table); \
-                 its profile below splits it between the consuming loop (`consume.rs`), the \
+                 its profile above splits it between the consuming loop (`consume.rs`), the \
                  publish path (`publish.rs`: the span, the clock reads of the publish metrics, \
                  the memory transport's topic lookup and append), the dispatcher \
-                 (`dispatch/queue.rs`) and the ack (`MemoryAck::finish`), plus malloc/free of \
-                 the one allocation left. Each message also crosses three locks (the topic's \
+                 (`dispatch/queue.rs`) and the ack (`MemoryAck::finish_in`, settled in \
+                 batches), plus malloc/free: the one allocation left (the message's `Arc` in \
+                 the topic's log) and freeing the published message's own buffers (made \
+                 before the counted region, so their malloc is not in it). Each message also crosses three locks (the topic's \
                  state on append and ack, the dispatcher's state) and two task hand-offs, \
                  which the instruction count does not show; a 0.5× ratio against a loop of \
                  ~500 instructions means ≤ ~1,000 instructions per message end to end",
@@ -386,7 +388,7 @@ fn gaps(results: &Results) -> Vec<String> {
                 per("raw")
             )
         } else if c.name.starts_with("dispatcher") {
-            ". Where its instructions go: the dispatcher profile below and the note on its \
+            ". Where its instructions go: the dispatcher profile above and the note on its \
              instructions; what only two threads show (the dispatcher's state lock shared by \
              the producer and the workers, wake-ups across threads) is not in an instruction \
              count"
@@ -426,12 +428,12 @@ fn gaps(results: &Results) -> Vec<String> {
         if let Some(i) = c.instructions.filter(|i| *i > TARGET_INSTRUCTIONS) {
             gaps.push(format!(
                 "Dispatcher instructions: {i:.0} per message against ≤ {TARGET_INSTRUCTIONS:.0} \
-                 (over by {:.0}, {:.0} %). See the dispatcher profile below: the worker loop \
+                 (over by {:.0}, {:.0} %). See the dispatcher profile above: the worker loop \
                  (`Shared::work`, inlined into `TrackedFuture::poll`), the oneshot of the \
                  tower `call` (its allocation, and its send and free in `Reply::send`), the \
                  key map entry (on submit and on completion), the handler call's boxed future \
                  (`ReusableBoxFuture::set`), the clock read per call for the handler-duration \
-                 histogram, and the span",
+                 histogram, and the span around each call (`Instrumented::poll`)",
                 i - TARGET_INSTRUCTIONS,
                 (i / TARGET_INSTRUCTIONS - 1.0) * 100.0
             ));

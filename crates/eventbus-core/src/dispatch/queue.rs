@@ -148,9 +148,11 @@ const MAX_SPARE_CAPACITY: usize = 8;
 /// Most jobs a worker takes under one lock (see [`take_run`]).
 const MAX_RUN: usize = 32;
 
-/// A handler call that finished on its first poll but took longer than this kept its thread
-/// busy: the worker stops taking other keys' jobs along, and gives back those it holds.
-const SLOW_CALL: std::time::Duration = std::time::Duration::from_micros(100);
+/// A run whose calls, each finished on its first poll, have kept the worker's thread this long
+/// gives back the other keys' jobs it still holds, and its worker takes one key at a time
+/// until a run is quick again: other keys' jobs wait this long at most behind calls that keep
+/// a thread (a handler computing or blocking) and go to other threads instead.
+const RUN_BUDGET: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Releases the keys of finished jobs: the next job waiting behind each becomes ready (and
 /// says whether more wait behind it), or the key's entry goes.
@@ -412,6 +414,7 @@ impl Shared {
             // token), and each job's end is the next one's start (one clock read per job).
             let mut closing: Option<(u64, bool)> = None;
             let mut clock = Instant::now();
+            let run_started = clock;
             on_the_spot = true;
             while let Some(job) = run.pop_front() {
                 let closing = match closing {
@@ -423,7 +426,6 @@ impl Shared {
                     }
                 };
                 let continues = job.run_continues;
-                let began = clock;
                 let outcome = {
                     let mut call = std::pin::pin!(self.run(job, &mut slot, closing, &mut clock));
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
@@ -445,9 +447,9 @@ impl Shared {
                             job,
                             outcome,
                         });
-                        if on_the_spot && clock.duration_since(began) > SLOW_CALL {
-                            // A call that kept the thread: other keys' jobs of the run go back
-                            // for another worker rather than wait behind more such calls.
+                        if on_the_spot && clock.duration_since(run_started) > RUN_BUDGET {
+                            // Over its budget: other keys' jobs of the run go back for another
+                            // worker rather than wait behind more calls that keep the thread.
                             on_the_spot = false;
                             let ours = if continues {
                                 run.iter()
