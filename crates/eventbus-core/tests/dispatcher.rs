@@ -674,10 +674,9 @@ fn a_handler_that_waits_gives_back_the_other_keys_jobs_taken_with_it() {
     });
 }
 
-/// A run whose calls, finishing on their first poll, keep its thread busy past the run's
-/// budget (here one handler blocking for a millisecond) gives back the other keys' jobs it took
-/// along, and its worker takes one key at a time from then on: those jobs wait behind one such
-/// call, not behind several.
+/// A call that finishes on its first poll but keeps its thread busy (here a handler blocking
+/// for a millisecond) makes its worker give back the other keys' jobs it took along, and take
+/// one key at a time from then on: those jobs wait behind one such call, not behind several.
 #[test]
 fn after_a_call_that_kept_its_thread_the_worker_gives_back_other_keys_jobs() {
     run(async {

@@ -12,21 +12,21 @@
 //!   [`max_buffered_per_subscription`](DispatcherConfig::max_buffered_per_subscription) so
 //!   such a backlog stops only its own subscription, and bound stalls (a retry limit with
 //!   dead-lettering).
-//! - **Runs.** A worker taking a key's next job also takes the jobs of that key waiting
-//!   behind it and runs them one after another, as they would run anyway; a worker whose last
-//!   run finished on the spot (no handler waited) also takes the next ready jobs of other keys
-//!   (and theirs), up to 32 jobs in all. One lock for the run instead of one per job. A job of
-//!   the run whose handler waits, or that backs off before a retry, gives the rest back where
-//!   each came from (its own key's later jobs to the front of its key's queue, other keys' to
-//!   the front of the ready queue, for another worker), so they hold no worker and wait for no
-//!   other key. A run whose calls have kept its thread busy for more than 100 µs (handlers
-//!   computing or blocking, each finishing on its first poll) gives back the other keys'
-//!   jobs it still holds too, for other workers and threads, and its worker takes one key at
-//!   a time until a run is quick again: other keys' jobs wait behind such calls for about
-//!   100 µs, or one call, at most. A run goes on without a pause otherwise, as if all its jobs
-//!   had started when it was taken: a route found closing then cancels its jobs in the run,
-//!   and one that starts closing during a run lets it finish (a handler that blocks its thread
-//!   for long can thus delay a drain by up to 31 calls of its key).
+//! - **Runs.** A worker taking a key's next job also takes the jobs of that key waiting behind it
+//!   and runs them one after another, as they would run anyway; a worker whose last run finished
+//!   on the spot (no handler waited) also takes the next ready jobs of other keys (and theirs),
+//!   up to 32 jobs in all, unless another worker is parked (it could run them on another thread).
+//!   One lock for the run instead of one per job. A job of the run whose handler waits, or that
+//!   backs off before a retry, gives the rest back where each came from (its own key's later jobs
+//!   to the front of its key's queue, other keys' to the front of the ready queue, for another
+//!   worker), so they hold no worker and wait for no other key. A call that finishes on its first
+//!   poll but keeps its thread busy for more than 100 µs (a handler computing or blocking) makes
+//!   its worker give back the other keys' jobs of its run too, and take one key at a time until a
+//!   run is quick again: other keys' jobs wait behind one such call at most. A run goes on
+//!   without a pause otherwise, as if all its jobs had started when it was taken: a route found
+//!   closing then cancels its jobs in the run, and one that starts closing during a run lets it
+//!   finish (a handler that blocks its thread for long can thus delay a drain by up to 31 calls
+//!   of its key).
 //! - **Bounds.** At most [`max_in_flight`](DispatcherConfig::max_in_flight) handler calls run at
 //!   once; at most [`max_buffered`](DispatcherConfig::max_buffered) messages are admitted and
 //!   not yet finished, and admission stops once

@@ -148,11 +148,10 @@ const MAX_SPARE_CAPACITY: usize = 8;
 /// Most jobs a worker takes under one lock (see [`take_run`]).
 const MAX_RUN: usize = 32;
 
-/// A run whose calls, each finished on its first poll, have kept the worker's thread this long
-/// gives back the other keys' jobs it still holds, and its worker takes one key at a time
-/// until a run is quick again: other keys' jobs wait this long at most behind calls that keep
-/// a thread (a handler computing or blocking) and go to other threads instead.
-const RUN_BUDGET: std::time::Duration = std::time::Duration::from_micros(100);
+/// A handler call that finished on its first poll but took longer than this kept its thread
+/// busy (a handler computing or blocking): the worker gives back the other keys' jobs of its
+/// run, and takes one key at a time until a run is quick again.
+const SLOW_CALL: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Releases the keys of finished jobs: the next job waiting behind each becomes ready (and
 /// says whether more wait behind it), or the key's entry goes.
@@ -186,10 +185,13 @@ fn release(st: &mut State, done: &[Finished]) {
 
 /// Takes the next ready job and the jobs of its key waiting behind it: they would run one
 /// after another anyway, so taking them together spares a lock per job (a lock every producer
-/// shares) and keeps no other key waiting. With `other_keys`, goes on with the next ready
-/// jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs. Jobs of one key are next
+/// shares) and keeps no other key waiting. With `other_keys`, and no other worker parked, goes
+/// on with the next ready jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs. Jobs of one key are next
 /// to each other in the run, marked by [`Job::run_continues`].
 fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
+    // Only while no other worker is parked: one that could run them on another thread gets
+    // them instead (`wake_worker`, after the run is taken).
+    let other_keys = other_keys && st.idle == 0;
     while run.len() < MAX_RUN {
         let Some(mut job) = st.ready.pop_front() else {
             return;
@@ -414,7 +416,6 @@ impl Shared {
             // token), and each job's end is the next one's start (one clock read per job).
             let mut closing: Option<(u64, bool)> = None;
             let mut clock = Instant::now();
-            let run_started = clock;
             on_the_spot = true;
             while let Some(job) = run.pop_front() {
                 let closing = match closing {
@@ -426,6 +427,7 @@ impl Shared {
                     }
                 };
                 let continues = job.run_continues;
+                let began = clock;
                 let outcome = {
                     let mut call = std::pin::pin!(self.run(job, &mut slot, closing, &mut clock));
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
@@ -447,9 +449,9 @@ impl Shared {
                             job,
                             outcome,
                         });
-                        if on_the_spot && clock.duration_since(run_started) > RUN_BUDGET {
-                            // Over its budget: other keys' jobs of the run go back for another
-                            // worker rather than wait behind more calls that keep the thread.
+                        if on_the_spot && clock.duration_since(began) > SLOW_CALL {
+                            // A call that kept the thread: other keys' jobs of the run go back
+                            // for another worker rather than wait behind more such calls.
                             on_the_spot = false;
                             let ours = if continues {
                                 run.iter()
