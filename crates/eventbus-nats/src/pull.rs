@@ -134,14 +134,18 @@ pub(crate) fn pull_stream(
         term_checked: false,
         pin: None,
     };
-    futures::stream::unfold(state, move |mut st| async move {
+    // Boxed, and the rare steps' futures too: `unfold` moves its state into each item's future
+    // and back out, and moves that future into place, once per message. By value, the
+    // puller (async-nats's consumer, with its whole info) and the pull stream were copied
+    // twice per message: a tenth of the bus's CPU at 30,000 messages.
+    futures::stream::unfold(Box::new(state), move |mut st| async move {
         loop {
             if let Some(incoming) = st.ready.pop_front() {
                 return Some((Ok(incoming), st));
             }
             if st.errors > 0 {
                 let wait = Duration::from_millis(100 << (st.errors - 1).min(3));
-                tokio::time::sleep(wait).await;
+                Box::pin(tokio::time::sleep(wait)).await;
             }
             if let Some(current) = &mut st.current {
                 match current.next().await {
@@ -166,10 +170,11 @@ pub(crate) fn pull_stream(
                                     st.pin = Some(pin.to_owned());
                                 }
                                 if let Some(info) = info {
-                                    let recovered = st
-                                        .puller
-                                        .recover_pending(info, &st.topic, &st.held, &st.io)
-                                        .await;
+                                    let recovered = Box::pin(
+                                        st.puller
+                                            .recover_pending(info, &st.topic, &st.held, &st.io),
+                                    )
+                                    .await;
                                     st.ready.extend(recovered);
                                 }
                             }
@@ -185,8 +190,10 @@ pub(crate) fn pull_stream(
                                 st.renewed = false;
                                 if st.highest > 0 && seq > st.highest + 1 {
                                     let lost = st.highest + 1..seq;
-                                    let recovered =
-                                        st.puller.recover(lost, &st.topic, &st.held, &st.io).await;
+                                    let recovered = Box::pin(
+                                        st.puller.recover(lost, &st.topic, &st.held, &st.io),
+                                    )
+                                    .await;
                                     st.ready.extend(recovered);
                                 }
                             }
@@ -240,24 +247,22 @@ pub(crate) fn pull_stream(
             }
             let consumer = st.puller.consumer.clone();
             let pinned = st.puller.partition.as_ref().map(|p| p.member_timeout);
-            let made = st
-                .io
-                .spawn(async move {
-                    let pull = consumer.stream().max_messages_per_batch(batch);
-                    match pinned {
-                        // The pin is kept by pulling within the member timeout: a pull
-                        // expires and is renewed at half of it.
-                        Some(timeout) => {
-                            pull.group(PIN_GROUP)
-                                .expires(timeout / 2)
-                                .heartbeat(timeout / 5)
-                                .messages()
-                                .await
-                        }
-                        None => pull.messages().await,
+            let made = Box::pin(st.io.spawn(async move {
+                let pull = consumer.stream().max_messages_per_batch(batch);
+                match pinned {
+                    // The pin is kept by pulling within the member timeout: a pull
+                    // expires and is renewed at half of it.
+                    Some(timeout) => {
+                        pull.group(PIN_GROUP)
+                            .expires(timeout / 2)
+                            .heartbeat(timeout / 5)
+                            .messages()
+                            .await
                     }
-                })
-                .await;
+                    None => pull.messages().await,
+                }
+            }))
+            .await;
             match made {
                 Ok(Ok(stream)) => {
                     st.renewed = st.highest > 0;
