@@ -11,9 +11,9 @@ use std::time::SystemTime;
 use backon::ExponentialBackoff;
 use futures::FutureExt;
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 // The CPU's counter: a handler call is timed per message, and `clock_gettime` costs three
 // times as much.
-use hashbrown::hash_table::Entry;
 use quanta::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
@@ -186,8 +186,8 @@ fn release(st: &mut State, done: &[Finished]) {
 /// Takes the next ready job and the jobs of its key waiting behind it: they would run one
 /// after another anyway, so taking them together spares a lock per job (a lock every producer
 /// shares) and keeps no other key waiting. With `other_keys`, and no other worker parked, goes
-/// on with the next ready jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs. Jobs of one key are next
-/// to each other in the run, marked by [`Job::run_continues`].
+/// on with the next ready jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs.
+/// Jobs of one key are next to each other in the run, marked by [`Job::run_continues`].
 fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
     // Only while no other worker is parked: one that could run them on another thread gets
     // them instead (`wake_worker`, after the run is taken).
@@ -499,39 +499,33 @@ impl Shared {
         // Each key's jobs, from the last key's to the first's, so that pushing to the fronts
         // keeps their order.
         let mut to_ready = false;
-        while let Some(last) = run.pop_back() {
-            // The jobs of `last`'s key in the run: back to where its run_continues chain starts.
-            let mut key_jobs = vec![last];
-            while run.back().is_some_and(|job| job.run_continues) {
-                key_jobs.push(run.pop_back().expect("a job"));
+        while !run.is_empty() {
+            // The last key's jobs are `run[start..]`: back to where its `run_continues` chain
+            // starts.
+            let mut start = run.len() - 1;
+            while start > 0 && run[start - 1].run_continues {
+                start -= 1;
             }
-            // `key_jobs` is the key's jobs, last first. The first of the key's jobs was ready,
-            // unless it continues the job that stopped the run.
-            let first_was_ready = !(continues && run.is_empty());
-            let mut head = if first_was_ready {
-                key_jobs.pop()
-            } else {
-                None
-            };
-            let Some(job) = key_jobs.first().or(head.as_ref()) else {
-                continue;
-            };
-            let hash = job.hash;
-            let busy = st.keys.find_mut(hash, |busy| job.is_of(busy));
-            match busy {
+            // The first of them was ready, unless it continues the job that stopped the run;
+            // the others go back to the front of the key's queue, last first.
+            let head_was_ready = !(continues && start == 0);
+            let queued_from = if head_was_ready { start + 1 } else { start };
+            let first = &run[start];
+            match st.keys.find_mut(first.hash, |busy| first.is_of(busy)) {
                 Some(busy) => {
-                    for mut job in key_jobs {
+                    for mut job in run.drain(queued_from..).rev() {
                         job.run_continues = false;
                         busy.waiting.push_front(job);
                     }
-                    if let Some(head) = head.as_mut() {
-                        head.followed = !busy.waiting.is_empty();
+                    if head_was_ready {
+                        run[start].followed = !busy.waiting.is_empty();
                     }
                 }
                 // A job without a key has no queue: it was ready, and goes back alone.
-                None => debug_assert!(key_jobs.is_empty()),
+                None => debug_assert_eq!(queued_from, run.len()),
             }
-            if let Some(mut head) = head {
+            if head_was_ready {
+                let mut head = run.pop_back().expect("the key's first job");
                 head.run_continues = false;
                 st.ready.push_front(head);
                 to_ready = true;
