@@ -49,6 +49,7 @@
 
 pub mod backlog;
 mod bus;
+mod clock;
 pub mod dead_letter;
 pub mod dedup;
 pub mod dispatch;

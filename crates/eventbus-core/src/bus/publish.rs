@@ -6,11 +6,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-// The CPU's counter: a publish is timed per message, and `clock_gettime` costs three times as
-// much.
-use quanta::Instant;
 use tracing::Instrument;
 
+use crate::clock::Stamp;
 use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::propagation;
@@ -66,7 +64,7 @@ impl PublishStats {
 /// Counts a publish as queued while it runs, and records how it went.
 struct InFlight<'a> {
     stats: &'a PublishStats,
-    started: Instant,
+    started: Stamp,
 }
 
 impl<'a> InFlight<'a> {
@@ -74,7 +72,7 @@ impl<'a> InFlight<'a> {
         stats.queued.fetch_add(1, Ordering::Relaxed);
         InFlight {
             stats,
-            started: Instant::now(),
+            started: Stamp::now(),
         }
     }
     fn finish(self, metrics: &PublishMetrics, messages: u64, result: &Result<()>) {

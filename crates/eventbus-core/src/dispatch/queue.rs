@@ -12,9 +12,6 @@ use backon::ExponentialBackoff;
 use futures::FutureExt;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
-// The CPU's counter: a handler call is timed per message, and `clock_gettime` costs three
-// times as much.
-use quanta::Instant;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
@@ -25,6 +22,7 @@ use tracing::Instrument;
 use super::budget::Reservation;
 use super::route::{Reply, Route, Slot, empty_slot};
 use super::stats::DispatcherStats;
+use crate::clock::Stamp;
 use crate::handler::{Delivery, Panicked};
 use crate::message::{Key, Message};
 use crate::outcome::Outcome;
@@ -216,6 +214,14 @@ fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
             return;
         }
     }
+}
+
+/// How an attempt ended.
+enum Attempt {
+    /// With the job's final outcome.
+    Finished(Outcome),
+    /// With a retryable failure: the job backs off this long before its next attempt.
+    Retry(std::time::Duration),
 }
 
 /// A job that ran to its outcome, waiting for the next lock to release its key (when no job
@@ -415,9 +421,9 @@ impl Shared {
             // whether a route is closing is read once for the run (a lock on the route's
             // token), and each job's end is the next one's start (one clock read per job).
             let mut closing: Option<(u64, bool)> = None;
-            let mut clock = Instant::now();
+            let mut clock = Stamp::now();
             on_the_spot = true;
-            while let Some(job) = run.pop_front() {
+            while let Some(mut job) = run.pop_front() {
                 let closing = match closing {
                     Some((route, closing)) if route == job.route.id => closing,
                     _ => {
@@ -428,10 +434,11 @@ impl Shared {
                 };
                 let continues = job.run_continues;
                 let began = clock;
-                let outcome = {
-                    let mut call = std::pin::pin!(self.run(job, &mut slot, closing, &mut clock));
+                let attempt = {
+                    let mut call =
+                        std::pin::pin!(self.run(&mut job, &mut slot, closing, &mut clock));
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-                        Poll::Ready(outcome) => outcome,
+                        Poll::Ready(attempt) => attempt,
                         Poll::Pending => {
                             // The handler waits: the rest of the run goes back where it was
                             // taken from, so it holds no worker while this one waits.
@@ -441,15 +448,15 @@ impl Shared {
                         }
                     }
                 };
-                match outcome {
-                    Some((job, outcome)) => {
+                match attempt {
+                    Attempt::Finished(outcome) => {
                         done.push(Finished {
                             // Its key goes on in the run unless the run was given back.
                             release: !job.run_continues || run.is_empty(),
                             job,
                             outcome,
                         });
-                        if on_the_spot && clock.duration_since(began) > SLOW_CALL {
+                        if on_the_spot && clock.since(began) > SLOW_CALL {
                             // A call that kept the thread: other keys' jobs of the run go back
                             // for another worker rather than wait behind more such calls.
                             on_the_spot = false;
@@ -468,9 +475,12 @@ impl Shared {
                     }
                     // Backing off before a retry: its key stays busy, and the jobs of its key
                     // taken along wait behind the retry in the key's queue.
-                    None => {
+                    // The jobs go back first, so the retry, however soon it is due, finds them
+                    // behind it.
+                    Attempt::Retry(delay) => {
                         on_the_spot = false;
                         self.give_back(continues, &mut run, &mut done);
+                        self.back_off(job, delay);
                     }
                 }
             }
@@ -581,22 +591,21 @@ impl Shared {
         }
     }
 
-    /// Runs one attempt, unless its route was `closing` when its run was taken. `clock` is
-    /// when the call starts, and is set to when it ended. Returns the job with its final
-    /// outcome, or `None` when it went to back off before a retry (its key stays busy
-    /// meanwhile).
+    /// Runs one attempt of `job`, unless its route was `closing` when its run was taken.
+    /// `clock` is when the call starts, and is set to when it ended. The job is borrowed, not
+    /// moved into the call and back: it is moved often enough through the queues.
     async fn run(
-        self: &Arc<Self>,
-        mut job: Job,
+        &self,
+        job: &mut Job,
         slot: &mut Slot,
         closing: bool,
-        clock: &mut Instant,
-    ) -> Option<(Job, Outcome)> {
+        clock: &mut Stamp,
+    ) -> Attempt {
         // Borrowed, not cloned: the route's reference count is shared by every worker and
         // producer, and touching it costs a cache line passed between threads.
         let route: &Route = &job.route;
         if closing {
-            return Some((job, Outcome::Cancelled));
+            return Attempt::Finished(Outcome::Cancelled);
         }
         job.attempts += 1;
         let delivery = Delivery {
@@ -647,17 +656,15 @@ impl Shared {
                 route.metrics.panicked.increment(1);
             }
         }
-        *clock = Instant::now();
-        route
-            .metrics
-            .duration
-            .record(clock.saturating_duration_since(started));
+        *clock = Stamp::now();
+        route.metrics.duration.record(clock.since(started));
 
         let error = match result {
-            None => return Some((job, Outcome::Cancelled)),
+            None => return Attempt::Finished(Outcome::Cancelled),
             Some(Ok(Ok(()))) => {
-                let attempts = job.attempts;
-                return Some((job, Outcome::Handled { attempts }));
+                return Attempt::Finished(Outcome::Handled {
+                    attempts: job.attempts,
+                });
             }
             Some(Ok(Err(e))) => e,
             Some(Err(panic)) => {
@@ -674,7 +681,7 @@ impl Shared {
         };
         // Shutdown is not failure: an error once closing began leaves the message for redelivery.
         if route.scope.closing.is_cancelled() {
-            return Some((job, Outcome::Cancelled));
+            return Attempt::Finished(Outcome::Cancelled);
         }
         let failing = job.failing.get_or_insert_with(|| {
             Box::new(Failing {
@@ -694,15 +701,11 @@ impl Shared {
         };
         let Some(delay) = delay else {
             tracing::warn!(topic = %route.topic, group = %route.scope.group, message_id = %job.message.id(), attempts = job.attempts, error = %error, "handler failed for good");
-            let attempts = job.attempts;
-            return Some((
-                job,
-                Outcome::Failed {
-                    attempts,
-                    error,
-                    first_failure,
-                },
-            ));
+            return Attempt::Finished(Outcome::Failed {
+                attempts: job.attempts,
+                error,
+                first_failure,
+            });
         };
         tracing::debug!(topic = %route.topic, message_id = %job.message.id(), attempt = job.attempts, ?delay, error = %error, "handler failed, retrying");
         failing.retrying = Some(route.note_retrying(
@@ -717,6 +720,12 @@ impl Shared {
         ));
         self.retried.fetch_add(1, Ordering::Relaxed);
         route.metrics.retried.increment(1);
+        Attempt::Retry(delay)
+    }
+
+    /// Waits out `delay` before the job's next attempt (less if its route starts closing), in
+    /// a task of its own: its key stays busy meanwhile.
+    fn back_off(self: &Arc<Self>, job: Job, delay: std::time::Duration) {
         let shared = Arc::clone(self);
         self.tracker.spawn_on(
             async move {
@@ -728,7 +737,6 @@ impl Shared {
             },
             &self.runtime,
         );
-        None
     }
 
     pub(super) fn stats(&self, buffered: usize, buffered_bytes: usize) -> DispatcherStats {

@@ -141,9 +141,9 @@ impl Dispatcher {
         let max_in_flight = config.max_in_flight.max(1);
         let max_buffered = config.max_buffered.max(max_in_flight);
         let shared = Arc::new(Shared::new(max_in_flight, Handle::current()));
-        // The process's clock, which times handler calls and publishes, calibrates on its first
-        // use (once per process, about a millisecond): here, not in the first message's call.
-        let _ = quanta::Instant::now();
+        // The clock that times handler calls calibrates on its first use (once per process):
+        // here, not in the first message's call.
+        crate::clock::calibrate();
         Dispatcher {
             _handles: Arc::new(Handles(Arc::clone(&shared))),
             shared,
