@@ -5,7 +5,8 @@
 //! callgrind, and only the call of [`measured`] is counted (callgrind's `--toggle-collect`;
 //! the allocation counter reads before and after it): the messages are built before it. Each
 //! workload runs twice, with `n` and `2n` messages, and the cost per message is the difference
-//! over `n`, so setting up and closing the dispatcher or bus cancels out.
+//! over `n`, so setting up and closing the dispatcher or bus cancels out; instructions are the
+//! median of [`CALLGRIND_PAIRS`] such pairs (see [`instructions`]).
 //!
 //! The workloads: `raw` (the mpsc → handler loop), `dispatcher` (the dispatcher alone) and
 //! `memory` (the memory bus end to end), all with [`KEYS`] keys and the no-op handler; and
@@ -231,19 +232,30 @@ fn callgrind(exe: &Path, args: &WorkloadArgs, out: &Path) -> Result<u64, String>
         .ok_or_else(|| format!("no totals in {}", out.display()))
 }
 
+/// Pairs of callgrind runs per figure (see [`instructions`]).
+pub const CALLGRIND_PAIRS: usize = 3;
+
 /// Instructions per message of the workload `args` (`args.messages` = n): callgrind over n and
-/// 2n messages, (2n − n) / n. The files go into `dir` as `<stem>.<n>.callgrind` and
-/// `<stem>.<2n>.callgrind`.
+/// 2n messages, (2n − n) / n, the median of [`CALLGRIND_PAIRS`] such pairs, each pair in fresh
+/// processes. One pair alone moves by up to ±40 instructions per message from process to
+/// process on the same binary: glibc's malloc merges freed chunks (`malloc_consolidate`) when
+/// the heap's layout in that process makes it, 0 to ~45 instructions per message here. The
+/// files of the last pair go into `dir` as `<stem>.<n>.callgrind` and `<stem>.<2n>.callgrind`.
 pub fn instructions(args: &WorkloadArgs, dir: &Path, stem: &str) -> Result<f64, String> {
     let exe = sibling("cost-workload");
     let n = args.messages;
-    let i1 = callgrind(&exe, args, &dir.join(format!("{stem}.{n}.callgrind")))?;
-    let i2 = callgrind(
-        &exe,
-        &args.with_messages(2 * n),
-        &dir.join(format!("{stem}.{}.callgrind", 2 * n)),
-    )?;
-    Ok((i2 as f64 - i1 as f64) / n as f64)
+    let mut per_message = Vec::with_capacity(CALLGRIND_PAIRS);
+    for _ in 0..CALLGRIND_PAIRS {
+        let i1 = callgrind(&exe, args, &dir.join(format!("{stem}.{n}.callgrind")))?;
+        let i2 = callgrind(
+            &exe,
+            &args.with_messages(2 * n),
+            &dir.join(format!("{stem}.{}.callgrind", 2 * n)),
+        )?;
+        per_message.push((i2 as f64 - i1 as f64) / n as f64);
+    }
+    per_message.sort_by(f64::total_cmp);
+    Ok(per_message[per_message.len() / 2])
 }
 
 fn allocations(exe: &Path, args: &WorkloadArgs) -> Result<(u64, u64, u64), String> {

@@ -16,8 +16,8 @@
 //!   lower the count and could hide what it keeps). What remains is the machinery and the
 //!   messages it holds.
 //! - **Instructions per message**: callgrind with the method of [`crate::cost`] ((2n − n)/n on
-//!   a current-thread runtime), at 10² and 10⁴ keys only: the 10⁶-key cell needs 10⁶ and
-//!   2×10⁶ messages, over a minute under callgrind, per side.
+//!   a current-thread runtime, median of its pairs), at 10² and 10⁴ keys only: the 10⁶-key
+//!   cell needs 10⁶ and 2×10⁶ messages, over a minute under callgrind, per side.
 //!
 //! The cells run the workloads [`cost::SPREAD_WORKLOADS`]: a subscription (or route) per
 //! topic, key `k` on topic `k mod subscriptions` ([`workload::spread`]).
@@ -450,13 +450,14 @@ impl Table {
              it holds: the dispatcher admits {} messages (`max_buffered`), a memory topic holds \
              {} not yet acked (`topic_capacity`), so S topics can hold S times as many.\n\
              - **instructions/msg**: callgrind as in the cost table (current-thread runtime, \
-             (2n − n)/n with n = {}), up to {} keys (10⁶ keys take over a minute per cell under \
-             callgrind). On one thread, so what only two workers bring (contention, wake-ups \
+             (2n − n)/n with n = {}, the median of {} pairs), up to {} keys (10⁶ keys take \
+             over a minute per cell under callgrind). On one thread, so what only two workers bring (contention, wake-ups \
              across threads, tasks moving between workers) shows in msg/s alone.\n",
             self.rounds,
             thousands(dispatcher.max_buffered as f64),
             thousands(memory.topic_capacity as f64),
             thousands(cost::MESSAGES as f64),
+            cost::CALLGRIND_PAIRS,
             thousands(CALLGRIND_MAX_KEYS as f64),
         );
         for axis in Axis::ALL {

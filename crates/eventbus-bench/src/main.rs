@@ -94,10 +94,11 @@ fn cost_command(args: &Args) -> Result<(), String> {
     let dir = cost_dir();
     let costs = cost::measure(&dir, callgrind)?;
     println!(
-        "cost per message: {} keys, ({}n - n) / n with n = {} messages, current-thread runtime\n",
+        "cost per message: {} keys, (2n - n) / n with n = {} messages, current-thread runtime; \
+         instructions: the median of {} such pairs of callgrind runs\n",
         cost::KEYS,
-        2,
-        cost::MESSAGES
+        cost::MESSAGES,
+        cost::CALLGRIND_PAIRS,
     );
     println!("{}", report::cost_table(&costs));
     if let Some((_, c)) = costs.iter().find(|(w, _)| *w == "dispatcher") {

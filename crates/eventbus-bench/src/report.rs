@@ -270,10 +270,13 @@ impl Results {
                 md,
                 "Fixed workloads on a current-thread runtime, {} keys, run with {n} and {} \
                  messages; cost per message = difference / {n}, so setup and close cancel out. \
-                 Instructions: callgrind (`Ir`, only inside the workload); allocations: a counting \
-                 allocator. `cargo xtask cost` prints this table.\n",
+                 Instructions: callgrind (`Ir`, only inside the workload), the median of {} such \
+                 pairs of runs, as glibc's merging of freed chunks moves one pair by up to ±40 per \
+                 message from process to process; allocations: a counting allocator. \
+                 `cargo xtask cost` prints this table.\n",
                 crate::cost::KEYS,
                 2 * crate::cost::MESSAGES,
+                crate::cost::CALLGRIND_PAIRS,
                 n = crate::cost::MESSAGES,
             );
             let _ = writeln!(md, "{}", cost_table(&self.cost));
