@@ -19,6 +19,8 @@ use std::time::{Duration, SystemTime};
 /// its key's order.
 pub(crate) struct Held {
     state: Mutex<HeldState>,
+    /// Settles the held messages (see `NatsAck`).
+    pub(crate) client: async_nats::Client,
     next: AtomicU64,
     /// The transport's count of copies dropped.
     dropped: Arc<AtomicU64>,
@@ -84,6 +86,7 @@ impl Held {
     ) -> Arc<Held> {
         let held = Arc::new(Held {
             state: Mutex::default(),
+            client: client.clone(),
             next: AtomicU64::new(0),
             dropped,
         });
@@ -165,11 +168,17 @@ impl Held {
             .is_some_and(|&(acked, _)| acked == seq)
     }
 
-    /// Forgets a held message; `acked` when it was acked.
-    pub(crate) fn release(&self, id: u64, seq: Option<CopyKey>, acked: bool) {
+    /// Forgets a held message, `acked` when it was acked, and gives back its reply subject
+    /// (where it is settled).
+    pub(crate) fn release(
+        &self,
+        id: u64,
+        seq: Option<CopyKey>,
+        acked: bool,
+    ) -> Option<async_nats::Subject> {
         let mut st = self.lock();
-        st.replies.remove(&id);
-        let Some(seq) = seq else { return };
+        let reply = st.replies.remove(&id);
+        let Some(seq) = seq else { return reply };
         if let std::collections::hash_map::Entry::Occupied(mut e) = st.seqs.entry(seq) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
@@ -182,6 +191,7 @@ impl Held {
             }
             st.acked[acked_slot(seq)] = seq;
         }
+        reply
     }
 }
 

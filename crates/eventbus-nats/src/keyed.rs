@@ -287,7 +287,6 @@ impl KeyedSource {
             let puller = Puller {
                 consumer: shared.consumers[usize::from(partition)].clone(),
                 stream: shared.stream.clone(),
-                js: shared.transport.inner.js.clone(),
                 connects: Arc::clone(&shared.transport.inner.connects),
                 recover_limit: 0,
                 partition: Some(PartitionPull {

@@ -49,7 +49,6 @@ impl NatsTransport {
             Puller {
                 consumer,
                 stream,
-                js: self.inner.js.clone(),
                 connects: Arc::clone(&self.inner.connects),
                 recover_limit: 2 * batch as u64,
                 partition: None,
@@ -343,9 +342,9 @@ fn incoming(
     Some(Incoming {
         message: Arc::new(message),
         ack: NatsAck {
-            held: Some((id, Arc::clone(held))),
+            held: Arc::clone(held),
+            id: Some(id),
             seq,
-            msg: Some(msg),
             redelivery_delay,
             in_flight: in_flight.map(InFlight::enter),
         },
@@ -356,8 +355,6 @@ fn incoming(
 pub(crate) struct Puller {
     pub(crate) consumer: jetstream::consumer::Consumer<pull::Config>,
     pub(crate) stream: jetstream::stream::Stream<()>,
-    /// Settles messages read back from the stream.
-    pub(crate) js: jetstream::Context,
     /// The transport's connection count.
     pub(crate) connects: Arc<AtomicU64>,
     /// The most messages a connection can lose on their way: what the puller's requests had
@@ -463,25 +460,13 @@ impl Puller {
             "$JS.ACK.{}.{}.1.{seq}.{consumer_seq}.0.0",
             info.stream_name, info.name
         ));
-        let id = held.hold(Some(reply.clone()), key).ok()?;
-        let delivery = jetstream::Message {
-            message: async_nats::Message {
-                subject: m.subject,
-                reply: Some(reply),
-                payload: m.payload,
-                headers: Some(m.headers),
-                status: None,
-                description: None,
-                length: 0,
-            },
-            context: self.js.clone(),
-        };
+        let id = held.hold(Some(reply), key).ok()?;
         Some(Incoming {
             message: Arc::new(message),
             ack: NatsAck {
-                held: Some((id, Arc::clone(held))),
+                held: Arc::clone(held),
+                id: Some(id),
                 seq: key,
-                msg: Some(delivery),
                 redelivery_delay: Duration::ZERO,
                 in_flight: self.partition.as_ref().map(|p| p.in_flight.enter()),
             },
