@@ -11,7 +11,9 @@
 //! The workloads: `raw` (the mpsc → handler loop), `dispatcher` (the dispatcher alone) and
 //! `memory` (the memory bus end to end), all with [`KEYS`] keys and the no-op handler; and
 //! the growth table's two ([`SPREAD_WORKLOADS`], [`crate::growth`]), whose messages are
-//! spread over several routes or topics. Three tiny binaries run them, each with the command
+//! spread over several routes or topics; and the broker workloads ([`BROKER_WORKLOADS`]): the
+//! NATS bus and raw async-nats against the shared server, counted over the whole process. Three
+//! tiny binaries run them, each with the command
 //! line of [`WorkloadArgs`]: `cost-workload` (plain, for callgrind), `alloc-workload` (with
 //! the counting allocator, which prints the count) and `heap-workload` (with a peak-tracking
 //! allocator, for the growth table).
@@ -35,6 +37,29 @@ pub const WORKLOADS: [&str; 3] = ["raw", "dispatcher", "memory"];
 /// ([`workload::memory_bus_topics`]), messages from [`workload::spread`]. Apart from
 /// `dispatcher` and `memory` so that those stay the workloads the targets were measured on.
 pub const SPREAD_WORKLOADS: [&str; 2] = ["dispatcher-routes", "memory-topics"];
+/// The broker workloads, as comparisons: the row's name, the raw client's workload and the
+/// bus's. They are [`crate::nats`]'s runs (end to end, and publishing only) against the shared
+/// server at [`crate::nats::URL`], on the throughput rows' runtime (2 workers). Instructions are
+/// counted over the whole process, every thread: the transport runs async-nats's connection on
+/// a thread of its own, which never enters [`measured`]; setup cancels out in the difference
+/// all the same.
+pub const BROKER_WORKLOADS: [(&str, &str, &str); 2] = [
+    ("NATS bus vs raw async-nats, end to end", "nats-raw", "nats"),
+    (
+        "NATS bus vs raw async-nats, publish only",
+        "nats-publish-raw",
+        "nats-publish",
+    ),
+];
+/// Messages of the shorter run of a broker workload.
+pub const BROKER_MESSAGES: usize = 5_000;
+
+fn is_broker_workload(workload: &str) -> bool {
+    BROKER_WORKLOADS
+        .iter()
+        .any(|&(_, raw, bus)| workload == raw || workload == bus)
+}
+
 /// Targets of the performance issue: most allocations and instructions per message in the
 /// dispatcher (its one allocation is the oneshot of the tower `call`).
 pub const TARGET_ALLOCATIONS: f64 = 1.0;
@@ -124,6 +149,9 @@ impl WorkloadArgs {
 /// Runs the workload `args` names, counting only the workload itself; `around` is called just
 /// before and just after (the allocation counter reads there).
 pub fn run_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
+    if is_broker_workload(&args.workload) {
+        return run_broker_workload(args, around);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -182,6 +210,26 @@ pub fn run_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
     }
 }
 
+/// A broker workload (see [`BROKER_WORKLOADS`]).
+fn run_broker_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
+    use crate::nats;
+    let runtime = crate::runtime();
+    let n = args.messages;
+    around();
+    measured(|| {
+        runtime.block_on(async {
+            match args.workload.as_str() {
+                "nats-raw" => nats::raw(nats::URL, n, 0).await,
+                "nats" => nats::bus(nats::URL, n, 0).await,
+                "nats-publish-raw" => nats::raw_publish(nats::URL, n, 0).await,
+                "nats-publish" => nats::bus_publish(nats::URL, n, 0).await,
+                other => unreachable!("not a broker workload: {other}"),
+            }
+        })
+    });
+    around();
+}
+
 /// The `main` of `cost-workload` and `alloc-workload`: the workload of [`WorkloadArgs`].
 pub fn workload_main(around: impl FnMut()) {
     run_workload(&WorkloadArgs::from_env(), around);
@@ -207,10 +255,14 @@ pub fn sibling(name: &str) -> PathBuf {
 }
 
 fn callgrind(exe: &Path, args: &WorkloadArgs, out: &Path) -> Result<u64, String> {
-    let output = Command::new("valgrind")
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg("--toggle-collect=*measured*")
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    if !is_broker_workload(&args.workload) {
+        valgrind.arg("--toggle-collect=*measured*");
+    }
+    let output = valgrind
         .arg("--dump-instr=no")
         .arg(exe)
         .args(args.to_args())
@@ -336,6 +388,34 @@ pub fn profile(file: &Path, messages: usize, top: usize) -> Result<String, Strin
         .take(top)
         .collect();
     Ok(lines.join("\n"))
+}
+
+/// Instructions per message of a broker workload's raw client and bus.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerCost {
+    /// The row ([`BROKER_WORKLOADS`]).
+    pub name: &'static str,
+    /// The raw client's instructions per message.
+    pub raw: f64,
+    /// The bus's.
+    pub bus: f64,
+}
+
+/// Measures every broker workload with callgrind (a NATS server must answer at
+/// [`crate::nats::URL`]); `dir` gets the callgrind files.
+pub fn measure_brokers(dir: &Path) -> Result<Vec<BrokerCost>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    BROKER_WORKLOADS
+        .iter()
+        .map(|&(name, raw, bus)| {
+            let of = |w: &str| instructions(&WorkloadArgs::new(w, BROKER_MESSAGES), dir, w);
+            Ok(BrokerCost {
+                name,
+                raw: of(raw)?,
+                bus: of(bus)?,
+            })
+        })
+        .collect()
 }
 
 /// Whether valgrind can be run.

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::charts::{self, Axis, Bar};
-use crate::cost::{Cost, TARGET_ALLOCATIONS, TARGET_INSTRUCTIONS, TARGET_MEMORY_ALLOCATIONS};
+use crate::cost::{
+    BrokerCost, Cost, TARGET_ALLOCATIONS, TARGET_INSTRUCTIONS, TARGET_MEMORY_ALLOCATIONS,
+};
 use crate::hol::{Design, Hol};
 use crate::stats::{Comparison, Rate, Ratio, Samples, si};
 
@@ -42,6 +44,8 @@ pub struct Results {
     pub hol: Option<(Hol, Vec<HolRow>)>,
     /// Cost per message per workload.
     pub cost: Vec<(&'static str, Cost)>,
+    /// Instructions per message of the broker workloads (raw client and bus).
+    pub broker_cost: Vec<BrokerCost>,
     /// Profiles of cost workloads (callgrind, self instructions per message).
     pub profiles: Vec<(&'static str, String)>,
     /// How cost grows with keys and subscriptions.
@@ -186,8 +190,10 @@ impl Results {
             .map(|(c, _)| c)
             .filter(|c| !c.cpu_ratios.0.is_empty())
             .collect();
-        if !with_cpu.is_empty() {
+        if !with_cpu.is_empty() || !self.broker_cost.is_empty() {
             let _ = writeln!(md, "## CPU per message against raw clients\n");
+        }
+        if !with_cpu.is_empty() {
             let _ = writeln!(
                 md,
                 "Process CPU time (user + system, every thread of the process: \
@@ -212,6 +218,21 @@ impl Results {
                 );
             }
             let _ = writeln!(md);
+        }
+        if !self.broker_cost.is_empty() {
+            let _ = writeln!(
+                md,
+                "Instructions per message, the same work counted by callgrind over the whole \
+                 process (every thread; runs of {n} and {} messages, difference / {n}, the median \
+                 of {} such pairs): not moved by the machine's noise, unlike CPU time, but blind \
+                 to what an instruction count does not show (system calls, wake-ups across \
+                 threads, cache misses). `cargo xtask cost` prints this table too, when a NATS \
+                 server answers.\n",
+                2 * crate::cost::BROKER_MESSAGES,
+                crate::cost::CALLGRIND_PAIRS,
+                n = crate::cost::BROKER_MESSAGES,
+            );
+            let _ = writeln!(md, "{}", broker_cost_table(&self.broker_cost));
         }
         if let Some((hol, rows)) = &self.hol {
             let _ = writeln!(
@@ -412,6 +433,24 @@ pub fn cost_table(cost: &[(&'static str, Cost)]) -> String {
     md
 }
 
+/// The broker workloads' instructions per message, raw client against bus.
+pub fn broker_cost_table(cost: &[BrokerCost]) -> String {
+    let mut md = String::from(
+        "| case | raw client instructions/msg | eventbus instructions/msg | eventbus ÷ raw |\n|---|---|---|---|\n",
+    );
+    for c in cost {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.2}× |",
+            c.name,
+            c.raw,
+            c.bus,
+            c.bus / c.raw
+        );
+    }
+    md
+}
+
 fn micros(us: f64) -> String {
     if us >= 1e6 {
         format!("{:.2} s", us / 1e6)
@@ -505,5 +544,23 @@ mod tests {
             "{cpu}"
         );
         assert!(!cpu.contains("memory bus vs raw loop |"), "{cpu}");
+        assert!(!md.contains("instructions/msg | eventbus"), "{md}");
+    }
+
+    #[test]
+    fn broker_instructions_get_their_table_with_the_ratio() {
+        let results = Results {
+            broker_cost: vec![BrokerCost {
+                name: "NATS bus vs raw async-nats, end to end",
+                raw: 30_000.0,
+                bus: 42_000.0,
+            }],
+            ..Results::default()
+        };
+        let md = results.markdown("docs/bench");
+        assert!(
+            md.contains("| NATS bus vs raw async-nats, end to end | 30000 | 42000 | 1.40× |"),
+            "{md}"
+        );
     }
 }
