@@ -212,6 +212,7 @@
 
 mod ack;
 mod config;
+mod delivered;
 mod error;
 mod held;
 mod io;

@@ -14,6 +14,7 @@ use eventbus_core::transport::{Incoming, Started, SubscribeRequest, Subscriber};
 use futures::{Stream, StreamExt};
 
 use crate::NatsAck;
+use crate::delivered::Delivered;
 use crate::held::{Held, Redelivery};
 use crate::keyed::InFlight;
 use crate::mapping::message;
@@ -283,27 +284,6 @@ pub(crate) fn pull_stream(
 
 /// The header of a pinned consumer's deliveries naming the pin they were sent under.
 const PIN_HEADER: &str = "Nats-Pin-Id";
-
-/// What a delivery's reply subject says.
-#[derive(Debug, Clone, Copy)]
-struct Delivered {
-    stream_sequence: u64,
-    consumer_sequence: u64,
-    delivered: i64,
-    published: SystemTime,
-}
-
-impl Delivered {
-    fn of(msg: &jetstream::Message) -> Option<Self> {
-        let info = msg.info().ok()?;
-        Some(Delivered {
-            stream_sequence: info.stream_sequence,
-            consumer_sequence: info.consumer_sequence,
-            delivered: info.delivered,
-            published: SystemTime::from(info.published),
-        })
-    }
-}
 
 /// The bus's incoming message for a delivery, unless the delivery is a copy of a message the
 /// subscription holds (its first copy settles it) or acked already (the copy is acked again
