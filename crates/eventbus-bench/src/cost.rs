@@ -45,7 +45,7 @@ pub const SPREAD_WORKLOADS: [&str; 2] = ["dispatcher-routes", "memory-topics"];
 /// all the same), except quanta's clock calibration. Work done on a timer (pings, progress
 /// acks, a keyed group's heartbeats) is counted too, and weighs more per message than at full
 /// speed, as the process runs many times slower under callgrind; three processes of one
-/// workload read within about 1.5 % of each other.
+/// workload read within about 2 % of each other.
 pub const BROKER_WORKLOADS: [(&str, &str, &str); 2] = [
     ("NATS bus vs raw async-nats, end to end", "nats-raw", "nats"),
     (
