@@ -10,6 +10,7 @@
 //! buffers without bound, and no partition is paused: pausing drops librdkafka's fetched
 //! messages, to be fetched again on resume.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +60,9 @@ pub(crate) struct Shared {
 
 #[derive(Default)]
 struct State {
-    parts: HashMap<i32, Part>,
+    /// Looked up three times per message (polled, handed out, settled): foldhash, not
+    /// SipHash, as partition numbers come from the broker, not from message data.
+    parts: HashMap<i32, Part, foldhash::fast::RandomState>,
     next_epoch: u64,
 }
 
@@ -635,20 +638,15 @@ fn to_message(topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Message {
     let mut headers = Headers::default();
     if let Some(h) = m.headers() {
         for header in h.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
+            let value = text(header.value.unwrap_or_default());
             if header.key == HEADER_ID {
-                id = Some(MessageId::from(value));
+                id = Some(MessageId::from(value.as_ref()));
             } else {
                 headers.insert(header.key, value);
             }
         }
     }
-    let key = m
-        .key()
-        .map(|k| Key::from(String::from_utf8_lossy(k).as_ref()));
+    let key = m.key().map(|k| Key::from(text(k).as_ref()));
     let timestamp = m
         .timestamp()
         .to_millis()
@@ -665,6 +663,15 @@ fn to_message(topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Message {
         bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         timestamp,
     )
+}
+
+/// `bytes` as text: borrowed when they are UTF-8, as they are from any client of this bus
+/// (`str::from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte even then).
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// The stream the bus pulls: polled messages, and failed ones again after the redelivery delay.
@@ -860,5 +867,19 @@ mod wire_tests {
                 ..
             })
         ));
+    }
+
+    /// Keys and header values from any client are read as text: UTF-8 as it is (borrowed),
+    /// anything else with its invalid bytes replaced, never an error.
+    #[test]
+    fn received_bytes_are_read_as_text() {
+        use std::borrow::Cow;
+        assert!(matches!(super::text(b"order-7"), Cow::Borrowed("order-7")));
+        assert!(matches!(
+            super::text("zäh".as_bytes()),
+            Cow::Borrowed("zäh")
+        ));
+        assert_eq!(super::text(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(super::text(b""), "");
     }
 }
