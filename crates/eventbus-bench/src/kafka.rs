@@ -5,7 +5,8 @@
 //! message id there, so both send the same bytes) in pipelined chunks of [`CHUNK`] (queue all, then await every delivery
 //! report: what the bus's `publish_batch` does) to a fresh 4-partition topic, with the
 //! transport's producer settings. One consumer of a fresh group reads it with the transport's
-//! consumer settings on a thread of its own, calls the no-op handler, stores each offset and
+//! consumer settings on a thread of its own, reads each message's key, id header and payload
+//! (what the bus reads to hand a message on), calls the no-op handler, stores each offset and
 //! commits the stored offsets every [`COMMIT_INTERVAL`] (the transport's default commit
 //! interval). Timed from the first publish to the last handler call; clients are created, the
 //! group joined and one warm-up message published (its delivery report awaited) before the
@@ -25,7 +26,7 @@ use eventbus_kafka::{KafkaConfig, KafkaTransport};
 use eventbus_testkit::brokers::ServerProcess;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::cpu::{Run, Start};
@@ -151,7 +152,15 @@ pub async fn raw(brokers: &str, n: usize, run: u32) -> Run {
             let mut last_commit = Instant::now();
             while seen < n + 1 {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                    std::hint::black_box(m.payload().map(<[u8]>::len));
+                    // What the bus reads of every message to hand it on: its key, its id
+                    // header and its payload (the bus then copies them into a message of its
+                    // own). librdkafka parses a message's headers only when asked, so a raw
+                    // loop that skipped them would skip work every real consumer does.
+                    let id = m
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "eb-id"))
+                        .and_then(|h| h.value);
+                    std::hint::black_box((m.key(), id, m.payload().map(<[u8]>::len)));
                     counter.hit();
                     let _ = consumer.store_offset_from_message(&m);
                     seen += 1;
