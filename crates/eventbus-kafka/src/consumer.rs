@@ -808,41 +808,79 @@ impl std::fmt::Debug for KafkaAck {
 impl KafkaAck {
     fn finish(&mut self, done: bool) -> Option<Polled> {
         let p = self.polled.take()?;
-        let mut state = self.shared.lock();
-        let current = match state.parts.get_mut(&p.partition) {
-            Some(part) if part.epoch == p.epoch => {
-                part.in_flight = part.in_flight.saturating_sub(1);
-                if done {
-                    part.tracker.done(p.offset);
-                }
-                !part.revoked
-            }
-            _ => false,
-        };
-        drop(state);
+        let current = finish_in(&mut self.shared.lock(), &p, done);
         self.shared.settled.notify_all();
         current.then_some(p)
+    }
+
+    /// What becomes of `p` once settled with `outcome`: a message that failed for good is
+    /// delivered again after the redelivery delay, unless its partition was revoked.
+    fn redeliver(&self, outcome: &Outcome, p: Polled) {
+        if matches!(outcome, Outcome::Failed { .. }) {
+            let due = tokio::time::Instant::now() + self.redelivery_delay;
+            // The stream is gone only when the subscription ended: nothing to redeliver to.
+            let _ = self.redeliver.send((due, p));
+        }
+    }
+}
+
+/// Records one settled message in its partition's state: whether it is done (the committed
+/// offset may pass it) and that it is no longer in flight. Whether its partition is still
+/// this member's, in the same assignment.
+fn finish_in(state: &mut State, p: &Polled, done: bool) -> bool {
+    match state.parts.get_mut(&p.partition) {
+        Some(part) if part.epoch == p.epoch => {
+            part.in_flight = part.in_flight.saturating_sub(1);
+            if done {
+                part.tracker.done(p.offset);
+            }
+            !part.revoked
+        }
+        _ => false,
     }
 }
 
 impl Acknowledge for KafkaAck {
     fn settle(mut self, outcome: &Outcome) -> Settle {
-        match outcome {
-            Outcome::Handled { .. } => {
-                self.finish(true);
-            }
-            Outcome::Failed { .. } => {
-                if let Some(p) = self.finish(false) {
-                    let due = tokio::time::Instant::now() + self.redelivery_delay;
-                    // The stream is gone only when the subscription ended: nothing to redeliver to.
-                    let _ = self.redeliver.send((due, p));
-                }
-            }
-            Outcome::Cancelled => {
-                self.finish(false);
-            }
+        let handled = matches!(outcome, Outcome::Handled { .. });
+        if let Some(p) = self.finish(handled) {
+            self.redeliver(outcome, p);
         }
         Settle::Done(Ok(()))
+    }
+
+    /// One lock of the consumer's state and one wake-up of a waiting revoke per batch, not per
+    /// message: the poller thread takes that lock for every message it polls.
+    fn settle_batch<I>(batch: I, mut settled: impl FnMut(Settle))
+    where
+        I: IntoIterator<Item = (Self, Outcome)>,
+    {
+        let mut batch = batch.into_iter().peekable();
+        let mut finished = Vec::new();
+        while let Some((first, _)) = batch.peek() {
+            let shared = Arc::clone(&first.shared);
+            {
+                let mut state = shared.lock();
+                while let Some((mut ack, outcome)) =
+                    batch.next_if(|(ack, _)| Arc::ptr_eq(&ack.shared, &shared))
+                {
+                    let current = ack.polled.take().map(|p| {
+                        let handled = matches!(outcome, Outcome::Handled { .. });
+                        let current = finish_in(&mut state, &p, handled);
+                        (p, current)
+                    });
+                    finished.push((ack, outcome, current));
+                }
+            }
+            shared.settled.notify_all();
+            // Outside the lock: redeliveries, and the messages freed as their acks go.
+            for (ack, outcome, current) in finished.drain(..) {
+                if let Some((p, true)) = current {
+                    ack.redeliver(&outcome, p);
+                }
+                settled(Settle::Done(Ok(())));
+            }
+        }
     }
 }
 
