@@ -10,7 +10,6 @@ use futures::{Stream, StreamExt};
 use tower::Service;
 
 use slab::Slab;
-use tokio::sync::mpsc;
 
 use futures::future::BoxFuture;
 
@@ -36,16 +35,15 @@ pub(crate) async fn pump<S, A>(
 {
     // Finished messages come back on one queue, tagged with the slot holding their ack: no
     // future per message, one wake per batch.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
     let route = &subscribed.route;
-    route.complete_into(done_tx);
+    let completions = route.complete_into_queue();
     // Each ack, with its message only where a dead letter may have to be built from it.
     let mut acks: Slab<(A, Option<Arc<Message>>)> = Slab::new();
     let mut settling = FuturesUnordered::new();
     // Rare (a message that failed for good), so boxed.
     let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
         FuturesUnordered::new();
-    let mut done = Vec::with_capacity(64);
+    let mut done = Vec::new();
     // The batch being settled, and the room each of its messages holds in the dispatcher.
     let mut to_settle: Vec<(A, Outcome)> = Vec::with_capacity(64);
     let mut rooms: Vec<Reservation> = Vec::with_capacity(64);
@@ -59,10 +57,7 @@ pub(crate) async fn pump<S, A>(
     poll_fn(|cx| {
         loop {
             let mut progress = false;
-            while let Poll::Ready(n) = done_rx.poll_recv_many(cx, &mut done, 64) {
-                if n == 0 {
-                    break;
-                }
+            while completions.poll_take(cx, &mut done).is_ready() {
                 for Done { token, outcome, room } in done.drain(..) {
                     let (ack, message) = acks.remove(token);
                     if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
@@ -163,6 +158,7 @@ pub(crate) async fn pump<S, A>(
         }
     })
     .await;
+    completions.close();
     drop(source);
 }
 

@@ -51,6 +51,7 @@
 //! Ordering under random delays, errors and panics is checked by property tests instead.
 
 mod budget;
+mod completions;
 mod future;
 mod queue;
 mod route;

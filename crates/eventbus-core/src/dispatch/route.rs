@@ -3,15 +3,15 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use slab::Slab;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::sync::ReusableBoxFuture;
 use tower::ServiceExt;
 
 use super::budget::Reservation;
+use super::completions::Completions;
 use crate::envelope::Codec;
 use crate::error::BoxError;
 use crate::handler::{Delivery, Handler, Scope};
@@ -78,7 +78,7 @@ pub struct Route {
     /// Where finished jobs of the route are reported when one consuming loop feeds it (the
     /// other way is a future per message): jobs reply through it, so a job carries no sender
     /// of its own.
-    pub(super) completions: OnceLock<mpsc::UnboundedSender<Done>>,
+    pub(super) completions: Completions,
     pub(crate) metrics: RouteMetrics,
     /// Messages backing off before a retry, each at the slot its job remembers.
     retrying: Mutex<Slab<Retrying>>,
@@ -156,7 +156,7 @@ impl RouteBuilder {
             handler: self.handler,
             retry: self.retry,
             abort: self.abort,
-            completions: OnceLock::new(),
+            completions: Completions::default(),
             retrying: Mutex::new(Slab::new()),
         }
     }
@@ -233,13 +233,11 @@ impl Route {
     pub fn closing(&self) -> &CancellationToken {
         &self.scope.closing
     }
-    /// Makes `completions` the queue of every [`Reply::Queue`] of
-    /// this route (once: one consuming loop feeds a route).
-    pub(crate) fn complete_into(&self, completions: mpsc::UnboundedSender<Done>) {
-        assert!(
-            self.completions.set(completions).is_ok(),
-            "one consuming loop per route"
-        );
+    /// Starts the route's queue of finished jobs, for every [`Reply::Queue`] of this route:
+    /// once, as one consuming loop feeds a route.
+    pub(crate) fn complete_into_queue(&self) -> &Completions {
+        assert!(self.completions.open(), "one consuming loop per route");
+        &self.completions
     }
     /// Fires when running handlers of the route are dropped.
     pub fn abort(&self) -> &CancellationToken {
@@ -262,9 +260,7 @@ impl Reply {
                     outcome,
                     room,
                 };
-                if let Some(tx) = route.completions.get() {
-                    let _ = tx.send(done);
-                }
+                route.completions.push(done);
             }
         }
     }
@@ -275,7 +271,7 @@ pub(crate) enum Reply {
     /// To a [`ResponseFuture`](super::ResponseFuture) (the tower `call` path).
     Oneshot(oneshot::Sender<Outcome>),
     /// To the completion queue of the consuming loop feeding the route (see
-    /// [`Route::complete_into`]), tagged with the loop's token for the message. The room the
+    /// [`Route::complete_into_queue`]), tagged with the loop's token for the message. The room the
     /// message held travels along and is freed once the loop has settled it, so the
     /// dispatcher's bounds also cover messages waiting to be acked.
     Queue {
