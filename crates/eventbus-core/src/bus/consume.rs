@@ -1,5 +1,6 @@
 //! The consuming loop that connects a transport's stream to the dispatcher.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,7 @@ use futures::future::BoxFuture;
 
 use super::publish::Outlet;
 use super::subscribed::Subscribed;
-use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Reservation};
+use crate::dispatch::{Dispatch, Dispatcher, Done, Reply, Reservation, TAKE};
 use crate::error::Result;
 use crate::message::Message;
 use crate::outcome::Outcome;
@@ -43,12 +44,12 @@ pub(crate) async fn pump<S, A>(
     // Rare (a message that failed for good), so boxed.
     let mut dead_lettering: FuturesUnordered<BoxFuture<'static, Result<()>>> =
         FuturesUnordered::new();
-    let mut done = Vec::new();
+    let mut done = VecDeque::with_capacity(TAKE);
     // The batch being settled, and the room each of its messages holds in the dispatcher.
-    let mut to_settle: Vec<(A, Outcome)> = Vec::with_capacity(64);
-    let mut rooms: Vec<Reservation> = Vec::with_capacity(64);
+    let mut to_settle: Vec<(A, Outcome)> = Vec::with_capacity(TAKE);
+    let mut rooms: Vec<Reservation> = Vec::with_capacity(TAKE);
     // Rooms of the batch's messages settled on the spot.
-    let mut freed: Vec<Reservation> = Vec::with_capacity(64);
+    let mut freed: Vec<Reservation> = Vec::with_capacity(TAKE);
     let closing = route.closing().clone();
     let mut closed = Box::pin(closing.cancelled_owned());
     let mut intake = true;

@@ -3,10 +3,12 @@
 //!
 //! A channel would do the same, at a cost paid per message: tokio's unbounded queue writes
 //! each job into a slot of a linked block and frees the blocks it has read (each free of one
-//! can make glibc consolidate its whole heap). Here a job is one push onto a vector under a
-//! lock nobody holds for long, and the loop swaps its emptied vector for the full one, so in a
-//! steady flow nothing is allocated at all.
+//! can make glibc consolidate its whole heap). Here a job is one push onto a queue under a
+//! lock nobody holds for long, and the loop swaps its emptied queue for the full one, so in a
+//! steady flow nothing is allocated at all. A take is at most [`TAKE`] jobs, the batch the
+//! loop settles at once, and the queues a burst grew are made small again once it is over.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
@@ -14,18 +16,24 @@ use futures::task::AtomicWaker;
 
 use super::route::Done;
 
+/// Most jobs one take moves: the loop settles them as one batch.
+pub(crate) const TAKE: usize = 64;
+
+/// Most capacity a queue keeps once a burst that grew it is over.
+const KEEP: usize = 4 * TAKE;
+
 /// The finished jobs of one route, for the one consuming loop that feeds it.
 #[derive(Default)]
 pub(crate) struct Completions {
     /// `None` while no loop takes them: before the loop starts and after it ended (a job
     /// that finishes then is dropped, which frees its room).
-    queue: Mutex<Option<Vec<Done>>>,
+    queue: Mutex<Option<VecDeque<Done>>>,
     /// The loop, waiting for a finished job.
     waker: AtomicWaker,
 }
 
 impl Completions {
-    fn lock(&self) -> MutexGuard<'_, Option<Vec<Done>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<VecDeque<Done>>> {
         // Pushing and swapping cannot panic midway, so a poisoned lock still holds a sound queue.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -36,7 +44,7 @@ impl Completions {
         if queue.is_some() {
             return false;
         }
-        *queue = Some(Vec::new());
+        *queue = Some(VecDeque::new());
         true
     }
 
@@ -49,30 +57,37 @@ impl Completions {
             drop(done);
             return;
         };
-        jobs.push(done);
+        jobs.push_back(done);
         drop(queue);
         self.waker.wake();
     }
 
-    /// Moves every finished job into `into` (which the caller has emptied, and whose capacity
-    /// the queue reuses), or registers to be woken when one comes. Each take counts against
-    /// the task's cooperative budget, as a channel's receive does, so a loop kept busy by its
-    /// workers still yields to the other tasks of its thread.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<Done>) -> Poll<()> {
+    /// Moves the finished jobs (at most [`TAKE`]) into `into`, which the caller has emptied,
+    /// or registers to be woken when one comes. When `into` can take all of them, the two
+    /// queues are swapped: the shared one goes on with `into`'s capacity. Each take counts
+    /// against the task's cooperative budget, as a channel's receive does, so a loop kept busy
+    /// by its workers still yields to the other tasks of its thread.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>, into: &mut VecDeque<Done>) -> Poll<()> {
         debug_assert!(into.is_empty());
+        if into.capacity() > KEEP {
+            // A burst's queue, swapped out to the caller: small again before it goes back.
+            into.shrink_to(TAKE);
+        }
         let coop = ready!(tokio::task::coop::poll_proceed(cx));
         // Registered before looking, so a job pushed after the look wakes this task.
         self.waker.register(cx.waker());
         let mut queue = self.lock();
-        match queue.as_mut() {
-            Some(jobs) if !jobs.is_empty() => {
-                std::mem::swap(jobs, into);
-                drop(queue);
-                coop.made_progress();
-                Poll::Ready(())
-            }
-            _ => Poll::Pending,
+        let Some(jobs) = queue.as_mut().filter(|jobs| !jobs.is_empty()) else {
+            return Poll::Pending;
+        };
+        if jobs.len() <= TAKE {
+            std::mem::swap(jobs, into);
+        } else {
+            into.extend(jobs.drain(..TAKE));
         }
+        drop(queue);
+        coop.made_progress();
+        Poll::Ready(())
     }
 
     /// Stops taking finished jobs (the loop ended): those not taken are dropped.
@@ -84,12 +99,13 @@ impl Completions {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::sync::Arc;
     use std::task::{Context, Poll};
 
     use futures::task::noop_waker_ref;
 
-    use super::Completions;
+    use super::{Completions, TAKE};
     use crate::dispatch::budget::{Budget, Reservation};
     use crate::dispatch::route::Done;
     use crate::outcome::Outcome;
@@ -108,7 +124,7 @@ mod tests {
         let budget = Arc::new(Budget::new(8, 1 << 20));
         let completions = Completions::default();
         let mut cx = Context::from_waker(noop_waker_ref());
-        let mut taken = Vec::new();
+        let mut taken = VecDeque::new();
 
         // Before a loop opens it, a finished job only frees its room.
         completions.push(done(0, &budget));
@@ -136,6 +152,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_take_is_one_batch_at_most() {
+        let budget = Arc::new(Budget::new(4 * TAKE, 1 << 20));
+        let completions = Completions::default();
+        assert!(completions.open());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        for token in 0..TAKE + 3 {
+            completions.push(done(token, &budget));
+        }
+        let mut taken = VecDeque::new();
+        assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
+        assert_eq!(taken.len(), TAKE);
+        assert_eq!(taken.back().map(|d| d.token), Some(TAKE - 1));
+        taken.clear();
+        assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
+        let tokens: Vec<usize> = taken.iter().map(|d| d.token).collect();
+        assert_eq!(tokens, [TAKE, TAKE + 1, TAKE + 2]);
+    }
+
+    #[tokio::test]
     async fn a_push_wakes_the_waiting_loop() {
         let completions = Arc::new(Completions::default());
         assert!(completions.open());
@@ -143,7 +178,7 @@ mod tests {
         let taker = {
             let completions = Arc::clone(&completions);
             tokio::spawn(async move {
-                let mut taken = Vec::new();
+                let mut taken = VecDeque::new();
                 std::future::poll_fn(|cx| completions.poll_take(cx, &mut taken)).await;
                 taken.len()
             })

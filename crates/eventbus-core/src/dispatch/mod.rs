@@ -59,6 +59,7 @@ mod service;
 mod stats;
 
 pub(crate) use budget::Reservation;
+pub(crate) use completions::TAKE;
 pub use future::ResponseFuture;
 pub(crate) use route::{Done, Reply};
 pub use route::{Route, RouteBuilder};
