@@ -59,7 +59,11 @@ pub(crate) async fn pump<S, A>(
         loop {
             let mut progress = false;
             while completions.poll_take(cx, &mut done).is_ready() {
-                for Done { token, outcome, room } in done.drain(..) {
+                // Settled in batches of at most `TAKE`, so the batch vectors stay that small
+                // however many finished since the last take.
+                while !done.is_empty() {
+                let batch = done.len().min(TAKE);
+                for Done { token, outcome, room } in done.drain(..batch) {
                     let (ack, message) = acks.remove(token);
                     if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
                         (&outcome, subscribed.dead_letter.as_deref(), &message)
@@ -98,6 +102,7 @@ pub(crate) async fn pump<S, A>(
                 // Freed together: one update of the dispatcher's shared counters per batch.
                 Reservation::release_all(freed.iter_mut());
                 freed.clear();
+                }
                 progress = true;
             }
             while let Poll::Ready(Some(settled)) = settling.poll_next_unpin(cx) {

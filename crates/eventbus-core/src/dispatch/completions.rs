@@ -5,8 +5,8 @@
 //! each job into a slot of a linked block and frees the blocks it has read (each free of one
 //! can make glibc consolidate its whole heap). Here a job is one push onto a queue under a
 //! lock nobody holds for long, and the loop swaps its emptied queue for the full one, so in a
-//! steady flow nothing is allocated at all. A take is at most [`TAKE`] jobs, the batch the
-//! loop settles at once, and the queues a burst grew are made small again once it is over.
+//! steady flow nothing is allocated at all. A queue a burst grew is made small again once the
+//! burst is over.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -16,7 +16,7 @@ use futures::task::AtomicWaker;
 
 use super::route::Done;
 
-/// Most jobs one take moves: the loop settles them as one batch.
+/// Most finished jobs the loop settles as one batch; the capacity a queue is made small to.
 pub(crate) const TAKE: usize = 64;
 
 /// Most capacity a queue keeps once a burst that grew it is over.
@@ -62,15 +62,14 @@ impl Completions {
         self.waker.wake();
     }
 
-    /// Moves the finished jobs (at most [`TAKE`]) into `into`, which the caller has emptied,
-    /// or registers to be woken when one comes. When `into` can take all of them, the two
-    /// queues are swapped: the shared one goes on with `into`'s capacity. Each take counts
-    /// against the task's cooperative budget, as a channel's receive does, so a loop kept busy
-    /// by its workers still yields to the other tasks of its thread.
+    /// Moves every finished job into `into`, which the caller has emptied, or registers to be
+    /// woken when one comes: the two queues are swapped, so the shared one goes on with
+    /// `into`'s capacity, made small first if a burst grew it. Each take counts against the
+    /// task's cooperative budget, as a channel's receive does, so a loop kept busy by its
+    /// workers still yields to the other tasks of its thread.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>, into: &mut VecDeque<Done>) -> Poll<()> {
         debug_assert!(into.is_empty());
         if into.capacity() > KEEP {
-            // A burst's queue, swapped out to the caller: small again before it goes back.
             into.shrink_to(TAKE);
         }
         let coop = ready!(tokio::task::coop::poll_proceed(cx));
@@ -80,11 +79,7 @@ impl Completions {
         let Some(jobs) = queue.as_mut().filter(|jobs| !jobs.is_empty()) else {
             return Poll::Pending;
         };
-        if jobs.len() <= TAKE {
-            std::mem::swap(jobs, into);
-        } else {
-            into.extend(jobs.drain(..TAKE));
-        }
+        std::mem::swap(jobs, into);
         drop(queue);
         coop.made_progress();
         Poll::Ready(())
@@ -152,22 +147,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_take_is_one_batch_at_most() {
-        let budget = Arc::new(Budget::new(4 * TAKE, 1 << 20));
+    async fn a_burst_is_taken_whole_and_its_queue_made_small_again() {
+        let budget = Arc::new(Budget::new(16 * TAKE, 1 << 20));
         let completions = Completions::default();
         assert!(completions.open());
         let mut cx = Context::from_waker(noop_waker_ref());
-        for token in 0..TAKE + 3 {
+        let burst = 8 * TAKE;
+        for token in 0..burst {
             completions.push(done(token, &budget));
         }
         let mut taken = VecDeque::new();
         assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
-        assert_eq!(taken.len(), TAKE);
-        assert_eq!(taken.back().map(|d| d.token), Some(TAKE - 1));
+        assert_eq!(taken.len(), burst);
+        assert!(taken.capacity() >= burst);
         taken.clear();
+        completions.push(done(burst, &budget));
         assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
-        let tokens: Vec<usize> = taken.iter().map(|d| d.token).collect();
-        assert_eq!(tokens, [TAKE, TAKE + 1, TAKE + 2]);
+        assert_eq!(taken.len(), 1);
+        taken.clear();
+        // The burst's queue went back to the shared side small.
+        completions.push(done(burst + 1, &budget));
+        assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
+        assert!(taken.capacity() < burst, "capacity {}", taken.capacity());
     }
 
     #[tokio::test]
