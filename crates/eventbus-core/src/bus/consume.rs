@@ -62,46 +62,46 @@ pub(crate) async fn pump<S, A>(
                 // Settled in batches of at most `TAKE`, so the batch vectors stay that small
                 // however many finished since the last take.
                 while !done.is_empty() {
-                let batch = done.len().min(TAKE);
-                for Done { token, outcome, room } in done.drain(..batch) {
-                    let (ack, message) = acks.remove(token);
-                    if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
-                        (&outcome, subscribed.dead_letter.as_deref(), &message)
-                    {
-                        let letter = dead_letter_of(message, dlq, route.group(), &outcome);
-                        dead_lettering.push(Box::pin(send_dead_letter(
-                            outlet.clone(),
-                            letter,
-                            ack,
-                            outcome,
-                            room,
-                            Arc::clone(&subscribed),
-                        )));
-                        continue;
-                    }
-                    to_settle.push((ack, outcome));
-                    rooms.push(room);
-                }
-                // Settled together (the transport may do it under one lock), each message's
-                // room freed only once it is settled.
-                let mut rooms = rooms.drain(..);
-                A::settle_batch(to_settle.drain(..), |settle| {
-                    let room = rooms.next();
-                    match settle {
-                        Settle::Done(settled) => {
-                            freed.extend(room);
-                            report(&subscribed, settled);
+                    let batch = done.len().min(TAKE);
+                    for Done { token, outcome, room } in done.drain(..batch) {
+                        let (ack, message) = acks.remove(token);
+                        if let (Outcome::Failed { .. }, Some(dlq), Some(message)) =
+                            (&outcome, subscribed.dead_letter.as_deref(), &message)
+                        {
+                            let letter = dead_letter_of(message, dlq, route.group(), &outcome);
+                            dead_lettering.push(Box::pin(send_dead_letter(
+                                outlet.clone(),
+                                letter,
+                                ack,
+                                outcome,
+                                room,
+                                Arc::clone(&subscribed),
+                            )));
+                            continue;
                         }
-                        Settle::Later(settling_io) => settling.push(async move {
-                            let settled = settling_io.await;
-                            drop(room);
-                            settled
-                        }),
+                        to_settle.push((ack, outcome));
+                        rooms.push(room);
                     }
-                });
-                // Freed together: one update of the dispatcher's shared counters per batch.
-                Reservation::release_all(freed.iter_mut());
-                freed.clear();
+                    // Settled together (the transport may do it under one lock), each message's
+                    // room freed only once it is settled.
+                    let mut rooms = rooms.drain(..);
+                    A::settle_batch(to_settle.drain(..), |settle| {
+                        let room = rooms.next();
+                        match settle {
+                            Settle::Done(settled) => {
+                                freed.extend(room);
+                                report(&subscribed, settled);
+                            }
+                            Settle::Later(settling_io) => settling.push(async move {
+                                let settled = settling_io.await;
+                                drop(room);
+                                settled
+                            }),
+                        }
+                    });
+                    // Freed together: one update of the dispatcher's shared counters per batch.
+                    Reservation::release_all(freed.iter_mut());
+                    freed.clear();
                 }
                 progress = true;
             }

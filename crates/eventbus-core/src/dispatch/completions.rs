@@ -2,8 +2,8 @@
 //! one by one, the loop takes all of them at once.
 //!
 //! A channel would do the same, at a cost paid per message: tokio's unbounded queue writes
-//! each job into a slot of a linked block and frees the blocks it has read (each free of one
-//! can make glibc consolidate its whole heap). Here a job is one push onto a queue under a
+//! each job into a slot of a linked block and frees the blocks it has read (and glibc merges
+//! its cached free chunks on some of those frees). Here a job is one push onto a queue under a
 //! lock nobody holds for long, and the loop swaps its emptied queue for the full one, so in a
 //! steady flow nothing is allocated at all. A queue a burst grew is made small again once the
 //! burst is over.

@@ -271,8 +271,8 @@ pub(crate) enum Reply {
     /// To a [`ResponseFuture`](super::ResponseFuture) (the tower `call` path).
     Oneshot(oneshot::Sender<Outcome>),
     /// To the completion queue of the consuming loop feeding the route (see
-    /// [`Route::complete_into_queue`]), tagged with the loop's token for the message. The room the
-    /// message held travels along and is freed once the loop has settled it, so the
+    /// [`Route::complete_into_queue`]), tagged with the loop's token for the message. The room
+    /// the message held travels along and is freed once the loop has settled it, so the
     /// dispatcher's bounds also cover messages waiting to be acked.
     Queue {
         /// The loop's tag for the message.
