@@ -10,30 +10,27 @@
 //! buffers without bound, and no partition is paused: pausing drops librdkafka's fetched
 //! messages, to be fetched again on resume.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use eventbus_core::transport::{Acknowledge, Incoming, Settle};
-use eventbus_core::{Headers, Key, Message, MessageId, Outcome, Result};
+use eventbus_core::{Message, Outcome, Result};
 use futures::Stream;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol,
     base_consumer::PartitionQueue,
 };
-use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use crate::mapping;
 use crate::offsets::{Taken, Tracker};
-
-/// The header carrying the message id.
-pub(crate) const HEADER_ID: &str = "eb-id";
 
 static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
@@ -626,52 +623,11 @@ fn track(shared: &Shared, topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Option<P
         part.epoch
     };
     Some(Polled {
-        message: Arc::new(to_message(topic, m)),
+        message: Arc::new(mapping::to_message(topic, m)),
         partition,
         offset,
         epoch,
     })
-}
-
-fn to_message(topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Message {
-    let mut id = None;
-    let mut headers = Headers::default();
-    if let Some(h) = m.headers() {
-        for header in h.iter() {
-            let value = text(header.value.unwrap_or_default());
-            if header.key == HEADER_ID {
-                id = Some(MessageId::from(value.as_ref()));
-            } else {
-                headers.insert(header.key, value);
-            }
-        }
-    }
-    let key = m.key().map(|k| Key::from(text(k).as_ref()));
-    let timestamp = m
-        .timestamp()
-        .to_millis()
-        .and_then(|ms| u64::try_from(ms).ok())
-        .map_or_else(SystemTime::now, |ms| UNIX_EPOCH + Duration::from_millis(ms));
-    // A message from another client still gets a stable id: its place in the log.
-    let id =
-        id.unwrap_or_else(|| MessageId::from(format!("{topic}/{}/{}", m.partition(), m.offset())));
-    Message::from_parts(
-        id,
-        topic.as_ref(),
-        key,
-        headers,
-        bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),
-        timestamp,
-    )
-}
-
-/// `bytes` as text: borrowed when they are UTF-8, as they are from any client of this bus
-/// (`str::from_utf8` checks a word at a time; `from_utf8_lossy` goes byte by byte even then).
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
 }
 
 /// The stream the bus pulls: polled messages, and failed ones again after the redelivery delay.
@@ -887,37 +843,5 @@ impl Acknowledge for KafkaAck {
 impl Drop for KafkaAck {
     fn drop(&mut self) {
         self.finish(false);
-    }
-}
-
-#[cfg(test)]
-mod wire_tests {
-    use eventbus_core::{Error, HeaderError};
-
-    /// The id header this transport writes is reserved in the core, so no user header can
-    /// take its place.
-    #[test]
-    fn the_id_header_is_reserved() {
-        assert!(matches!(
-            eventbus_core::validate::validate_header(super::HEADER_ID, "x"),
-            Err(Error::InvalidHeader {
-                reason: HeaderError::Reserved { .. },
-                ..
-            })
-        ));
-    }
-
-    /// Keys and header values from any client are read as text: UTF-8 as it is (borrowed),
-    /// anything else with its invalid bytes replaced, never an error.
-    #[test]
-    fn received_bytes_are_read_as_text() {
-        use std::borrow::Cow;
-        assert!(matches!(super::text(b"order-7"), Cow::Borrowed("order-7")));
-        assert!(matches!(
-            super::text("zäh".as_bytes()),
-            Cow::Borrowed("zäh")
-        ));
-        assert_eq!(super::text(b"a\xffb"), "a\u{fffd}b");
-        assert_eq!(super::text(b""), "");
     }
 }

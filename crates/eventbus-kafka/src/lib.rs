@@ -142,6 +142,7 @@ mod config;
 mod consumer;
 mod error;
 mod link;
+mod mapping;
 mod offsets;
 mod publish;
 mod subscribe;

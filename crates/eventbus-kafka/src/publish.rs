@@ -9,8 +9,8 @@ use rdkafka::error::{KafkaError as RdError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 
-use crate::consumer::HEADER_ID;
 use crate::error::KafkaError;
+use crate::mapping::HEADER_ID;
 use crate::{KafkaTransport, Producer};
 
 impl KafkaTransport {
