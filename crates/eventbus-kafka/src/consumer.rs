@@ -770,7 +770,8 @@ impl KafkaAck {
     }
 
     /// What becomes of `p` once settled with `outcome`: a message that failed for good is
-    /// delivered again after the redelivery delay, unless its partition was revoked.
+    /// delivered again after the redelivery delay. Callers pass only a message whose partition
+    /// is still this member's (`finish_in` said so).
     fn redeliver(&self, outcome: &Outcome, p: Polled) {
         if matches!(outcome, Outcome::Failed { .. }) {
             let due = tokio::time::Instant::now() + self.redelivery_delay;
