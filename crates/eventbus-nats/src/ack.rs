@@ -72,8 +72,13 @@ impl Acknowledge for NatsAck {
         // the connection: it is done on its first poll unless the queue is full. Tried once
         // here, so most acks need no boxed future (nothing is sent by a try that returns
         // pending: it waited for room in the queue, and dropping it leaves the queue as is).
+        // Tried outside tokio's cooperative budget: the queue's send spends it, and once the
+        // consuming loop has spent its share in a burst, a send with room would return
+        // pending all the same, and a third of the acks were boxed and polled again. The
+        // loop's own take spends the budget, so it still yields.
         let client = &self.held.client;
-        if let Some(sent) = client.publish(reply.clone(), body.clone()).now_or_never() {
+        let attempt = tokio::task::unconstrained(client.publish(reply.clone(), body.clone()));
+        if let Some(sent) = attempt.now_or_never() {
             return Settle::Done(sent.map_err(|e| acked_error(&e)));
         }
         let in_flight = self.in_flight.take();

@@ -56,6 +56,11 @@ pub(crate) async fn pump<S, A>(
     let share = dispatcher.max_buffered_per_subscription();
 
     poll_fn(|cx| {
+        // Set once the source returned pending in this poll: it holds our waker then, and
+        // wakes us when it has more, so it is not asked again before that. (Asked again on
+        // every turn of the loop below, a pull stream found nothing about four times per
+        // message, each time looking at its channels and timers.)
+        let mut source_waits = false;
         loop {
             let mut progress = false;
             while completions.poll_take(cx, &mut done).is_ready() {
@@ -117,7 +122,7 @@ pub(crate) async fn pump<S, A>(
                 intake = false;
             }
             // A subscription at its share stops taking until one of its messages is settled.
-            while intake && acks.len() < share {
+            while intake && !source_waits && acks.len() < share {
                 match dispatcher.poll_ready(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Err(_)) => {
@@ -131,6 +136,7 @@ pub(crate) async fn pump<S, A>(
                         // A quiet subscription must not sit on room the others could use: the
                         // source will wake us, and we reserve again then.
                         dispatcher.unreserve();
+                        source_waits = true;
                         break;
                     }
                     Poll::Ready(None) => {
