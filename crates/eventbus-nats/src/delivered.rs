@@ -19,9 +19,6 @@ pub(crate) struct Delivered {
     pub(crate) published: SystemTime,
 }
 
-/// The fields from the delivery count on: delivered, stream seq, consumer seq, time, pending.
-const FIELDS: usize = 5;
-
 /// Where the fields this reads start among an ack subject's tokens (after `$JS.ACK.`), by
 /// format (ADR-15): the original 7 tokens, `<stream>.<consumer>.<delivered>.<stream seq>.
 /// <consumer seq>.<time>.<pending>`; and 9 or more, with `<domain>.<account hash>` in front
@@ -43,40 +40,37 @@ impl Delivered {
     /// Reads an ack subject (`$JS.ACK.…`).
     pub(crate) fn parse(subject: &str) -> Option<Self> {
         let rest = subject.strip_prefix("$JS.ACK.")?.as_bytes();
-        // The dots are counted, and only the fields read are split off, walking back from the
-        // end: the stream and consumer names before them make up most of the subject. About
-        // 1,000 instructions per delivery; `str::split` over all of it and `str::parse` cost
-        // 1,400, async-nats's `Message::info` 2,000.
-        let tokens = rest.iter().filter(|&&b| b == b'.').count() + 1;
-        let at = first_field(tokens)?;
-        let mut skip = tokens - (at + FIELDS);
-        let mut fields: [&[u8]; FIELDS] = [&[]; FIELDS];
-        let mut left = FIELDS;
-        let mut end = rest.len();
-        for i in (0..rest.len()).rev() {
-            if rest[i] != b'.' {
-                continue;
+        // The dots found with `memchr` (a vector compare over the stream and consumer names,
+        // which make up most of the subject), all counted and the first `DOTS` kept. About
+        // 450 instructions per delivery; a byte-by-byte scan cost 1,000, `str::split` and
+        // `str::parse` 1,400, async-nats's `Message::info` 2,000.
+        let mut dots = [0; DOTS];
+        let mut count = 0;
+        for at in memchr::memchr_iter(b'.', rest) {
+            if let Some(dot) = dots.get_mut(count) {
+                *dot = at;
             }
-            if skip > 0 {
-                skip -= 1;
-            } else {
-                left -= 1;
-                fields[left] = &rest[i + 1..end];
-                if left == 0 {
-                    break;
-                }
-            }
-            end = i;
+            count += 1;
         }
-        let number = |i: usize| decimal(fields[i]);
+        let first = first_field(count + 1)?;
+        // Token `i` runs from after dot `i - 1` to dot `i` (or the end).
+        let token = |i: usize| {
+            let from = if i == 0 { 0 } else { dots[i - 1] + 1 };
+            let to = if i < count { dots[i] } else { rest.len() };
+            decimal(&rest[from..to])
+        };
         Some(Delivered {
-            delivered: number(0)?,
-            stream_sequence: number(1)?,
-            consumer_sequence: number(2)?,
-            published: SystemTime::UNIX_EPOCH + Duration::from_nanos(number(3)?),
+            delivered: token(first)?,
+            stream_sequence: token(first + 1)?,
+            consumer_sequence: token(first + 2)?,
+            published: SystemTime::UNIX_EPOCH + Duration::from_nanos(token(first + 3)?),
         })
     }
 }
+
+/// The dots kept: enough to end the last field read in either format (the time, at most the
+/// eighth token, which the eighth dot ends).
+const DOTS: usize = 8;
 
 /// A token of decimal digits as a number (`str::parse` handles signs, radixes and overflow
 /// per digit, several times the work for these).

@@ -15,6 +15,7 @@ use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use eventbus_core::transport::{PublishFuture, Publisher};
 use eventbus_core::{Error, Message, Result};
+use futures::TryFutureExt;
 
 use crate::mapping::{HEADER_ID, HEADER_KEY};
 use crate::partition::Layout;
@@ -118,14 +119,16 @@ impl NatsTransport {
     }
 
     /// Sends one message (its stream ensured by the caller); returns its ack future.
-    async fn send(
+    /// async-nats's future itself, not wrapped in one more: a batch makes one per message,
+    /// and each layer moved it once more (about a hundred bytes per move).
+    fn send(
         &self,
         out: Outgoing,
-    ) -> std::result::Result<jetstream::context::PublishAckFuture, Failed> {
+    ) -> impl Future<Output = std::result::Result<jetstream::context::PublishAckFuture, Failed>> + '_
+    {
         self.inner
             .js
             .publish_with_headers(out.subject, out.headers, out.payload)
-            .await
             .map_err(Failed::Send)
     }
 
