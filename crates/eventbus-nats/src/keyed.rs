@@ -32,6 +32,7 @@ use crate::held::Held;
 use crate::membership::{Bucket, Handover, Membership, Released, bucket_name};
 use crate::provision::{PIN_GROUP, partition_consumer_config};
 use crate::pull::{PartitionPull, Puller, pull_stream};
+use crate::woken::{PullWaker, Task};
 use crate::{NatsAck, NatsTransport, partition};
 
 /// Subscribes a keyed group: makes (and checks) every partition's consumer, joins the group's
@@ -91,6 +92,7 @@ pub(crate) async fn subscribe(
         pulls: Vec::new(),
         changes: changes(owned),
         next: 0,
+        task: Task::default(),
         membership: Some(membership),
     };
     source.apply(&first);
@@ -143,6 +145,7 @@ impl Shared {
             served,
             inherited,
             stream: pulling,
+            waker: _,
         } = pull;
         // Its pulls stop; what the client had buffered is read back by the next owner.
         drop(pulling);
@@ -254,6 +257,8 @@ struct PartitionSource {
     served: Arc<AtomicBool>,
     inherited: Arc<std::sync::Mutex<Vec<u64>>>,
     stream: BoxStream<'static, Result<Incoming<NatsAck>>>,
+    /// Its pull's waker: the source asks it only once it woke.
+    waker: PullWaker,
 }
 
 /// A keyed subscription's messages: those of the partitions it owns now, taken in turn.
@@ -263,6 +268,8 @@ struct KeyedSource {
     changes: BoxStream<'static, Vec<u16>>,
     /// The pull to look at first next time (so no partition starves the others).
     next: usize,
+    /// The task its pulls wake.
+    task: Task,
     membership: Option<Membership>,
 }
 
@@ -314,6 +321,7 @@ impl KeyedSource {
                 served,
                 inherited,
                 stream,
+                waker: PullWaker::new(&self.task),
             });
         }
         tracing::debug!(topic = %shared.topic, owned = ?owned, "pulling the partitions owned");
@@ -325,20 +333,23 @@ impl Stream for KeyedSource {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // Before any pull is asked, so that a wake of one from then on reaches this task.
+        this.task.register(cx.waker());
         while let Poll::Ready(Some(owned)) = this.changes.poll_next_unpin(cx) {
             this.apply(&owned);
         }
         let n = this.pulls.len();
         for i in 0..n {
             let at = (this.next + i) % n;
-            match this.pulls[at].stream.poll_next_unpin(cx) {
-                Poll::Ready(Some(item)) => {
+            let pull = &mut this.pulls[at];
+            match pull.waker.poll_next(&mut pull.stream) {
+                Some(Poll::Ready(Some(item))) => {
                     this.next = (at + 1) % n;
                     return Poll::Ready(Some(item));
                 }
                 // The I/O runtime is gone: the transport closed.
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => {}
+                Some(Poll::Ready(None)) => return Poll::Ready(None),
+                Some(Poll::Pending) | None => {}
             }
         }
         Poll::Pending

@@ -225,6 +225,7 @@ mod publish;
 mod pull;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod woken;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
