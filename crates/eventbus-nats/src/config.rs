@@ -296,7 +296,8 @@ pub struct NatsConfig {
     pub stream_prefix: String,
     /// Prefix of subjects (default none: a topic's subject is the topic itself).
     pub subject_prefix: Option<String>,
-    /// Most messages one pull asks for (default 256; at most half what the bus can buffer).
+    /// Most messages one pull asks for (default 256; at most half what the bus can buffer, and
+    /// in a keyed group at most each partition's share of that half).
     pub fetch_batch: usize,
     /// How long a publish is made again, with the same message id, after a failure that a
     /// cluster's failover explains: no stream leader answered (one is being elected), the ack

@@ -53,10 +53,15 @@ pub(crate) async fn subscribe(
         let want = partition_consumer_config(config, &topic, &group, p);
         consumers.push(transport.ensure_consumer(&stream, want).await?);
     }
-    // Half the bus's buffer over all partitions (a member may own them all): at most about a
-    // buffer's worth waits outside the bus, as with one puller.
-    let batch =
-        (config.fetch_batch.min(request.max_buffered() / 2) / usize::from(partitions)).max(1);
+    // Each partition's pull asks for `fetch_batch`, as one puller's does, but for no more than
+    // its share of half the bus's buffer (a member may own every partition): at most about a
+    // buffer's worth waits outside the bus. (`fetch_batch` itself split over the partitions
+    // made pulls of 16 with the defaults: sixteen times the pull requests of one puller for
+    // the same messages.)
+    let batch = config
+        .fetch_batch
+        .min(request.max_buffered() / 2 / usize::from(partitions))
+        .max(1);
     let group_key = format!("{}.{group}", config.stream_name(&topic));
     let membership = Membership::join(
         inner.js.clone(),
