@@ -42,8 +42,8 @@ impl Delivered {
         let rest = subject.strip_prefix("$JS.ACK.")?.as_bytes();
         // The dots found with `memchr` (a vector compare over the stream and consumer names,
         // which make up most of the subject), all counted and the first `DOTS` kept. About
-        // 450 instructions per delivery; a byte-by-byte scan cost 1,000, `str::split` and
-        // `str::parse` 1,400, async-nats's `Message::info` 2,000.
+        // 770 instructions per delivery, `memchr`'s included; a byte-by-byte scan cost 1,030,
+        // `str::split` and `str::parse` 1,400, async-nats's `Message::info` 2,000.
         let mut dots = [0; DOTS];
         let mut count = 0;
         for at in memchr::memchr_iter(b'.', rest) {
