@@ -15,8 +15,9 @@
 //! - **Runs.** A worker taking a key's next job also takes the jobs of that key waiting behind it
 //!   and runs them one after another, as they would run anyway; a worker whose last run finished
 //!   on the spot (no handler waited) also takes the next ready jobs of other keys (and theirs),
-//!   up to 32 jobs in all, unless another worker is parked (it could run them on another thread).
-//!   One lock for the run instead of one per job. A job of the run whose handler waits, or that
+//!   up to 32 jobs in all; while another worker is parked, at most half the ready keys, the
+//!   other half left to it to run on another thread. One lock for the run instead of one per
+//!   job. A job of the run whose handler waits, or that
 //!   backs off before a retry, gives the rest back where each came from (its own key's later jobs
 //!   to the front of its key's queue, other keys' to the front of the ready queue, for another
 //!   worker), so they hold no worker and wait for no other key. A call that finishes on its first

@@ -183,17 +183,22 @@ fn release(st: &mut State, done: &[Finished]) {
 
 /// Takes the next ready job and the jobs of its key waiting behind it: they would run one
 /// after another anyway, so taking them together spares a lock per job (a lock every producer
-/// shares) and keeps no other key waiting. With `other_keys`, and no other worker parked, goes
-/// on with the next ready jobs (and theirs) while the run has fewer than [`MAX_RUN`] jobs.
-/// Jobs of one key are next to each other in the run, marked by [`Job::run_continues`].
+/// shares) and keeps no other key waiting. With `other_keys`, goes on with the next ready jobs
+/// (and theirs) while the run has fewer than [`MAX_RUN`] jobs; while another worker is parked,
+/// with at most half the ready keys, so that one (woken by `wake_worker`, after the run is
+/// taken) gets the other half to run on another thread. Jobs of one key are next to each other
+/// in the run, marked by [`Job::run_continues`].
 fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
-    // Only while no other worker is parked: one that could run them on another thread gets
-    // them instead (`wake_worker`, after the run is taken).
-    let other_keys = other_keys && st.idle == 0;
-    while run.len() < MAX_RUN {
+    let mut keys = match (other_keys, st.idle) {
+        (false, _) => 1,
+        (true, 0) => MAX_RUN,
+        (true, _) => st.ready.len().div_ceil(2),
+    };
+    while run.len() < MAX_RUN && keys > 0 {
         let Some(mut job) = st.ready.pop_front() else {
             return;
         };
+        keys -= 1;
         let behind = if std::mem::take(&mut job.followed) {
             st.keys.find_mut(job.hash, |busy| job.is_of(busy))
         } else {
@@ -209,9 +214,6 @@ fn take_run(st: &mut State, run: &mut VecDeque<Job>, other_keys: bool) {
                 next.run_continues = i + 1 < n;
                 run.push_back(next);
             }
-        }
-        if !other_keys {
-            return;
         }
     }
 }
