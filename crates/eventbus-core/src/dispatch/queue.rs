@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
 use futures::FutureExt;
@@ -149,7 +149,7 @@ const MAX_RUN: usize = 32;
 /// A handler call that finished on its first poll but took longer than this kept its thread
 /// busy (a handler computing or blocking): the worker gives back the other keys' jobs of its
 /// run, and takes one key at a time until a run is quick again.
-const SLOW_CALL: std::time::Duration = std::time::Duration::from_micros(100);
+const SLOW_CALL: Duration = Duration::from_micros(100);
 
 /// Releases the keys of finished jobs: the next job waiting behind each becomes ready (and
 /// says whether more wait behind it), or the key's entry goes.
@@ -435,10 +435,11 @@ impl Shared {
                     }
                 };
                 let continues = job.run_continues;
-                let began = clock;
+                let mut took = Duration::ZERO;
                 let attempt = {
-                    let mut call =
-                        std::pin::pin!(self.run(&mut job, &mut slot, closing, &mut clock));
+                    let mut call = std::pin::pin!(
+                        self.run(&mut job, &mut slot, closing, &mut clock, &mut took)
+                    );
                     match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
                         Poll::Ready(attempt) => attempt,
                         Poll::Pending => {
@@ -458,7 +459,7 @@ impl Shared {
                             job,
                             outcome,
                         });
-                        if on_the_spot && clock.since(began) > SLOW_CALL {
+                        if on_the_spot && took > SLOW_CALL {
                             // A call that kept the thread: other keys' jobs of the run go back
                             // for another worker rather than wait behind more such calls.
                             on_the_spot = false;
@@ -594,14 +595,16 @@ impl Shared {
     }
 
     /// Runs one attempt of `job`, unless its route was `closing` when its run was taken.
-    /// `clock` is when the call starts, and is set to when it ended. The job is borrowed, not
-    /// moved into the call and back: it is moved often enough through the queues.
+    /// `clock` is when the call starts, and is set to when it ended; `took` is set to the time
+    /// the call took (left alone if it did not run). The job is borrowed, not moved into the
+    /// call and back: it is moved often enough through the queues.
     async fn run(
         &self,
         job: &mut Job,
         slot: &mut Slot,
         closing: bool,
         clock: &mut Stamp,
+        took: &mut Duration,
     ) -> Attempt {
         // Borrowed, not cloned: the route's reference count is shared by every worker and
         // producer, and touching it costs a cache line passed between threads.
@@ -627,7 +630,6 @@ impl Shared {
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let started = *clock;
         let result = {
             let mut start = Some((&*route.handler, delivery));
             let mut call = std::future::poll_fn(|cx| poll_call(&span, slot, start.take(), cx));
@@ -650,8 +652,10 @@ impl Shared {
                 route.metrics.panicked.increment(1);
             }
         }
-        *clock = Stamp::now();
-        route.metrics.duration.record(clock.since(started));
+        let ended = Stamp::now();
+        *took = ended.since(*clock);
+        *clock = ended;
+        route.metrics.duration.record(*took);
 
         let error = match result {
             None => return Attempt::Finished(Outcome::Cancelled),
