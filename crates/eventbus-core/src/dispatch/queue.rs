@@ -75,7 +75,10 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.reply_once(Outcome::Cancelled);
+        // Checked here, inline: almost every job dropped has replied and never failed.
+        if self.reply.is_some() || self.failing.is_some() {
+            self.reply_once(Outcome::Cancelled);
+        }
     }
 }
 
