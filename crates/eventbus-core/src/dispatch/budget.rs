@@ -9,18 +9,16 @@ use tokio::sync::Notify;
 /// Room a job holds from admission to completion: one buffer slot and its bytes.
 /// Released on drop, so every path out (done, cancelled, dropped at runtime shutdown) frees it.
 pub(crate) struct Reservation {
-    /// 1, or 0 once released by [`release_all`](Self::release_all).
-    pub(super) slots: usize,
     pub(super) bytes: usize,
-    pub(super) budget: Arc<Budget>,
+    /// Taken once the room is freed by [`release_all`](Self::release_all).
+    pub(super) budget: Option<Arc<Budget>>,
 }
 
 impl Reservation {
     pub(super) fn new(bytes: usize, budget: Arc<Budget>) -> Self {
         Reservation {
-            slots: 1,
             bytes,
-            budget,
+            budget: Some(budget),
         }
     }
 
@@ -29,20 +27,19 @@ impl Reservation {
     pub(crate) fn release_all<'a>(rooms: impl IntoIterator<Item = &'a mut Reservation>) {
         let mut pending: Option<(Arc<Budget>, usize, usize)> = None;
         for room in rooms {
-            let (slots, bytes) = (
-                std::mem::take(&mut room.slots),
-                std::mem::take(&mut room.bytes),
-            );
+            let Some(budget) = room.budget.take() else {
+                continue;
+            };
             match &mut pending {
-                Some((budget, s, b)) if Arc::ptr_eq(budget, &room.budget) => {
-                    *s += slots;
-                    *b += bytes;
+                Some((same, s, b)) if Arc::ptr_eq(same, &budget) => {
+                    *s += 1;
+                    *b += room.bytes;
                 }
                 _ => {
                     if let Some((budget, s, b)) = pending.take() {
                         budget.release(s, b);
                     }
-                    pending = Some((Arc::clone(&room.budget), slots, bytes));
+                    pending = Some((budget, 1, room.bytes));
                 }
             }
         }
@@ -54,8 +51,8 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.slots > 0 {
-            self.budget.release(self.slots, self.bytes);
+        if let Some(budget) = &self.budget {
+            budget.release(1, self.bytes);
         }
     }
 }
