@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use backon::ExponentialBackoff;
-use futures::FutureExt;
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use tokio::runtime::Handle;
@@ -439,19 +438,18 @@ impl Shared {
                 };
                 let continues = job.run_continues;
                 let mut took = Duration::ZERO;
-                let attempt = {
-                    let mut call = std::pin::pin!(
-                        self.run(&mut job, &mut slot, closing, &mut clock, &mut took)
-                    );
-                    match std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-                        Poll::Ready(attempt) => attempt,
-                        Poll::Pending => {
-                            // The handler waits: the rest of the run goes back where it was
-                            // taken from, so it holds no worker while this one waits.
-                            on_the_spot = false;
-                            self.give_back(continues, &mut run, &mut done);
-                            call.await
-                        }
+                let attempt = match self.start(&mut job, &mut slot, closing) {
+                    Started::Skipped => Attempt::Finished(Outcome::Cancelled),
+                    Started::Ended(result) => {
+                        self.end(&mut job, &mut slot, Some(result), &mut clock, &mut took)
+                    }
+                    Started::Waiting(span) => {
+                        // The handler waits: the rest of the run goes back where it was taken
+                        // from, so it holds no worker while this one waits.
+                        on_the_spot = false;
+                        self.give_back(continues, &mut run, &mut done);
+                        let result = wait(&job.route, &mut slot, &span).await;
+                        self.end(&mut job, &mut slot, result, &mut clock, &mut took)
                     }
                 };
                 match attempt {
@@ -597,23 +595,16 @@ impl Shared {
         }
     }
 
-    /// Runs one attempt of `job`, unless its route was `closing` when its run was taken.
-    /// `clock` is when the call starts, and is set to when it ended; `took` is set to the time
-    /// the call took (left alone if it did not run). The job is borrowed, not moved into the
-    /// call and back: it is moved often enough through the queues.
-    async fn run(
-        &self,
-        job: &mut Job,
-        slot: &mut Slot,
-        closing: bool,
-        clock: &mut Stamp,
-        took: &mut Duration,
-    ) -> Attempt {
+    /// Starts one attempt of `job` and polls it once, unless its route was `closing` when its
+    /// run was taken. Not a future: most calls end in their first poll, and only one that
+    /// waits is awaited ([`wait`]). The job is borrowed, not moved into the call and back: it
+    /// is moved often enough through the queues.
+    fn start(&self, job: &mut Job, slot: &mut Slot, closing: bool) -> Started {
         // Borrowed, not cloned: the route's reference count is shared by every worker and
         // producer, and touching it costs a cache line passed between threads.
         let route: &Route = &job.route;
         if closing {
-            return Attempt::Finished(Outcome::Cancelled);
+            return Started::Skipped;
         }
         job.attempts += 1;
         let delivery = Delivery {
@@ -621,9 +612,6 @@ impl Shared {
             attempt: job.attempts,
             scope: Arc::clone(&route.scope),
         };
-        // Everything that runs user code (cloning the handler, polling it, dropping it) stays
-        // inside `catch_unwind`, so a panic anywhere in it is counted and the job still gets
-        // its outcome.
         let span = tracing::info_span!(
             "eventbus.handle",
             topic = %route.topic,
@@ -633,20 +621,27 @@ impl Shared {
             attempt = job.attempts,
         );
         crate::propagation::restore_parent(&span, &job.message);
-        let result = {
-            let mut start = Some((&*route.handler, delivery));
-            let mut call = std::future::poll_fn(|cx| poll_call(&span, slot, start.take(), cx));
-            // Most handlers finish on their first poll; only register with the abort token (a
-            // lock on a token shared by the route) for those that wait.
-            match (&mut call).now_or_never() {
-                Some(r) => Some(r),
-                None => tokio::select! {
-                    biased;
-                    () = route.abort.cancelled() => None,
-                    r = call => Some(r),
-                },
-            }
-        };
+        // The first poll has no waker to give: a call that waits is polled again at once by
+        // `wait`, with the worker's.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match poll_call(&span, slot, Some((&*route.handler, delivery)), &mut cx) {
+            Poll::Ready(result) => Started::Ended(result),
+            Poll::Pending => Started::Waiting(span),
+        }
+    }
+
+    /// Ends an attempt of `job` with the `result` of its call (`None`: dropped, as the route
+    /// aborted). `clock` is when the call started, and is set to when it ended; `took` is set
+    /// to the time the call took.
+    fn end(
+        &self,
+        job: &mut Job,
+        slot: &mut Slot,
+        result: Option<CallResult>,
+        clock: &mut Stamp,
+        took: &mut Duration,
+    ) -> Attempt {
+        let route: &Route = &job.route;
         if !matches!(result, Some(Ok(_))) {
             // An aborted (or panicked) call may still hold the handler and its future: they
             // are dropped here, where a panic in their drop is caught too.
@@ -761,17 +756,42 @@ impl Shared {
     }
 }
 
+/// What a handler call's result is: the handler's, or the panic it raised.
+type CallResult = std::thread::Result<Result<(), BoxError>>;
+
+/// How an attempt's first poll left it.
+enum Started {
+    /// Not called: its route was closing when the run was taken.
+    Skipped,
+    /// The call ended in its first poll.
+    Ended(CallResult),
+    /// The call waits, in the worker's slot: [`wait`] polls it on, inside this span.
+    Waiting(tracing::Span),
+}
+
+/// Polls on a call that did not end in its first poll, until it ends or its route aborts
+/// (`None`). Only a call that waits registers with the abort token: a lock on a token the
+/// route's calls share.
+async fn wait(route: &Route, slot: &mut Slot, span: &tracing::Span) -> Option<CallResult> {
+    let call = std::future::poll_fn(|cx| poll_call(span, slot, None, cx));
+    tokio::select! {
+        biased;
+        () = route.abort.cancelled() => None,
+        r = call => Some(r),
+    }
+}
+
 /// One poll of a handler call, inside its span and `catch_unwind`, as everything that runs user
-/// code (cloning the handler, polling it, dropping the previous call) is; the first poll
-/// (`start`) makes the call. Polled through `poll_fn`, not as a future wrapped in
-/// `Instrumented` and `CatchUnwind`: most calls finish in their first poll, and those wrappers
-/// cost about 40 instructions a call more.
+/// code (cloning the handler, polling it, dropping the previous call) is: a panic anywhere in
+/// it is counted, and the job still gets its outcome. The first poll (`start`) makes the call.
+/// A plain function, not a future wrapped in `Instrumented` and `CatchUnwind`: most calls
+/// finish in their first poll, and those wrappers cost about 40 instructions a call more.
 fn poll_call(
     span: &tracing::Span,
     slot: &mut Slot,
     start: Option<(&dyn ErasedHandler, Delivery)>,
     cx: &mut Context<'_>,
-) -> Poll<std::thread::Result<Result<(), BoxError>>> {
+) -> Poll<CallResult> {
     let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let _entered = span.enter();
         if let Some((handler, delivery)) = start {
