@@ -173,8 +173,11 @@ fn release(st: &mut State, done: &[Finished]) {
                 None => {
                     let queue = e.remove().0.waiting;
                     // Bounded, and only small queues: a key that once had a long backlog
-                    // does not pin its memory here.
-                    if spare.len() < MAX_SPARE_QUEUES && queue.capacity() <= MAX_SPARE_CAPACITY {
+                    // does not pin its memory here. A queue that never held a job has no
+                    // memory to reuse.
+                    if spare.len() < MAX_SPARE_QUEUES
+                        && (1..=MAX_SPARE_CAPACITY).contains(&queue.capacity())
+                    {
                         spare.push(queue);
                     }
                 }
