@@ -148,13 +148,14 @@ impl Outlet {
         propagation::inject(&span, &mut message);
         let publishing = InFlight::start(&self.stats);
         // The transport takes the message here, where it is, rather than moved into one more
-        // future; most publishes then finish on the spot (see `with_timeout`). The span is
-        // entered around each step, and not at all when no subscriber records it.
-        let publish = span.in_scope(|| self.transport.publish(message));
-        let result = if span.is_disabled() {
-            self.with_timeout(publish).await
-        } else {
-            self.with_timeout(publish).instrument(span).await
+        // future; most publishes then finish on the spot, and a result the transport had at
+        // once is taken as it is, with no poll and no timeout (see also `with_timeout`). The
+        // span is entered around each step, and not at all when no subscriber records it.
+        let mut publish = span.in_scope(|| self.transport.publish(message));
+        let result = match publish.take_ready() {
+            Some(result) => result,
+            None if span.is_disabled() => self.with_timeout(publish).await,
+            None => self.with_timeout(publish).instrument(span).await,
         };
         publishing.finish(&metrics, 1, &result);
         result

@@ -69,6 +69,14 @@ impl<'a> PublishFuture<'a> {
     pub fn waiting(publish: impl Future<Output = Result<()>> + Send + 'a) -> Self {
         PublishFuture(State::Waiting(Box::pin(publish)))
     }
+    /// Its result, if it was made [`ready`](Self::ready) and not polled yet: the bus takes it
+    /// without polling, or arming a timeout for, a publish that finished on the spot.
+    pub(crate) fn take_ready(&mut self) -> Option<Result<()>> {
+        match &mut self.0 {
+            State::Ready(result) => result.take(),
+            State::Waiting(_) => None,
+        }
+    }
 }
 
 impl Future for PublishFuture<'_> {
