@@ -17,10 +17,10 @@
 //!   on the spot (no handler waited) also takes the next ready jobs of other keys (and theirs),
 //!   up to 32 jobs in all; while another worker is parked, at most half the ready keys, the
 //!   other half left to it to run on another thread. One lock for the run instead of one per
-//!   job. A job of the run whose handler waits, or that
-//!   backs off before a retry, gives the rest back where each came from (its own key's later jobs
-//!   to the front of its key's queue, other keys' to the front of the ready queue, for another
-//!   worker), so they hold no worker and wait for no other key. A call that finishes on its first
+//!   job. A job of the run whose handler waits, or that backs off before a retry, gives the
+//!   rest back where each came from (its own key's later jobs to the front of its key's queue,
+//!   other keys' to the front of the ready queue, for another worker), so they hold no worker
+//!   and wait for no other key. A call that finishes on its first
 //!   poll but keeps its thread busy for more than 100 µs (a handler computing or blocking) makes
 //!   its worker give back the other keys' jobs of its run too, and take one key at a time until a
 //!   run is quick again: other keys' jobs wait behind one such call at most. A run goes on
