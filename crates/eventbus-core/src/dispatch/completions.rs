@@ -50,14 +50,20 @@ impl Completions {
 
     /// Hands a finished job to the loop, or drops it when no loop takes them.
     pub(crate) fn push(&self, done: Done) {
+        self.push_all(std::iter::once(done));
+    }
+
+    /// Hands finished jobs to the loop, under one lock and with one wake, or drops them when
+    /// no loop takes them.
+    pub(crate) fn push_all(&self, done: impl IntoIterator<Item = Done>) {
         let mut queue = self.lock();
         let Some(jobs) = queue.as_mut() else {
             drop(queue);
-            // Dropped outside the lock: dropping it frees the message's room in the dispatcher.
+            // Dropped outside the lock: dropping one frees its message's room in the dispatcher.
             drop(done);
             return;
         };
-        jobs.push_back(done);
+        jobs.extend(done);
         drop(queue);
         self.waker.wake();
     }
@@ -169,6 +175,41 @@ mod tests {
         completions.push(done(burst + 1, &budget));
         assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
         assert!(taken.capacity() < burst, "capacity {}", taken.capacity());
+    }
+
+    /// Counts its wakes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_batch_comes_back_in_order_with_one_wake_and_a_closed_queue_frees_its_room() {
+        let budget = Arc::new(Budget::new(8, 1 << 20));
+        let completions = Completions::default();
+        assert!(completions.open());
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+        let mut taken = VecDeque::new();
+        assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Pending);
+
+        completions.push_all((1..=3).map(|token| done(token, &budget)));
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(completions.poll_take(&mut cx, &mut taken), Poll::Ready(()));
+        let tokens: Vec<usize> = taken.iter().map(|d| d.token).collect();
+        assert_eq!(tokens, [1, 2, 3]);
+        taken.clear();
+
+        completions.close();
+        completions.push_all((4..=5).map(|token| done(token, &budget)));
+        assert_eq!(budget.slots_taken(), 0, "a closed queue drops the batch");
     }
 
     #[tokio::test]

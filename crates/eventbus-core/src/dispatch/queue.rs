@@ -18,7 +18,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use tokio_util::task::TaskTracker;
 
 use super::budget::Reservation;
-use super::route::{ErasedHandler, Reply, Route, Slot, empty_slot};
+use super::route::{Done, ErasedHandler, Reply, Route, Slot, empty_slot};
 use super::stats::DispatcherStats;
 use crate::clock::Stamp;
 use crate::error::BoxError;
@@ -57,18 +57,20 @@ struct Failing {
 }
 
 impl Job {
-    fn finish(mut self, outcome: Outcome) {
-        self.reply_once(outcome);
-    }
-
     /// Sends the outcome (once) and takes the job off the route's retrying list.
     fn reply_once(&mut self, outcome: Outcome) {
+        if let Some((reply, room)) = self.take_reply() {
+            reply.send(&self.route, outcome, room);
+        }
+    }
+
+    /// Where the outcome goes, the first time it is asked: the job is off the route's retrying
+    /// list from then on.
+    fn take_reply(&mut self) -> Option<(Reply, Reservation)> {
         if let Some(slot) = self.failing.as_mut().and_then(|f| f.retrying.take()) {
             self.route.done_retrying(slot);
         }
-        if let Some((reply, room)) = self.reply.take() {
-            reply.send(&self.route, outcome, room);
-        }
+        self.reply.take()
     }
 }
 
@@ -372,6 +374,8 @@ impl Shared {
         let mut on_the_spot = false;
         // Finished jobs whose keys are released under the next lock, before they reply.
         let mut done: Vec<Finished> = Vec::new();
+        // Outcomes of `done` on their way to a consuming loop (see `reply`).
+        let mut to_loops: Vec<Done> = Vec::new();
         let mut slot: Slot = ReusableBoxFuture::new(empty_slot());
         // Made only when the worker parks: most turns of the loop take jobs instead.
         let mut parked = std::pin::pin!(None::<Notified<'_>>);
@@ -411,7 +415,7 @@ impl Shared {
                 }
                 park
             };
-            self.reply(&mut done);
+            self.reply(&mut done, &mut to_loops);
             if run.is_empty() {
                 if !park {
                     return;
@@ -450,7 +454,7 @@ impl Shared {
                         // The handler waits: the rest of the run goes back where it was taken
                         // from, so it holds no worker while this one waits.
                         on_the_spot = false;
-                        self.give_back(continues, &mut run, &mut done);
+                        self.give_back(continues, &mut run, &mut done, &mut to_loops);
                         let result = wait(&job.route, &mut slot, &span).await;
                         self.end(&mut job, &mut slot, result, &mut clock, &mut took)
                     }
@@ -476,7 +480,7 @@ impl Shared {
                             };
                             if ours < run.len() {
                                 let mut others = run.split_off(ours);
-                                self.give_back(false, &mut others, &mut done);
+                                self.give_back(false, &mut others, &mut done, &mut to_loops);
                             }
                         }
                     }
@@ -486,7 +490,7 @@ impl Shared {
                     // behind it.
                     Attempt::Retry(delay) => {
                         on_the_spot = false;
-                        self.give_back(continues, &mut run, &mut done);
+                        self.give_back(continues, &mut run, &mut done, &mut to_loops);
                         self.back_off(job, delay);
                     }
                 }
@@ -504,11 +508,12 @@ impl Shared {
         continues: bool,
         run: &mut VecDeque<Job>,
         done: &mut Vec<Finished>,
+        to_loops: &mut Vec<Done>,
     ) {
         // Lock only to put jobs back or to release a key: a finished job followed by another
         // of its key releases nothing.
         if run.is_empty() && !done.iter().any(|f| f.release) {
-            self.reply(done);
+            self.reply(done, to_loops);
             return;
         }
         let mut st = self.lock();
@@ -554,11 +559,11 @@ impl Shared {
         } else {
             drop(st);
         }
-        self.reply(done);
+        self.reply(done, to_loops);
     }
 
     /// Sends the outcomes of finished jobs whose keys were released.
-    fn reply(&self, done: &mut Vec<Finished>) {
+    fn reply(&self, done: &mut Vec<Finished>, to_loops: &mut Vec<Done>) {
         // Counted before any reply goes, so whoever sees an outcome sees it counted; and once
         // per batch, as the counters are shared by every worker.
         let (mut handled, mut failed, mut cancelled) = (0, 0, 0);
@@ -586,7 +591,13 @@ impl Shared {
             Some((Reply::Oneshot(_), room)) => Some(room),
             _ => None,
         }));
-        for Finished { job, outcome, .. } in done.drain(..) {
+        // Outcomes for a consuming loop go to its queue together: one lock, and one wake of
+        // the loop, per run of jobs of one route.
+        let mut queued_for: Option<Arc<Route>> = None;
+        for Finished {
+            mut job, outcome, ..
+        } in done.drain(..)
+        {
             let metrics = &job.route.metrics;
             let metric = match &outcome {
                 Outcome::Handled { .. } => &metrics.handled,
@@ -594,7 +605,27 @@ impl Shared {
                 Outcome::Cancelled => &metrics.cancelled,
             };
             metric.increment(1);
-            job.finish(outcome);
+            match job.take_reply() {
+                Some((Reply::Queue { token }, room)) => {
+                    if !queued_for
+                        .as_ref()
+                        .is_some_and(|route| Arc::ptr_eq(route, &job.route))
+                        && let Some(route) = queued_for.replace(Arc::clone(&job.route))
+                    {
+                        route.completions.push_all(to_loops.drain(..));
+                    }
+                    to_loops.push(Done {
+                        token,
+                        outcome,
+                        room,
+                    });
+                }
+                Some((reply, room)) => reply.send(&job.route, outcome, room),
+                None => {}
+            }
+        }
+        if let Some(route) = queued_for {
+            route.completions.push_all(to_loops.drain(..));
         }
     }
 
