@@ -741,6 +741,65 @@ async fn health_reports_connection_subscriptions_and_lag() {
     assert_eq!(health.connection.state, ConnectionState::Closed);
 }
 
+/// A publish waiting for room in a full topic is in the publisher's backlog for as long as it
+/// waits, and leaves it once the broker takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waiting_for_room_is_in_the_publisher_backlog_until_taken() {
+    let bus = EventBus::new(MemoryTransport::with_config(
+        eventbus_memory::MemoryConfig::default().topic_capacity(1),
+    ));
+    bus.publish(Message::new("full", "1")).await.unwrap();
+    let mut monitor = bus.monitor_backlog(
+        BacklogOptions::default()
+            .interval(Duration::from_millis(2))
+            .publish_backlog_threshold(0),
+    );
+    let waiting = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.publish(Message::new("full", "2")).await }
+    });
+    let up = within("the backlog up", monitor.next()).await;
+    assert!(
+        matches!(
+            up,
+            Some(BacklogEvent::PublisherBacklog {
+                queued: 1,
+                above: true,
+                ..
+            })
+        ),
+        "{up:?}"
+    );
+    assert!(!waiting.is_finished(), "the topic is full");
+    // A consumer makes room: the waiting publish goes through.
+    let sub = bus
+        .subscribe(
+            "full",
+            "g",
+            handler_fn(|_d: Delivery| async { Ok::<_, BoxError>(()) }),
+        )
+        .await
+        .unwrap();
+    within("the waiting publish", waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    let down = within("the backlog down", monitor.next()).await;
+    assert!(
+        matches!(
+            down,
+            Some(BacklogEvent::PublisherBacklog {
+                queued: 0,
+                above: false,
+                ..
+            })
+        ),
+        "{down:?}"
+    );
+    sub.close().await;
+    bus.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_crossings_as_a_stream_and_a_callback() {
     let bus = EventBus::new(MemoryTransport::new());

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::message::Message;
 use crate::propagation;
 use crate::telemetry::PublishMetrics;
-use crate::transport::publisher::Publisher;
+use crate::transport::publisher::{PublishFuture, Publisher};
 use crate::validate::{Limits, validate_header, validate_key, validate_topic};
 
 #[derive(Clone)]
@@ -61,7 +61,7 @@ impl PublishStats {
     }
 }
 
-/// Counts a publish as queued while it runs, and records how it went.
+/// Times a publish and records how it went.
 struct InFlight<'a> {
     stats: &'a PublishStats,
     started: Stamp,
@@ -69,7 +69,6 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn start(stats: &'a PublishStats) -> Self {
-        stats.queued.fetch_add(1, Ordering::Relaxed);
         InFlight {
             stats,
             started: Stamp::now(),
@@ -82,15 +81,27 @@ impl<'a> InFlight<'a> {
             Ok(()) => metrics.published.increment(messages),
             Err(_) => metrics.failed.increment(messages),
         }
-        self.stats
-            .slowest_us
-            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+        // Read first: every publishing task shares this counter, and it only rarely grows.
+        let took_us = took.as_micros() as u64;
+        if took_us > self.stats.slowest_us.load(Ordering::Relaxed) {
+            self.stats.slowest_us.fetch_max(took_us, Ordering::Relaxed);
+        }
     }
 }
 
-impl Drop for InFlight<'_> {
+/// Counts a publish in [`PublishStats::queued`] while it waits for the broker.
+struct Queued<'a>(&'a PublishStats);
+
+impl<'a> Queued<'a> {
+    fn new(stats: &'a PublishStats) -> Self {
+        stats.queued.fetch_add(1, Ordering::Relaxed);
+        Queued(stats)
+    }
+}
+
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
-        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -119,6 +130,13 @@ impl Outlet {
             validate_header(name, value)?;
         }
         self.limits.check_size(message.encoded_len())
+    }
+
+    /// Waits for `publish`, which did not finish on the spot: counted as queued meanwhile, and
+    /// bounded by the publish timeout.
+    async fn wait(&self, publish: PublishFuture<'_>) -> Result<()> {
+        let _queued = Queued::new(&self.stats);
+        self.with_timeout(publish).await
     }
 
     async fn with_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
@@ -154,8 +172,8 @@ impl Outlet {
         let mut publish = span.in_scope(|| self.transport.publish(message));
         let result = match publish.take_ready() {
             Some(result) => result,
-            None if span.is_disabled() => self.with_timeout(publish).await,
-            None => self.with_timeout(publish).instrument(span).await,
+            None if span.is_disabled() => self.wait(publish).await,
+            None => self.wait(publish).instrument(span).await,
         };
         publishing.finish(&metrics, 1, &result);
         result
@@ -188,9 +206,11 @@ impl Outlet {
         async {
             let n = messages.len() as u64;
             let publishing = InFlight::start(&self.stats);
-            let result = self
-                .with_timeout(self.transport.publish_batch(messages))
-                .await;
+            let mut publish = self.transport.publish_batch(messages);
+            let result = match publish.take_ready() {
+                Some(result) => result,
+                None => self.wait(publish).await,
+            };
             publishing.finish(&metrics, n, &result);
             result
         }
