@@ -1,5 +1,6 @@
-//! Finished jobs on their way back to the consuming loop that fed their route: workers add them
-//! one by one, the loop takes all of them at once.
+//! Finished jobs on their way back to the consuming loop that fed their route: a worker adds
+//! those it finished together (one lock, one wake of the loop), the loop takes all of them at
+//! once.
 //!
 //! A channel would do the same, at a cost paid per message: tokio's unbounded queue writes
 //! each job into a slot of a linked block and frees the blocks it has read (and glibc merges
