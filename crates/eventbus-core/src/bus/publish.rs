@@ -134,17 +134,12 @@ impl Outlet {
 
     /// Waits for `publish`, which did not finish on the spot: counted as queued meanwhile, and
     /// bounded by the publish timeout.
-    async fn wait(&self, publish: PublishFuture<'_>) -> Result<()> {
+    async fn wait(&self, mut publish: PublishFuture<'_>) -> Result<()> {
         let _queued = Queued::new(&self.stats);
-        self.with_timeout(publish).await
-    }
-
-    async fn with_timeout(&self, publish: impl Future<Output = Result<()>>) -> Result<()> {
         let after = self.timeout;
-        let mut publish = std::pin::pin!(publish);
-        // Most publishes finish on their first poll (the memory broker, a pipelined client):
-        // only arm a timer for those that wait.
-        if let Some(done) = futures::FutureExt::now_or_never(publish.as_mut()) {
+        // Many finish on their first poll (the memory broker's batches, a pipelined client's
+        // sends): only arm a timer for those that wait.
+        if let Some(done) = futures::FutureExt::now_or_never(&mut publish) {
             return done;
         }
         tokio::time::timeout(after, publish)
@@ -167,8 +162,8 @@ impl Outlet {
         let publishing = InFlight::start(&self.stats);
         // The transport takes the message here, where it is, rather than moved into one more
         // future; most publishes then finish on the spot, and a result the transport had at
-        // once is taken as it is, with no poll and no timeout (see also `with_timeout`). The
-        // span is entered around each step, and not at all when no subscriber records it.
+        // once is taken as it is, with no poll and no timeout (see also `wait`). The span is
+        // entered around each step, and not at all when no subscriber records it.
         let mut publish = span.in_scope(|| self.transport.publish(message));
         let result = match publish.take_ready() {
             Some(result) => result,
