@@ -37,30 +37,67 @@ pub const WORKLOADS: [&str; 3] = ["raw", "dispatcher", "memory"];
 /// ([`workload::memory_bus_topics`]), messages from [`workload::spread`]. Apart from
 /// `dispatcher` and `memory` so that those stay the workloads the targets were measured on.
 pub const SPREAD_WORKLOADS: [&str; 2] = ["dispatcher-routes", "memory-topics"];
-/// The broker workloads, as comparisons: the row's name, the raw client's workload and the
-/// bus's. They are [`crate::nats`]'s runs (end to end, and publishing only) against the shared
-/// server at [`crate::nats::URL`], on the throughput rows' runtime (2 workers). Instructions are
-/// counted over the whole process, every thread (the transport runs async-nats's connection on
-/// a thread of its own, which never enters [`measured`]; setup cancels out in the difference
-/// all the same), except quanta's clock calibration. Work done on a timer (pings, progress
-/// acks, a keyed group's heartbeats) is counted too, and weighs more per message than at full
-/// speed, as the process runs many times slower under callgrind; three processes of one
-/// workload read within about 2 % of each other.
-pub const BROKER_WORKLOADS: [(&str, &str, &str); 2] = [
-    ("NATS bus vs raw async-nats, end to end", "nats-raw", "nats"),
-    (
-        "NATS bus vs raw async-nats, publish only",
-        "nats-publish-raw",
-        "nats-publish",
-    ),
+/// The broker a broker workload runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// The shared NATS server at [`crate::nats::URL`].
+    Nats,
+    /// The Kafka brokers the workload process gets in `EVENTBUS_KAFKA_BROKERS`.
+    Kafka,
+}
+
+/// A broker workload: a comparison of a raw client and the bus doing the same work.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerWorkload {
+    /// The row's name (a throughput row's name starts with it).
+    pub name: &'static str,
+    /// The raw client's workload.
+    pub raw: &'static str,
+    /// The bus's workload.
+    pub bus: &'static str,
+    /// Where both run.
+    pub broker: Broker,
+}
+
+/// The broker workloads: [`crate::nats`]'s runs (end to end, and publishing only) and
+/// [`crate::kafka`]'s (end to end), on the throughput rows' runtime (2 workers). Instructions
+/// are counted over the whole process, every thread (async-nats's connection and
+/// librdkafka's threads never enter [`measured`]; setup cancels out in the difference all the
+/// same), except quanta's clock calibration; allocations too (the counting allocator sees
+/// every thread's, but not librdkafka's own `malloc`s, made in C). Work done on a timer
+/// (pings, progress acks, heartbeats, librdkafka's polling) is counted too, and weighs more
+/// per message than at full speed, as the process runs many times slower under callgrind;
+/// three processes of one workload read within about 2 % of each other.
+pub const BROKER_WORKLOADS: [BrokerWorkload; 3] = [
+    BrokerWorkload {
+        name: "NATS bus vs raw async-nats, end to end",
+        raw: "nats-raw",
+        bus: "nats",
+        broker: Broker::Nats,
+    },
+    BrokerWorkload {
+        name: "NATS bus vs raw async-nats, publish only",
+        raw: "nats-publish-raw",
+        bus: "nats-publish",
+        broker: Broker::Nats,
+    },
+    BrokerWorkload {
+        name: "Kafka bus vs raw rdkafka, end to end",
+        raw: "kafka-raw",
+        bus: "kafka",
+        broker: Broker::Kafka,
+    },
 ];
+/// Where a Kafka workload's process finds its brokers.
+pub const KAFKA_BROKERS_VAR: &str = "EVENTBUS_KAFKA_BROKERS";
+
 /// Messages of the shorter run of a broker workload.
 pub const BROKER_MESSAGES: usize = 5_000;
 
 fn is_broker_workload(workload: &str) -> bool {
     BROKER_WORKLOADS
         .iter()
-        .any(|&(_, raw, bus)| workload == raw || workload == bus)
+        .any(|w| workload == w.raw || workload == w.bus)
 }
 
 /// Targets of the performance issue: most allocations and instructions per message in the
@@ -99,6 +136,9 @@ pub struct WorkloadArgs {
     pub keys: usize,
     /// Routes or topics of the spread workloads.
     pub subscriptions: usize,
+    /// The brokers of a Kafka workload: not on its command line, but given to its process as
+    /// [`KAFKA_BROKERS_VAR`].
+    pub kafka_brokers: Option<String>,
 }
 
 impl WorkloadArgs {
@@ -109,6 +149,7 @@ impl WorkloadArgs {
             messages,
             keys: KEYS,
             subscriptions: 1,
+            kafka_brokers: None,
         }
     }
 
@@ -122,6 +163,7 @@ impl WorkloadArgs {
             messages: number(1, MESSAGES),
             keys: number(2, KEYS).max(1),
             subscriptions: number(3, 1).max(1),
+            kafka_brokers: None,
         }
     }
 
@@ -138,6 +180,13 @@ impl WorkloadArgs {
             self.keys.to_string(),
             self.subscriptions.to_string(),
         ]
+    }
+
+    /// Gives a Kafka workload's process its brokers.
+    fn set_env(&self, command: &mut Command) {
+        if let Some(brokers) = &self.kafka_brokers {
+            command.env(KAFKA_BROKERS_VAR, brokers);
+        }
     }
 
     /// The same workload with `messages` messages.
@@ -215,9 +264,13 @@ pub fn run_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
 
 /// A broker workload (see [`BROKER_WORKLOADS`]).
 fn run_broker_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
-    use crate::nats;
+    use crate::{kafka, nats};
     let runtime = crate::runtime();
     let n = args.messages;
+    let kafka_brokers = || {
+        std::env::var(KAFKA_BROKERS_VAR)
+            .unwrap_or_else(|_| panic!("{} runs against {KAFKA_BROKERS_VAR}", args.workload))
+    };
     around();
     measured(|| {
         runtime.block_on(async {
@@ -226,6 +279,8 @@ fn run_broker_workload(args: &WorkloadArgs, mut around: impl FnMut()) {
                 "nats" => nats::bus(nats::URL, n, 0).await,
                 "nats-publish-raw" => nats::raw_publish(nats::URL, n, 0).await,
                 "nats-publish" => nats::bus_publish(nats::URL, n, 0).await,
+                "kafka-raw" => kafka::raw(&kafka_brokers(), n, 0).await,
+                "kafka" => kafka::bus(&kafka_brokers(), n, 0).await,
                 other => unreachable!("not a broker workload: {other}"),
             }
         })
@@ -273,6 +328,7 @@ fn callgrind(exe: &Path, args: &WorkloadArgs, out: &Path) -> Result<u64, String>
     } else {
         valgrind.arg("--toggle-collect=*measured*");
     }
+    args.set_env(&mut valgrind);
     let output = valgrind
         .arg("--dump-instr=no")
         .arg(exe)
@@ -322,7 +378,9 @@ pub fn instructions(args: &WorkloadArgs, dir: &Path, stem: &str) -> Result<f64, 
 }
 
 fn allocations(exe: &Path, args: &WorkloadArgs) -> Result<(u64, u64, u64), String> {
-    let output = Command::new(exe)
+    let mut command = Command::new(exe);
+    args.set_env(&mut command);
+    let output = command
         .args(args.to_args())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", exe.display()))?;
@@ -401,29 +459,64 @@ pub fn profile(file: &Path, messages: usize, top: usize) -> Result<String, Strin
     Ok(lines.join("\n"))
 }
 
-/// Instructions per message of a broker workload's raw client and bus.
+/// Instructions and allocations per message of a broker workload's raw client and bus.
 #[derive(Debug, Clone, Copy)]
 pub struct BrokerCost {
-    /// The row ([`BROKER_WORKLOADS`]).
+    /// The row ([`BrokerWorkload::name`]).
     pub name: &'static str,
     /// The raw client's instructions per message.
     pub raw: f64,
     /// The bus's.
     pub bus: f64,
+    /// The raw client's allocations per message (Rust's, every thread).
+    pub raw_allocations: f64,
+    /// The bus's.
+    pub bus_allocations: f64,
 }
 
-/// Measures every broker workload with callgrind (a NATS server must answer at
-/// [`crate::nats::URL`]); `dir` gets the callgrind files.
-pub fn measure_brokers(dir: &Path) -> Result<Vec<BrokerCost>, String> {
+/// Where the broker workloads can run: whether the shared NATS server answers, and the Kafka
+/// brokers, if any.
+#[derive(Debug, Clone, Default)]
+pub struct Brokers {
+    /// A NATS server answers at [`crate::nats::URL`].
+    pub nats: bool,
+    /// `bootstrap.servers` of a Kafka the workloads may create topics on.
+    pub kafka: Option<String>,
+}
+
+/// Measures every broker workload whose broker is there: instructions with callgrind,
+/// allocations with the counting allocator, each as (2n − n) / n; `dir` gets the callgrind
+/// files.
+pub fn measure_brokers(dir: &Path, brokers: &Brokers) -> Result<Vec<BrokerCost>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let counting = sibling("alloc-workload");
+    let n = BROKER_MESSAGES;
     BROKER_WORKLOADS
         .iter()
-        .map(|&(name, raw, bus)| {
-            let of = |w: &str| instructions(&WorkloadArgs::new(w, BROKER_MESSAGES), dir, w);
+        .filter(|w| match w.broker {
+            Broker::Nats => brokers.nats,
+            Broker::Kafka => brokers.kafka.is_some(),
+        })
+        .map(|w| {
+            let args = |workload: &str| WorkloadArgs {
+                kafka_brokers: brokers.kafka.clone(),
+                ..WorkloadArgs::new(workload, n)
+            };
+            let per_message = |workload: &str| -> Result<(f64, f64), String> {
+                let args = args(workload);
+                let (a1, _, _) = allocations(&counting, &args)?;
+                let (a2, _, _) = allocations(&counting, &args.with_messages(2 * n))?;
+                let instructions = instructions(&args, dir, workload)?;
+                Ok((instructions, (a2 as f64 - a1 as f64) / n as f64))
+            };
+            let (raw, raw_allocations) = per_message(w.raw)?;
+            let (bus, bus_allocations) = per_message(w.bus)?;
             Ok(BrokerCost {
-                name,
-                raw: of(raw)?,
-                bus: of(bus)?,
+                name: w.name,
+                raw,
+                bus,
+                raw_allocations,
+                bus_allocations,
             })
         })
         .collect()

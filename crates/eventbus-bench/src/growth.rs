@@ -373,6 +373,7 @@ fn workload_args(cell: &Cell, messages: usize) -> WorkloadArgs {
         messages,
         keys: cell.keys,
         subscriptions: cell.subscriptions,
+        kafka_brokers: None,
     }
 }
 

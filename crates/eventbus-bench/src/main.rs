@@ -8,7 +8,9 @@
 //!   `ROOT/BENCHMARKS.md` and `ROOT/docs/bench/*.svg`.
 //! - `eventbus-bench cost [--no-callgrind] [--profile]`: instructions and allocations per
 //!   message (needs the `cost-workload` and `alloc-workload` binaries beside this one), and
-//!   the NATS bus's instructions against raw async-nats when a server answers.
+//!   the broker buses' instructions and allocations against their raw clients: NATS when a
+//!   server answers on 127.0.0.1:4222, Kafka at `EVENTBUS_KAFKA_BROKERS` or, if unset, the
+//!   shared Kafka (`cargo xtask brokers up`) when it answers.
 //! - `eventbus-bench growth [--rounds N] [--quick] [--no-callgrind]`: how throughput, peak heap
 //!   and instructions per message grow with keys and subscriptions (needs `cost-workload` and
 //!   `heap-workload` beside this one: `cargo build --release -p eventbus-bench`).
@@ -26,6 +28,7 @@ use eventbus_bench::hol::{Design, Hol};
 use eventbus_bench::report::{HolRow, Results};
 use eventbus_bench::stats::{Comparison, Rate, Ratio, Samples};
 use eventbus_bench::{growth, kafka, nats, report, runtime, workload};
+use eventbus_testkit::brokers::{ServerKind, shared};
 
 struct Args(Vec<String>);
 
@@ -125,15 +128,33 @@ fn cost_command(args: &Args) -> Result<(), String> {
             );
         }
     }
-    if callgrind && nats::reachable() {
-        let brokers = cost::measure_brokers(&dir)?;
+    // The shared brokers (`cargo xtask brokers up`): NATS if it answers, Kafka at
+    // `EVENTBUS_KAFKA_BROKERS` if set, else if the shared one answers.
+    let brokers = cost::Brokers {
+        nats: nats::reachable(),
+        kafka: std::env::var(cost::KAFKA_BROKERS_VAR)
+            .ok()
+            .or_else(|| shared::answers(ServerKind::Kafka).then(shared::kafka_brokers)),
+    };
+    if callgrind && (brokers.nats || brokers.kafka.is_some()) {
+        let costs = cost::measure_brokers(&dir, &brokers)?;
         println!(
-            "\nbroker workloads (a NATS server answers at {}): instructions per message over the \
-             whole process, (2n - n) / n with n = {} messages, the median of {} pairs\n\n{}",
+            "\nbroker workloads (NATS at {}: {}; Kafka: {}): instructions and allocations per \
+             message over the whole process, (2n - n) / n with n = {} messages, instructions the \
+             median of {} pairs\n\n{}",
             nats::URL,
+            if brokers.nats {
+                "answers"
+            } else {
+                "not measured, no answer"
+            },
+            brokers
+                .kafka
+                .as_deref()
+                .unwrap_or("not measured, EVENTBUS_KAFKA_BROKERS unset"),
             cost::BROKER_MESSAGES,
             cost::CALLGRIND_PAIRS,
-            report::broker_cost_table(&brokers)
+            report::broker_cost_table(&costs)
         );
     }
     if args.flag("--profile") && callgrind {
@@ -340,12 +361,31 @@ fn run(args: &Args) -> ExitCode {
                 }
             }
         }
-        if callgrind && !args.flag("--no-nats") && nats::reachable() {
-            match cost::measure_brokers(&dir) {
+        if callgrind {
+            // Kafka as for its throughput row: the given brokers, else a private Kafka, started
+            // again here so that it did not run beside the head-of-line rounds.
+            let kafka = if args.flag("--no-kafka") {
+                None
+            } else {
+                match kafka::Broker::start() {
+                    Ok(broker) => Some(broker),
+                    Err(e) => {
+                        results
+                            .notes
+                            .push(format!("Kafka instructions not measured: {e}"));
+                        None
+                    }
+                }
+            };
+            let brokers = cost::Brokers {
+                nats: !args.flag("--no-nats") && nats::reachable(),
+                kafka: kafka.as_ref().map(|b| b.brokers().to_owned()),
+            };
+            match cost::measure_brokers(&dir, &brokers) {
                 Ok(c) => results.broker_cost = c,
                 Err(e) => results
                     .notes
-                    .push(format!("NATS instructions not measured: {e}")),
+                    .push(format!("broker instructions not measured: {e}")),
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -422,17 +462,26 @@ fn gaps(results: &Results) -> Vec<String> {
             .iter()
             .find(|b| c.name.starts_with(b.name))
         {
+            let rest = if c.name.starts_with("Kafka") {
+                "the transport polls librdkafka on a thread of its own, so that librdkafka's \
+                 liveness rule holds whatever the handlers do, and hands each message to the \
+                 runtime's workers through a channel; the raw loop handles each message on the \
+                 polling thread"
+            } else {
+                "the transport runs async-nats's connection on a thread of its own (so that \
+                 `close` ends its tasks for certain, also while it reconnects to a dead \
+                 server), and each publish, ack and delivery crosses to or from that thread; \
+                 the raw client's connection task shares the runtime's workers"
+            };
             format!(
                 ". Instructions per message of the same work (callgrind, whole process): {:.0} \
-                 against raw async-nats's {:.0}, {:.2}×. The rest of the gap is what an \
-                 instruction count does not show: the transport runs async-nats's connection on \
-                 a thread of its own (so that `close` ends its tasks for certain, also while it \
-                 reconnects to a dead server), and each publish, ack and delivery crosses to or \
-                 from that thread; the raw client's connection task shares the runtime's \
-                 workers",
+                 against the raw client's {:.0}, {:.2}×; allocations {:.1} against {:.1}. The \
+                 rest of the gap is what an instruction count does not show: {rest}",
                 b.bus,
                 b.raw,
-                b.bus / b.raw
+                b.bus / b.raw,
+                b.bus_allocations,
+                b.raw_allocations,
             )
         } else {
             ". Not profiled in this run; the spread says whether the gap is real: compare \

@@ -226,8 +226,9 @@ impl Results {
                  process (every thread; runs of {n} and {} messages, difference / {n}, the median \
                  of {} such pairs): not moved by the machine's noise, unlike CPU time, but blind \
                  to what an instruction count does not show (system calls, wake-ups across \
-                 threads, cache misses). `cargo xtask cost` prints this table too, when a NATS \
-                 server answers.\n",
+                 threads, cache misses). Allocations per message: Rust's, every thread, counted \
+                 the same way (librdkafka's own, made in C, are not seen). `cargo xtask cost` \
+                 prints this table too, for the brokers `cargo xtask brokers up` starts.\n",
                 2 * crate::cost::BROKER_MESSAGES,
                 crate::cost::CALLGRIND_PAIRS,
                 n = crate::cost::BROKER_MESSAGES,
@@ -436,16 +437,18 @@ pub fn cost_table(cost: &[(&'static str, Cost)]) -> String {
 /// The broker workloads' instructions per message, raw client against bus.
 pub fn broker_cost_table(cost: &[BrokerCost]) -> String {
     let mut md = String::from(
-        "| case | raw client instructions/msg | eventbus instructions/msg | eventbus ÷ raw |\n|---|---|---|---|\n",
+        "| case | raw client instructions/msg | eventbus instructions/msg | eventbus ÷ raw | raw client allocations/msg | eventbus allocations/msg |\n|---|---|---|---|---|---|\n",
     );
     for c in cost {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.2}× |",
+            "| {} | {:.0} | {:.0} | {:.2}× | {:.1} | {:.1} |",
             c.name,
             c.raw,
             c.bus,
-            c.bus / c.raw
+            c.bus / c.raw,
+            c.raw_allocations,
+            c.bus_allocations,
         );
     }
     md
@@ -554,12 +557,16 @@ mod tests {
                 name: "NATS bus vs raw async-nats, end to end",
                 raw: 30_000.0,
                 bus: 42_000.0,
+                raw_allocations: 28.0,
+                bus_allocations: 32.5,
             }],
             ..Results::default()
         };
         let md = results.markdown("docs/bench");
         assert!(
-            md.contains("| NATS bus vs raw async-nats, end to end | 30000 | 42000 | 1.40× |"),
+            md.contains(
+                "| NATS bus vs raw async-nats, end to end | 30000 | 42000 | 1.40× | 28.0 | 32.5 |"
+            ),
             "{md}"
         );
     }
