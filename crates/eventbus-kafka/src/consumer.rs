@@ -448,7 +448,7 @@ pub(crate) fn poll_loop(
     let shared = Arc::clone(&consumer.context().shared);
     let link = Arc::clone(&consumer.context().link);
     let topic: Arc<str> = Arc::from(shared.topic.as_str());
-    let mut queues: Vec<PartitionQueue<KafkaContext>> = Vec::new();
+    let mut queues: Vec<Split> = Vec::new();
     let mut split_for = 0;
     // Messages that came on the main queue (fetched before their partition was split off)
     // while the channel was full: at most what librdkafka had fetched by then.
@@ -487,9 +487,18 @@ pub(crate) fn poll_loop(
             queues.clear();
             for partition in shared.assigned_partitions() {
                 if let Some(mut queue) = consumer.split_partition_queue(&topic, partition) {
-                    let shared = Arc::clone(&shared);
-                    queue.set_nonempty_callback(move || shared.wake());
-                    queues.push(queue);
+                    let signalled = Arc::new(AtomicBool::new(false));
+                    let callback = (Arc::clone(&shared), Arc::clone(&signalled));
+                    queue.set_nonempty_callback(move || {
+                        callback.1.store(true, Ordering::Release);
+                        callback.0.wake();
+                    });
+                    // Whatever it got before its callback was set is looked for once.
+                    queues.push(Split {
+                        queue,
+                        signalled,
+                        maybe_more: true,
+                    });
                 }
             }
         }
@@ -507,16 +516,28 @@ pub(crate) fn poll_loop(
             }
         }
         // Take from the partition queues, one message of each in turn, while the bus has room.
+        // Only from those that may hold one: a queue found empty is polled again once its
+        // callback said it got something (librdkafka calls it when an empty queue gets a
+        // message), and at each commit tick: rdkafka's `poll` also returns nothing when it
+        // served an event that was not a message, with more maybe behind it. Polling every
+        // queue until a round found them all empty took three polls, each a lock of the queue,
+        // per message.
+        let tick = last_commit.elapsed() >= commit_interval;
+        for split in &mut queues {
+            if split.signalled.swap(false, Ordering::Acquire) || tick {
+                split.maybe_more = true;
+            }
+        }
         let mut full = !held.is_empty();
         'fill: while !full {
             let mut any = false;
-            for queue in &queues {
+            for split in queues.iter_mut().filter(|s| s.maybe_more) {
                 if tx.capacity() == 0 {
                     full = true;
                     break 'fill;
                 }
-                match queue.poll(Duration::ZERO) {
-                    None => {}
+                match split.queue.poll(Duration::ZERO) {
+                    None => split.maybe_more = false,
                     Some(Err(e)) => consumer_error(&consumer, &shared, &e),
                     Some(Ok(m)) => {
                         any = true;
@@ -534,7 +555,7 @@ pub(crate) fn poll_loop(
                 break;
             }
         }
-        if last_commit.elapsed() >= commit_interval {
+        if tick {
             last_commit = Instant::now();
             commit(&consumer, &shared, CommitMode::Async);
         }
@@ -609,6 +630,15 @@ fn commit(consumer: &BaseConsumer<KafkaContext>, shared: &Shared, mode: CommitMo
             part.committed = None;
         }
     }
+}
+
+/// A partition's queue, split off the consumer's, as the poller reads it.
+struct Split {
+    queue: PartitionQueue<KafkaContext>,
+    /// Set by the queue's callback: it got a message while empty.
+    signalled: Arc<AtomicBool>,
+    /// Not found empty since it was last signalled: worth a poll.
+    maybe_more: bool,
 }
 
 /// Records a polled message; `None` for one to skip (done already, duplicate, not assigned).
