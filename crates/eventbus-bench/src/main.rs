@@ -443,8 +443,9 @@ fn gaps(results: &Results) -> Vec<String> {
                  the memory transport's topic lookup and append), the dispatcher \
                  (`dispatch/queue.rs`) and the ack (`MemoryAck::finish_in`, settled in \
                  batches), plus malloc/free: the one allocation left (the message's `Arc` in \
-                 the topic's log) and freeing the published message's own buffers (made \
-                 before the counted region, so their malloc is not in it). Each message also crosses three locks (the topic's \
+                 the topic's log; the published messages are clones that share their \
+                 topic, id and key with messages made before the counted region). Each \
+                 message also crosses three locks (the topic's \
                  state on append and ack, the dispatcher's state) and two task hand-offs, \
                  which the instruction count does not show; a 0.5× ratio against a loop of \
                  ~500 instructions means ≤ ~1,000 instructions per message end to end",

@@ -74,7 +74,7 @@ pub use error::{BoxError, EnvelopeError, Error, HeaderError, NameError, Result};
 pub use event::{Event, EventDecodeError, event_handler};
 pub use handler::{DecodeError, Delivery, Handler, Panicked, Permanent, handler_fn, json_handler};
 pub use health::{Connection, ConnectionState, Health, SubscriptionHealth};
-pub use message::{Headers, Key, Message, MessageId};
+pub use message::{Headers, Key, Message, MessageId, TopicName};
 pub use outcome::Outcome;
 pub use retry::{RetryPolicy, Retrying};
 pub use transport::{

@@ -9,15 +9,15 @@ use bytes::Bytes;
 
 /// A message as it travels through a broker.
 ///
-/// Cheap to clone: the payload is [`Bytes`] and the key is reference counted.
+/// Cheap to clone: the payload is [`Bytes`], and the topic, key and id are reference counted.
 /// Topic, key and size are validated when the message is published, not when it is built,
 /// so building never fails.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     id: MessageId,
-    /// Boxed, not a `String`, and headers boxed on demand: a message is moved through several
+    /// Shared, not a `String`, and headers boxed on demand: a message is moved through several
     /// queues, and kept at 104 bytes its `Arc` fits the allocator's small-chunk lists.
-    topic: Box<str>,
+    topic: TopicName,
     key: Option<Key>,
     headers: Headers,
     payload: Bytes,
@@ -26,10 +26,12 @@ pub struct Message {
 
 impl Message {
     /// A new message for `topic` with a fresh, time-ordered id (UUIDv7) and the current time.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    /// A [`TopicName`] (or an `Arc<str>`) is shared with the message; a `&str` or `String` is
+    /// copied into one.
+    pub fn new(topic: impl Into<TopicName>, payload: impl Into<Bytes>) -> Self {
         Message {
             id: MessageId::new(),
-            topic: topic.into().into_boxed_str(),
+            topic: topic.into(),
             key: None,
             headers: Headers::default(),
             payload: payload.into(),
@@ -38,10 +40,11 @@ impl Message {
     }
 
     /// A message with every field given, as a transport rebuilds one it received (no id is
-    /// generated and no clock is read).
+    /// generated and no clock is read). A transport naming every message it receives with its
+    /// subscription's topic passes that topic's [`TopicName`]: no copy per message.
     pub fn from_parts(
         id: MessageId,
-        topic: impl Into<String>,
+        topic: impl Into<TopicName>,
         key: Option<Key>,
         headers: Headers,
         payload: impl Into<Bytes>,
@@ -49,7 +52,7 @@ impl Message {
     ) -> Self {
         Message {
             id,
-            topic: topic.into().into_boxed_str(),
+            topic: topic.into(),
             key,
             headers,
             payload: payload.into(),
@@ -88,6 +91,10 @@ impl Message {
     }
     /// The topic.
     pub fn topic(&self) -> &str {
+        self.topic.as_str()
+    }
+    /// The topic, to share with other messages.
+    pub fn topic_name(&self) -> &TopicName {
         &self.topic
     }
     /// The key (aggregate id), if any.
@@ -163,6 +170,69 @@ impl From<&str> for MessageId {
 impl From<String> for MessageId {
     fn from(s: String) -> Self {
         MessageId(Arc::from(s))
+    }
+}
+
+/// A topic's name, reference counted: a message's clone, or each message a transport receives
+/// on one subscription, shares it instead of copying the string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+impl From<&str> for TopicName {
+    fn from(s: &str) -> Self {
+        TopicName(Arc::from(s))
+    }
+}
+impl From<String> for TopicName {
+    fn from(s: String) -> Self {
+        TopicName(Arc::from(s))
+    }
+}
+impl From<&String> for TopicName {
+    fn from(s: &String) -> Self {
+        TopicName(Arc::from(s.as_str()))
+    }
+}
+impl From<Box<str>> for TopicName {
+    fn from(s: Box<str>) -> Self {
+        TopicName(Arc::from(s))
+    }
+}
+impl From<std::borrow::Cow<'_, str>> for TopicName {
+    fn from(s: std::borrow::Cow<'_, str>) -> Self {
+        TopicName(Arc::from(s))
+    }
+}
+impl From<Arc<str>> for TopicName {
+    fn from(s: Arc<str>) -> Self {
+        TopicName(s)
+    }
+}
+impl From<&TopicName> for TopicName {
+    fn from(t: &TopicName) -> Self {
+        t.clone()
     }
 }
 
@@ -293,7 +363,31 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
 
 #[cfg(test)]
 mod tests {
-    use super::{Headers, Message};
+    use super::{Headers, Message, TopicName};
+
+    /// Messages made with one topic name, and a message's clones, share its string; a name
+    /// given as text is copied once, into the message.
+    #[test]
+    fn messages_share_their_topic_name() {
+        let topic = TopicName::from("orders");
+        let a = Message::new(&topic, "a");
+        let b = Message::from_parts(
+            a.id().clone(),
+            topic.clone(),
+            None,
+            Headers::default(),
+            "b",
+            a.timestamp(),
+        );
+        let c = a.clone();
+        for m in [&a, &b, &c] {
+            assert_eq!(m.topic(), "orders");
+            assert!(std::ptr::eq(m.topic(), topic.as_str()));
+        }
+        let d = Message::new(String::from("orders"), "d");
+        assert_eq!(d.topic_name(), &topic);
+        assert!(!std::ptr::eq(d.topic(), topic.as_str()));
+    }
 
     #[test]
     fn a_message_and_its_arc_stay_small_enough_for_the_allocators_small_chunk_lists() {

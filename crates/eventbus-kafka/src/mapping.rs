@@ -36,7 +36,7 @@ pub(crate) fn to_message(topic: &Arc<str>, m: &BorrowedMessage<'_>) -> Message {
         id.unwrap_or_else(|| MessageId::from(format!("{topic}/{}/{}", m.partition(), m.offset())));
     Message::from_parts(
         id,
-        topic.as_ref(),
+        Arc::clone(topic),
         key,
         headers,
         bytes::Bytes::copy_from_slice(m.payload().unwrap_or_default()),

@@ -50,7 +50,7 @@ pub(crate) fn message(
     // stream sequence would be stabler, but reading it means parsing the reply subject.
     let message = Message::from_parts(
         id.unwrap_or_default(),
-        topic.as_ref(),
+        Arc::clone(topic),
         key,
         headers,
         payload,
