@@ -148,10 +148,9 @@ fn cost_command(args: &Args) -> Result<(), String> {
             } else {
                 "not measured, no answer"
             },
-            brokers
-                .kafka
-                .as_deref()
-                .unwrap_or("not measured, EVENTBUS_KAFKA_BROKERS unset"),
+            brokers.kafka.as_deref().unwrap_or(
+                "not measured, EVENTBUS_KAFKA_BROKERS unset and no shared Kafka answers"
+            ),
             cost::BROKER_MESSAGES,
             cost::CALLGRIND_PAIRS,
             report::broker_cost_table(&costs)
