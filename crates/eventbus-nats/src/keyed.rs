@@ -17,7 +17,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use eventbus_core::Result;
 use eventbus_core::transport::{Incoming, Started, SubscribeRequest};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::held::Held;
 use crate::membership::{Bucket, Handover, Membership, Released, bucket_name};
@@ -385,24 +385,58 @@ impl Drop for KeyedSource {
 
 /// The messages of one partition in the bus (taken and not settled at the server).
 #[derive(Clone, Default)]
-pub(crate) struct InFlight(Arc<watch::Sender<usize>>);
+pub(crate) struct InFlight(Arc<Count>);
+
+#[derive(Default)]
+struct Count {
+    messages: AtomicUsize,
+    /// Tasks in `idle`: the last message out notifies only when there are any, so a delivery
+    /// and its ack touch one counter each and no lock (a `watch` channel locked its value and
+    /// notified its eight wait lists whenever the count fell to zero, about 250 instructions
+    /// per delivery).
+    waiting: AtomicUsize,
+    none_left: Notify,
+}
 
 impl InFlight {
     /// Counts one more message until the guard drops.
     pub(crate) fn enter(&self) -> InFlightGuard {
-        // Waiters wait for none left: only the change to zero wakes them (a wake per message
-        // would cost every delivery and every ack a round of notifications).
-        self.0.send_if_modified(|n| {
-            *n += 1;
-            false
-        });
+        self.0.messages.fetch_add(1, Ordering::SeqCst);
         InFlightGuard(self.clone())
     }
 
     /// Waits until none is left.
     async fn idle(&self) {
-        let mut count = self.0.subscribe();
-        let _ = count.wait_for(|n| *n == 0).await;
+        let count = &*self.0;
+        let _waiting = Waiting::new(count);
+        loop {
+            let none_left = count.none_left.notified();
+            tokio::pin!(none_left);
+            // Registered before looking: the last message out either sees this task waiting
+            // (both sides' updates are sequentially consistent) or left the count at zero
+            // before it was read here.
+            none_left.as_mut().enable();
+            if count.messages.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            none_left.await;
+        }
+    }
+}
+
+/// Counts a task in `idle` for as long as it waits (a wait given up included).
+struct Waiting<'a>(&'a Count);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a Count) -> Self {
+        count.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -411,15 +445,85 @@ pub(crate) struct InFlightGuard(InFlight);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.0.send_if_modified(|n| {
-            *n -= 1;
-            *n == 0
-        });
+        let count = &*self.0.0;
+        if count.messages.fetch_sub(1, Ordering::SeqCst) == 1
+            && count.waiting.load(Ordering::SeqCst) > 0
+        {
+            count.none_left.notify_waiters();
+        }
     }
 }
 
 impl std::fmt::Debug for InFlightGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("InFlightGuard")
+    }
+}
+
+#[cfg(test)]
+mod in_flight_tests {
+    use std::time::Duration;
+
+    use super::InFlight;
+
+    #[tokio::test]
+    async fn idle_waits_for_the_last_message_out() {
+        let in_flight = InFlight::default();
+        // None in: idle at once.
+        in_flight.idle().await;
+        let first = in_flight.enter();
+        let second = in_flight.enter();
+        let mut idle = std::pin::pin!(in_flight.idle());
+        assert!(futures::poll!(idle.as_mut()).is_pending());
+        drop(first);
+        assert!(
+            futures::poll!(idle.as_mut()).is_pending(),
+            "one is still in"
+        );
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("woken by the last message out");
+    }
+
+    /// A wait given up leaves nobody counted as waiting, and a new wait still sees the count.
+    #[tokio::test]
+    async fn a_wait_given_up_is_not_counted() {
+        let in_flight = InFlight::default();
+        let guard = in_flight.enter();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), in_flight.idle())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            in_flight
+                .0
+                .waiting
+                .load(std::sync::atomic::Ordering::SeqCst),
+            0
+        );
+        drop(guard);
+        in_flight.idle().await;
+    }
+
+    /// Messages leaving on other threads while a task starts waiting: the wait never misses
+    /// the last one out (it would hang, and the timeout fail the test).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_last_message_out_is_missed() {
+        for _ in 0..2_000 {
+            let in_flight = InFlight::default();
+            let guards: Vec<_> = (0..4).map(|_| in_flight.enter()).collect();
+            let leaving = tokio::spawn(async move {
+                for guard in guards {
+                    tokio::task::yield_now().await;
+                    drop(guard);
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(5), in_flight.idle())
+                .await
+                .expect("the last message out woke the wait");
+            leaving.await.expect("leaving");
+        }
     }
 }

@@ -14,7 +14,7 @@ use eventbus_core::transport::{Incoming, Started, SubscribeRequest, Subscriber};
 use futures::{Stream, StreamExt};
 
 use crate::NatsAck;
-use crate::delivered::Delivered;
+use crate::delivered::{AckSubjects, Delivered};
 use crate::held::{Held, Redelivery};
 use crate::keyed::InFlight;
 use crate::mapping::message;
@@ -118,8 +118,12 @@ pub(crate) fn pull_stream(
         term_checked: bool,
         /// The pin id of the last delivery.
         pin: Option<String>,
+        /// How the consumer's deliveries say which message they are.
+        acks: AckSubjects,
     }
     let generation = puller.connects.load(Ordering::Relaxed);
+    let info = puller.consumer.cached_info();
+    let acks = AckSubjects::new(&info.stream_name, &info.name);
     let state = State {
         puller,
         current: None,
@@ -133,6 +137,7 @@ pub(crate) fn pull_stream(
         ready: VecDeque::new(),
         term_checked: false,
         pin: None,
+        acks,
     };
     // Boxed, and the rare steps' futures too: `unfold` moves its state into each item's future
     // and back out, and moves that future into place, once per message. By value, the
@@ -152,7 +157,7 @@ pub(crate) fn pull_stream(
                     Some(Ok(msg)) => {
                         st.errors = 0;
                         // Read once: the ack subject's numbers.
-                        let info = Delivered::of(&msg);
+                        let info = st.acks.read(&msg);
                         if let Some(partition) = &st.puller.partition {
                             partition.served.store(true, Ordering::Relaxed);
                             // Borrowed: the pin is copied only when it changed. Found by
