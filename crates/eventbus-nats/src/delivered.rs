@@ -34,7 +34,7 @@ fn first_field(tokens: usize) -> Option<usize> {
 /// How one consumer's deliveries are read: the start of its ack subjects in the original
 /// format, `$JS.ACK.<stream>.<consumer>.`, is known, so a subject that starts with it has its
 /// numbers right after, and no dot is looked for through the names (which make up most of the
-/// subject). About 250 instructions per delivery against [`Delivered::parse`]'s 830.
+/// subject). About 550 instructions per delivery against [`Delivered::parse`]'s 830.
 #[derive(Debug, Clone)]
 pub(crate) struct AckSubjects {
     prefix: String,
