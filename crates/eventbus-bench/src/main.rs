@@ -69,13 +69,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Rounds of `run` and `growth`: `--rounds N`, else 5 (3 with `--quick`).
+/// Rounds of `run` and `growth`: `--rounds N`, else 5 (3 with `--quick`). In `run`, the rows
+/// that run in this process alone (dispatcher, memory bus, head-of-line throughput) take
+/// [`IN_PROCESS_ROUNDS`] times as many.
 fn rounds(args: &Args) -> usize {
     args.value("--rounds")
         .and_then(|r| r.parse().ok())
         .unwrap_or(if args.flag("--quick") { 3 } else { 5 })
         .max(1)
 }
+
+/// How many times the rounds the in-process rows take. Their runs last a fraction of a second,
+/// and with five rounds the verdicts of rows near their targets flipped from run to run with
+/// the code unchanged (the dispatcher at 10,000 keys read 0.50× in one report and 0.35× in
+/// the next, head-of-line 0.89× to 1.08×): one slow round moved the median. Three times the
+/// rounds cost about two minutes more, most of it the fixed lanes' stalled runs.
+const IN_PROCESS_ROUNDS: usize = 3;
 
 fn growth_plan(args: &Args) -> growth::Plan {
     let callgrind = !args.flag("--no-callgrind") && cost::valgrind_available();
@@ -172,6 +181,7 @@ fn cost_command(args: &Args) -> Result<(), String> {
 fn run(args: &Args) -> ExitCode {
     let quick = args.flag("--quick");
     let rounds = rounds(args);
+    let in_process_rounds = IN_PROCESS_ROUNDS * rounds;
     let scale = if quick { 5 } else { 1 };
     let runtime = runtime();
     let mut results = Results {
@@ -179,10 +189,12 @@ fn run(args: &Args) -> ExitCode {
         machine: report::machine(),
         source: report::source(),
         rounds,
+        in_process_rounds,
         ..Default::default()
     };
     println!(
-        "machine: {}\nsource: {}\n{rounds} interleaved rounds per case\n",
+        "machine: {}\nsource: {}\n{rounds} interleaved rounds per broker case, \
+         {in_process_rounds} per in-process case\n",
         results.machine, results.source
     );
 
@@ -198,7 +210,7 @@ fn run(args: &Args) -> ExitCode {
             format!("dispatcher {}", short_count(keys)),
             n,
         );
-        for _ in 0..rounds {
+        for _ in 0..in_process_rounds {
             let raw = runtime.block_on(workload::raw_mpsc(pool.clone()));
             let bus = runtime.block_on(workload::dispatcher(pool.clone()));
             c.round(workload::rate(n, raw), workload::rate(n, bus));
@@ -214,7 +226,7 @@ fn run(args: &Args) -> ExitCode {
         let n = 200_000 / scale;
         let base = workload::messages("bench", 1_000, n);
         let mut c = Comparison::new("memory bus, 1,000 keys vs raw mpsc", "memory bus 1k", n);
-        for _ in 0..rounds {
+        for _ in 0..in_process_rounds {
             let raw = runtime.block_on(workload::raw_mpsc(base.clone()));
             let bus = runtime.block_on(workload::memory_bus(base.clone()));
             c.round(workload::rate(n, raw), workload::rate(n, bus));
@@ -310,13 +322,17 @@ fn run(args: &Args) -> ExitCode {
             })
         })
         .collect();
-    for round in 0..rounds {
+    // Throughput in every in-process round; latency, whose paced runs take seconds each, in
+    // the first `rounds`.
+    for round in 0..in_process_rounds {
         for row in rows.iter_mut() {
             let saturated = runtime.block_on(hol.run(row.design, row.stalled, false));
             row.throughput.push(saturated.throughput);
-            let paced = runtime.block_on(hol.run(row.design, row.stalled, true));
-            row.p50_us.push(paced.latency.p50.as_secs_f64() * 1e6);
-            row.p99_us.push(paced.latency.p99.as_secs_f64() * 1e6);
+            if round < rounds {
+                let paced = runtime.block_on(hol.run(row.design, row.stalled, true));
+                row.p50_us.push(paced.latency.p50.as_secs_f64() * 1e6);
+                row.p99_us.push(paced.latency.p99.as_secs_f64() * 1e6);
+            }
         }
         for pair in rows.chunks_mut(2) {
             let base = pair[0].throughput.0[round];
