@@ -77,7 +77,8 @@ xflags::xflags! {
             optional --report
             /// Fewer messages and rounds.
             optional --quick
-            /// Interleaved rounds per case.
+            /// Interleaved rounds per case against a broker (default 5); the cases that run in
+            /// the process alone take three times as many.
             optional --rounds n: usize
             /// Leaves out NATS.
             optional --no-nats
