@@ -487,8 +487,8 @@ fn gaps(results: &Results) -> Vec<String> {
                 "the bus hands each delivery from task to task (a partition's pull, the \
                  consuming loop, a worker, back to the loop for the ack), each a wake-up that \
                  may cross threads, where the raw loop handles a message in the task that \
-                 pulled it (with 30,000 messages a scratch run counted 8,500–10,900 context \
-                 switches for the bus against 4,800–6,500 for the raw client); and the \
+                 pulled it (with 30,000 messages, scratch runs counted 7,100–10,900 context \
+                 switches for the bus against 4,800–6,600 for the raw client); and the \
                  transport runs async-nats's connection on a thread of its own (so that \
                  `close` ends its tasks for certain, also while it reconnects to a dead \
                  server), worth about 5 % of the bus's CPU in a scratch build that ran it on \
