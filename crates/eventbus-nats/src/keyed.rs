@@ -392,7 +392,7 @@ struct Count {
     messages: AtomicUsize,
     /// Tasks in `idle`: the last message out notifies only when there are any, so a delivery
     /// and its ack touch one counter each and no lock (a `watch` channel locked its value and
-    /// notified its eight wait lists whenever the count fell to zero, about 250 instructions
+    /// notified its eight wait lists whenever the count fell to zero, about 180 instructions
     /// per delivery).
     waiting: AtomicUsize,
     none_left: Notify,
