@@ -164,8 +164,11 @@ impl Results {
             "Tokio multi-thread runtime with 2 workers, {}-byte payloads, no-op handler. The raw \
              loop is one bounded `tokio::sync::mpsc` (1,024) drained by one task awaiting the \
              handler; the dispatcher is driven as a tower service (`ready`, `call`); the memory \
-             bus publishes one message at a time into one subscription. Messages are built \
-             before the clock starts.\n",
+             bus publishes one message at a time into one subscription; its two halves also \
+             run alone, in the same rounds and against the same raw runs: consuming only (every \
+             message published beforehand, into a topic that holds them all) and publishing \
+             only (into such a topic, nothing consumed). Messages are built before the clock \
+             starts.\n",
             crate::workload::PAYLOAD_LEN
         );
         let _ = writeln!(

@@ -15,7 +15,7 @@ use eventbus_core::{
     BoxError, Delivery, Dispatch, Dispatcher, DispatcherConfig, EventBus, Key, Message,
     RetryPolicy, Route,
 };
-use eventbus_memory::MemoryTransport;
+use eventbus_memory::{MemoryConfig, MemoryTransport};
 use tokio::sync::{Notify, mpsc};
 use tower::{Service, ServiceExt};
 
@@ -236,9 +236,7 @@ where
 /// `items` one `publish` at a time. The bus is built and subscribed before the clock starts and
 /// closed after it stops.
 pub async fn memory_bus(items: Vec<Message>) -> Duration {
-    let topic = items
-        .first()
-        .map_or_else(|| "bench".to_owned(), |m| m.topic().to_owned());
+    let topic = topic_of(&items);
     let messages = items.len();
     memory_bus_topics(items, messages, &[topic]).await
 }
@@ -276,6 +274,78 @@ where
     }
     bus.close().await.expect("close");
     finished - started
+}
+
+/// The consuming half of [`memory_bus`] alone: every message is published before the clock
+/// starts, into a topic that holds them all (its group made first, so it keeps them for it),
+/// then one subscription with the no-op handler takes them; timed from its subscribe to the
+/// last handler call. With [`memory_bus_publishing`], it shows what each half of the pipeline
+/// costs without the other running beside it.
+pub async fn memory_bus_consuming(items: Vec<Message>) -> Duration {
+    let n = items.len();
+    let topic = topic_of(&items);
+    let bus = holding_all(n);
+    // The group, made before the messages come so that the topic keeps them for it.
+    bus.subscribe(&topic, "bench", Noop(Counter::new(usize::MAX)))
+        .await
+        .expect("subscribe")
+        .close()
+        .await;
+    for message in items {
+        bus.publish(message).await.expect("publish");
+    }
+    let counter = Counter::new(n);
+    let started = Instant::now();
+    let sub = bus
+        .subscribe(&topic, "bench", Noop(Arc::clone(&counter)))
+        .await
+        .expect("subscribe");
+    let finished = counter.wait().await;
+    sub.close().await;
+    bus.close().await.expect("close");
+    finished - started
+}
+
+/// The publishing half of [`memory_bus`] alone: one task publishes `items` one `publish` at a
+/// time, as there, into a topic that holds them all (its group made first, with no
+/// subscription taking them), so no publish waits for room; timed from the first publish to
+/// the last.
+pub async fn memory_bus_publishing(items: Vec<Message>) -> Duration {
+    let topic = topic_of(&items);
+    let bus = holding_all(items.len());
+    bus.subscribe(&topic, "bench", Noop(Counter::new(usize::MAX)))
+        .await
+        .expect("subscribe")
+        .close()
+        .await;
+    let publisher = bus.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        for message in items {
+            publisher.publish(message).await.expect("publish");
+        }
+    })
+    .await
+    .expect("publisher");
+    let took = started.elapsed();
+    bus.close().await.expect("close");
+    took
+}
+
+/// The topic of a run's messages (`bench` for none).
+fn topic_of(items: &[Message]) -> String {
+    items
+        .first()
+        .map_or_else(|| "bench".to_owned(), |m| m.topic().to_owned())
+}
+
+/// A memory bus whose topics hold `n` messages: neither half of the pipeline waits for the
+/// other.
+fn holding_all(n: usize) -> EventBus {
+    EventBus::builder(MemoryTransport::with_config(
+        MemoryConfig::default().topic_capacity(n),
+    ))
+    .build()
 }
 
 /// Messages per second.
