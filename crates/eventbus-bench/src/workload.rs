@@ -285,12 +285,7 @@ pub async fn memory_bus_consuming(items: Vec<Message>) -> Duration {
     let n = items.len();
     let topic = topic_of(&items);
     let bus = holding_all(n);
-    // The group, made before the messages come so that the topic keeps them for it.
-    bus.subscribe(&topic, "bench", Noop(Counter::new(usize::MAX)))
-        .await
-        .expect("subscribe")
-        .close()
-        .await;
+    make_group(&bus, &topic).await;
     for message in items {
         bus.publish(message).await.expect("publish");
     }
@@ -313,11 +308,7 @@ pub async fn memory_bus_consuming(items: Vec<Message>) -> Duration {
 pub async fn memory_bus_publishing(items: Vec<Message>) -> Duration {
     let topic = topic_of(&items);
     let bus = holding_all(items.len());
-    bus.subscribe(&topic, "bench", Noop(Counter::new(usize::MAX)))
-        .await
-        .expect("subscribe")
-        .close()
-        .await;
+    make_group(&bus, &topic).await;
     let publisher = bus.clone();
     let started = Instant::now();
     tokio::spawn(async move {
@@ -330,6 +321,16 @@ pub async fn memory_bus_publishing(items: Vec<Message>) -> Duration {
     let took = started.elapsed();
     bus.close().await.expect("close");
     took
+}
+
+/// Makes group `bench` of `topic` (a subscription opened and closed), so that the topic keeps
+/// what is published next for it.
+async fn make_group(bus: &EventBus, topic: &str) {
+    bus.subscribe(topic, "bench", Noop(Counter::new(usize::MAX)))
+        .await
+        .expect("subscribe")
+        .close()
+        .await;
 }
 
 /// The topic of a run's messages (`bench` for none).
